@@ -1,0 +1,96 @@
+"""The catalog: every event type the mesh knows, its current schema version, and the
+upcasters that lift older versions to it.
+
+An upcaster is a pure function over the decoded JSON object of one version, returning
+the object of the next version. Decoding walks the chain from the stored version to
+the current one, so a log written years ago still reads as today's types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from contracts.envelope import Event
+from contracts.events.actions import (
+    ActionApproved,
+    ActionCompleted,
+    ActionDenied,
+    ActionFailed,
+    ActionRequested,
+    ApprovalGranted,
+    ApprovalRejected,
+    ApprovalRequired,
+)
+from contracts.events.case import CaseClosed, CaseEscalated, CaseOpened, CaseStepCompleted
+from contracts.events.operations import CircuitStateChanged
+from contracts.events.registry import (
+    AgentCardUpdated,
+    AgentRegistered,
+    AgentRevoked,
+    AgentSuspended,
+)
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class EventCatalog:
+    def __init__(
+        self,
+        types: Iterable[type[Event]],
+        upcasters: Mapping[tuple[str, int], Upcaster] | None = None,
+    ) -> None:
+        self.types: dict[str, type[Event]] = {}
+        for event_type in types:
+            name = event_type.event_name()
+            if name in self.types:
+                raise ValueError(f"event type {name!r} is declared twice")
+            self.types[name] = event_type
+        # (event_type, from_version) -> function producing from_version + 1
+        self.upcasters: dict[tuple[str, int], Upcaster] = dict(upcasters or {})
+        for name, version in self.upcasters:
+            if name not in self.types:
+                raise ValueError(f"upcaster for unknown event type {name!r}")
+            if version >= self.current_version(name):
+                raise ValueError(f"upcaster {name} v{version} is not older than current")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.types
+
+    def __iter__(self) -> Any:
+        return iter(self.types.values())
+
+    def type_of(self, name: str) -> type[Event]:
+        return self.types[name]
+
+    def current_version(self, name: str) -> int:
+        default = self.types[name].__struct_defaults__[
+            self.types[name].__struct_fields__.index("schema_version")
+        ]
+        return int(default)
+
+    def names(self) -> list[str]:
+        return sorted(self.types)
+
+
+CATALOG = EventCatalog(
+    [
+        CaseOpened,
+        CaseStepCompleted,
+        CaseEscalated,
+        CaseClosed,
+        ActionRequested,
+        ActionApproved,
+        ActionDenied,
+        ApprovalRequired,
+        ApprovalGranted,
+        ApprovalRejected,
+        ActionCompleted,
+        ActionFailed,
+        AgentRegistered,
+        AgentCardUpdated,
+        AgentSuspended,
+        AgentRevoked,
+        CircuitStateChanged,
+    ]
+)

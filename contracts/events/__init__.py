@@ -1,0 +1,1 @@
+"""Event families. Every type here is listed in `contracts.catalog.CATALOG`."""

@@ -1,0 +1,105 @@
+"""Actions: an agent asks to do something consequential; policy (and maybe a human)
+decides; the executor reports what happened. `request_id` is always the event_id of
+the `action_requested` event, and doubles as the side effect's idempotency key."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from contracts.envelope import Event
+
+
+class ActionRequestedPayload(msgspec.Struct, frozen=True, kw_only=True):
+    action_type: str  # e.g. "issue_payment"
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    rationale: str = ""
+    evidence: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ActionRequested(Event, frozen=True, kw_only=True, tag="action_requested"):
+    payload: ActionRequestedPayload
+
+
+class PolicyReference(msgspec.Struct, frozen=True, kw_only=True):
+    policy_id: str
+    rationale: str = ""
+
+
+class DecisionProvenance(msgspec.Struct, frozen=True, kw_only=True):
+    """What an auditor needs to re-check a decision: the bundle, the rules, the inputs."""
+
+    policy_bundle_hash: str
+    determining_policies: list[PolicyReference] = msgspec.field(default_factory=list)
+    inputs: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ActionDecisionPayload(msgspec.Struct, frozen=True, kw_only=True):
+    request_id: str
+    action_type: str
+    provenance: DecisionProvenance
+    reasons: list[str] = msgspec.field(default_factory=list)
+
+
+class ActionApproved(Event, frozen=True, kw_only=True, tag="action_approved"):
+    payload: ActionDecisionPayload
+
+
+class ActionDenied(Event, frozen=True, kw_only=True, tag="action_denied"):
+    payload: ActionDecisionPayload
+
+
+class ApprovalRequiredPayload(msgspec.Struct, frozen=True, kw_only=True):
+    request_id: str
+    action_type: str
+    provenance: DecisionProvenance
+    approver_role: str
+    deadline: datetime
+
+
+class ApprovalRequired(Event, frozen=True, kw_only=True, tag="approval_required"):
+    payload: ApprovalRequiredPayload
+
+
+class ApprovalGrantedPayload(msgspec.Struct, frozen=True, kw_only=True):
+    request_id: str
+    approver: str
+    comment: str = ""
+
+
+class ApprovalGranted(Event, frozen=True, kw_only=True, tag="approval_granted"):
+    payload: ApprovalGrantedPayload
+
+
+class ApprovalRejectedPayload(msgspec.Struct, frozen=True, kw_only=True):
+    request_id: str
+    approver: str
+    reason: str
+
+
+class ApprovalRejected(Event, frozen=True, kw_only=True, tag="approval_rejected"):
+    payload: ApprovalRejectedPayload
+
+
+class ActionCompletedPayload(msgspec.Struct, frozen=True, kw_only=True):
+    request_id: str
+    action_type: str
+    result: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ActionCompleted(Event, frozen=True, kw_only=True, tag="action_completed"):
+    payload: ActionCompletedPayload
+
+
+class ActionFailedPayload(msgspec.Struct, frozen=True, kw_only=True):
+    request_id: str
+    action_type: str
+    error: str
+    retryable: bool
+    attempts: int = 1
+
+
+class ActionFailed(Event, frozen=True, kw_only=True, tag="action_failed"):
+    payload: ActionFailedPayload

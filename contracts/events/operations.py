@@ -1,0 +1,27 @@
+"""Operational facts that are not about one case, such as a circuit breaker's state."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from contracts.envelope import Event
+
+BreakerState = Literal["closed", "open", "half_open"]
+
+
+class CircuitStateChangedPayload(msgspec.Struct, frozen=True, kw_only=True):
+    breaker: str  # a subject token: which dependency the breaker guards
+    previous: BreakerState
+    current: BreakerState
+    reason: str
+    consecutive_failures: int = 0
+
+
+class CircuitStateChanged(Event, frozen=True, kw_only=True, tag="circuit_state_changed"):
+    family = "ops"
+    payload: CircuitStateChangedPayload
+
+    def subject_key(self) -> str:
+        return self.payload.breaker

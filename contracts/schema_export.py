@@ -1,0 +1,69 @@
+"""JSON Schema for every event type: what other systems code against.
+
+The files under contracts/schema/ are generated from the Structs and committed; a test
+fails when they are stale. Regenerate with `python -m contracts.schema_export`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from contracts.catalog import CATALOG, EventCatalog
+
+SCHEMA_DIR = Path(__file__).parent / "schema"
+
+
+def event_schemas(catalog: EventCatalog = CATALOG) -> dict[str, dict[str, Any]]:
+    """File name -> schema document, one per event type."""
+    documents: dict[str, dict[str, Any]] = {}
+    for name in catalog.names():
+        schema = msgspec.json.schema(catalog.type_of(name))
+        schema = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"urn:agent-mesh:event:{name}:v{catalog.current_version(name)}",
+            "title": name,
+            **schema,
+        }
+        documents[f"{name}.json"] = schema
+    return documents
+
+
+def render(document: dict[str, Any]) -> str:
+    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def stale_files(directory: Path = SCHEMA_DIR) -> list[str]:
+    """Names of schema files that are missing, different or no longer generated."""
+    expected = {name: render(doc) for name, doc in event_schemas().items()}
+    present = {p.name for p in directory.glob("*.json")}
+    problems = [
+        name
+        for name, text in expected.items()
+        if not (directory / name).exists() or (directory / name).read_text() != text
+    ]
+    problems += sorted(present - set(expected))
+    return sorted(problems)
+
+
+def write(directory: Path = SCHEMA_DIR) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    expected = event_schemas()
+    for old in directory.glob("*.json"):
+        if old.name not in expected:
+            old.unlink()
+    written = []
+    for name, document in expected.items():
+        path = directory / name
+        path.write_text(render(document))
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for path in write():
+        sys.stdout.write(f"wrote {path}\n")

@@ -1,0 +1,87 @@
+"""Every subject name in the mesh is built and parsed here.
+
+    <root>.case.<case_id>.<event_type>        the case log (one stream)
+    <root>.registry.<agent_id>.<event_type>   registry / governance history
+    <root>.ops.<component>.<event_type>       operational events (breakers, …)
+    <root>.ingress.<source>                   initiating events from other systems
+    <root>.dlq.<stream>.<consumer>            dead letters, kept with their reason
+
+Family subjects have a fixed token count, so a consumer filters one event type
+across all cases with `<root>.case.*.<event_type>`. The root defaults to "mesh"; tests
+use a unique root each so they never see each other's messages.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from contracts.envelope import Event
+from contracts.errors import InvalidSubject
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+FAMILIES = ("case", "registry", "ops")
+
+
+def check_token(value: str, what: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise InvalidSubject(value, f"{what} must be 1-128 of [A-Za-z0-9_-]")
+    return value
+
+
+class ParsedSubject(msgspec.Struct, frozen=True):
+    root: str
+    family: str
+    key: str
+    event_type: str
+
+
+class Subjects:
+    def __init__(self, root: str = "mesh") -> None:
+        self.root = check_token(root, "subject root")
+
+    def family_event(self, family: str, key: str, event_type: str) -> str:
+        check_token(key, f"{family} key")
+        check_token(event_type, "event type")
+        return f"{self.root}.{family}.{key}.{event_type}"
+
+    def for_event(self, event: Event) -> str:
+        return self.family_event(event.family, event.subject_key(), event.event_name())
+
+    def case_event(self, case_id: str, event_type: str) -> str:
+        return self.family_event("case", case_id, event_type)
+
+    def case_events_of_type(self, event_type: str) -> str:
+        return f"{self.root}.case.*.{check_token(event_type, 'event type')}"
+
+    def case_history(self, case_id: str) -> str:
+        """Every event of one case: the scope of per-case optimistic concurrency."""
+        return f"{self.root}.case.{check_token(case_id, 'case id')}.*"
+
+    def family_all(self, family: str) -> str:
+        return f"{self.root}.{family}.>"
+
+    def ingress(self, source: str) -> str:
+        return f"{self.root}.ingress.{check_token(source, 'ingress source')}"
+
+    def ingress_all(self) -> str:
+        return f"{self.root}.ingress.>"
+
+    def dead_letter(self, stream: str, consumer: str) -> str:
+        return (
+            f"{self.root}.dlq.{check_token(stream, 'stream')}.{check_token(consumer, 'consumer')}"
+        )
+
+    def dead_letter_all(self) -> str:
+        return f"{self.root}.dlq.>"
+
+    def parse(self, subject: str) -> ParsedSubject:
+        tokens = subject.split(".")
+        if len(tokens) != 4 or tokens[0] != self.root or tokens[1] not in FAMILIES:
+            raise InvalidSubject(
+                subject, f"expected {self.root}.<{'|'.join(FAMILIES)}>.<key>.<event_type>"
+            )
+        for token in tokens[2:]:
+            check_token(token, "subject token")
+        return ParsedSubject(tokens[0], tokens[1], tokens[2], tokens[3])

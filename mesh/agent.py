@@ -1,0 +1,132 @@
+"""The agent SDK: declare an agent with its card and one handler per event type.
+
+    agent = Agent(AgentCard(agent_id="intake", consumes=["case_opened"],
+                            produces=["case_step_completed"], ...))
+
+    @agent.on(CaseOpened)
+    async def on_case_opened(event: CaseOpened, ctx: HandlerContext) -> None:
+        await ctx.emit(CaseStepCompleted, CaseStepCompletedPayload(step="intake", outcome="ok"))
+
+Run it with `mesh run my_module` (its own process) or in tests with `mesh.testing`.
+What a handler emits is signed with the agent's key and carries the case, correlation
+and causation of the event it handles; its event_id is derived from the input, so a
+redelivered input re-emits the same ids and JetStream drops the duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar, cast
+
+from contracts.cards import AgentCard
+from contracts.catalog import CATALOG, EventCatalog
+from contracts.envelope import Event
+from contracts.ids import derived_event_id
+from mesh.errors import ConfigurationError, PermanentError
+from mesh.publisher import Receipt
+from mesh.resilience import CircuitBreaker
+
+E = TypeVar("E", bound=Event)
+E_contra = TypeVar("E_contra", bound=Event, contravariant=True)
+
+
+class Handler(Protocol[E_contra]):
+    def __call__(self, event: E_contra, ctx: HandlerContext, /) -> Awaitable[None]: ...
+
+
+class Services(Protocol):
+    """What the runtime lends a handler: publishing, and shared circuit breakers."""
+
+    async def emit(self, event: Event, *, expected_case_sequence: int | None = None) -> Receipt: ...
+
+    def breaker(self, name: str) -> CircuitBreaker: ...
+
+
+class HandlerContext:
+    """What a handler may use: the delivery facts, emit, and the agent's logger."""
+
+    def __init__(
+        self,
+        *,
+        agent: Agent,
+        event: Event,
+        delivery: int,
+        stream_sequence: int,
+        services: Services,
+    ) -> None:
+        self.agent = agent
+        self.event = event
+        self.delivery = delivery  # 1 on first delivery; more after a crash or a nak
+        self.stream_sequence = stream_sequence
+        self.log = logging.getLogger(f"mesh.agent.{agent.card.agent_id}")
+        self._services = services
+        self._emitted = 0
+
+    def derive(self, event_type: type[E], payload: Any) -> E:
+        """Build the event this handler's next emit would publish."""
+        name = event_type.event_name()
+        if name not in self.agent.card.produces:
+            raise PermanentError(
+                f"agent {self.agent.card.agent_id} may not emit {name}: "
+                f"not in its card's produces {self.agent.card.produces}"
+            )
+        cause = self.event
+        # Every concrete event type declares `payload`; the base class does not.
+        derived: E = cast(Any, event_type)(
+            event_id=derived_event_id(cause.event_id, self.agent.card.agent_id, self._emitted),
+            case_id=cause.case_id,
+            correlation_id=cause.correlation_id,
+            causation_id=cause.event_id,
+            actor=self.agent.card.agent_id,
+            payload=payload,
+        )
+        self._emitted += 1
+        return derived
+
+    async def emit(
+        self, event_type: type[E], payload: Any, *, expected_case_sequence: int | None = None
+    ) -> Receipt:
+        """Publish a derived event and wait for JetStream to store it."""
+        event = self.derive(event_type, payload)
+        return await self._services.emit(event, expected_case_sequence=expected_case_sequence)
+
+    def breaker(self, name: str) -> CircuitBreaker:
+        """The agent's breaker guarding dependency `name` (shared by all its handlers)."""
+        return self._services.breaker(name)
+
+
+class Agent:
+    def __init__(self, card: AgentCard) -> None:
+        self.card = card
+        self.handlers: dict[str, Callable[[Any, HandlerContext], Awaitable[None]]] = {}
+
+    def on(self, event_type: type[E]) -> Callable[[Handler[E]], Handler[E]]:
+        name = event_type.event_name()
+
+        def register(handler: Handler[E]) -> Handler[E]:
+            if name in self.handlers:
+                raise ConfigurationError(f"{self.card.agent_id}: two handlers for {name}")
+            self.handlers[name] = handler
+            return handler
+
+        return register
+
+    def check(self, catalog: EventCatalog = CATALOG) -> None:
+        """The card and the handlers must agree, and name only known event types."""
+        problems = []
+        for name in (*self.card.consumes, *self.card.produces):
+            if name not in catalog:
+                problems.append(f"unknown event type {name!r} on the card")
+            elif catalog.type_of(name).family != "case":
+                problems.append(f"{name!r} is not a case event; agents handle case events")
+        missing = sorted(set(self.card.consumes) - set(self.handlers))
+        extra = sorted(set(self.handlers) - set(self.card.consumes))
+        if missing:
+            problems.append(f"consumes {missing} but has no handler for them")
+        if extra:
+            problems.append(f"handles {extra} which the card does not consume")
+        if not self.handlers:
+            problems.append("has no handlers")
+        if problems:
+            raise ConfigurationError(f"agent {self.card.agent_id}: " + "; ".join(problems))

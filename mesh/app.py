@@ -1,0 +1,93 @@
+"""Process wiring for `mesh run`: settings → identity → NATS (URL or embedded) → agent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from mesh.agent import Agent
+from mesh.connection import connect
+from mesh.embedded import EmbeddedNats
+from mesh.errors import ConfigurationError
+from mesh.identity import Identity
+from mesh.runtime import AgentRunner
+from mesh.settings import MeshSettings
+
+log = logging.getLogger(__name__)
+
+
+def load_agent(target: str) -> Agent:
+    """`package.module` (attribute `agent`) or `package.module:attribute`."""
+    module_name, _, attribute = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import agent module {module_name!r}: {exc}") from exc
+    candidate = getattr(module, attribute or "agent", None)
+    if not isinstance(candidate, Agent):
+        raise ConfigurationError(
+            f"{module_name} has no Agent named {attribute or 'agent'!r} "
+            "(use module:attribute to name it)"
+        )
+    return candidate
+
+
+def agent_identity(settings: MeshSettings, agent_id: str) -> Identity:
+    if settings.agent_seed is not None:
+        return Identity(settings.agent_seed.get_secret_value())
+    if settings.agent_seed_file is not None:
+        return Identity.load(settings.agent_seed_file)
+    # A stable key per agent across restarts, kept 0600 in the data dir.
+    return Identity.load_or_create(settings.data_dir / "keys" / f"{agent_id}.nk")
+
+
+@contextlib.asynccontextmanager
+async def nats_url(settings: MeshSettings) -> AsyncIterator[str]:
+    """The configured URL, or an embedded server started for the duration."""
+    if settings.nats_url:
+        yield settings.nats_url
+        return
+    server = EmbeddedNats(
+        Path(settings.data_dir) / "nats",
+        port=settings.embedded_port,
+        binary=settings.nats_server_bin,
+    )
+    await asyncio.to_thread(server.start)
+    log.info("started embedded nats-server at %s", server.url)
+    try:
+        yield server.url
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def run_agent(agent: Agent, settings: MeshSettings) -> None:
+    identity = agent_identity(settings, agent.card.agent_id)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with nats_url(settings) as url:
+        nc = await connect(
+            url,
+            name=f"agent:{agent.card.agent_id}",
+            identity=identity if settings.nkey_auth else None,
+            connect_timeout=settings.connect_timeout,
+        )
+        runner = AgentRunner(agent, nc=nc, identity=identity, settings=settings)
+        try:
+            await runner.start()
+            log.info("agent %s running against %s", agent.card.agent_id, url)
+            waiter = asyncio.create_task(runner.wait())
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter in done:
+                waiter.result()  # the loop died: surface why
+            stopper.cancel()
+        finally:
+            await runner.stop()
+            await nc.drain()

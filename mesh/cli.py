@@ -1,0 +1,227 @@
+"""The `mesh` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from contracts import schema_export
+from mesh.app import load_agent, nats_url, run_agent
+from mesh.connection import connect
+from mesh.dead_letters import read_dead_letters, replay_dead_letter
+from mesh.embedded import EmbeddedNats
+from mesh.errors import MeshError
+from mesh.identity import Identity
+from mesh.provisioning import Outcome, ensure_stream
+from mesh.settings import MeshSettings
+from mesh.topology import Topology
+
+app = typer.Typer(
+    help="Agent Mesh: event-sourced agents over NATS JetStream.", no_args_is_help=True
+)
+keys_app = typer.Typer(help="Agent and human keys (nkeys).", no_args_is_help=True)
+streams_app = typer.Typer(help="The mesh's JetStream streams.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Inspect and replay dead letters.", no_args_is_help=True)
+contracts_app = typer.Typer(help="Event contracts and their JSON Schema.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(streams_app, name="streams")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(contracts_app, name="contracts")
+
+console = Console(stderr=True)
+LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING")]
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(2)
+
+
+@app.command()
+def run(
+    target: Annotated[str, typer.Argument(help="module[:attribute] holding an Agent")],
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Run one agent as this process, until SIGINT/SIGTERM."""
+    _logging(log_level)
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        settings = MeshSettings()
+        agent = load_agent(target)
+        asyncio.run(run_agent(agent, settings))
+    except MeshError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def nats(
+    data_dir: Annotated[Path, typer.Option(help="store directory")] = Path(".mesh/nats"),
+    port: Annotated[int, typer.Option(help="client port; 0 takes a free one")] = 0,
+    log_level: LogLevel = "INFO",
+) -> None:
+    """Run the embedded nats-server in the foreground (JetStream, fsync always)."""
+    _logging(log_level)
+    try:
+        server = EmbeddedNats(data_dir, port=port).start()
+    except MeshError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"MESH_NATS_URL={server.url}")
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        server.stop()
+
+
+@keys_app.command("new")
+def keys_new(
+    out: Annotated[Path | None, typer.Option(help="write the seed here (0600)")] = None,
+) -> None:
+    """Create an nkey pair; print the public key (and the seed if no --out)."""
+    identity = Identity.generate()
+    if out is not None:
+        identity.save(out)
+        typer.echo(identity.public_key)
+    else:
+        typer.echo(orjson.dumps({"public_key": identity.public_key, "seed": identity.seed}))
+
+
+@streams_app.command("provision")
+def streams_provision(
+    strict: Annotated[bool, typer.Option(help="exit 1 when any stream drifted")] = True,
+) -> None:
+    """Create missing streams; report any whose config drifted from the declaration."""
+    settings = MeshSettings()
+
+    async def provision() -> int:
+        topology = Topology(settings.subject_root, settings.stream_replicas)
+        async with nats_url(settings) as url:
+            nc = await connect(url, name="mesh-cli")
+            try:
+                drifted = 0
+                for config in topology.streams():
+                    report = await ensure_stream(nc.jetstream(), config)
+                    typer.echo(f"{report.resource}: {report.outcome.value}")
+                    for difference in report.differences:
+                        typer.echo(f"  {difference}")
+                    drifted += report.outcome is Outcome.DRIFTED
+                return drifted
+            finally:
+                await nc.close()
+
+    try:
+        drifted = asyncio.run(provision())
+    except MeshError as exc:
+        raise _fail(exc) from None
+    if drifted and strict:
+        raise typer.Exit(1)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    start: Annotated[int, typer.Option(help="first DLQ sequence")] = 1,
+    limit: Annotated[int, typer.Option()] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List dead letters with their reasons."""
+    settings = MeshSettings()
+
+    async def read() -> list[dict[str, object]]:
+        topology = Topology(settings.subject_root, settings.stream_replicas)
+        if not settings.nats_url:
+            raise MeshError("set MESH_NATS_URL to the mesh's NATS server")
+        nc = await connect(settings.nats_url, name="mesh-cli")
+        try:
+            letters = await read_dead_letters(nc.jetstream(), topology, start=start, limit=limit)
+        finally:
+            await nc.close()
+        return [
+            {
+                "sequence": letter.sequence,
+                "kind": letter.kind,
+                "original_subject": letter.original_subject,
+                "original_sequence": letter.original_sequence,
+                "reason": letter.reason,
+            }
+            for letter in letters
+        ]
+
+    try:
+        rows = asyncio.run(read())
+    except MeshError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table("seq", "kind", "original subject", "orig seq", "reason")
+    for row in rows:
+        table.add_row(
+            *(
+                str(row[k])
+                for k in ("sequence", "kind", "original_subject", "original_sequence", "reason")
+            )
+        )
+    Console().print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(sequence: Annotated[int, typer.Argument(help="DLQ sequence to replay")]) -> None:
+    """Publish a dead letter's original bytes to its original subject again."""
+    settings = MeshSettings()
+
+    async def replay() -> int:
+        topology = Topology(settings.subject_root, settings.stream_replicas)
+        if not settings.nats_url:
+            raise MeshError("set MESH_NATS_URL to the mesh's NATS server")
+        nc = await connect(settings.nats_url, name="mesh-cli")
+        try:
+            js = nc.jetstream()
+            letters = await read_dead_letters(js, topology, start=sequence, limit=1)
+            if not letters or letters[0].sequence != sequence:
+                raise MeshError(f"no dead letter at sequence {sequence}")
+            return await replay_dead_letter(js, letters[0])
+        finally:
+            await nc.close()
+
+    try:
+        new_sequence = asyncio.run(replay())
+    except MeshError as exc:
+        raise _fail(exc) from None
+    typer.echo(f"replayed dead letter {sequence} as stream sequence {new_sequence}")
+
+
+@contracts_app.command("check")
+def contracts_check() -> None:
+    """Exit 1 if the committed JSON Schema files are stale."""
+    stale = schema_export.stale_files()
+    for name in stale:
+        typer.echo(f"stale: contracts/schema/{name}")
+    if stale:
+        typer.echo("run: mesh contracts write")
+        raise typer.Exit(1)
+    typer.echo("contracts/schema is up to date")
+
+
+@contracts_app.command("write")
+def contracts_write() -> None:
+    """Regenerate contracts/schema/*.json from the event types."""
+    for path in schema_export.write():
+        typer.echo(f"wrote {path}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,164 @@
+"""The dead-letter stream: nothing is dropped, everything is kept with its reason.
+
+A dead letter is the original body, byte for byte, on `<root>.dlq.<stream>.<consumer>`,
+with the original headers and these added:
+
+    Mesh-Dlq-Reason            why, readable by a person (one line)
+    Mesh-Dlq-Kind              malformed | signature | permanent | exhausted
+    Mesh-Dlq-Original-Subject  where it was published
+    Mesh-Dlq-Original-Stream / -Sequence   where it is stored (for replay and audit)
+    Mesh-Dlq-Consumer          who gave up on it
+    Mesh-Dlq-Deliveries        how many times it was tried
+
+Its Nats-Msg-Id is derived from the original's stream and sequence and the consumer,
+so dead-lettering the same delivery twice (a crash before term) keeps one copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
+
+from mesh.errors import BrokerError, PublishFailed
+from mesh.topology import Topology
+
+REASON = "Mesh-Dlq-Reason"
+KIND = "Mesh-Dlq-Kind"
+ORIGINAL_SUBJECT = "Mesh-Dlq-Original-Subject"
+ORIGINAL_STREAM = "Mesh-Dlq-Original-Stream"
+ORIGINAL_SEQUENCE = "Mesh-Dlq-Original-Sequence"
+CONSUMER = "Mesh-Dlq-Consumer"
+DELIVERIES = "Mesh-Dlq-Deliveries"
+DEAD_LETTERED_AT = "Mesh-Dlq-At"
+
+# Control headers that must not travel: they would make the DLQ publish conditional
+# or de-duplicate it against the original.
+_DROPPED_HEADERS = ("Nats-Msg-Id", "Nats-Expected-")
+_MAX_REASON = 2000
+
+
+class DeadLetterKind(Enum):
+    MALFORMED = "malformed"  # not a valid event: bad JSON, unknown type, bad schema
+    SIGNATURE = "signature"  # unsigned or signature does not verify
+    PERMANENT = "permanent"  # the handler said it can never succeed
+    EXHAUSTED = "exhausted"  # transient failures until max_deliver ran out
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead letter as read back from the stream, for inspection and replay."""
+
+    sequence: int
+    subject: str
+    body: bytes
+    headers: dict[str, str]
+
+    @property
+    def reason(self) -> str:
+        return self.headers.get(REASON, "")
+
+    @property
+    def kind(self) -> str:
+        return self.headers.get(KIND, "")
+
+    @property
+    def original_subject(self) -> str:
+        return self.headers.get(ORIGINAL_SUBJECT, "")
+
+    @property
+    def original_sequence(self) -> int:
+        return int(self.headers.get(ORIGINAL_SEQUENCE, "0"))
+
+
+def _one_line(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= _MAX_REASON else flat[: _MAX_REASON - 1] + "…"
+
+
+class DeadLetterSink:
+    def __init__(self, js: JetStreamContext, topology: Topology, timeout: float = 5.0) -> None:
+        self.js = js
+        self.topology = topology
+        self.timeout = timeout
+
+    async def dead_letter(self, msg: Msg, kind: DeadLetterKind, reason: str) -> int:
+        meta = msg.metadata
+        stream, consumer = meta.stream, meta.consumer
+        sequence = meta.sequence.stream
+        headers = {
+            key: value
+            for key, value in (msg.headers or {}).items()
+            if not key.startswith(_DROPPED_HEADERS)
+        }
+        headers.update(
+            {
+                "Nats-Msg-Id": f"dlq:{stream}:{sequence}:{consumer}",
+                REASON: _one_line(reason),
+                KIND: kind.value,
+                ORIGINAL_SUBJECT: msg.subject,
+                ORIGINAL_STREAM: stream,
+                ORIGINAL_SEQUENCE: str(sequence),
+                CONSUMER: consumer,
+                DELIVERIES: str(meta.num_delivered),
+                DEAD_LETTERED_AT: datetime.now(UTC).isoformat(),
+            }
+        )
+        subject = self.topology.subjects.dead_letter(stream, consumer)
+        try:
+            ack = await self.js.publish(subject, msg.data, timeout=self.timeout, headers=headers)
+        except nats.js.errors.APIError as exc:
+            raise PublishFailed(subject, f"{exc.description} (code {exc.err_code})") from exc
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise PublishFailed(subject, repr(exc)) from exc
+        return int(ack.seq)
+
+
+async def read_dead_letters(
+    js: JetStreamContext, topology: Topology, *, start: int = 1, limit: int = 100
+) -> list[DeadLetter]:
+    """Read dead letters by stream sequence (direct get: no consumer is created)."""
+    letters: list[DeadLetter] = []
+    sequence = start
+    try:
+        info = await js.stream_info(topology.dead_letter_stream)
+    except nats.errors.Error as exc:
+        raise BrokerError("read dead letters", repr(exc)) from exc
+    last = info.state.last_seq
+    while sequence <= last and len(letters) < limit:
+        try:
+            raw = await js.get_msg(topology.dead_letter_stream, seq=sequence, direct=True)
+        except nats.js.errors.NotFoundError:
+            sequence += 1
+            continue
+        letters.append(
+            DeadLetter(
+                sequence=int(raw.seq or sequence),
+                subject=raw.subject or "",
+                body=raw.data or b"",
+                headers=dict(raw.headers or {}),
+            )
+        )
+        sequence += 1
+    return letters
+
+
+async def replay_dead_letter(js: JetStreamContext, letter: DeadLetter) -> int:
+    """Publish a dead letter's original bytes to its original subject again (after the
+    cause is fixed). Signature headers travel unchanged, so the replay still verifies."""
+    headers = {
+        key: value
+        for key, value in letter.headers.items()
+        if not key.startswith("Mesh-Dlq-") and not key.startswith(_DROPPED_HEADERS)
+    }
+    headers["Nats-Msg-Id"] = f"replay:{letter.sequence}:{letter.original_sequence}"
+    try:
+        ack = await js.publish(letter.original_subject, letter.body, headers=headers)
+    except (nats.errors.Error, nats.js.errors.APIError, TimeoutError) as exc:
+        raise PublishFailed(letter.original_subject, repr(exc)) from exc
+    return int(ack.seq)

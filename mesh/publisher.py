@@ -1,0 +1,97 @@
+"""Publishing events: signed, de-duplicated, and optionally conditional on the case.
+
+- `Nats-Msg-Id = event_id`: JetStream drops a second copy of the same event within
+  the stream's duplicate window, so a retry or a redelivered handler is harmless.
+- Per-case optimistic concurrency: with `expected_case_sequence`, the server stores the
+  event only if the last event on `<root>.case.<id>.*` still has that sequence
+  (`Nats-Expected-Last-Subject-Sequence` + `…-Subject`); otherwise ConcurrencyConflict.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import nats.errors
+import nats.js.errors
+from nats.js.client import JetStreamContext
+
+from contracts.codec import encode
+from contracts.envelope import Event
+from mesh.errors import BrokerError, ConcurrencyConflict, PublishFailed
+from mesh.identity import Identity
+from mesh.topology import Topology
+
+log = logging.getLogger(__name__)
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+EXPECTED_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_SUBJECT_SEQUENCE_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
+_WRONG_LAST_SEQUENCE = 10071
+
+
+@dataclass(frozen=True)
+class Receipt:
+    stream: str
+    sequence: int
+    duplicate: bool
+
+
+class EventPublisher:
+    def __init__(
+        self, js: JetStreamContext, identity: Identity, topology: Topology, timeout: float = 5.0
+    ) -> None:
+        self.js = js
+        self.identity = identity
+        self.topology = topology
+        self.timeout = timeout
+
+    async def publish(self, event: Event, *, expected_case_sequence: int | None = None) -> Receipt:
+        subject = self.topology.subjects.for_event(event)
+        body = encode(event)
+        headers = self.identity.signature_headers(subject, body)
+        headers[MSG_ID_HEADER] = event.event_id
+        if expected_case_sequence is not None:
+            if event.case_id is None:
+                raise ValueError("optimistic concurrency needs a case event")
+            headers[EXPECTED_SUBJECT_SEQUENCE] = str(expected_case_sequence)
+            headers[EXPECTED_SUBJECT_SEQUENCE_SUBJECT] = self.topology.subjects.case_history(
+                event.case_id
+            )
+        return await self.publish_raw(
+            subject, body, headers, case_id=event.case_id, expected=expected_case_sequence
+        )
+
+    async def publish_raw(
+        self,
+        subject: str,
+        body: bytes,
+        headers: dict[str, str],
+        *,
+        case_id: str | None = None,
+        expected: int | None = None,
+    ) -> Receipt:
+        try:
+            ack = await self.js.publish(subject, body, timeout=self.timeout, headers=headers)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == _WRONG_LAST_SEQUENCE and case_id is not None:
+                raise ConcurrencyConflict(case_id, expected or 0, exc.description or "") from None
+            raise PublishFailed(subject, f"{exc.description} (code {exc.err_code})") from exc
+        except (nats.errors.TimeoutError, TimeoutError) as exc:
+            raise PublishFailed(subject, "no ack from JetStream in time") from exc
+        except nats.js.errors.NoStreamResponseError as exc:
+            raise PublishFailed(subject, "no stream captures this subject") from exc
+        except nats.errors.Error as exc:
+            raise PublishFailed(subject, repr(exc)) from exc
+        return Receipt(ack.stream, ack.seq, bool(ack.duplicate))
+
+    async def last_case_sequence(self, case_id: str) -> int:
+        """The stream sequence of the case's newest event, 0 if it has none."""
+        subject = self.topology.subjects.case_history(case_id)
+        try:
+            msg = await self.js.get_last_msg(self.topology.cases_stream, subject)
+        except nats.js.errors.NotFoundError:
+            return 0
+        except nats.errors.Error as exc:
+            raise BrokerError(f"read last event of case {case_id}", repr(exc)) from exc
+        return int(msg.seq or 0)

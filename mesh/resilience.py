@@ -1,0 +1,141 @@
+"""Retries and circuit breaking.
+
+- `retry_transient` retries a coroutine on retryable errors in-process (tenacity:
+  exponential backoff with jitter), for short hiccups such as a publish timeout.
+- `redelivery_delay` is the broker-side schedule: how long a NAK asks JetStream to
+  wait before redelivering, growing with each delivery, capped, jittered.
+- `CircuitBreaker` stops calling a dependency that keeps failing; each state change
+  is handed to `on_change` (the runtime publishes it as a `circuit_state_changed`
+  event, so the breaker's history is in the log like everything else).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from contracts.events.operations import BreakerState, CircuitStateChangedPayload
+from mesh.errors import CircuitOpen, is_retryable
+
+T = TypeVar("T")
+
+
+async def retry_transient(
+    operation: Callable[[], Awaitable[T]],
+    *,
+    attempts: int = 4,
+    initial: float = 0.05,
+    maximum: float = 2.0,
+    deadline: float = 10.0,
+    retry_on: Callable[[BaseException], bool] = is_retryable,
+) -> T:
+    """Run `operation`, retrying errors `retry_on` accepts; the last error is re-raised."""
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(attempts) | stop_after_delay(deadline),
+        wait=wait_exponential_jitter(multiplier=initial, max=maximum),
+        retry=retry_if_exception(retry_on),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await operation()
+    raise AssertionError("unreachable: tenacity re-raises the last error")
+
+
+def redelivery_delay(
+    delivery: int, *, base: float, cap: float, rng: random.Random | None = None
+) -> float:
+    """Full-jitter-ish exponential delay before delivery number `delivery + 1`."""
+    exponential = min(cap, base * (2 ** max(0, delivery - 1)))
+    return (rng or random).uniform(exponential / 2, exponential)
+
+
+StateListener = Callable[[CircuitStateChangedPayload], Awaitable[None]]
+
+
+class CircuitBreaker:
+    """closed → (threshold consecutive failures) → open → (reset_timeout) → half_open
+    → one trial call: success closes it, failure opens it again."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        failure_threshold: int = 5,
+        reset_timeout: float = 30.0,
+        on_change: StateListener | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if failure_threshold < 1:
+            raise ValueError("failure_threshold must be at least 1")
+        self.name = name
+        self.failure_threshold = failure_threshold
+        self.reset_timeout = reset_timeout
+        self.on_change = on_change
+        self.clock = clock
+        self.state: BreakerState = "closed"
+        self.consecutive_failures = 0
+        self._opened_at = 0.0
+        self._trial_running = False
+
+    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        await self._before_call()
+        try:
+            result = await operation()
+        except Exception as exc:
+            await self._on_failure(exc)
+            raise
+        await self._on_success()
+        return result
+
+    async def _before_call(self) -> None:
+        if self.state == "open":
+            waited = self.clock() - self._opened_at
+            if waited < self.reset_timeout:
+                raise CircuitOpen(self.name, self.reset_timeout - waited)
+            await self._transition("half_open", "reset timeout elapsed; trying one call")
+        if self.state == "half_open":
+            if self._trial_running:
+                raise CircuitOpen(self.name, self.reset_timeout)
+            self._trial_running = True
+
+    async def _on_success(self) -> None:
+        self._trial_running = False
+        self.consecutive_failures = 0
+        if self.state != "closed":
+            await self._transition("closed", "trial call succeeded")
+
+    async def _on_failure(self, exc: Exception) -> None:
+        self._trial_running = False
+        self.consecutive_failures += 1
+        if self.state == "half_open":
+            await self._open(f"trial call failed: {exc!r}")
+        elif self.state == "closed" and self.consecutive_failures >= self.failure_threshold:
+            await self._open(f"{self.consecutive_failures} consecutive failures, last {exc!r}")
+
+    async def _open(self, reason: str) -> None:
+        self._opened_at = self.clock()
+        await self._transition("open", reason)
+
+    async def _transition(self, new_state: BreakerState, reason: str) -> None:
+        previous, self.state = self.state, new_state
+        if self.on_change is not None:
+            await self.on_change(
+                CircuitStateChangedPayload(
+                    breaker=self.name,
+                    previous=previous,
+                    current=new_state,
+                    reason=reason,
+                    consecutive_failures=self.consecutive_failures,
+                )
+            )

