@@ -90,4 +90,7 @@ async def run_agent(agent: Agent, settings: MeshSettings) -> None:
             stopper.cancel()
         finally:
             await runner.stop()
-            await nc.drain()
+            # close, not drain: every fetched message is settled by now, and nats-py's
+            # drain waits out its 30 s timeout on a pull subscription's inbox.
+            await nc.close()
+            log.info("agent %s stopped", agent.card.agent_id)

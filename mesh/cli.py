@@ -225,3 +225,7 @@ def contracts_write() -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

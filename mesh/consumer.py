@@ -69,7 +69,8 @@ class PullConsumerLoop:
                 log.warning("fetch failed (%r); retrying", exc)
                 await asyncio.sleep(min(self.fetch_wait, 1.0))
                 continue
-            await self._process_window(messages)
+            if messages:
+                await self._process_window(messages)
 
     async def _process_window(self, messages: list[Msg]) -> None:
         if len(messages) == 1:

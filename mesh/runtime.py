@@ -31,7 +31,6 @@ def consumer_config(agent: Agent, topology: Topology, settings: MeshSettings) ->
     """One durable consumer per agent over the case events it consumes. Agents scale
     out by running more processes on the same durable."""
     durable = check_token(agent.card.agent_id, "agent id")
-    retries = min(3, settings.max_deliver - 1)
     return ConsumerConfig(
         durable_name=durable,
         description=f"agent {agent.card.agent_id} v{agent.card.version}",
@@ -40,8 +39,10 @@ def consumer_config(agent: Agent, topology: Topology, settings: MeshSettings) ->
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.ack_wait,
         max_deliver=settings.max_deliver,
-        # Redelivery after a missed ack (a crashed or stuck agent) backs off too.
-        backoff=[settings.ack_wait * (2**i) for i in range(retries)],
+        # No consumer-level `backoff`: the retry schedule is the NAK delay the dispatcher
+        # computes (exponential, jittered). With `backoff` set, nats-server 2.15 lets it
+        # override NAK delays on later deliveries; a crashed agent's message still comes
+        # back after ack_wait.
         max_ack_pending=max(settings.fetch_batch * 4, 256),
     )
 

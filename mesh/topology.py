@@ -68,6 +68,12 @@ class Topology:
                 discard=DiscardPolicy.OLD,
                 num_replicas=self.replicas,
                 duplicate_window=DUPLICATE_WINDOW_SECONDS,
+                # Declared, not defaulted: a limit added by hand would silently trim
+                # the audit log, so provisioning must see and report it.
+                max_msgs=-1,
+                max_bytes=-1,
+                max_age=0,
+                max_msgs_per_subject=-1,
                 deny_delete=audit,
                 deny_purge=audit,
                 allow_direct=True,

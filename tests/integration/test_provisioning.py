@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import dataclasses
+
+import nats.js.errors
+import pytest
+from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, StorageType
+
+from mesh.errors import ConfigDrift
+from mesh.provisioning import Outcome, ensure_consumer, ensure_key_value, ensure_stream
+from mesh.topology import Topology
+
+
+async def test_streams_are_created_once_then_left_alone(nc: Client, topology: Topology) -> None:
+    js = nc.jetstream()
+    first = [await ensure_stream(js, config) for config in topology.streams()]
+    again = [await ensure_stream(js, config) for config in topology.streams()]
+    assert {r.outcome for r in first} == {Outcome.CREATED}
+    assert {r.outcome for r in again} == {Outcome.UNCHANGED}
+    info = await js.stream_info(topology.cases_stream)
+    assert info.config.deny_delete and info.config.deny_purge
+    assert info.config.storage == StorageType.FILE
+
+
+async def test_a_drifted_stream_is_reported_not_silently_kept(
+    nc: Client, topology: Topology
+) -> None:
+    js = nc.jetstream()
+    declared = topology.streams()[0]
+    await ensure_stream(js, declared)
+    # Someone changes the live stream by hand.
+    live = (await js.stream_info(declared.name or "")).config
+    await js.update_stream(dataclasses.replace(live, max_msgs=1000, duplicate_window=30))
+
+    report = await ensure_stream(js, declared)
+    assert report.outcome is Outcome.DRIFTED
+    assert any(d.startswith("max_msgs:") for d in report.differences)
+    assert any(d.startswith("duplicate_window:") for d in report.differences)
+    with pytest.raises(ConfigDrift, match="max_msgs"):
+        await ensure_stream(js, declared, strict=True)
+    # Reported, not overwritten: the operator decides.
+    assert (await js.stream_info(declared.name or "")).config.max_msgs == 1000
+
+
+async def test_consumers_are_provisioned_and_drift_is_reported(
+    nc: Client, provisioned: Topology
+) -> None:
+    js = nc.jetstream()
+    config = ConsumerConfig(
+        durable_name="worker",
+        filter_subject=provisioned.subjects.case_events_of_type("case_opened"),
+        ack_policy=AckPolicy.EXPLICIT,
+        max_deliver=5,
+        ack_wait=10.0,
+    )
+    stream = provisioned.cases_stream
+    assert (await ensure_consumer(js, stream, config)).outcome is Outcome.CREATED
+    assert (await ensure_consumer(js, stream, config)).outcome is Outcome.UNCHANGED
+    changed = dataclasses.replace(config, max_deliver=9)
+    report = await ensure_consumer(js, stream, changed)
+    assert report.outcome is Outcome.DRIFTED
+    assert report.differences == ["max_deliver: declared 9, server has 5"]
+
+
+async def test_key_value_buckets_are_provisioned_idempotently(
+    nc: Client, topology: Topology
+) -> None:
+    js = nc.jetstream()
+    config = KeyValueConfig(bucket=f"{topology.root}_agents", history=5)
+    assert (await ensure_key_value(js, config)).outcome is Outcome.CREATED
+    assert (await ensure_key_value(js, config)).outcome is Outcome.UNCHANGED
+    report = await ensure_key_value(js, dataclasses.replace(config, history=2))
+    assert report.outcome is Outcome.DRIFTED
+    assert report.differences == ["history: declared 2, server has 5"]
+
+
+async def test_the_case_log_refuses_deletes(nc: Client, provisioned: Topology) -> None:
+    js = nc.jetstream()
+    await js.publish(provisioned.subjects.case_event("c-1", "case_opened"), b"{}")
+    with pytest.raises(nats.js.errors.APIError):
+        await js.delete_msg(provisioned.cases_stream, 1)
+    with pytest.raises(nats.js.errors.APIError):
+        await js.purge_stream(provisioned.cases_stream)
