@@ -133,6 +133,10 @@ class AgentRunner:
         )
 
     @property
+    def loop(self) -> PullConsumerLoop | None:
+        return self._loop
+
+    @property
     def processed(self) -> int:
         return self._loop.processed if self._loop else 0
 

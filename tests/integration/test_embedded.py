@@ -30,6 +30,6 @@ def test_the_embedded_server_fsyncs_every_write_and_stops_cleanly(tmp_path: Path
 def test_a_port_in_use_is_reported_with_the_server_log(tmp_path: Path) -> None:
     with EmbeddedNats(tmp_path / "a") as first:
         second = EmbeddedNats(tmp_path / "b", port=first.port, ready_timeout=5)
-        with pytest.raises(EmbeddedServerError, match="exited|not ready") as caught:
+        with pytest.raises(EmbeddedServerError, match=r"exited|not ready") as caught:
             second.start()
         assert "address already in use" in caught.value.log_tail.lower()

@@ -19,7 +19,8 @@ async def test_streams_are_created_once_then_left_alone(nc: Client, topology: To
     assert {r.outcome for r in first} == {Outcome.CREATED}
     assert {r.outcome for r in again} == {Outcome.UNCHANGED}
     info = await js.stream_info(topology.cases_stream)
-    assert info.config.deny_delete and info.config.deny_purge
+    assert info.config.deny_delete
+    assert info.config.deny_purge
     assert info.config.storage == StorageType.FILE
 
 

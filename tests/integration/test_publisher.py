@@ -29,7 +29,8 @@ async def test_a_republished_event_is_stored_once(nc: Client, provisioned: Topol
     first = await publisher.publish(event)
     second = await publisher.publish(event)
     assert not first.duplicate
-    assert second.duplicate and second.sequence == first.sequence
+    assert second.duplicate
+    assert second.sequence == first.sequence
     assert len(await read_case(nc.jetstream(), provisioned, "c-1")) == 1
 
 
