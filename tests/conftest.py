@@ -17,7 +17,7 @@ import pytest
 from nats.aio.client import Client
 
 from mesh.connection import connect
-from mesh.embedded import EmbeddedNats
+from mesh.embedded import EmbeddedNats, server_config
 from mesh.provisioning import ensure_stream
 from mesh.testing import unique_root
 from mesh.topology import Topology
@@ -35,10 +35,24 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("MESH_TEST_BROKER") == "container":
         if not _docker_available():
             pytest.skip("MESH_TEST_BROKER=container but no Docker engine answers here")
-        from testcontainers.nats import NatsContainer
+        from testcontainers.community.nats import NatsContainer
 
-        # The image's default command already enables JetStream (-js); fsync always:
-        container = NatsContainer("nats:2.12").with_command("-js --sync_interval always")
+        # The same config as the embedded server (JetStream, fsync always), in-container.
+        config_dir = tmp_path_factory.mktemp("nats-container")
+        (config_dir / "nats.conf").write_text(
+            server_config(
+                port=4222,
+                monitor_port=8222,
+                store_dir=Path("/data"),
+                name="mesh-test",
+                host="0.0.0.0",
+            )
+        )
+        container = (
+            NatsContainer("nats:2.12")
+            .with_volume_mapping(str(config_dir), "/etc/mesh", "ro")
+            .with_command("-c /etc/mesh/nats.conf")
+        )
         with container:
             yield container.nats_uri()
         return
