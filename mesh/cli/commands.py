@@ -1,9 +1,8 @@
-"""The `mesh` command line."""
+"""Runtime commands: run an agent, the embedded server, streams, dead letters, keys,
+contracts."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -15,15 +14,14 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts import schema_export
-from mesh.app import load_agent, nats_url, run_agent
-from mesh.connection import connect
+from mesh.app import load_agent, run_agent
+from mesh.cli._common import LogLevel, configure_logging, fail, run, session
 from mesh.dead_letters import read_dead_letters, replay_dead_letter
 from mesh.embedded import EmbeddedNats
-from mesh.errors import MeshError
+from mesh.errors import ConfigurationError, MeshError
 from mesh.identity import Identity
 from mesh.provisioning import Outcome, ensure_stream
 from mesh.settings import MeshSettings
-from mesh.topology import Topology
 
 app = typer.Typer(
     help="Agent Mesh: event-sourced agents over NATS JetStream.", no_args_is_help=True
@@ -37,35 +35,20 @@ app.add_typer(streams_app, name="streams")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(contracts_app, name="contracts")
 
-console = Console(stderr=True)
-LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING")]
 
-
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-
-
-def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}")
-    return typer.Exit(2)
-
-
-@app.command()
-def run(
+@app.command("run")
+def run_command(
     target: Annotated[str, typer.Argument(help="module[:attribute] holding an Agent")],
     log_level: LogLevel = "INFO",
 ) -> None:
     """Run one agent as this process, until SIGINT/SIGTERM."""
-    _logging(log_level)
+    configure_logging(log_level)
     sys.path.insert(0, str(Path.cwd()))
     try:
-        settings = MeshSettings()
         agent = load_agent(target)
-        asyncio.run(run_agent(agent, settings))
     except MeshError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
+    run(run_agent(agent, MeshSettings()))
 
 
 @app.command()
@@ -75,11 +58,11 @@ def nats(
     log_level: LogLevel = "INFO",
 ) -> None:
     """Run the embedded nats-server in the foreground (JetStream, fsync always)."""
-    _logging(log_level)
+    configure_logging(log_level)
     try:
         server = EmbeddedNats(data_dir, port=port).start()
     except MeshError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
     typer.echo(f"MESH_NATS_URL={server.url}")
     try:
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
@@ -105,29 +88,19 @@ def streams_provision(
     strict: Annotated[bool, typer.Option(help="exit 1 when any stream drifted")] = True,
 ) -> None:
     """Create missing streams; report any whose config drifted from the declaration."""
-    settings = MeshSettings()
 
     async def provision() -> int:
-        topology = Topology(settings.subject_root, settings.stream_replicas)
-        async with nats_url(settings) as url:
-            nc = await connect(url, name="mesh-cli")
-            try:
-                drifted = 0
-                for config in topology.streams():
-                    report = await ensure_stream(nc.jetstream(), config)
-                    typer.echo(f"{report.resource}: {report.outcome.value}")
-                    for difference in report.differences:
-                        typer.echo(f"  {difference}")
-                    drifted += report.outcome is Outcome.DRIFTED
-                return drifted
-            finally:
-                await nc.close()
+        async with session(embedded=True) as mesh:
+            drifted = 0
+            for config in mesh.topology.streams():
+                report = await ensure_stream(mesh.js, config)
+                typer.echo(f"{report.resource}: {report.outcome.value}")
+                for difference in report.differences:
+                    typer.echo(f"  {difference}")
+                drifted += report.outcome is Outcome.DRIFTED
+            return drifted
 
-    try:
-        drifted = asyncio.run(provision())
-    except MeshError as exc:
-        raise _fail(exc) from None
-    if drifted and strict:
+    if run(provision()) and strict:
         raise typer.Exit(1)
 
 
@@ -138,69 +111,35 @@ def dlq_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List dead letters with their reasons."""
-    settings = MeshSettings()
+    columns = ("sequence", "kind", "original_subject", "original_sequence", "reason")
 
     async def read() -> list[dict[str, object]]:
-        topology = Topology(settings.subject_root, settings.stream_replicas)
-        if not settings.nats_url:
-            raise MeshError("set MESH_NATS_URL to the mesh's NATS server")
-        nc = await connect(settings.nats_url, name="mesh-cli")
-        try:
-            letters = await read_dead_letters(nc.jetstream(), topology, start=start, limit=limit)
-        finally:
-            await nc.close()
-        return [
-            {
-                "sequence": letter.sequence,
-                "kind": letter.kind,
-                "original_subject": letter.original_subject,
-                "original_sequence": letter.original_sequence,
-                "reason": letter.reason,
-            }
-            for letter in letters
-        ]
+        async with session() as mesh:
+            letters = await read_dead_letters(mesh.js, mesh.topology, start=start, limit=limit)
+        return [{column: getattr(letter, column) for column in columns} for letter in letters]
 
-    try:
-        rows = asyncio.run(read())
-    except MeshError as exc:
-        raise _fail(exc) from None
+    rows = run(read())
     if as_json:
         typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return
-    table = Table("seq", "kind", "original subject", "orig seq", "reason")
+    table = Table(*columns)
     for row in rows:
-        table.add_row(
-            *(
-                str(row[k])
-                for k in ("sequence", "kind", "original_subject", "original_sequence", "reason")
-            )
-        )
+        table.add_row(*(str(row[column]) for column in columns))
     Console().print(table)
 
 
 @dlq_app.command("replay")
 def dlq_replay(sequence: Annotated[int, typer.Argument(help="DLQ sequence to replay")]) -> None:
     """Publish a dead letter's original bytes to its original subject again."""
-    settings = MeshSettings()
 
     async def replay() -> int:
-        topology = Topology(settings.subject_root, settings.stream_replicas)
-        if not settings.nats_url:
-            raise MeshError("set MESH_NATS_URL to the mesh's NATS server")
-        nc = await connect(settings.nats_url, name="mesh-cli")
-        try:
-            js = nc.jetstream()
-            letters = await read_dead_letters(js, topology, start=sequence, limit=1)
+        async with session() as mesh:
+            letters = await read_dead_letters(mesh.js, mesh.topology, start=sequence, limit=1)
             if not letters or letters[0].sequence != sequence:
-                raise MeshError(f"no dead letter at sequence {sequence}")
-            return await replay_dead_letter(js, letters[0])
-        finally:
-            await nc.close()
+                raise ConfigurationError(f"no dead letter at sequence {sequence}")
+            return await replay_dead_letter(mesh.js, letters[0])
 
-    try:
-        new_sequence = asyncio.run(replay())
-    except MeshError as exc:
-        raise _fail(exc) from None
+    new_sequence = run(replay())
     typer.echo(f"replayed dead letter {sequence} as stream sequence {new_sequence}")
 
 
@@ -221,11 +160,3 @@ def contracts_write() -> None:
     """Regenerate contracts/schema/*.json from the event types."""
     for path in schema_export.write():
         typer.echo(f"wrote {path}")
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
