@@ -5,6 +5,7 @@
     <root>.ops.<component>.<event_type>       operational events (breakers, …)
     <root>.ingress.<source>                   initiating events from other systems
     <root>.dlq.<stream>.<consumer>            dead letters, kept with their reason
+    <root>.replay.<stream>.<consumer>         a dead letter sent back to its one consumer
 
 Family subjects have a fixed token count, so a consumer filters one event type
 across all cases with `<root>.case.*.<event_type>`. The root defaults to "mesh"; tests
@@ -75,6 +76,18 @@ class Subjects:
 
     def dead_letter_all(self) -> str:
         return f"{self.root}.dlq.>"
+
+    def replay(self, stream: str, consumer: str) -> str:
+        return (
+            f"{self.replay_prefix()}{check_token(stream, 'stream')}."
+            f"{check_token(consumer, 'consumer')}"
+        )
+
+    def replay_prefix(self) -> str:
+        return f"{self.root}.replay."
+
+    def replay_all(self) -> str:
+        return f"{self.root}.replay.>"
 
     def parse(self, subject: str) -> ParsedSubject:
         tokens = subject.split(".")

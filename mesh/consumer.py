@@ -1,10 +1,19 @@
-"""The pull-consumer loop: fetch a window, process it, repeat.
+"""The pull-consumer loop: keep up to `window` messages in flight, one lane per case.
 
-Messages in a window are processed concurrently *across* ordering keys (by default the
-case id in the subject) and strictly in stream order *within* a key, so two events of
-one case are never handled at the same time or out of order, while different cases
-overlap their I/O. Settlement (ack / nak / term) is the job of the `process` callback;
-the loop only keeps long windows alive with in-progress acks and stops cleanly.
+Messages are handled concurrently *across* ordering keys (by default the case id in
+the subject) and strictly one at a time, in stream order, *within* a key. There is no
+window barrier: a slow message occupies one slot, not the whole window.
+
+A message that is NAK'ed for a retry blocks its lane: later messages of the same case
+are held in memory (kept alive with in-progress acks, never re-delivered) until the
+NAK'ed one comes back and is settled, so a retry never lets a case's later event
+overtake an earlier one. If the blocker does not come back in time (another process
+on the same durable took it), the lane is released. Held messages do not count
+against the window, so a blocker's redelivery always finds room; they are bounded by
+`max_held`, past which a message for a blocked lane is NAK'ed back instead.
+
+Settlement (ack / nak / term) is the job of the `process` callback, which returns None
+when the message is settled for good or the NAK delay when it asked for a retry.
 """
 
 from __future__ import annotations
@@ -12,7 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -20,7 +32,8 @@ from nats.js.client import JetStreamContext
 
 log = logging.getLogger(__name__)
 
-Process = Callable[[Msg], Awaitable[None]]
+# None: settled for good (acked or dead-lettered). A float: NAK'ed, back after that delay.
+Process = Callable[[Msg], Awaitable[float | None]]
 OrderingKey = Callable[[Msg], str]
 
 
@@ -30,72 +43,195 @@ def case_ordering_key(msg: Msg) -> str:
     return parts[2] if len(parts) > 2 else msg.subject
 
 
+@dataclass
+class _Lane:
+    queue: deque[Msg] = field(default_factory=deque)
+    blocked_on: int | None = None  # stream sequence of the NAK'ed message
+    blocked_until: float = 0.0
+    task: asyncio.Task[None] | None = None
+    current: Msg | None = None  # the message being handled now
+
+
+def _sequence(msg: Msg) -> int:
+    return int(msg.metadata.sequence.stream)
+
+
 class PullConsumerLoop:
     def __init__(
         self,
         subscription: JetStreamContext.PullSubscription,
         process: Process,
         *,
-        batch: int,
+        window: int,
         fetch_wait: float,
         ack_wait: float,
         ordering_key: OrderingKey = case_ordering_key,
+        max_held: int | None = None,
     ) -> None:
         self.subscription = subscription
         self.process = process
-        self.batch = batch
+        self.window = window
         self.fetch_wait = fetch_wait
+        self.ack_wait = ack_wait
         self.keepalive_interval = max(ack_wait / 3, 0.1)
         self.ordering_key = ordering_key
-        self._stopping = asyncio.Event()
+        self.max_held = max_held if max_held is not None else window * 2
         self.processed = 0
+        self._lanes: dict[str, _Lane] = {}
+        self._active = 0  # messages in unblocked lanes: queued or being processed
+        self._held = 0  # messages waiting behind a blocked lane
+        self._room = asyncio.Event()
+        self._stopping = asyncio.Event()
 
     def stop(self) -> None:
-        """Stop after the current window; nothing fetched is abandoned unsettled."""
+        """Stop fetching; what is being handled finishes, what waits is NAK'ed back."""
         self._stopping.set()
+        self._room.set()
 
     async def run(self) -> None:
+        keepalive = asyncio.create_task(self._keep_alive())
+        try:
+            await self._fetch_loop()
+        finally:
+            keepalive.cancel()
+            await self._drain()
+
+    async def _fetch_loop(self) -> None:
+        # Refill in batches: one fetch round trip per message would cost more than the
+        # slot it fills, so wait until a quarter of the window is free.
+        refill_at = max(1, self.window // 2)
         while not self._stopping.is_set():
+            room = self.window - self._active
+            if room < refill_at:
+                self._room.clear()
+                await self._room.wait()
+                continue
             try:
-                messages = await self.subscription.fetch(self.batch, timeout=self.fetch_wait)
+                messages = await self.subscription.fetch(room, timeout=self.fetch_wait)
             except (nats.errors.TimeoutError, TimeoutError):
-                continue  # an idle long-poll: nothing to do
+                continue  # an idle long-poll
             except nats.errors.ConnectionClosedError:
                 if self._stopping.is_set():
                     return
                 raise
             except nats.errors.Error as exc:
-                # Reconnecting, or the server is briefly unavailable: back off, try again.
+                # Reconnecting, or the server briefly unavailable: back off, try again.
                 log.warning("fetch failed (%r); retrying", exc)
                 await asyncio.sleep(min(self.fetch_wait, 1.0))
                 continue
-            if messages:
-                await self._process_window(messages)
-
-    async def _process_window(self, messages: list[Msg]) -> None:
-        if len(messages) == 1:
-            work: Awaitable[object] = self._process_one(messages[0])
-        else:
-            groups: dict[str, list[Msg]] = {}
             for msg in messages:
-                groups.setdefault(self.ordering_key(msg), []).append(msg)
-            work = asyncio.gather(*(self._process_in_order(group) for group in groups.values()))
-        task = asyncio.ensure_future(work)
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=self.keepalive_interval)
-            if done:
-                task.result()
+                await self._admit(msg)
+
+    async def _admit(self, msg: Msg) -> None:
+        key = self.ordering_key(msg)
+        lane = self._lanes.setdefault(key, _Lane())
+        sequence = _sequence(msg)
+        if lane.blocked_on == sequence:
+            # The retried message is back: it goes first, then the lane runs again.
+            lane.queue.appendleft(msg)
+            lane.blocked_on = None
+            self._active += len(lane.queue)
+            self._held -= len(lane.queue) - 1
+        elif lane.blocked_on is not None:
+            if self._replaced(lane, msg):
                 return
-            # A slow window: tell the server we are still working on what is unsettled.
-            for msg in messages:
-                if not msg._ackd:
-                    with contextlib.suppress(nats.errors.Error):
-                        await msg.in_progress()
+            if self._held >= self.max_held:
+                await _quietly(msg.nak(delay=max(0.1, lane.blocked_until - time.monotonic())))
+                return
+            lane.queue.append(msg)
+            self._held += 1
+            return
+        else:
+            if self._replaced(lane, msg):
+                return
+            lane.queue.append(msg)
+            self._active += 1
+        if lane.task is None:
+            lane.task = asyncio.create_task(self._run_lane(key, lane))
 
-    async def _process_in_order(self, group: list[Msg]) -> None:
-        for msg in group:
-            await self._process_one(msg)
+    @staticmethod
+    def _replaced(lane: _Lane, msg: Msg) -> bool:
+        """A redelivery of a message we already hold replaces the stale copy."""
+        sequence = _sequence(msg)
+        for index, queued in enumerate(lane.queue):
+            if _sequence(queued) == sequence:
+                lane.queue[index] = msg
+                return True
+        return False
 
-    async def _process_one(self, msg: Msg) -> None:
-        await self.process(msg)
-        self.processed += 1
+    async def _run_lane(self, key: str, lane: _Lane) -> None:
+        try:
+            while lane.queue and lane.blocked_on is None and not self._stopping.is_set():
+                msg = lane.current = lane.queue.popleft()
+                retry_in = await self._process_guarded(msg)
+                lane.current = None
+                self._active -= 1
+                self.processed += 1
+                if retry_in is not None:
+                    # Hold the rest of this case until the retried message is settled.
+                    lane.blocked_on = _sequence(msg)
+                    lane.blocked_until = time.monotonic() + retry_in + self.ack_wait + 1.0
+                    self._active -= len(lane.queue)
+                    self._held += len(lane.queue)
+                self._room.set()
+        finally:
+            lane.task = None
+            if not lane.queue and lane.blocked_on is None:
+                self._lanes.pop(key, None)
+
+    async def _process_guarded(self, msg: Msg) -> float | None:
+        try:
+            return await self.process(msg)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # we are being stopped
+            # A handler raised CancelledError on its own: a failure like any other.
+            log.exception("processing %s raised CancelledError; retrying it", msg.subject)
+        except Exception:
+            log.exception("processing %s failed outside the dispatcher; retrying it", msg.subject)
+        await _quietly(msg.nak(delay=1.0))
+        return 1.0
+
+    async def _keep_alive(self) -> None:
+        """In-progress acks for everything we hold, so the server does not redeliver a
+        message that is being handled or waits behind its case's retry; and release lanes
+        whose retried message did not come back."""
+        while True:
+            await asyncio.sleep(self.keepalive_interval)
+            now = time.monotonic()
+            for key, lane in list(self._lanes.items()):
+                for msg in [lane.current, *lane.queue]:
+                    if msg is not None:
+                        await _quietly(msg.in_progress())
+                if lane.blocked_on is not None and now > lane.blocked_until:
+                    log.info(
+                        "lane %s: retried message %s did not return; releasing %d held",
+                        key,
+                        lane.blocked_on,
+                        len(lane.queue),
+                    )
+                    lane.blocked_on = None
+                    self._held -= len(lane.queue)
+                    self._active += len(lane.queue)
+                    if lane.queue and lane.task is None:
+                        lane.task = asyncio.create_task(self._run_lane(key, lane))
+                    elif not lane.queue:
+                        self._lanes.pop(key, None)
+
+    async def _drain(self) -> None:
+        """On stop: let the messages being handled finish; hand the waiting ones back."""
+        self._stopping.set()
+        running = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+        for lane in self._lanes.values():
+            while lane.queue:
+                await _quietly(lane.queue.popleft().nak())
+        self._lanes.clear()
+
+
+async def _quietly(settlement: Awaitable[None]) -> None:
+    """A failed settlement is harmless: the server redelivers after ack_wait."""
+    with contextlib.suppress(nats.errors.Error):
+        await settlement

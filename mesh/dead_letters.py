@@ -1,6 +1,7 @@
 """The dead-letter stream: nothing is dropped, everything is kept with its reason.
 
-A dead letter is the original body, byte for byte, on `<root>.dlq.<stream>.<consumer>`,
+A dead letter is the original body, byte for byte, on `<root>.dlq.<stream>.<consumer>`
+(named after the message's original stream and the consumer that gave up on it),
 with the original headers and these added:
 
     Mesh-Dlq-Reason            why, readable by a person (one line)
@@ -75,6 +76,14 @@ class DeadLetter:
     def original_sequence(self) -> int:
         return int(self.headers.get(ORIGINAL_SEQUENCE, "0"))
 
+    @property
+    def original_stream(self) -> str:
+        return self.headers.get(ORIGINAL_STREAM, "")
+
+    @property
+    def consumer(self) -> str:
+        return self.headers.get(CONSUMER, "")
+
 
 def _one_line(text: str) -> str:
     flat = " ".join(text.split())
@@ -89,27 +98,37 @@ class DeadLetterSink:
 
     async def dead_letter(self, msg: Msg, kind: DeadLetterKind, reason: str) -> int:
         meta = msg.metadata
-        stream, consumer = meta.stream, meta.consumer
-        sequence = meta.sequence.stream
+        received = dict(msg.headers or {})
+        if msg.subject.startswith(self.topology.subjects.replay_prefix()):
+            # A replay failed again: it is still the original message of the original
+            # consumer, and is filed (and replayable) as such.
+            origin = {
+                key: received[key]
+                for key in (ORIGINAL_SUBJECT, ORIGINAL_STREAM, ORIGINAL_SEQUENCE, CONSUMER)
+            }
+        else:
+            origin = {
+                ORIGINAL_SUBJECT: msg.subject,
+                ORIGINAL_STREAM: meta.stream,
+                ORIGINAL_SEQUENCE: str(meta.sequence.stream),
+                CONSUMER: meta.consumer,
+            }
         headers = {
-            key: value
-            for key, value in (msg.headers or {}).items()
-            if not key.startswith(_DROPPED_HEADERS)
+            key: value for key, value in received.items() if not key.startswith(_DROPPED_HEADERS)
         }
+        headers.update(origin)
         headers.update(
             {
-                "Nats-Msg-Id": f"dlq:{stream}:{sequence}:{consumer}",
+                # Unique per delivery source: dead-lettering the same delivery twice
+                # (a crash before term) keeps one copy.
+                "Nats-Msg-Id": f"dlq:{meta.stream}:{meta.sequence.stream}:{meta.consumer}",
                 REASON: _one_line(reason),
                 KIND: kind.value,
-                ORIGINAL_SUBJECT: msg.subject,
-                ORIGINAL_STREAM: stream,
-                ORIGINAL_SEQUENCE: str(sequence),
-                CONSUMER: consumer,
                 DELIVERIES: str(meta.num_delivered),
                 DEAD_LETTERED_AT: datetime.now(UTC).isoformat(),
             }
         )
-        subject = self.topology.subjects.dead_letter(stream, consumer)
+        subject = self.topology.subjects.dead_letter(origin[ORIGINAL_STREAM], origin[CONSUMER])
         try:
             ack = await self.js.publish(subject, msg.data, timeout=self.timeout, headers=headers)
         except nats.js.errors.APIError as exc:
@@ -130,11 +149,15 @@ async def read_dead_letters(
     except nats.errors.Error as exc:
         raise BrokerError("read dead letters", repr(exc)) from exc
     last = info.state.last_seq
+    replay_prefix = topology.subjects.replay_prefix()
     while sequence <= last and len(letters) < limit:
         try:
             raw = await js.get_msg(topology.dead_letter_stream, seq=sequence, direct=True)
         except nats.js.errors.NotFoundError:
             sequence += 1
+            continue
+        if (raw.subject or "").startswith(replay_prefix):
+            sequence += 1  # a replay on its way back to its consumer, not a dead letter
             continue
         letters.append(
             DeadLetter(
@@ -148,17 +171,21 @@ async def read_dead_letters(
     return letters
 
 
-async def replay_dead_letter(js: JetStreamContext, letter: DeadLetter) -> int:
-    """Publish a dead letter's original bytes to its original subject again (after the
-    cause is fixed). Signature headers travel unchanged, so the replay still verifies."""
+async def replay_dead_letter(js: JetStreamContext, topology: Topology, letter: DeadLetter) -> int:
+    """Send a dead letter back to the one consumer that gave up on it (once its cause is
+    fixed). It is not re-published to the case log: every other consumer has already
+    handled it, and the audit log must not hold the same event twice. Its bytes and
+    signature headers travel unchanged, so it still verifies against its original subject.
+    """
+    if not letter.original_stream or not letter.consumer:
+        raise PublishFailed(letter.subject, "dead letter lacks its origin headers")
+    subject = topology.subjects.replay(letter.original_stream, letter.consumer)
     headers = {
-        key: value
-        for key, value in letter.headers.items()
-        if not key.startswith("Mesh-Dlq-") and not key.startswith(_DROPPED_HEADERS)
+        key: value for key, value in letter.headers.items() if not key.startswith(_DROPPED_HEADERS)
     }
-    headers["Nats-Msg-Id"] = f"replay:{letter.sequence}:{letter.original_sequence}"
+    headers["Nats-Msg-Id"] = f"replay:{letter.sequence}"
     try:
-        ack = await js.publish(letter.original_subject, letter.body, headers=headers)
+        ack = await js.publish(subject, letter.body, headers=headers)
     except (nats.errors.Error, nats.js.errors.APIError, TimeoutError) as exc:
-        raise PublishFailed(letter.original_subject, repr(exc)) from exc
+        raise PublishFailed(subject, repr(exc)) from exc
     return int(ack.seq)

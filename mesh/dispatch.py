@@ -1,22 +1,35 @@
 """Turning one delivered message into a settled one.
 
+    delivered more than max_deliver times, never settled ───────────► dead-letter, term
+      │  (the handler crashed or hung the process on every earlier delivery)
     decode ─ bad bytes / unknown type / unreadable version ─────────► dead-letter, term
       │
-    verify (optional) ─ unsigned or forged ─────────────────────────► dead-letter, term
+    envelope ─ subject and body disagree (type, case) ──────────────► dead-letter, term
       │
-    handler ─ ok ───────────────────────────────────────────────────► ack
-            ├ PermanentError / contract error ──────────────────────► dead-letter, term
-            └ anything else (transient, broker, bug) ─ deliveries left ► nak(delay)
-                                                   └ none left ────► dead-letter, term
+    verify (optional) ─ unsigned or signature does not match ───────► dead-letter, term
+      │
+    handler (bounded by handler_timeout)
+      ├ ok ─────────────────────────────────────────────────────────► ack
+      ├ PermanentError / contract error ────────────────────────────► dead-letter, term
+      └ anything else (transient, timeout, broker, bug)
+            ├ deliveries left ─► nak(delay): exponential + jitter, and never sooner
+            │                    than an open circuit breaker's retry_after
+            └ none left ───────► dead-letter, term
 
-Unknown exceptions count as transient: a bug fixed and redeployed within the retry
-window then heals the message instead of losing it, and once retries run out it is
-dead-lettered with the error, never dropped. If the dead-letter publish itself fails,
-the message is nak'ed (not terminated), so it comes back and nothing is lost.
+The server-side consumer has no max_deliver: this dispatcher counts deliveries, so a
+message whose last delivery crashes the process still comes back once more and is
+dead-lettered then, instead of vanishing at the server's limit. Unknown exceptions
+count as transient: a bug fixed within the retry window heals the message, and once
+retries run out it is dead-lettered with the error. If the dead-letter publish itself
+fails, the message is nak'ed (not terminated), so nothing is lost.
+
+Returns None when the message is settled for good, or the NAK delay when it will come
+back (the consumer loop holds the rest of the case until then).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import traceback
@@ -27,9 +40,10 @@ from nats.aio.msg import Msg
 from contracts.codec import EventDecoder
 from contracts.envelope import Event
 from contracts.errors import ContractError
+from contracts.subjects import Subjects
 from mesh.agent import Agent, HandlerContext, Services
-from mesh.dead_letters import DeadLetterKind, DeadLetterSink
-from mesh.errors import MeshError, PermanentError, SignatureError
+from mesh.dead_letters import ORIGINAL_SUBJECT, DeadLetterKind, DeadLetterSink
+from mesh.errors import CircuitOpen, MeshError, PermanentError, SignatureError
 from mesh.identity import verify_headers
 from mesh.resilience import redelivery_delay
 
@@ -43,98 +57,129 @@ class EventDispatcher:
         *,
         services: Services,
         dead_letters: DeadLetterSink,
+        subjects: Subjects,
         max_deliver: int,
         retry_base_delay: float,
         retry_max_delay: float,
+        handler_timeout: float,
         verify_signatures: bool = False,
         decoder: EventDecoder | None = None,
     ) -> None:
         self.agent = agent
         self.services = services
         self.dead_letters = dead_letters
+        self.subjects = subjects
         self.max_deliver = max_deliver
         self.retry_base_delay = retry_base_delay
         self.retry_max_delay = retry_max_delay
+        self.handler_timeout = handler_timeout
         self.verify_signatures = verify_signatures
         self.decoder = decoder or EventDecoder()
         self._rng = random.Random()
         self.agent_id = agent.card.agent_id
 
-    async def __call__(self, msg: Msg) -> None:
+    async def __call__(self, msg: Msg) -> float | None:
+        delivery = msg.metadata.num_delivered
+        if delivery > self.max_deliver:
+            return await self._dead_letter(
+                msg,
+                DeadLetterKind.EXHAUSTED,
+                f"delivered {delivery} times and never settled: the handler crashed or "
+                f"hung the agent each time (limit {self.max_deliver})",
+            )
         try:
             event = self._read(msg)
         except ContractError as exc:
-            await self._dead_letter(msg, DeadLetterKind.MALFORMED, str(exc))
-            return
+            return await self._dead_letter(msg, DeadLetterKind.MALFORMED, str(exc))
         except SignatureError as exc:
-            await self._dead_letter(msg, DeadLetterKind.SIGNATURE, str(exc))
-            return
+            return await self._dead_letter(msg, DeadLetterKind.SIGNATURE, str(exc))
         handler = self.agent.handlers.get(event.event_name())
         if handler is None:
-            await self._dead_letter(
+            return await self._dead_letter(
                 msg,
                 DeadLetterKind.PERMANENT,
                 f"agent {self.agent_id} has no handler for {event.event_name()}",
             )
-            return
-        meta = msg.metadata
         ctx = HandlerContext(
             agent=self.agent,
             event=event,
-            delivery=meta.num_delivered,
-            stream_sequence=meta.sequence.stream,
+            delivery=delivery,
+            stream_sequence=msg.metadata.sequence.stream,
             services=self.services,
         )
         try:
-            await handler(event, ctx)
+            async with asyncio.timeout(self.handler_timeout):
+                await handler(event, ctx)
         except (PermanentError, ContractError) as exc:
-            await self._dead_letter(msg, DeadLetterKind.PERMANENT, _describe(exc))
-            return
+            return await self._dead_letter(msg, DeadLetterKind.PERMANENT, _describe(exc))
+        except TimeoutError as exc:
+            failure = TimeoutError(f"handler ran longer than {self.handler_timeout}s")
+            failure.__traceback__ = exc.__traceback__
+            return await self._retry_or_give_up(msg, failure)
         except Exception as exc:
-            await self._retry_or_give_up(msg, exc)
-            return
+            return await self._retry_or_give_up(msg, exc)
         await _settle(msg.ack())
+        return None
+
+    def original_subject(self, msg: Msg) -> str:
+        """A replayed dead letter travels on a replay subject; it is checked (and its
+        signature verified) against the subject it was first published on."""
+        if msg.subject.startswith(self.subjects.replay_prefix()):
+            return (msg.headers or {}).get(ORIGINAL_SUBJECT, msg.subject)
+        return msg.subject
 
     def _read(self, msg: Msg) -> Event:
+        subject = self.original_subject(msg)
         event = self.decoder.decode(msg.data)
-        subject_type = msg.subject.rsplit(".", 1)[-1]
-        if subject_type != event.event_name():
-            raise _SubjectMismatch(msg.subject, event.event_name())
+        parsed = self.subjects.parse(subject)
+        if parsed.event_type != event.event_name():
+            raise _EnvelopeMismatch(subject, f"body is a {event.event_name()!r}")
+        if parsed.family == "case" and parsed.key != event.case_id:
+            raise _EnvelopeMismatch(subject, f"body belongs to case {event.case_id!r}")
         if self.verify_signatures:
-            verify_headers(msg.subject, msg.data, msg.headers)
+            verify_headers(subject, msg.data, msg.headers)
         return event
 
-    async def _retry_or_give_up(self, msg: Msg, exc: Exception) -> None:
+    async def _retry_or_give_up(self, msg: Msg, exc: BaseException) -> float | None:
         delivery = msg.metadata.num_delivered
         if delivery >= self.max_deliver:
             reason = f"gave up after {delivery} deliveries: {_describe(exc)}"
-            await self._dead_letter(msg, DeadLetterKind.EXHAUSTED, reason)
-            return
+            return await self._dead_letter(msg, DeadLetterKind.EXHAUSTED, reason)
         delay = redelivery_delay(
             delivery, base=self.retry_base_delay, cap=self.retry_max_delay, rng=self._rng
         )
+        if isinstance(exc, CircuitOpen):
+            # No point knocking before the breaker will let a trial call through.
+            delay = max(delay, exc.retry_after)
         if isinstance(exc, MeshError) and exc.retryable:
             log.info("%s: %s (delivery %d); retry in %.2fs", self.agent_id, exc, delivery, delay)
         else:
-            log.exception(
-                "%s: handler failed on %s (delivery %d)", self.agent_id, msg.subject, delivery
+            log.error(
+                "%s: handler failed on %s (delivery %d); retry in %.2fs",
+                self.agent_id,
+                msg.subject,
+                delivery,
+                delay,
+                exc_info=exc,
             )
         await _settle(msg.nak(delay=delay))
+        return delay
 
-    async def _dead_letter(self, msg: Msg, kind: DeadLetterKind, reason: str) -> None:
+    async def _dead_letter(self, msg: Msg, kind: DeadLetterKind, reason: str) -> float | None:
         log.warning("%s: dead-lettering %s: %s", self.agent_id, msg.subject, reason)
         try:
             await self.dead_letters.dead_letter(msg, kind, reason)
         except MeshError:
             log.exception("%s: dead-letter publish failed; will see it again", self.agent_id)
             await _settle(msg.nak(delay=self.retry_base_delay))
-            return
+            return self.retry_base_delay
         await _settle(msg.term())
+        return None
 
 
-class _SubjectMismatch(ContractError):
-    def __init__(self, subject: str, event_type: str) -> None:
-        super().__init__(f"subject {subject} does not match body event_type {event_type!r}")
+class _EnvelopeMismatch(ContractError):
+    def __init__(self, subject: str, detail: str) -> None:
+        super().__init__(f"subject {subject} does not match the event: {detail}")
 
 
 def _describe(exc: BaseException) -> str:
@@ -144,8 +189,8 @@ def _describe(exc: BaseException) -> str:
 
 
 async def _settle(settlement: object) -> None:
-    """Acks are fire-and-forget; if the connection is gone the server redelivers after
-    ack_wait, which the handler's idempotent emits make harmless."""
+    """Settlements are fire-and-forget; if the connection is gone the server redelivers
+    after ack_wait, which idempotent emits make harmless."""
     try:
         await settlement  # type: ignore[misc]
     except nats.errors.Error as exc:

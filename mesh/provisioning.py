@@ -28,6 +28,7 @@ class Outcome(Enum):
     CREATED = "created"
     UNCHANGED = "unchanged"
     DRIFTED = "drifted"
+    UPDATED = "updated"
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,16 @@ async def ensure_stream(
 
 
 async def ensure_consumer(
-    jsm: JetStreamManager, stream: str, config: ConsumerConfig, *, strict: bool = False
+    jsm: JetStreamManager,
+    stream: str,
+    config: ConsumerConfig,
+    *,
+    strict: bool = False,
+    update: bool = False,
 ) -> ProvisionReport:
+    """With `update=True` (for a consumer its owner declares, e.g. an agent's durable
+    after the agent's card changed) a drifted consumer is updated to the declaration;
+    a change the server cannot make in place raises ConfigDrift."""
     name = config.durable_name or config.name
     assert name is not None
     resource = f"consumer {stream}/{name}"
@@ -111,7 +120,15 @@ async def ensure_consumer(
         return ProvisionReport(resource, Outcome.CREATED)
     except nats.errors.Error as exc:
         raise BrokerError(f"inspect {resource}", repr(exc)) from exc
-    return _settle(resource, differences(config, info.config), strict)
+    found = differences(config, info.config)
+    if found and update:
+        try:
+            await jsm.add_consumer(stream, config)  # CONSUMER.CREATE updates in place
+        except (nats.js.errors.APIError, nats.errors.Error) as exc:
+            raise ConfigDrift(resource, [*found, f"update refused: {exc!r}"]) from exc
+        log.info("updated %s: %s", resource, "; ".join(found))
+        return ProvisionReport(resource, Outcome.UPDATED, found)
+    return _settle(resource, found, strict)
 
 
 async def ensure_key_value(

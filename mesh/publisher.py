@@ -58,24 +58,32 @@ class EventPublisher:
             headers[EXPECTED_SUBJECT_SEQUENCE_SUBJECT] = self.topology.subjects.case_history(
                 event.case_id
             )
-        return await self.publish_raw(
-            subject, body, headers, case_id=event.case_id, expected=expected_case_sequence
-        )
+        try:
+            return await self.publish_raw(subject, body, headers)
+        except ConcurrencyConflict:
+            # The server checks the expectation before de-duplication, so a retry of a
+            # conditional publish that was in fact stored looks like a conflict with our
+            # own write. Look for it after the expected sequence before saying so.
+            assert event.case_id is not None
+            assert expected_case_sequence is not None
+            stored = await self._stored_after(event.case_id, expected_case_sequence, event.event_id)
+            if stored is not None:
+                return stored
+            raise
 
     async def publish_raw(
         self,
         subject: str,
         body: bytes,
         headers: dict[str, str],
-        *,
-        case_id: str | None = None,
-        expected: int | None = None,
     ) -> Receipt:
         try:
             ack = await self.js.publish(subject, body, timeout=self.timeout, headers=headers)
         except nats.js.errors.APIError as exc:
-            if exc.err_code == _WRONG_LAST_SEQUENCE and case_id is not None:
-                raise ConcurrencyConflict(case_id, expected or 0, exc.description or "") from None
+            if exc.err_code == _WRONG_LAST_SEQUENCE and EXPECTED_SUBJECT_SEQUENCE in headers:
+                case_id = subject.split(".")[2]
+                expected = int(headers[EXPECTED_SUBJECT_SEQUENCE])
+                raise ConcurrencyConflict(case_id, expected, exc.description or "") from None
             raise PublishFailed(subject, f"{exc.description} (code {exc.err_code})") from exc
         except (nats.errors.TimeoutError, TimeoutError) as exc:
             raise PublishFailed(subject, "no ack from JetStream in time") from exc
@@ -84,6 +92,21 @@ class EventPublisher:
         except nats.errors.Error as exc:
             raise PublishFailed(subject, repr(exc)) from exc
         return Receipt(ack.stream, ack.seq, bool(ack.duplicate))
+
+    async def _stored_after(self, case_id: str, after: int, event_id: str) -> Receipt | None:
+        subject = self.topology.subjects.case_history(case_id)
+        stream = self.topology.cases_stream
+        sequence = after + 1
+        while True:
+            try:
+                msg = await self.js.get_msg(stream, seq=sequence, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                return None
+            except nats.errors.Error as exc:
+                raise BrokerError(f"read case {case_id}", repr(exc)) from exc
+            if (msg.headers or {}).get(MSG_ID_HEADER) == event_id:
+                return Receipt(stream, int(msg.seq or sequence), duplicate=True)
+            sequence = int(msg.seq or sequence) + 1
 
     async def last_case_sequence(self, case_id: str) -> int:
         """The stream sequence of the case's newest event, 0 if it has none."""

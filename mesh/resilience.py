@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,7 @@ from contracts.events.operations import BreakerState, CircuitStateChangedPayload
 from mesh.errors import CircuitOpen, is_retryable
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 async def retry_transient(
@@ -89,16 +91,17 @@ class CircuitBreaker:
         self._trial_running = False
 
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
-        await self._before_call()
+        trial = await self._before_call()
         try:
             result = await operation()
         except Exception as exc:
-            await self._on_failure(exc)
+            await self._on_failure(exc, trial)
             raise
-        await self._on_success()
+        await self._on_success(trial)
         return result
 
-    async def _before_call(self) -> None:
+    async def _before_call(self) -> bool:
+        """Admit a call or raise CircuitOpen; True when the call is the half-open trial."""
         if self.state == "open":
             waited = self.clock() - self._opened_at
             if waited < self.reset_timeout:
@@ -108,20 +111,28 @@ class CircuitBreaker:
             if self._trial_running:
                 raise CircuitOpen(self.name, self.reset_timeout)
             self._trial_running = True
+            return True
+        return False
 
-    async def _on_success(self) -> None:
-        self._trial_running = False
-        self.consecutive_failures = 0
-        if self.state != "closed":
+    async def _on_success(self, trial: bool) -> None:
+        if trial:
+            self._trial_running = False
+            self.consecutive_failures = 0
             await self._transition("closed", "trial call succeeded")
+        elif self.state == "closed":
+            self.consecutive_failures = 0
+        # A call admitted before the breaker opened that succeeds late proves little:
+        # only the half-open trial may close an open breaker.
 
-    async def _on_failure(self, exc: Exception) -> None:
-        self._trial_running = False
-        self.consecutive_failures += 1
-        if self.state == "half_open":
+    async def _on_failure(self, exc: Exception, trial: bool) -> None:
+        if trial:
+            self._trial_running = False
+            self.consecutive_failures += 1
             await self._open(f"trial call failed: {exc!r}")
-        elif self.state == "closed" and self.consecutive_failures >= self.failure_threshold:
-            await self._open(f"{self.consecutive_failures} consecutive failures, last {exc!r}")
+        elif self.state == "closed":
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= self.failure_threshold:
+                await self._open(f"{self.consecutive_failures} consecutive failures, last {exc!r}")
 
     async def _open(self, reason: str) -> None:
         self._opened_at = self.clock()
@@ -129,7 +140,9 @@ class CircuitBreaker:
 
     async def _transition(self, new_state: BreakerState, reason: str) -> None:
         previous, self.state = self.state, new_state
-        if self.on_change is not None:
+        if self.on_change is None:
+            return
+        try:
             await self.on_change(
                 CircuitStateChangedPayload(
                     breaker=self.name,
@@ -139,3 +152,7 @@ class CircuitBreaker:
                     consecutive_failures=self.consecutive_failures,
                 )
             )
+        except Exception:
+            # The state change happened whatever the log says: a failed publish must not
+            # turn the guarded call's success (say, a payment) into an error and a retry.
+            log.exception("breaker %s: could not publish %s -> %s", self.name, previous, new_state)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
@@ -13,8 +15,8 @@ from contracts.envelope import Event
 from contracts.events.operations import CircuitStateChanged, CircuitStateChangedPayload
 from contracts.subjects import check_token
 from mesh.agent import Agent
-from mesh.consumer import PullConsumerLoop
-from mesh.dead_letters import DeadLetterSink
+from mesh.consumer import OrderingKey, PullConsumerLoop, case_ordering_key
+from mesh.dead_letters import ORIGINAL_SUBJECT, DeadLetterSink
 from mesh.dispatch import EventDispatcher
 from mesh.errors import BrokerError
 from mesh.identity import Identity
@@ -27,23 +29,47 @@ from mesh.topology import Topology
 log = logging.getLogger(__name__)
 
 
-def consumer_config(agent: Agent, topology: Topology, settings: MeshSettings) -> ConsumerConfig:
-    """One durable consumer per agent over the case events it consumes. Agents scale
-    out by running more processes on the same durable."""
-    durable = check_token(agent.card.agent_id, "agent id")
+def _durable(
+    name: str, description: str, filters: list[str], settings: MeshSettings
+) -> ConsumerConfig:
     return ConsumerConfig(
-        durable_name=durable,
-        description=f"agent {agent.card.agent_id} v{agent.card.version}",
-        filter_subjects=[topology.subjects.case_events_of_type(t) for t in agent.card.consumes],
+        durable_name=name,
+        description=description,
+        filter_subjects=filters,
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.ack_wait,
-        max_deliver=settings.max_deliver,
-        # No consumer-level `backoff`: the retry schedule is the NAK delay the dispatcher
-        # computes (exponential, jittered). With `backoff` set, nats-server 2.15 lets it
-        # override NAK delays on later deliveries; a crashed agent's message still comes
-        # back after ack_wait.
+        # Unlimited on the server: the dispatcher counts deliveries and dead-letters at
+        # MESH_MAX_DELIVER, so a last delivery that crashes the agent is not lost.
+        max_deliver=-1,
+        # No `backoff`: the retry schedule is the dispatcher's NAK delay. With `backoff`
+        # set, nats-server 2.15 lets it override NAK delays on later deliveries.
+        # Room for the window plus the messages held behind a case's retry.
         max_ack_pending=max(settings.fetch_batch * 4, 256),
+    )
+
+
+def consumer_config(agent: Agent, topology: Topology, settings: MeshSettings) -> ConsumerConfig:
+    """One durable consumer per agent over the case events it consumes. Agents scale
+    out by running more processes on the same durable."""
+    return _durable(
+        check_token(agent.card.agent_id, "agent id"),
+        f"agent {agent.card.agent_id} v{agent.card.version}",
+        [topology.subjects.case_events_of_type(t) for t in agent.card.consumes],
+        settings,
+    )
+
+
+def replay_consumer_config(
+    agent: Agent, topology: Topology, settings: MeshSettings
+) -> ConsumerConfig:
+    """Dead letters sent back to this agent (and to no one else) after a fix."""
+    agent_id = check_token(agent.card.agent_id, "agent id")
+    return _durable(
+        f"{agent_id}_replay",
+        f"replayed dead letters for agent {agent_id}",
+        [topology.subjects.replay(topology.cases_stream, agent_id)],
+        settings,
     )
 
 
@@ -70,15 +96,20 @@ class AgentRunner:
         self.dead_letters = DeadLetterSink(self.js, self.topology, settings.request_timeout)
         self.reports: list[ProvisionReport] = []
         self._loop: PullConsumerLoop | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._replay_loop: PullConsumerLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._breakers: dict[str, CircuitBreaker] = {}
 
     async def emit(self, event: Event, *, expected_case_sequence: int | None = None) -> Receipt:
-        # A conflict is not retried here: the handler must re-read and decide again.
-        return await retry_transient(
-            lambda: self.publisher.publish(event, expected_case_sequence=expected_case_sequence),
-            retry_on=lambda exc: isinstance(exc, BrokerError),
-        )
+        def publish() -> Awaitable[Receipt]:
+            return self.publisher.publish(event, expected_case_sequence=expected_case_sequence)
+
+        try:
+            return await publish()  # the common case, without a retry loop's set-up cost
+        except BrokerError:
+            # Same event id on every attempt, so a retry of a stored publish is a no-op.
+            # A conflict is not retried here: the handler must re-read and decide again.
+            return await retry_transient(publish, retry_on=lambda e: isinstance(e, BrokerError))
 
     def breaker(self, name: str) -> CircuitBreaker:
         """The agent's breaker for dependency `name`; its state changes are published
@@ -102,35 +133,52 @@ class AgentRunner:
     async def start(self) -> None:
         for stream in self.topology.streams():
             self.reports.append(await ensure_stream(self.js, stream))
-        config = consumer_config(self.agent, self.topology, self.settings)
-        self.reports.append(await ensure_consumer(self.js, self.topology.cases_stream, config))
-        assert config.durable_name is not None
-        subscription = await self.js.pull_subscribe_bind(
-            config.durable_name, stream=self.topology.cases_stream
-        )
         dispatcher = EventDispatcher(
             self.agent,
             services=self,
             dead_letters=self.dead_letters,
+            subjects=self.topology.subjects,
             max_deliver=self.settings.max_deliver,
             retry_base_delay=self.settings.retry_base_delay,
             retry_max_delay=self.settings.retry_max_delay,
+            handler_timeout=self.settings.handler_timeout,
             verify_signatures=self.settings.verify_signatures,
         )
-        self._loop = PullConsumerLoop(
-            subscription,
-            dispatcher,
-            batch=self.settings.fetch_batch,
-            fetch_wait=self.settings.fetch_wait,
-            ack_wait=self.settings.ack_wait,
+        main = consumer_config(self.agent, self.topology, self.settings)
+        replays = replay_consumer_config(self.agent, self.topology, self.settings)
+        self._loop = await self._consume(self.topology.cases_stream, main, dispatcher)
+        self._replay_loop = await self._consume(
+            self.topology.dead_letter_stream, replays, dispatcher, ordering=_original_case
         )
-        self._task = asyncio.create_task(self._loop.run(), name=f"agent:{config.durable_name}")
         log.info(
             "agent %s consuming %s as %s",
             self.agent.card.agent_id,
             self.agent.card.consumes,
             self.identity.public_key,
         )
+
+    async def _consume(
+        self,
+        stream: str,
+        config: ConsumerConfig,
+        dispatcher: EventDispatcher,
+        ordering: OrderingKey = case_ordering_key,
+    ) -> PullConsumerLoop:
+        # The agent owns its durables: a drift (say, the card now consumes one more
+        # type) is brought in line with the declaration, not left to silently differ.
+        self.reports.append(await ensure_consumer(self.js, stream, config, update=True))
+        assert config.durable_name is not None
+        subscription = await self.js.pull_subscribe_bind(config.durable_name, stream=stream)
+        loop = PullConsumerLoop(
+            subscription,
+            dispatcher,
+            window=self.settings.fetch_batch,
+            fetch_wait=self.settings.fetch_wait,
+            ack_wait=self.settings.ack_wait,
+            ordering_key=ordering,
+        )
+        self._tasks.append(asyncio.create_task(loop.run(), name=f"consume:{config.durable_name}"))
+        return loop
 
     @property
     def loop(self) -> PullConsumerLoop | None:
@@ -141,16 +189,30 @@ class AgentRunner:
         return self._loop.processed if self._loop else 0
 
     async def wait(self) -> None:
-        """Return when the loop ends (it only ends by stop(), or by raising)."""
-        if self._task is not None:
-            await self._task
+        """Return when a consumer loop ends (only by stop(), or by raising)."""
+        if self._tasks:
+            done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
 
     async def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.stop()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, self.settings.fetch_wait + 30)
-            except TimeoutError:
-                self._task.cancel()
-        self._task = None
+        """Stop consuming; never raises, so every runner and connection still closes."""
+        for loop in (self._loop, self._replay_loop):
+            if loop is not None:
+                loop.stop()
+        tasks, self._tasks = self._tasks, []
+        if not tasks:
+            return
+        done, pending = await asyncio.wait(tasks, timeout=self.settings.handler_timeout + 5)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("consumer loop %s had failed", task.get_name(), exc_info=task.exception())
+
+
+def _original_case(msg: Msg) -> str:
+    """Replayed dead letters are ordered by the case of their original subject."""
+    original = (msg.headers or {}).get(ORIGINAL_SUBJECT, msg.subject)
+    parts = original.split(".")
+    return parts[2] if len(parts) > 2 else original

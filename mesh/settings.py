@@ -32,7 +32,12 @@ class MeshSettings(BaseSettings):
     fetch_batch: int = Field(default=64, ge=1, le=1024, description="messages in flight")
     fetch_wait: float = Field(default=1.0, gt=0, description="long-poll of one fetch")
     ack_wait: float = Field(default=30.0, gt=0)
-    max_deliver: int = Field(default=6, ge=2)
+    max_deliver: int = Field(
+        default=6, ge=2, description="deliveries before a message is dead-lettered"
+    )
+    handler_timeout: float = Field(
+        default=60.0, gt=0, description="a handler running longer is retried"
+    )
     retry_base_delay: float = Field(default=0.5, gt=0)
     retry_max_delay: float = Field(default=60.0, gt=0)
     breaker_failure_threshold: int = Field(default=5, ge=1)

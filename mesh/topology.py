@@ -59,10 +59,10 @@ class Topology:
         }[family]
 
     def streams(self) -> list[StreamConfig]:
-        def log_stream(name: str, subject: str, *, audit: bool) -> StreamConfig:
+        def log_stream(name: str, *subjects: str, audit: bool) -> StreamConfig:
             return StreamConfig(
                 name=name,
-                subjects=[subject],
+                subjects=list(subjects),
                 storage=StorageType.FILE,
                 retention=RetentionPolicy.LIMITS,
                 discard=DiscardPolicy.OLD,
@@ -86,5 +86,6 @@ class Topology:
             log_stream(self.ops_stream, s.family_all("ops"), audit=False),
             log_stream(self.ingress_stream, s.ingress_all(), audit=False),
             # Dead letters are evidence too: kept until an operator has dealt with them.
-            log_stream(self.dead_letter_stream, s.dead_letter_all(), audit=False),
+            # Replays of dead letters to their one consumer live beside them.
+            log_stream(self.dead_letter_stream, s.dead_letter_all(), s.replay_all(), audit=False),
         ]

@@ -130,17 +130,17 @@ def dlq_list(
 
 @dlq_app.command("replay")
 def dlq_replay(sequence: Annotated[int, typer.Argument(help="DLQ sequence to replay")]) -> None:
-    """Publish a dead letter's original bytes to its original subject again."""
+    """Send a dead letter back to the consumer that gave up on it."""
 
     async def replay() -> int:
         async with session() as mesh:
             letters = await read_dead_letters(mesh.js, mesh.topology, start=sequence, limit=1)
             if not letters or letters[0].sequence != sequence:
                 raise ConfigurationError(f"no dead letter at sequence {sequence}")
-            return await replay_dead_letter(mesh.js, letters[0])
+            return await replay_dead_letter(mesh.js, mesh.topology, letters[0])
 
     new_sequence = run(replay())
-    typer.echo(f"replayed dead letter {sequence} as stream sequence {new_sequence}")
+    typer.echo(f"replayed dead letter {sequence} to its consumer (replay seq {new_sequence})")
 
 
 @contracts_app.command("check")

@@ -21,7 +21,7 @@ from mesh.dead_letters import replay_dead_letter
 from mesh.identity import Identity, verify_headers
 from mesh.reading import read_subject
 from mesh.testing import MeshTestKit, eventually
-from tests.integration.agents import stepper
+from tests.integration.agents import complete_step, stepper
 
 FAST = MeshSettings(
     ack_wait=5.0, fetch_wait=0.1, max_deliver=3, retry_base_delay=0.02, retry_max_delay=0.1
@@ -187,26 +187,49 @@ async def test_events_of_one_case_are_handled_in_order_one_at_a_time(nats_url: s
     assert all(order == list(range(30)) for order in seen.values())
 
 
-async def test_a_dead_letter_can_be_replayed_once_the_cause_is_fixed(nats_url: str) -> None:
+async def test_a_dead_letter_is_replayed_to_its_one_consumer_once_fixed(nats_url: str) -> None:
     broken = True
+    healthy_calls = 0
 
     async def sometimes(event: CaseOpened, ctx: HandlerContext) -> None:
         if broken:
             raise PermanentError("downstream contract mismatch")
-        await ctx.emit(
-            CaseStepCompleted,
-            CaseStepCompletedPayload(step="s", outcome="ok"),
-        )
+        await complete_step(event, ctx)
 
-    async with MeshTestKit(stepper(sometimes), nats_url=nats_url, settings=FAST) as kit:
+    async def healthy(event: CaseOpened, ctx: HandlerContext) -> None:
+        nonlocal healthy_calls
+        healthy_calls += 1
+
+    # Replays are checked against the original subject, signature included.
+    settings = FAST.model_copy(update={"verify_signatures": True})
+    agents = (stepper(sometimes), stepper(healthy, agent_id="auditor-feed"))
+    async with MeshTestKit(*agents, nats_url=nats_url, settings=settings) as kit:
         opened = await kit.open_case("claim")
         [letter] = await eventually(lambda: _at_least(kit, 1), what="a dead letter")
         broken = False
-        await replay_dead_letter(kit.js, letter)
-        await kit.wait_for(CaseStepCompleted, opened.case_id)
-        replayed = [s for s in await kit.history(opened.case_id) if s.sequence > 1]
-        # The replay carries the original signature, so it still verifies.
-        verify_headers(replayed[0].subject, replayed[0].body, replayed[0].headers)
+        await replay_dead_letter(kit.js, kit.topology, letter)
+        step = await kit.wait_for(CaseStepCompleted, opened.case_id)
+        assert step.causation_id == opened.event_id
+        history = [s.event.event_name() for s in await kit.history(opened.case_id)]
+        # The case log holds the event once; only the agent that failed saw it again.
+        assert history == ["case_opened", "case_step_completed"]
+        assert healthy_calls == 1
+
+
+async def test_a_replay_that_fails_again_is_filed_under_its_origin(nats_url: str) -> None:
+    async def always(event: CaseOpened, ctx: HandlerContext) -> None:
+        raise PermanentError("still broken")
+
+    async with MeshTestKit(stepper(always), nats_url=nats_url, settings=FAST) as kit:
+        opened = await kit.open_case("claim")
+        [first] = await eventually(lambda: _at_least(kit, 1), what="a dead letter")
+        await replay_dead_letter(kit.js, kit.topology, first)
+        letters = await eventually(lambda: _at_least(kit, 2), what="the replay dead-lettered")
+        again = letters[-1]
+        assert again.original_subject == first.original_subject
+        assert again.original_subject.endswith(f"{opened.case_id}.case_opened")
+        assert again.original_sequence == first.original_sequence
+        assert again.consumer == "stepper"
 
 
 async def test_breaker_state_changes_are_published_as_events(nats_url: str) -> None:

@@ -64,3 +64,15 @@ async def test_a_stale_writer_gets_a_conflict(nc: Client, provisioned: Topology)
         "case_opened",
         "case_closed",
     ]
+
+
+async def test_a_retried_conditional_publish_is_a_duplicate_not_a_conflict(
+    nc: Client, provisioned: Topology
+) -> None:
+    publisher = EventPublisher(nc.jetstream(), Identity.generate(), provisioned)
+    opened = _opened("c-5")
+    first = await publisher.publish(opened, expected_case_sequence=0)
+    await publisher.publish(_closed("c-5"))  # the case moves on after our write
+    again = await publisher.publish(opened, expected_case_sequence=0)
+    assert again.duplicate
+    assert again.sequence == first.sequence

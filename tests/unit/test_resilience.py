@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -110,3 +111,32 @@ def test_redelivery_delay_grows_and_is_capped() -> None:
     assert 0.5 <= delays[0] <= 1.0
     assert 1.0 <= delays[1] <= 2.0
     assert all(4.0 <= d <= 8.0 for d in delays[4:])
+
+
+async def test_a_late_success_does_not_close_an_open_breaker() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker("gateway", failure_threshold=1, reset_timeout=10, clock=clock)
+    release = asyncio.Event()
+
+    async def slow_success() -> str:
+        await release.wait()
+        return "ok"
+
+    in_flight = asyncio.create_task(breaker.call(slow_success))
+    await asyncio.sleep(0)
+    with pytest.raises(BrokerError):
+        await breaker.call(_fail)
+    assert breaker.state == "open"
+    release.set()
+    assert await in_flight == "ok"
+    assert breaker.state == "open"
+
+
+async def test_a_failing_state_listener_does_not_fail_the_call() -> None:
+    async def broken_listener(change: CircuitStateChangedPayload) -> None:
+        raise BrokerError("publish", "no responders")
+
+    breaker = CircuitBreaker("gateway", failure_threshold=1, on_change=broken_listener)
+    with pytest.raises(BrokerError, match="timeout"):  # the call's own error, not the listener's
+        await breaker.call(_fail)
+    assert breaker.state == "open"
