@@ -133,14 +133,16 @@ class MeshTestKit:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for runner in self.runners:
-            await runner.stop()
-        if self.nc is not None:
-            await self.nc.close()
-        if self._server is not None:
-            await asyncio.to_thread(self._server.stop)
-        if self._tmp is not None:
-            self._tmp.cleanup()
+        try:
+            for runner in self.runners:
+                await runner.stop()
+            if self.nc is not None:
+                await self.nc.close()
+        finally:
+            if self._server is not None:
+                await asyncio.to_thread(self._server.stop)
+            if self._tmp is not None:
+                self._tmp.cleanup()
 
     async def publish(self, event: Event, **options: Any) -> Receipt:
         return await self.publisher.publish(event, **options)
