@@ -25,6 +25,7 @@ from contracts.events.actions import (
 from contracts.events.case import CaseClosed, CaseEscalated, CaseOpened, CaseStepCompleted
 from contracts.events.operations import CircuitStateChanged
 from contracts.events.registry import (
+    AgentActivated,
     AgentCardUpdated,
     AgentRegistered,
     AgentRevoked,
@@ -89,6 +90,7 @@ CATALOG = EventCatalog(
         ActionFailed,
         AgentRegistered,
         AgentCardUpdated,
+        AgentActivated,
         AgentSuspended,
         AgentRevoked,
         CircuitStateChanged,

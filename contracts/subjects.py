@@ -6,6 +6,7 @@
     <root>.ingress.<source>                   initiating events from other systems
     <root>.dlq.<stream>.<consumer>            dead letters, kept with their reason
     <root>.replay.<stream>.<consumer>         a dead letter sent back to its one consumer
+    <root>.svc.<service>.<operation>          request/reply with a service (core NATS)
 
 Family subjects have a fixed token count, so a consumer filters one event type
 across all cases with `<root>.case.*.<event_type>`. The root defaults to "mesh"; tests
@@ -58,7 +59,11 @@ class Subjects:
 
     def case_history(self, case_id: str) -> str:
         """Every event of one case: the scope of per-case optimistic concurrency."""
-        return f"{self.root}.case.{check_token(case_id, 'case id')}.*"
+        return self.history("case", case_id)
+
+    def history(self, family: str, key: str) -> str:
+        """Every event under one key of a family (a case, an agent, a breaker)."""
+        return f"{self.root}.{family}.{check_token(key, f'{family} key')}.*"
 
     def family_all(self, family: str) -> str:
         return f"{self.root}.{family}.>"
@@ -76,6 +81,15 @@ class Subjects:
 
     def dead_letter_all(self) -> str:
         return f"{self.root}.dlq.>"
+
+    def service(self, service: str, operation: str) -> str:
+        return (
+            f"{self.root}.svc.{check_token(service, 'service')}."
+            f"{check_token(operation, 'operation')}"
+        )
+
+    def service_all(self, service: str) -> str:
+        return f"{self.root}.svc.{check_token(service, 'service')}.>"
 
     def replay(self, stream: str, consumer: str) -> str:
         return (

@@ -1,8 +1,14 @@
-"""Connecting to NATS: reconnect forever with backoff, and log every state change."""
+"""Connecting to NATS: reconnect forever with backoff, log every state change, and
+remember what the broker refused (so a publish that times out on a permissions
+violation is reported as that, not as a slow server)."""
 
 from __future__ import annotations
 
 import logging
+import re
+import time
+import weakref
+from collections import deque
 
 import nats
 import nats.errors
@@ -13,18 +19,46 @@ from mesh.identity import Identity
 
 log = logging.getLogger(__name__)
 
+_VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "([^"]+)"', re.I)
+_REFUSAL_MEMORY = 60.0  # seconds a refusal is remembered
+_refusals: weakref.WeakKeyDictionary[Client, deque[tuple[float, str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def refused(nc: Client, subject: str) -> str | None:
+    """The broker's refusal of `subject` on this connection, if one arrived recently."""
+    now = time.monotonic()
+    for at, operation, refused_subject in reversed(_refusals.get(nc, ())):
+        if now - at <= _REFUSAL_MEMORY and refused_subject == subject:
+            return f"permissions violation for {operation} to {subject!r}"
+    return None
+
 
 async def connect(
     url: str,
     *,
     name: str,
     identity: Identity | None = None,
+    inbox_prefix: str | None = None,
+    user: str | None = None,
+    password: str | None = None,
     connect_timeout: float = 5.0,
+    reconnect: bool = True,
 ) -> Client:
-    """Connect with reconnect handling. With an identity, authenticate by its nkey."""
+    """Connect with reconnect handling. With an identity, authenticate by its nkey;
+    with an inbox prefix, receive replies only there (a private inbox the broker's
+    permissions can reserve for this principal)."""
+    client_ref: list[Client] = []
+    recent: deque[tuple[float, str, str]] = deque(maxlen=64)
 
     async def on_error(exc: Exception) -> None:
-        log.warning("nats %s: %r", name, exc)
+        match = _VIOLATION.search(str(exc))
+        if match:
+            recent.append((time.monotonic(), match.group(1).lower(), match.group(2)))
+            log.error("nats %s: broker refused: %s", name, exc)
+        else:
+            log.warning("nats %s: %r", name, exc)
 
     async def on_disconnected() -> None:
         log.info("nats %s: disconnected from %s", name, url)
@@ -38,13 +72,18 @@ async def connect(
     options: dict[str, object] = {}
     if identity is not None:
         options["nkeys_seed_str"] = identity.seed
+    if inbox_prefix is not None:
+        options["inbox_prefix"] = inbox_prefix
+    if user is not None:
+        options["user"] = user
+        options["password"] = password or ""
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             url,
             name=name,
             connect_timeout=connect_timeout,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,  # a long-running agent waits out a broker restart
+            allow_reconnect=reconnect,
+            max_reconnect_attempts=-1 if reconnect else 0,
             reconnect_time_wait=0.5,
             error_cb=on_error,
             disconnected_cb=on_disconnected,
@@ -54,3 +93,6 @@ async def connect(
         )
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         raise BrokerError(f"connect to {url}", repr(exc)) from exc
+    client_ref.append(nc)
+    _refusals[nc] = recent
+    return nc

@@ -43,7 +43,13 @@ from contracts.errors import ContractError
 from contracts.subjects import Subjects
 from mesh.agent import Agent, HandlerContext, Services
 from mesh.dead_letters import ORIGINAL_SUBJECT, DeadLetterKind, DeadLetterSink
-from mesh.errors import CircuitOpen, MeshError, PermanentError, SignatureError
+from mesh.errors import (
+    CircuitOpen,
+    MeshError,
+    PermanentError,
+    PermissionDenied,
+    SignatureError,
+)
 from mesh.identity import verify_headers
 from mesh.resilience import redelivery_delay
 
@@ -110,7 +116,7 @@ class EventDispatcher:
         try:
             async with asyncio.timeout(self.handler_timeout):
                 await handler(event, ctx)
-        except (PermanentError, ContractError) as exc:
+        except (PermanentError, PermissionDenied, ContractError) as exc:
             return await self._dead_letter(msg, DeadLetterKind.PERMANENT, _describe(exc))
         except TimeoutError as exc:
             failure = TimeoutError(f"handler ran longer than {self.handler_timeout}s")

@@ -8,7 +8,9 @@
     ├── ConcurrencyConflict (retryable)  the case moved on since it was read
     ├── ProvisioningError            a stream/consumer/bucket could not be created
     │   └── ConfigDrift              the server's config differs from the declaration
-    ├── SignatureError               an event's signature is missing or wrong
+    ├── PermissionDenied             the broker refused a subject to this principal
+    ├── SignatureError               an event's signature is missing, wrong, or its
+    │                                signer is not (or no longer) allowed to sign
     ├── CircuitOpen (retryable)      a breaker refuses calls to a failing dependency
     └── HandlerError                 raised by agent code to steer settlement
         ├── TransientError (retryable)  nak with backoff; dead-letter when exhausted
@@ -61,10 +63,10 @@ class ConcurrencyConflict(MeshError):
 
     retryable = True
 
-    def __init__(self, case_id: str, expected_sequence: int, detail: str) -> None:
-        self.case_id = case_id
+    def __init__(self, key: str, expected_sequence: int, detail: str) -> None:
+        self.key = key  # the case id (or the agent id, for registry history)
         self.expected_sequence = expected_sequence
-        super().__init__(f"case {case_id} changed since sequence {expected_sequence}: {detail}")
+        super().__init__(f"{key} changed since sequence {expected_sequence}: {detail}")
 
 
 class ProvisioningError(MeshError):
@@ -78,6 +80,16 @@ class ConfigDrift(ProvisioningError):
     def __init__(self, resource: str, differences: Sequence[str]) -> None:
         self.differences = list(differences)
         super().__init__(resource, "config drifted from declaration: " + "; ".join(differences))
+
+
+class PermissionDenied(MeshError):
+    """The broker's permissions (generated from the agent's card) refuse this subject.
+    Permanent: retrying cannot help until the card changes."""
+
+    def __init__(self, subject: str, reason: str) -> None:
+        self.subject = subject
+        self.reason = reason
+        super().__init__(f"broker refused {subject}: {reason}")
 
 
 class SignatureError(MeshError):

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
 from contracts.codec import encode
 from contracts.envelope import Event
-from mesh.errors import BrokerError, ConcurrencyConflict, PublishFailed
+from mesh.connection import refused
+from mesh.errors import BrokerError, ConcurrencyConflict, PermissionDenied, PublishFailed
 from mesh.identity import Identity
 from mesh.topology import Topology
 
@@ -39,34 +41,48 @@ class Receipt:
 
 class EventPublisher:
     def __init__(
-        self, js: JetStreamContext, identity: Identity, topology: Topology, timeout: float = 5.0
+        self,
+        js: JetStreamContext,
+        identity: Identity,
+        topology: Topology,
+        timeout: float = 5.0,
+        *,
+        nc: Client | None = None,
     ) -> None:
         self.js = js
+        self.nc = nc  # to tell a permissions refusal from a slow server
         self.identity = identity
         self.topology = topology
         self.timeout = timeout
 
-    async def publish(self, event: Event, *, expected_case_sequence: int | None = None) -> Receipt:
+    async def publish(
+        self,
+        event: Event,
+        *,
+        expected_case_sequence: int | None = None,
+        expected_sequence: int | None = None,
+    ) -> Receipt:
+        """Publish, signed and de-duplicated. With `expected_sequence` (for case events
+        also spelled `expected_case_sequence`), store it only if the newest event under
+        the same key (the case, the agent…) still has that stream sequence."""
         subject = self.topology.subjects.for_event(event)
         body = encode(event)
         headers = self.identity.signature_headers(subject, body)
         headers[MSG_ID_HEADER] = event.event_id
-        if expected_case_sequence is not None:
-            if event.case_id is None:
-                raise ValueError("optimistic concurrency needs a case event")
-            headers[EXPECTED_SUBJECT_SEQUENCE] = str(expected_case_sequence)
-            headers[EXPECTED_SUBJECT_SEQUENCE_SUBJECT] = self.topology.subjects.case_history(
-                event.case_id
-            )
+        expected = expected_sequence if expected_sequence is not None else expected_case_sequence
+        if expected is None:
+            return await self.publish_raw(subject, body, headers)
+        scope = self.topology.subjects.history(event.family, event.subject_key())
+        headers[EXPECTED_SUBJECT_SEQUENCE] = str(expected)
+        headers[EXPECTED_SUBJECT_SEQUENCE_SUBJECT] = scope
         try:
             return await self.publish_raw(subject, body, headers)
         except ConcurrencyConflict:
             # The server checks the expectation before de-duplication, so a retry of a
             # conditional publish that was in fact stored looks like a conflict with our
             # own write. Look for it after the expected sequence before saying so.
-            assert event.case_id is not None
-            assert expected_case_sequence is not None
-            stored = await self._stored_after(event.case_id, expected_case_sequence, event.event_id)
+            stream = self.topology.stream_for_family(event.family)
+            stored = await self._stored_after(stream, scope, expected, event.event_id)
             if stored is not None:
                 return stored
             raise
@@ -81,11 +97,14 @@ class EventPublisher:
             ack = await self.js.publish(subject, body, timeout=self.timeout, headers=headers)
         except nats.js.errors.APIError as exc:
             if exc.err_code == _WRONG_LAST_SEQUENCE and EXPECTED_SUBJECT_SEQUENCE in headers:
-                case_id = subject.split(".")[2]
+                key = subject.split(".")[2]
                 expected = int(headers[EXPECTED_SUBJECT_SEQUENCE])
-                raise ConcurrencyConflict(case_id, expected, exc.description or "") from None
+                raise ConcurrencyConflict(key, expected, exc.description or "") from None
             raise PublishFailed(subject, f"{exc.description} (code {exc.err_code})") from exc
         except (nats.errors.TimeoutError, TimeoutError) as exc:
+            refusal = refused(self.nc, subject) if self.nc is not None else None
+            if refusal is not None:
+                raise PermissionDenied(subject, refusal) from exc
             raise PublishFailed(subject, "no ack from JetStream in time") from exc
         except nats.js.errors.NoStreamResponseError as exc:
             raise PublishFailed(subject, "no stream captures this subject") from exc
@@ -93,28 +112,32 @@ class EventPublisher:
             raise PublishFailed(subject, repr(exc)) from exc
         return Receipt(ack.stream, ack.seq, bool(ack.duplicate))
 
-    async def _stored_after(self, case_id: str, after: int, event_id: str) -> Receipt | None:
-        subject = self.topology.subjects.case_history(case_id)
-        stream = self.topology.cases_stream
+    async def _stored_after(
+        self, stream: str, scope: str, after: int, event_id: str
+    ) -> Receipt | None:
         sequence = after + 1
         while True:
             try:
-                msg = await self.js.get_msg(stream, seq=sequence, subject=subject, next=True)
+                msg = await self.js.get_msg(stream, seq=sequence, subject=scope, next=True)
             except nats.js.errors.NotFoundError:
                 return None
             except nats.errors.Error as exc:
-                raise BrokerError(f"read case {case_id}", repr(exc)) from exc
+                raise BrokerError(f"read {scope}", repr(exc)) from exc
             if (msg.headers or {}).get(MSG_ID_HEADER) == event_id:
                 return Receipt(stream, int(msg.seq or sequence), duplicate=True)
             sequence = int(msg.seq or sequence) + 1
 
     async def last_case_sequence(self, case_id: str) -> int:
         """The stream sequence of the case's newest event, 0 if it has none."""
-        subject = self.topology.subjects.case_history(case_id)
+        return await self.last_sequence("case", case_id)
+
+    async def last_sequence(self, family: str, key: str) -> int:
+        """The stream sequence of the newest event under `key` in `family`, 0 if none."""
+        subject = self.topology.subjects.history(family, key)
         try:
-            msg = await self.js.get_last_msg(self.topology.cases_stream, subject)
+            msg = await self.js.get_last_msg(self.topology.stream_for_family(family), subject)
         except nats.js.errors.NotFoundError:
             return 0
         except nats.errors.Error as exc:
-            raise BrokerError(f"read last event of case {case_id}", repr(exc)) from exc
+            raise BrokerError(f"read last event of {subject}", repr(exc)) from exc
         return int(msg.seq or 0)

@@ -91,7 +91,7 @@ class AgentRunner:
         self.settings = settings
         self.topology = topology or Topology(settings.subject_root, settings.stream_replicas)
         self.publisher = EventPublisher(
-            self.js, identity, self.topology, timeout=settings.request_timeout
+            self.js, identity, self.topology, timeout=settings.request_timeout, nc=nc
         )
         self.dead_letters = DeadLetterSink(self.js, self.topology, settings.request_timeout)
         self.reports: list[ProvisionReport] = []

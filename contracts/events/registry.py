@@ -26,6 +26,8 @@ class AgentRegistered(_RegistryEvent, frozen=True, kw_only=True, tag="agent_regi
 class AgentCardUpdatedPayload(msgspec.Struct, frozen=True, kw_only=True):
     card: AgentCard
     previous_version: str
+    changes: list[str] = msgspec.field(default_factory=list)  # readable, for the audit
+    keys_retired: list[str] = msgspec.field(default_factory=list)  # rotated-out keys
 
 
 class AgentCardUpdated(_RegistryEvent, frozen=True, kw_only=True, tag="agent_card_updated"):
@@ -39,6 +41,15 @@ class AgentStatusChangePayload(msgspec.Struct, frozen=True, kw_only=True):
     agent_id: str
     reason: str
     by: str  # the operator who did it
+
+
+class AgentActivated(_RegistryEvent, frozen=True, kw_only=True, tag="agent_activated"):
+    """registered → active, or suspended → active (reinstated)."""
+
+    payload: AgentStatusChangePayload
+
+    def subject_key(self) -> str:
+        return self.payload.agent_id
 
 
 class AgentSuspended(_RegistryEvent, frozen=True, kw_only=True, tag="agent_suspended"):

@@ -55,7 +55,7 @@ async def test_a_stale_writer_gets_a_conflict(nc: Client, provisioned: Topology)
 
     # Two writers read the case at the same point; the second one loses.
     await publisher.publish(_closed("c-3"), expected_case_sequence=opened.sequence)
-    with pytest.raises(ConcurrencyConflict, match="case c-3 changed") as caught:
+    with pytest.raises(ConcurrencyConflict, match="c-3 changed since sequence") as caught:
         await publisher.publish(
             _closed("c-3").with_envelope(), expected_case_sequence=opened.sequence
         )

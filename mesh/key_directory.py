@@ -1,0 +1,117 @@
+"""Who may sign what, and when: the registry's key history, held by every consumer.
+
+A check answers: was `signer` a key of `actor`, valid at the time the event entered
+the log, and was the actor neither revoked nor suspended then? The directory follows
+the registry: a snapshot on start, and a fresh one whenever a registry event appears
+(subscribed on `<root>.registry.>`), so a revocation reaches every consumer within a
+round trip. The check is a dictionary look-up; it does not re-verify the signature
+(that is `verify_signatures`, ~45 µs an event, and what auditors do offline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+
+from contracts.registry_api import PrincipalKeys
+from contracts.subjects import Subjects
+from mesh.errors import MeshError, SignatureError
+from mesh.registry_client import RegistryClient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _KeyPeriod:
+    agent_id: str
+    valid_from: datetime
+    valid_until: datetime | None
+
+
+class KeyDirectory:
+    def __init__(self) -> None:
+        self._keys: dict[str, _KeyPeriod] = {}
+        self._principals: dict[str, PrincipalKeys] = {}
+        self._subscription: Subscription | None = None
+        self._refresh: asyncio.Task[None] | None = None
+        self.loaded = asyncio.Event()
+
+    def load(self, principals: list[PrincipalKeys]) -> None:
+        keys = {}
+        for principal in principals:
+            for key in principal.key_history:
+                keys[key.public_key] = _KeyPeriod(
+                    principal.agent_id, key.valid_from, key.valid_until
+                )
+        self._keys = keys
+        self._principals = {p.agent_id: p for p in principals}
+        self.loaded.set()
+
+    def check(self, signer: str, actor: str, at: datetime, subject: str = "") -> None:
+        """Raise SignatureError unless `signer` could sign for `actor` at time `at`."""
+        period = self._keys.get(signer)
+        if period is None:
+            raise SignatureError(subject, f"signer key {signer} is not registered")
+        if period.agent_id != actor:
+            raise SignatureError(
+                subject, f"signer key belongs to {period.agent_id}, not to actor {actor}"
+            )
+        principal = self._principals[actor]
+        if principal.status == "revoked" and at >= principal.status_changed_at:
+            raise SignatureError(
+                subject,
+                f"signed by revoked agent {actor} after its revocation at "
+                f"{principal.status_changed_at.isoformat()}",
+            )
+        if principal.status == "suspended" and at >= principal.status_changed_at:
+            raise SignatureError(
+                subject,
+                f"signed by agent {actor} while suspended (since "
+                f"{principal.status_changed_at.isoformat()})",
+            )
+        if at < period.valid_from or (period.valid_until is not None and at >= period.valid_until):
+            until = period.valid_until.isoformat() if period.valid_until else "now"
+            raise SignatureError(
+                subject,
+                f"key {signer} of {actor} was not valid at {at.isoformat()} "
+                f"(valid {period.valid_from.isoformat()} to {until})",
+            )
+
+    async def follow(self, nc: Client, subjects: Subjects, registry: RegistryClient) -> None:
+        """Load a snapshot now, and reload whenever the registry's history moves."""
+
+        stale = asyncio.Event()
+
+        async def reload() -> None:
+            # Changes that arrive while a snapshot is in flight trigger one more.
+            while stale.is_set():
+                stale.clear()
+                try:
+                    self.load(await registry.keys())
+                except MeshError:
+                    log.exception("could not refresh the key directory; keeping the last one")
+
+        async def on_registry_event(_msg: object) -> None:
+            stale.set()
+            if self._refresh is None or self._refresh.done():
+                self._refresh = asyncio.create_task(reload())
+
+        try:
+            self._subscription = await nc.subscribe(
+                subjects.family_all("registry"), cb=on_registry_event
+            )
+        except nats.errors.Error as exc:
+            raise MeshError(f"cannot follow the registry: {exc!r}") from exc
+        self.load(await registry.keys())
+
+    async def close(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
+        if self._refresh is not None:
+            await asyncio.gather(self._refresh, return_exceptions=True)

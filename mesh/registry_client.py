@@ -1,0 +1,93 @@
+"""Talking to the registry service over request/reply (`<root>.svc.registry.<op>`)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client
+
+from contracts.cards import AgentCard, AgentRecord
+from contracts.registry_api import (
+    Heartbeat,
+    PrincipalKeys,
+    RegistryQuery,
+    RegistryReply,
+    StatusChangeRequest,
+)
+from contracts.subjects import Subjects
+from mesh.errors import BrokerError, MeshError
+from mesh.identity import Identity
+
+_reply_decoder = msgspec.json.Decoder(RegistryReply)
+
+
+class RegistryRefused(MeshError):
+    """The registry answered, and said no (a forged or invalid card, an unknown agent…).
+    Permanent: the same request will be refused again."""
+
+    def __init__(self, operation: str, reason: str) -> None:
+        self.operation = operation
+        self.reason = reason
+        super().__init__(f"registry refused {operation}: {reason}")
+
+
+class RegistryClient:
+    def __init__(self, nc: Client, subjects: Subjects, *, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.subjects = subjects
+        self.timeout = timeout
+
+    async def _request(
+        self, operation: str, body: bytes, identity: Identity | None = None
+    ) -> RegistryReply:
+        subject = self.subjects.service("registry", operation)
+        headers = identity.signature_headers(subject, body) if identity else None
+        try:
+            msg = await self.nc.request(subject, body, timeout=self.timeout, headers=headers)
+        except nats.errors.NoRespondersError:
+            raise BrokerError(f"registry {operation}", "no registry is running") from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BrokerError(f"registry {operation}", repr(exc)) from exc
+        try:
+            reply = _reply_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            raise BrokerError(f"registry {operation}", f"unreadable reply: {exc}") from None
+        if not reply.ok:
+            raise RegistryRefused(operation, reply.error or "no reason given")
+        return reply
+
+    async def register(self, card: AgentCard, identity: Identity) -> AgentRecord:
+        """Submit the card signed with `identity`; returns the registry's record."""
+        reply = await self._request("register", msgspec.json.encode(card), identity)
+        return reply.records[0]
+
+    async def get(self, agent_id: str) -> AgentRecord:
+        reply = await self._request("get", msgspec.json.encode(RegistryQuery(agent_id=agent_id)))
+        return reply.records[0]
+
+    async def find(self, query: RegistryQuery | None = None) -> list[AgentRecord]:
+        reply = await self._request("list", msgspec.json.encode(query or RegistryQuery()))
+        return reply.records
+
+    async def keys(self) -> list[PrincipalKeys]:
+        reply = await self._request("keys", msgspec.json.encode(RegistryQuery()))
+        return reply.keys
+
+    async def change_status(
+        self, operation: str, agent_id: str, reason: str, operator: Identity
+    ) -> AgentRecord:
+        """activate / suspend / revoke, signed by an operator's key."""
+        body = msgspec.json.encode(StatusChangeRequest(agent_id=agent_id, reason=reason))
+        reply = await self._request(operation, body, operator)
+        return reply.records[0]
+
+    async def heartbeat(self, agent_id: str, identity: Identity) -> None:
+        """Fire-and-forget: liveness is a trend, not a transaction."""
+        subject = self.subjects.service("registry", "heartbeat")
+        body = msgspec.json.encode(Heartbeat(agent_id=agent_id, sent_at=datetime.now(UTC)))
+        try:
+            await self.nc.publish(subject, body, headers=identity.signature_headers(subject, body))
+        except nats.errors.Error as exc:
+            raise BrokerError("registry heartbeat", repr(exc)) from exc

@@ -1,0 +1,144 @@
+"""The nats-server authorization config, generated from the registry (pure).
+
+Every active agent is an nkey user that may publish exactly the case subjects of the
+event types its card produces, plus what its runtime needs (its own durable consumers,
+its acks and dead letters, its breaker events, registry requests) and nothing else; it
+receives replies only on its private inbox prefix. Suspended and revoked agents are
+absent, so the broker refuses their connections: the kill switch. Services and
+operators are static principals with their own users. Unknown clients land in the
+`onboarding` user, which may only ask the registry to register a card.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from contracts.cards import AgentRecord
+from mesh.topology import Topology
+
+PrincipalRole = Literal["registry", "operator", "service"]
+ONBOARDING_USER = "onboarding"
+# Used by registration before an agent has credentials; anyone may know it, and all it
+# allows is one request subject and replies on the shared inbox.
+ONBOARDING_PASSWORD = "onboarding"
+
+
+@dataclass(frozen=True)
+class StaticPrincipal:
+    """A service or operator with a fixed key (from the principals file)."""
+
+    name: str
+    public_key: str
+    role: PrincipalRole
+
+
+def inbox_prefix(principal_id: str) -> str:
+    """A principal's private reply subjects: nobody else may subscribe to them."""
+    return f"_INBOX_{principal_id}"
+
+
+def agent_permissions(record: AgentRecord, topology: Topology) -> dict[str, object]:
+    agent_id = record.card.agent_id
+    s = topology.subjects
+    cases, dlq = topology.cases_stream, topology.dead_letter_stream
+    replay_durable = f"{agent_id}_replay"
+    publish = [
+        *(s.case_events_of_type(t) for t in sorted(record.card.produces)),
+        f"{topology.root}.ops.*.circuit_state_changed",
+        s.dead_letter(cases, agent_id),
+        *(s.service("registry", op) for op in ("register", "heartbeat", "get", "list", "keys")),
+        "$JS.API.INFO",
+        *(f"$JS.API.STREAM.INFO.{config.name}" for config in topology.streams()),
+        # its own durables only: create/update, inspect, fetch, ack
+        *_durable_api(cases, agent_id),
+        *_durable_api(dlq, replay_durable),
+        # reading a case's history (optimistic concurrency reads the last sequence)
+        f"$JS.API.STREAM.MSG.GET.{cases}",
+        f"$JS.API.DIRECT.GET.{cases}",
+        f"$JS.API.DIRECT.GET.{cases}.>",
+    ]
+    subscribe = [f"{inbox_prefix(agent_id)}.>", s.family_all("registry")]
+    return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
+
+
+def _durable_api(stream: str, durable: str) -> list[str]:
+    return [
+        f"$JS.API.CONSUMER.CREATE.{stream}.{durable}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+        f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
+        f"$JS.ACK.{stream}.{durable}.>",
+    ]
+
+
+def principal_permissions(principal: StaticPrincipal, topology: Topology) -> dict[str, object]:
+    if principal.role == "registry":
+        return {
+            "publish": {
+                "allow": [
+                    topology.subjects.family_all("registry"),
+                    "$JS.API.>",
+                    "$KV.>",
+                    f"{inbox_prefix(principal.name)}.>",
+                ]
+            },
+            "subscribe": {
+                "allow": [
+                    topology.subjects.service_all("registry"),
+                    f"{inbox_prefix(principal.name)}.>",
+                ]
+            },
+            # replies to whoever asked, on their private inboxes
+            "allow_responses": True,
+        }
+    # Operators and the other services (policy, event store, ingress) have the run of
+    # the mesh until their own issues narrow them.
+    return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
+
+
+def onboarding_permissions(topology: Topology) -> dict[str, object]:
+    return {
+        "publish": {"allow": [topology.subjects.service("registry", "register")]},
+        "subscribe": {"allow": ["_INBOX.>"]},
+    }
+
+
+def authorization_config(
+    records: Iterable[AgentRecord],
+    principals: Iterable[StaticPrincipal],
+    topology: Topology,
+) -> str:
+    """The `authorization {}` block and `no_auth_user`, as nats-server config text."""
+    users: list[dict[str, object]] = [
+        {
+            "user": ONBOARDING_USER,
+            "password": ONBOARDING_PASSWORD,
+            "permissions": onboarding_permissions(topology),
+        }
+    ]
+    for principal in sorted(principals, key=lambda p: p.name):
+        users.append(
+            {
+                "nkey": principal.public_key,
+                "permissions": principal_permissions(principal, topology),
+            }
+        )
+    for record in sorted(records, key=lambda r: r.card.agent_id):
+        if record.status != "active":
+            continue  # registered-but-not-activated, suspended, revoked: no credentials
+        for key in record.key_history:
+            if key.valid_until is None:
+                users.append(
+                    {"nkey": key.public_key, "permissions": agent_permissions(record, topology)}
+                )
+    # nats-server's config syntax accepts JSON objects, which keeps quoting exact.
+    body = json.dumps({"users": users}, indent=2, sort_keys=True)
+    return (
+        "# generated by the registry from the agent cards; do not edit\n"
+        f"authorization {body}\n"
+        f"no_auth_user: {ONBOARDING_USER}\n"
+    )
