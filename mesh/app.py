@@ -13,10 +13,14 @@ from pathlib import Path
 from mesh.agent import Agent
 from mesh.connection import connect
 from mesh.embedded import EmbeddedNats
-from mesh.errors import ConfigurationError
+from mesh.errors import ConfigurationError, MeshError
 from mesh.identity import Identity
+from mesh.key_directory import KeyDirectory
+from mesh.onboarding import connect_as, inbox_prefix, register
+from mesh.registry_client import RegistryClient
 from mesh.runtime import AgentRunner
 from mesh.settings import MeshSettings
+from mesh.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -67,30 +71,74 @@ async def nats_url(settings: MeshSettings) -> AsyncIterator[str]:
 
 async def run_agent(agent: Agent, settings: MeshSettings) -> None:
     identity = agent_identity(settings, agent.card.agent_id)
+    topology = Topology(settings.subject_root, settings.stream_replicas)
     stop = asyncio.Event()
+    refused = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with nats_url(settings) as url:
-        nc = await connect(
-            url,
-            name=f"agent:{agent.card.agent_id}",
-            identity=identity if settings.nkey_auth else None,
-            connect_timeout=settings.connect_timeout,
+        if settings.onboard:
+            record = await register(
+                url, agent.card, identity, topology.subjects, wait=settings.onboard_wait
+            )
+            log.info("agent %s is %s in the registry", agent.card.agent_id, record.status)
+            nc = await connect_as(
+                url, agent.card.agent_id, identity, on_credentials_refused=refused.set
+            )
+        else:
+            nc = await connect(
+                url,
+                name=f"agent:{agent.card.agent_id}",
+                identity=identity if settings.nkey_auth else None,
+                inbox_prefix=inbox_prefix(agent.card.agent_id) if settings.nkey_auth else None,
+                connect_timeout=settings.connect_timeout,
+                on_credentials_refused=refused.set,
+            )
+        registry = RegistryClient(nc, topology.subjects) if settings.onboard else None
+        directory = KeyDirectory() if settings.check_signers else None
+        if directory is not None:
+            await directory.follow(nc, topology.subjects, RegistryClient(nc, topology.subjects))
+        runner = AgentRunner(
+            agent,
+            nc=nc,
+            identity=identity,
+            settings=settings,
+            topology=topology,
+            key_directory=directory,
+            registry=registry,
         )
-        runner = AgentRunner(agent, nc=nc, identity=identity, settings=settings)
         try:
             await runner.start()
             log.info("agent %s running against %s", agent.card.agent_id, url)
-            waiter = asyncio.create_task(runner.wait())
-            stopper = asyncio.create_task(stop.wait())
-            done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if waiter in done:
-                waiter.result()  # the loop died: surface why
-            stopper.cancel()
+            waits = {
+                asyncio.create_task(runner.wait()): "loop",
+                asyncio.create_task(stop.wait()): "signal",
+                asyncio.create_task(refused.wait()): "refused",
+            }
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            for task in done:
+                if waits[task] == "loop":
+                    task.result()  # the loop died: surface why
+                if waits[task] == "refused":
+                    raise CredentialsRevoked(agent.card.agent_id)
         finally:
             await runner.stop()
+            if directory is not None:
+                await directory.close()
             # close, not drain: every fetched message is settled by now, and nats-py's
             # drain waits out its 30 s timeout on a pull subscription's inbox.
             await nc.close()
             log.info("agent %s stopped", agent.card.agent_id)
+
+
+class CredentialsRevoked(MeshError):
+    """The broker stopped accepting the agent's key: it was suspended or revoked."""
+
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+        super().__init__(
+            f"agent {agent_id}: the broker refused our credentials (suspended or revoked?)"
+        )

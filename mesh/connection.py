@@ -9,6 +9,7 @@ import re
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 
 import nats
 import nats.errors
@@ -45,6 +46,7 @@ async def connect(
     password: str | None = None,
     connect_timeout: float = 5.0,
     reconnect: bool = True,
+    on_credentials_refused: Callable[[], None] | None = None,
 ) -> Client:
     """Connect with reconnect handling. With an identity, authenticate by its nkey;
     with an inbox prefix, receive replies only there (a private inbox the broker's
@@ -54,7 +56,12 @@ async def connect(
 
     async def on_error(exc: Exception) -> None:
         match = _VIOLATION.search(str(exc))
-        if match:
+        if "authorization violation" in str(exc).lower() and client_ref:
+            # Connected once, refused now: our user was removed (suspended, revoked).
+            log.error("nats %s: the broker no longer accepts our credentials", name)
+            if on_credentials_refused is not None:
+                on_credentials_refused()
+        elif match:
             recent.append((time.monotonic(), match.group(1).lower(), match.group(2)))
             log.error("nats %s: broker refused: %s", name, exc)
         else:

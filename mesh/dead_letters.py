@@ -37,6 +37,7 @@ ORIGINAL_SEQUENCE = "Mesh-Dlq-Original-Sequence"
 CONSUMER = "Mesh-Dlq-Consumer"
 DELIVERIES = "Mesh-Dlq-Deliveries"
 DEAD_LETTERED_AT = "Mesh-Dlq-At"
+ORIGINAL_TIME = "Mesh-Dlq-Original-Time"  # when the original entered its stream
 
 # Control headers that must not travel: they would make the DLQ publish conditional
 # or de-duplicate it against the original.
@@ -104,13 +105,21 @@ class DeadLetterSink:
             # consumer, and is filed (and replayable) as such.
             origin = {
                 key: received[key]
-                for key in (ORIGINAL_SUBJECT, ORIGINAL_STREAM, ORIGINAL_SEQUENCE, CONSUMER)
+                for key in (
+                    ORIGINAL_SUBJECT,
+                    ORIGINAL_STREAM,
+                    ORIGINAL_SEQUENCE,
+                    ORIGINAL_TIME,
+                    CONSUMER,
+                )
+                if key in received
             }
         else:
             origin = {
                 ORIGINAL_SUBJECT: msg.subject,
                 ORIGINAL_STREAM: meta.stream,
                 ORIGINAL_SEQUENCE: str(meta.sequence.stream),
+                ORIGINAL_TIME: meta.timestamp.isoformat(),
                 CONSUMER: meta.consumer,
             }
         headers = {

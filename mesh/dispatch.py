@@ -8,6 +8,8 @@
       │
     verify (optional) ─ unsigned or signature does not match ───────► dead-letter, term
       │
+    signer (optional) ─ unknown, another actor's, suspended, revoked ► dead-letter, term
+      │
     handler (bounded by handler_timeout)
       ├ ok ─────────────────────────────────────────────────────────► ack
       ├ PermanentError / contract error ────────────────────────────► dead-letter, term
@@ -33,6 +35,7 @@ import asyncio
 import logging
 import random
 import traceback
+from datetime import datetime
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -42,7 +45,7 @@ from contracts.envelope import Event
 from contracts.errors import ContractError
 from contracts.subjects import Subjects
 from mesh.agent import Agent, HandlerContext, Services
-from mesh.dead_letters import ORIGINAL_SUBJECT, DeadLetterKind, DeadLetterSink
+from mesh.dead_letters import ORIGINAL_SUBJECT, ORIGINAL_TIME, DeadLetterKind, DeadLetterSink
 from mesh.errors import (
     CircuitOpen,
     MeshError,
@@ -50,7 +53,8 @@ from mesh.errors import (
     PermissionDenied,
     SignatureError,
 )
-from mesh.identity import verify_headers
+from mesh.identity import SIGNER_HEADER, verify_headers
+from mesh.key_directory import KeyDirectory
 from mesh.resilience import redelivery_delay
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,7 @@ class EventDispatcher:
         retry_max_delay: float,
         handler_timeout: float,
         verify_signatures: bool = False,
+        key_directory: KeyDirectory | None = None,
         decoder: EventDecoder | None = None,
     ) -> None:
         self.agent = agent
@@ -80,6 +85,7 @@ class EventDispatcher:
         self.retry_max_delay = retry_max_delay
         self.handler_timeout = handler_timeout
         self.verify_signatures = verify_signatures
+        self.key_directory = key_directory
         self.decoder = decoder or EventDecoder()
         self._rng = random.Random()
         self.agent_id = agent.card.agent_id
@@ -144,7 +150,21 @@ class EventDispatcher:
             raise _EnvelopeMismatch(subject, f"body belongs to case {event.case_id!r}")
         if self.verify_signatures:
             verify_headers(subject, msg.data, msg.headers)
+        if self.key_directory is not None:
+            signer = (msg.headers or {}).get(SIGNER_HEADER)
+            if not signer:
+                raise SignatureError(subject, "unsigned: no Mesh-Signer header")
+            self.key_directory.check(signer, event.actor, self._written_at(msg), subject)
         return event
+
+    def _written_at(self, msg: Msg) -> datetime:
+        """When the event entered the log (the broker's clock, not the signer's claim);
+        for a replayed dead letter, when the original did."""
+        if msg.subject.startswith(self.subjects.replay_prefix()):
+            original = (msg.headers or {}).get(ORIGINAL_TIME)
+            if original:
+                return datetime.fromisoformat(original)
+        return msg.metadata.timestamp
 
     async def _retry_or_give_up(self, msg: Msg, exc: BaseException) -> float | None:
         delivery = msg.metadata.num_delivered

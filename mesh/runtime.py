@@ -18,10 +18,12 @@ from mesh.agent import Agent
 from mesh.consumer import OrderingKey, PullConsumerLoop, case_ordering_key
 from mesh.dead_letters import ORIGINAL_SUBJECT, DeadLetterSink
 from mesh.dispatch import EventDispatcher
-from mesh.errors import BrokerError
+from mesh.errors import BrokerError, MeshError
 from mesh.identity import Identity
+from mesh.key_directory import KeyDirectory
 from mesh.provisioning import ProvisionReport, ensure_consumer, ensure_stream
 from mesh.publisher import EventPublisher, Receipt
+from mesh.registry_client import RegistryClient
 from mesh.resilience import CircuitBreaker, retry_transient
 from mesh.settings import MeshSettings
 from mesh.topology import Topology
@@ -82,8 +84,12 @@ class AgentRunner:
         identity: Identity,
         settings: MeshSettings,
         topology: Topology | None = None,
+        key_directory: KeyDirectory | None = None,
+        registry: RegistryClient | None = None,
     ) -> None:
         agent.check()
+        self.key_directory = key_directory
+        self.registry = registry  # heartbeats go here when set
         self.agent = agent
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout)
@@ -143,6 +149,7 @@ class AgentRunner:
             retry_max_delay=self.settings.retry_max_delay,
             handler_timeout=self.settings.handler_timeout,
             verify_signatures=self.settings.verify_signatures,
+            key_directory=self.key_directory,
         )
         main = consumer_config(self.agent, self.topology, self.settings)
         replays = replay_consumer_config(self.agent, self.topology, self.settings)
@@ -150,12 +157,23 @@ class AgentRunner:
         self._replay_loop = await self._consume(
             self.topology.dead_letter_stream, replays, dispatcher, ordering=_original_case
         )
+        if self.registry is not None:
+            self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
         log.info(
             "agent %s consuming %s as %s",
             self.agent.card.agent_id,
             self.agent.card.consumes,
             self.identity.public_key,
         )
+
+    async def _heartbeats(self) -> None:
+        assert self.registry is not None
+        while True:
+            try:
+                await self.registry.heartbeat(self.agent.card.agent_id, self.identity)
+            except MeshError as exc:
+                log.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(self.settings.heartbeat_interval)
 
     async def _consume(
         self,
@@ -201,13 +219,18 @@ class AgentRunner:
             if loop is not None:
                 loop.stop()
         tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            if task.get_name() == "heartbeats":
+                task.cancel()
         if not tasks:
             return
         done, pending = await asyncio.wait(tasks, timeout=self.settings.handler_timeout + 5)
         for task in pending:
             task.cancel()
         for task in done:
-            if not task.cancelled() and task.exception() is not None:
+            if task.cancelled():
+                continue
+            if task.exception() is not None:
                 log.error("consumer loop %s had failed", task.get_name(), exc_info=task.exception())
 
 

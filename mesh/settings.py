@@ -26,6 +26,18 @@ class MeshSettings(BaseSettings):
     agent_seed_file: Path | None = None
 
     nkey_auth: bool = Field(default=False, description="authenticate to NATS with the agent's nkey")
+    onboard: bool = Field(
+        default=False,
+        description="register the card with the registry first, then run with the "
+        "credentials it grants (implies nkey_auth)",
+    )
+    onboard_wait: float = Field(default=60.0, gt=0, description="wait for activation")
+    check_signers: bool = Field(
+        default=False,
+        description="refuse events whose signer the registry does not vouch for "
+        "(unknown, another actor's, suspended or revoked)",
+    )
+    heartbeat_interval: float = Field(default=10.0, gt=0)
     connect_timeout: float = Field(default=5.0, gt=0)
     request_timeout: float = Field(default=5.0, gt=0)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from contracts.cards import AgentRecord
+from mesh.onboarding import inbox_prefix
 from mesh.topology import Topology
 
 PrincipalRole = Literal["registry", "operator", "service"]
@@ -33,11 +34,6 @@ class StaticPrincipal:
     name: str
     public_key: str
     role: PrincipalRole
-
-
-def inbox_prefix(principal_id: str) -> str:
-    """A principal's private reply subjects: nobody else may subscribe to them."""
-    return f"_INBOX_{principal_id}"
 
 
 def agent_permissions(record: AgentRecord, topology: Topology) -> dict[str, object]:

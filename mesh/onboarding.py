@@ -1,0 +1,97 @@
+"""Joining a mesh whose broker enforces the registry: register the card over the
+anonymous onboarding user, wait until the agent is active (the registry has then
+granted its nkey user), and connect with the agent's own key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import msgspec
+from nats.aio.client import Client
+
+from contracts.cards import AgentCard, AgentKey, AgentRecord
+from contracts.subjects import Subjects
+from mesh.connection import connect
+from mesh.errors import BrokerError, ConfigurationError
+from mesh.identity import Identity
+from mesh.registry_client import RegistryClient, RegistryRefused
+
+log = logging.getLogger(__name__)
+
+
+def inbox_prefix(principal_id: str) -> str:
+    """A principal's private reply subjects (the broker lets only it subscribe there)."""
+    return f"_INBOX_{principal_id}"
+
+
+def card_with_key(card: AgentCard, identity: Identity) -> AgentCard:
+    """The card as submitted: it names the key the agent runs (and signs) with."""
+    if any(key.public_key == identity.public_key for key in card.keys):
+        return card
+    key = AgentKey(public_key=identity.public_key, valid_from=datetime.now(UTC))
+    return msgspec.structs.replace(card, keys=[key])
+
+
+async def register(
+    url: str,
+    card: AgentCard,
+    identity: Identity,
+    subjects: Subjects,
+    *,
+    wait: float,
+    poll: float = 1.0,
+) -> AgentRecord:
+    """Register (idempotently) until the registry says the agent is active."""
+    card = card_with_key(card, identity)
+    nc = await connect(url, name=f"onboarding:{card.agent_id}", reconnect=False)
+    try:
+        client = RegistryClient(nc, subjects)
+        deadline = time.monotonic() + wait
+        while True:
+            record = await client.register(card, identity)
+            if record.status == "active":
+                return record
+            if record.status in ("suspended", "revoked"):
+                raise RegistryRefused(
+                    "register", f"agent {card.agent_id} is {record.status}: {record.status_reason}"
+                )
+            if time.monotonic() >= deadline:
+                raise ConfigurationError(
+                    f"agent {card.agent_id} is registered but not active after {wait:.0f}s: "
+                    f"an operator must run `mesh registry activate {card.agent_id}`"
+                )
+            log.info("agent %s registered; waiting for activation", card.agent_id)
+            await asyncio.sleep(poll)
+    finally:
+        await nc.close()
+
+
+async def connect_as(
+    url: str,
+    principal_id: str,
+    identity: Identity,
+    *,
+    attempts: int = 10,
+    on_credentials_refused: Callable[[], None] | None = None,
+) -> Client:
+    """Connect with the principal's nkey. Right after activation the server may still be
+    reloading its authorization, so an auth refusal is retried briefly."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await connect(
+                url,
+                name=f"agent:{principal_id}",
+                identity=identity,
+                inbox_prefix=inbox_prefix(principal_id),
+                on_credentials_refused=on_credentials_refused,
+            )
+        except BrokerError:
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")

@@ -1,0 +1,142 @@
+"""The registry service: wiring and entry point (`python -m services.registry`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from contracts.catalog import CATALOG
+from contracts.registry_api import OPERATIONS
+from mesh.app import nats_url
+from mesh.connection import connect
+from mesh.identity import Identity
+from mesh.onboarding import inbox_prefix
+from mesh.provisioning import ensure_stream
+from mesh.publisher import EventPublisher
+from mesh.settings import MeshSettings
+from mesh.topology import Topology
+from services.registry.broker_auth import BrokerAuthorization, load_principals
+from services.registry.domain import RegistryRules
+from services.registry.handlers import RegistryHandlers
+from services.registry.settings import RegistrySettings
+from services.registry.store import RegistryStore
+
+log = logging.getLogger(__name__)
+
+
+def registry_identity(settings: MeshSettings, registry: RegistrySettings) -> Identity:
+    path = registry.seed_file or settings.data_dir / "keys" / f"{registry.service_id}.nk"
+    return Identity.load_or_create(path)
+
+
+class RegistryService:
+    def __init__(
+        self,
+        nc: Client,
+        identity: Identity,
+        settings: MeshSettings,
+        registry: RegistrySettings,
+        topology: Topology | None = None,
+    ) -> None:
+        self.nc = nc
+        self.identity = identity
+        self.settings = settings
+        self.registry = registry
+        self.topology = topology or Topology(settings.subject_root, settings.stream_replicas)
+        self.js = nc.jetstream(timeout=settings.request_timeout)
+        publisher = EventPublisher(
+            self.js, identity, self.topology, timeout=settings.request_timeout, nc=nc
+        )
+        self.store = RegistryStore(self.js, publisher, self.topology)
+        self.handlers: RegistryHandlers | None = None
+        self._subscriptions: list[Subscription] = []
+
+    async def start(self) -> None:
+        # The registry provisions the mesh's streams: under generated authorization,
+        # agents may inspect streams but not create them.
+        for config in self.topology.streams():
+            await ensure_stream(self.js, config)
+        await self.store.open()
+        state = await self.store.rebuild()
+        repaired = await self.store.reconcile_view(state)
+        if repaired:
+            log.info("registry view: %d record(s) repaired from history", repaired)
+        principals = (
+            load_principals(self.registry.principals_file) if self.registry.principals_file else []
+        )
+        authorization = None
+        if self.registry.auth_file is not None:
+            authorization = BrokerAuthorization(
+                self.registry.auth_file, self.registry.server_pid_file, principals, self.topology
+            )
+            authorization.apply(state.records.values())
+        rules = RegistryRules(
+            registry_id=self.registry.service_id,
+            catalog=CATALOG,
+            known_owners=frozenset(self.registry.known_owners),
+            auto_activate=self.registry.auto_activate,
+        )
+        self.handlers = RegistryHandlers(
+            state,
+            self.store,
+            rules,
+            operators={p.public_key for p in principals if p.role == "operator"},
+            authorization=authorization,
+            stale_after=self.registry.stale_after,
+            heartbeats=await self.store.heartbeats(),
+        )
+        for operation in OPERATIONS:
+            subject = self.topology.subjects.service("registry", operation)
+            self._subscriptions.append(
+                await self.nc.subscribe(subject, cb=self._callback(operation))
+            )
+        log.info("registry serving %d agents as %s", len(state.records), self.identity.public_key)
+
+    def _callback(self, operation: str):  # type: ignore[no-untyped-def]
+        async def callback(msg: Msg) -> None:
+            assert self.handlers is not None
+            await self.handlers.serve(msg, operation)
+
+        return callback
+
+    async def stop(self) -> None:
+        for subscription in self._subscriptions:
+            await subscription.unsubscribe()
+        self._subscriptions.clear()
+
+
+async def run(settings: MeshSettings, registry: RegistrySettings) -> None:
+    identity = registry_identity(settings, registry)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with nats_url(settings) as url:
+        nc = await connect(
+            url,
+            name=f"service:{registry.service_id}",
+            identity=identity if settings.nkey_auth else None,
+            inbox_prefix=inbox_prefix(registry.service_id) if settings.nkey_auth else None,
+            connect_timeout=settings.connect_timeout,
+        )
+        service = RegistryService(nc, identity, settings, registry)
+        try:
+            await service.start()
+            await stop.wait()
+        finally:
+            await service.stop()
+            await nc.close()
+
+
+def main() -> None:
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run(MeshSettings(), RegistrySettings()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Writing the generated authorization config and making the server load it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from contracts.cards import AgentRecord
+from mesh.embedded import reload_server
+from mesh.errors import ConfigurationError
+from mesh.topology import Topology
+from services.registry.authz import StaticPrincipal, authorization_config
+
+log = logging.getLogger(__name__)
+
+
+def load_principals(path: Path) -> list[StaticPrincipal]:
+    """The static principals file: a JSON list of {name, public_key, role}."""
+    try:
+        rows = json.loads(path.read_text())
+        return [StaticPrincipal(r["name"], r["public_key"], r["role"]) for r in rows]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigurationError(f"principals file {path}: {exc!r}") from exc
+
+
+def write_principals(path: Path, principals: Iterable[StaticPrincipal]) -> None:
+    rows = [{"name": p.name, "public_key": p.public_key, "role": p.role} for p in principals]
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+class BrokerAuthorization:
+    """Regenerates the server's authorization from the registry and reloads the server
+    when (and only when) the text changed."""
+
+    def __init__(
+        self,
+        auth_file: Path,
+        pid_file: Path | None,
+        principals: list[StaticPrincipal],
+        topology: Topology,
+    ) -> None:
+        self.auth_file = auth_file
+        self.pid_file = pid_file
+        self.principals = principals
+        self.topology = topology
+
+    def apply(self, records: Iterable[AgentRecord]) -> bool:
+        text = authorization_config(records, self.principals, self.topology)
+        if self.auth_file.exists() and self.auth_file.read_text() == text:
+            return False
+        # Atomic replace: the server never reads a half-written file.
+        fd, tmp = tempfile.mkstemp(dir=self.auth_file.parent, prefix=".auth-")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, self.auth_file)
+        if self.pid_file is not None:
+            reload_server(self.pid_file)
+            log.info("authorization regenerated and server reloaded")
+        return True

@@ -1,0 +1,223 @@
+"""The registry's request handlers: `<root>.svc.registry.<operation>`.
+
+Every request is answered with a RegistryReply; a refusal says why. Writes (register,
+status changes) are serialised, decided by the pure domain, appended to the history
+stream, applied to the state, mirrored into the KV view, and reflected in the broker's
+authorization before the reply goes out — so an agent told "active" can connect, and
+an operator told "revoked" knows the credentials are gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+from nats.aio.msg import Msg
+
+from contracts.cards import AgentCard, AgentRecord
+from contracts.envelope import Event
+from contracts.registry_api import (
+    Heartbeat,
+    PrincipalKeys,
+    RegistryQuery,
+    RegistryReply,
+    StatusChangeRequest,
+)
+from mesh.errors import ConcurrencyConflict, MeshError, SignatureError
+from mesh.identity import verify_headers
+from services.registry.broker_auth import BrokerAuthorization
+from services.registry.domain import (
+    Refused,
+    RegistryRules,
+    RegistryState,
+    StatusTarget,
+    decide_registration,
+    decide_status_change,
+    evolve,
+)
+from services.registry.store import RegistryStore
+
+log = logging.getLogger(__name__)
+
+_card = msgspec.json.Decoder(AgentCard)
+_query = msgspec.json.Decoder(RegistryQuery)
+_status_change = msgspec.json.Decoder(StatusChangeRequest)
+_heartbeat = msgspec.json.Decoder(Heartbeat)
+_encoder = msgspec.json.Encoder()
+
+
+class RegistryHandlers:
+    def __init__(
+        self,
+        state: RegistryState,
+        store: RegistryStore,
+        rules: RegistryRules,
+        *,
+        operators: set[str],
+        authorization: BrokerAuthorization | None,
+        stale_after: float,
+        heartbeats: dict[str, datetime],
+    ) -> None:
+        self.state = state
+        self.store = store
+        self.rules = rules
+        self.operators = operators
+        self.authorization = authorization
+        self.stale_after = timedelta(seconds=stale_after)
+        self.heartbeats = heartbeats
+        self._writes = asyncio.Lock()
+
+    def routes(self) -> dict[str, Callable[[Msg], Awaitable[RegistryReply | None]]]:
+        return {
+            "register": self.register,
+            "get": self.get,
+            "list": self.list,
+            "keys": self.keys,
+            "heartbeat": self.heartbeat,
+            "activate": self.activate,
+            "suspend": self.suspend,
+            "revoke": self.revoke,
+        }
+
+    async def serve(self, msg: Msg, operation: str) -> None:
+        handler = self.routes()[operation]
+        try:
+            reply = await handler(msg)
+        except (Refused, SignatureError) as exc:
+            reply = RegistryReply(ok=False, error=_reason(exc))
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            reply = RegistryReply(ok=False, error=f"malformed {operation} request: {exc}")
+        except MeshError as exc:
+            log.exception("registry %s failed", operation)
+            reply = RegistryReply(ok=False, error=f"registry could not {operation}: {exc}")
+        if reply is not None and msg.reply:
+            await msg.respond(_encoder.encode(reply))
+
+    # ------------------------------------------------------------------ writes
+
+    async def register(self, msg: Msg) -> RegistryReply:
+        signer = verify_headers(msg.subject, msg.data, msg.headers)
+        card = _card.decode(msg.data)
+        return await self._write(
+            card.agent_id,
+            lambda now: decide_registration(self.state, card, signer, now, self.rules),
+        )
+
+    async def activate(self, msg: Msg) -> RegistryReply:
+        return await self._status_change(msg, "activate")
+
+    async def suspend(self, msg: Msg) -> RegistryReply:
+        return await self._status_change(msg, "suspend")
+
+    async def revoke(self, msg: Msg) -> RegistryReply:
+        return await self._status_change(msg, "revoke")
+
+    async def _status_change(self, msg: Msg, target: StatusTarget) -> RegistryReply:
+        signer = verify_headers(msg.subject, msg.data, msg.headers)
+        if signer not in self.operators:
+            raise Refused(f"{target} needs an operator's signature; {signer} is not an operator")
+        request = _status_change.decode(msg.data)
+        return await self._write(
+            request.agent_id,
+            lambda now: decide_status_change(
+                self.state, request.agent_id, target, request.reason, signer, now, self.rules
+            ),
+        )
+
+    async def _write(
+        self, agent_id: str, decide: Callable[[datetime], list[Event]]
+    ) -> RegistryReply:
+        async with self._writes:
+            for attempt in (1, 2):
+                events = decide(datetime.now(UTC))
+                try:
+                    await self.store.append(events)
+                    break
+                except ConcurrencyConflict:
+                    if attempt == 2:
+                        raise
+                    # Another registry wrote meanwhile: catch up from the log, decide again.
+                    log.warning("registry history of %s moved; reloading", agent_id)
+                    self.state = await self.store.rebuild()
+            for event in events:
+                evolve(self.state, event)
+            if events:
+                await self.store.write_view(self.state.records[agent_id])
+                if self.authorization is not None:
+                    self.authorization.apply(self.state.records.values())
+        return RegistryReply(ok=True, records=[self._with_liveness(self.state.records[agent_id])])
+
+    # ------------------------------------------------------------------ reads
+
+    async def get(self, msg: Msg) -> RegistryReply:
+        query = _query.decode(msg.data)
+        record = self.state.records.get(query.agent_id or "")
+        if record is None:
+            raise Refused(f"no agent {query.agent_id!r} is registered")
+        return RegistryReply(ok=True, records=[self._with_liveness(record)])
+
+    async def list(self, msg: Msg) -> RegistryReply:
+        query = _query.decode(msg.data) if msg.data else RegistryQuery()
+        records = [
+            self._with_liveness(record)
+            for _, record in sorted(self.state.records.items())
+            if _matches(record, query)
+        ]
+        return RegistryReply(ok=True, records=records)
+
+    async def keys(self, msg: Msg) -> RegistryReply:
+        return RegistryReply(
+            ok=True,
+            keys=[
+                PrincipalKeys(
+                    agent_id=record.card.agent_id,
+                    status=record.status,
+                    status_changed_at=record.status_changed_at,
+                    key_history=record.key_history,
+                )
+                for record in self.state.records.values()
+            ],
+        )
+
+    async def heartbeat(self, msg: Msg) -> None:
+        beat = _heartbeat.decode(msg.data)
+        signer = verify_headers(msg.subject, msg.data, msg.headers)
+        if signer not in self.state.current_keys(beat.agent_id):
+            raise Refused(f"heartbeat for {beat.agent_id} signed by a key that is not its own")
+        now = datetime.now(UTC)
+        self.heartbeats[beat.agent_id] = now
+        await self.store.record_heartbeat(beat.agent_id, now)
+
+    def _with_liveness(self, record: AgentRecord) -> AgentRecord:
+        seen = self.heartbeats.get(record.card.agent_id)
+        stale = seen is None or datetime.now(UTC) - seen > self.stale_after
+        return msgspec.structs.replace(record, last_heartbeat=seen, stale=stale)
+
+
+def _matches(record: AgentRecord, query: RegistryQuery) -> bool:
+    card = record.card
+    return (
+        (query.status is None or record.status == query.status)
+        and (
+            query.event_type is None
+            or query.event_type in card.consumes
+            or query.event_type in card.produces
+        )
+        and (
+            query.action_type is None
+            or any(a.action_type == query.action_type for a in card.actions)
+        )
+        and (query.role is None or query.role in card.roles)
+        and (query.agent_id is None or card.agent_id == query.agent_id)
+    )
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, Refused):
+        return exc.reason
+    if isinstance(exc, SignatureError):
+        return f"not signed as required: {exc.reason}"
+    return str(exc)

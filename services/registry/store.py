@@ -1,0 +1,132 @@
+"""The registry's storage: history in the registry stream (the truth), the current view
+in a KV bucket (for readers), liveness in a second bucket (heartbeats are not history).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+from contracts.cards import AgentRecord
+from contracts.envelope import Event
+from mesh.errors import BrokerError
+from mesh.provisioning import ensure_key_value
+from mesh.publisher import EventPublisher
+from mesh.reading import read_subject
+from mesh.topology import Topology
+from services.registry.domain import RegistryState, evolve
+
+log = logging.getLogger(__name__)
+
+_record_decoder = msgspec.json.Decoder(AgentRecord)
+
+
+def view_bucket(topology: Topology) -> str:
+    return f"{topology.root.upper()}_AGENTS"
+
+
+def liveness_bucket(topology: Topology) -> str:
+    return f"{topology.root.upper()}_LIVENESS"
+
+
+class RegistryStore:
+    def __init__(self, js: JetStreamContext, publisher: EventPublisher, topology: Topology):
+        self.js = js
+        self.publisher = publisher
+        self.topology = topology
+        self.last_sequence: dict[str, int] = {}  # agent id -> newest history sequence
+        self._view: KeyValue | None = None
+        self._liveness: KeyValue | None = None
+
+    async def open(self) -> None:
+        for bucket, history in (
+            (view_bucket(self.topology), 10),
+            (liveness_bucket(self.topology), 1),
+        ):
+            await ensure_key_value(
+                self.js,
+                KeyValueConfig(
+                    bucket=bucket,
+                    history=history,
+                    storage=StorageType.FILE,
+                    replicas=self.topology.replicas,
+                ),
+            )
+        self._view = await self.js.key_value(view_bucket(self.topology))
+        self._liveness = await self.js.key_value(liveness_bucket(self.topology))
+
+    async def rebuild(self) -> RegistryState:
+        """Replay the whole registry history into a fresh state."""
+        state = RegistryState()
+        stored = await read_subject(
+            self.js, self.topology.registry_stream, self.topology.subjects.family_all("registry")
+        )
+        for item in stored:
+            evolve(state, item.event)
+            self.last_sequence[item.event.subject_key()] = item.sequence
+        log.info("registry rebuilt from %d events: %d agents", len(stored), len(state.records))
+        return state
+
+    async def append(self, events: list[Event]) -> None:
+        """Append one decision's events, each conditional on the agent's history being
+        where we last saw it: a second registry writing at the same time gets a conflict
+        instead of interleaving."""
+        for event in events:
+            key = event.subject_key()
+            receipt = await self.publisher.publish(
+                event, expected_sequence=self.last_sequence.get(key, 0)
+            )
+            self.last_sequence[key] = receipt.sequence
+
+    async def write_view(self, record: AgentRecord) -> None:
+        assert self._view is not None
+        try:
+            await self._view.put(record.card.agent_id, msgspec.json.encode(record))
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise BrokerError(f"write view of {record.card.agent_id}", repr(exc)) from exc
+
+    async def reconcile_view(self, state: RegistryState) -> int:
+        """Make the KV view match the history (after a crash between the two writes)."""
+        assert self._view is not None
+        fixed = 0
+        for agent_id, record in state.records.items():
+            try:
+                entry = await self._view.get(agent_id)
+                current = _record_decoder.decode(entry.value or b"")
+            except (nats.js.errors.KeyNotFoundError, msgspec.DecodeError):
+                current = None
+            stored = msgspec.structs.replace(record, last_heartbeat=None, stale=False)
+            if (
+                current is None
+                or msgspec.structs.replace(current, last_heartbeat=None, stale=False) != stored
+            ):
+                await self.write_view(stored)
+                fixed += 1
+        return fixed
+
+    async def record_heartbeat(self, agent_id: str, at: datetime) -> None:
+        assert self._liveness is not None
+        try:
+            await self._liveness.put(agent_id, at.isoformat().encode())
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise BrokerError(f"record heartbeat of {agent_id}", repr(exc)) from exc
+
+    async def heartbeats(self) -> dict[str, datetime]:
+        assert self._liveness is not None
+        seen: dict[str, datetime] = {}
+        try:
+            keys = await self._liveness.keys()
+        except nats.js.errors.NoKeysError:
+            return seen
+        for key in keys:
+            entry = await self._liveness.get(key)
+            if entry.value:
+                seen[key] = datetime.fromisoformat(entry.value.decode())
+        return seen
