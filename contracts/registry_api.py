@@ -49,6 +49,7 @@ class PrincipalKeys(msgspec.Struct, frozen=True, kw_only=True):
     status: AgentStatus
     status_changed_at: datetime
     key_history: list[AgentKey]
+    updated_at: datetime  # the newest registry event applied to this principal
 
 
 class RegistryReply(msgspec.Struct, frozen=True, kw_only=True):

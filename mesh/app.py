@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from mesh.agent import Agent
-from mesh.connection import connect
+from mesh.connection import close, connect
 from mesh.embedded import EmbeddedNats
 from mesh.errors import ConfigurationError, MeshError
 from mesh.identity import Identity
@@ -130,7 +130,7 @@ async def run_agent(agent: Agent, settings: MeshSettings) -> None:
                 await directory.close()
             # close, not drain: every fetched message is settled by now, and nats-py's
             # drain waits out its 30 s timeout on a pull subscription's inbox.
-            await nc.close()
+            await close(nc)
             log.info("agent %s stopped", agent.card.agent_id)
 
 

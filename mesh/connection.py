@@ -4,12 +4,14 @@ violation is reported as that, not as a slow server)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import nats
 import nats.errors
@@ -46,6 +48,7 @@ async def connect(
     password: str | None = None,
     connect_timeout: float = 5.0,
     reconnect: bool = True,
+    initial_attempts: int = 3,
     on_credentials_refused: Callable[[], None] | None = None,
 ) -> Client:
     """Connect with reconnect handling. With an identity, authenticate by its nkey;
@@ -53,8 +56,11 @@ async def connect(
     permissions can reserve for this principal)."""
     client_ref: list[Client] = []
     recent: deque[tuple[float, str, str]] = deque(maxlen=64)
+    initial_errors: list[Exception] = []
 
     async def on_error(exc: Exception) -> None:
+        if not client_ref:
+            initial_errors.append(exc)
         match = _VIOLATION.search(str(exc))
         if "authorization violation" in str(exc).lower() and client_ref:
             # Connected once, refused now: our user was removed (suspended, revoked).
@@ -76,7 +82,10 @@ async def connect(
     async def on_closed() -> None:
         log.info("nats %s: connection closed", name)
 
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {
+        "connect_timeout": connect_timeout,
+        "reconnect_time_wait": 0.5,
+    }
     if identity is not None:
         options["nkeys_seed_str"] = identity.seed
     if inbox_prefix is not None:
@@ -84,14 +93,15 @@ async def connect(
     if user is not None:
         options["user"] = user
         options["password"] = password or ""
+    nc = Client()
     try:
-        nc = await nats.connect(
+        await nc.connect(
             url,
             name=name,
-            connect_timeout=connect_timeout,
             allow_reconnect=reconnect,
-            max_reconnect_attempts=-1 if reconnect else 0,
-            reconnect_time_wait=0.5,
+            # Bounded while connecting (a refused key must fail, not spin); unbounded
+            # once connected (a long-running agent waits out a broker restart).
+            max_reconnect_attempts=initial_attempts if reconnect else 0,
             error_cb=on_error,
             disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected,
@@ -99,7 +109,24 @@ async def connect(
             **options,
         )
     except (nats.errors.Error, OSError, TimeoutError) as exc:
-        raise BrokerError(f"connect to {url}", repr(exc)) from exc
+        # The server may reset the socket right after saying why: report the why.
+        refusals = [e for e in initial_errors if "authorization violation" in str(e).lower()]
+        cause = (refusals or initial_errors or [exc])[-1]
+        # nats-py leaves the failed attempt's socket open; release it.
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise BrokerError(f"connect to {url}", repr(cause)) from exc
+    if reconnect:
+        nc.options["max_reconnect_attempts"] = -1
     client_ref.append(nc)
     _refusals[nc] = recent
     return nc
+
+
+async def close(nc: Client) -> None:
+    """Close a connection that may already be gone (the broker dropped our credentials,
+    or the server stopped): a dead socket is not an error at shutdown."""
+    try:
+        await nc.close()
+    except (OSError, nats.errors.Error) as exc:
+        log.info("closing a connection that was already lost: %r", exc)

@@ -107,7 +107,7 @@ class PullConsumerLoop:
                 await self._room.wait()
                 continue
             try:
-                messages = await self.subscription.fetch(room, timeout=self.fetch_wait)
+                messages = await self._fetch_unless_stopped(room)
             except (nats.errors.TimeoutError, TimeoutError):
                 continue  # an idle long-poll
             except nats.errors.ConnectionClosedError:
@@ -121,6 +121,22 @@ class PullConsumerLoop:
                 continue
             for msg in messages:
                 await self._admit(msg)
+
+    async def _fetch_unless_stopped(self, room: int) -> list[Msg]:
+        """A fetch that stop() interrupts at once (a fetch can outlive its timeout while
+        the connection is down, e.g. after the broker dropped our credentials)."""
+        fetch = asyncio.ensure_future(self.subscription.fetch(room, timeout=self.fetch_wait))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if not fetch.done():
+            fetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, nats.errors.Error, TimeoutError):
+                await fetch
+            return []
+        return fetch.result()
 
     async def _admit(self, msg: Msg) -> None:
         key = self.ordering_key(msg)

@@ -17,8 +17,11 @@ from datetime import datetime
 
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from contracts.codec import decode
+from contracts.errors import ContractError
 from contracts.registry_api import PrincipalKeys
 from contracts.subjects import Subjects
 from mesh.errors import MeshError, SignatureError
@@ -84,21 +87,43 @@ class KeyDirectory:
             )
 
     async def follow(self, nc: Client, subjects: Subjects, registry: RegistryClient) -> None:
-        """Load a snapshot now, and reload whenever the registry's history moves."""
+        """Load a snapshot now, and a new one whenever the registry's history moves.
 
-        stale = asyncio.Event()
+        A snapshot can be served while the registry is still applying the event that
+        announced it, so the reload repeats until every announced change shows."""
+        pending: dict[str, datetime] = {}  # principal -> newest announced change
+        changed = asyncio.Event()
+
+        def caught_up() -> bool:
+            return all(
+                agent_id in self._principals and self._principals[agent_id].updated_at >= at
+                for agent_id, at in pending.items()
+            )
 
         async def reload() -> None:
-            # Changes that arrive while a snapshot is in flight trigger one more.
-            while stale.is_set():
-                stale.clear()
-                try:
-                    self.load(await registry.keys())
-                except MeshError:
-                    log.exception("could not refresh the key directory; keeping the last one")
+            while changed.is_set():
+                changed.clear()
+                for _ in range(100):
+                    try:
+                        self.load(await registry.keys())
+                    except MeshError:
+                        log.exception("could not refresh the key directory; keeping the last")
+                    if caught_up():
+                        pending.clear()
+                        break
+                    await asyncio.sleep(0.02)
+                else:
+                    log.error("key directory still behind the registry: %s", pending)
 
-        async def on_registry_event(_msg: object) -> None:
-            stale.set()
+        async def on_registry_event(msg: Msg) -> None:
+            try:
+                event = decode(msg.data)
+                key = event.subject_key()
+            except (ContractError, ValueError):
+                log.warning("unreadable registry event on %s; reloading anyway", msg.subject)
+            else:
+                pending[key] = max(event.occurred_at, pending.get(key, event.occurred_at))
+            changed.set()
             if self._refresh is None or self._refresh.done():
                 self._refresh = asyncio.create_task(reload())
 

@@ -24,9 +24,13 @@ from mesh.registry_client import RegistryClient, RegistryRefused
 log = logging.getLogger(__name__)
 
 
+ONBOARDING_ID = "onboarding"  # reserved: no agent may take this id
+
+
 def inbox_prefix(principal_id: str) -> str:
-    """A principal's private reply subjects (the broker lets only it subscribe there)."""
-    return f"_INBOX_{principal_id}"
+    """A principal's private reply subjects: the broker lets only it subscribe there,
+    while services may reply to any `_INBOX.>`."""
+    return f"_INBOX.{principal_id}"
 
 
 def card_with_key(card: AgentCard, identity: Identity) -> AgentCard:
@@ -48,7 +52,12 @@ async def register(
 ) -> AgentRecord:
     """Register (idempotently) until the registry says the agent is active."""
     card = card_with_key(card, identity)
-    nc = await connect(url, name=f"onboarding:{card.agent_id}", reconnect=False)
+    nc = await connect(
+        url,
+        name=f"onboarding:{card.agent_id}",
+        inbox_prefix=inbox_prefix(ONBOARDING_ID),
+        reconnect=False,
+    )
     try:
         client = RegistryClient(nc, subjects)
         deadline = time.monotonic() + wait

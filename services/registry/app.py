@@ -15,7 +15,7 @@ from contracts.registry_api import OPERATIONS
 from mesh.app import nats_url
 from mesh.connection import connect
 from mesh.identity import Identity
-from mesh.onboarding import inbox_prefix
+from mesh.onboarding import ONBOARDING_ID, inbox_prefix
 from mesh.provisioning import ensure_stream
 from mesh.publisher import EventPublisher
 from mesh.settings import MeshSettings
@@ -80,12 +80,13 @@ class RegistryService:
             catalog=CATALOG,
             known_owners=frozenset(self.registry.known_owners),
             auto_activate=self.registry.auto_activate,
+            reserved_ids=frozenset({ONBOARDING_ID, *(p.name for p in principals)}),
         )
         self.handlers = RegistryHandlers(
             state,
             self.store,
             rules,
-            operators={p.public_key for p in principals if p.role == "operator"},
+            principals=principals,
             authorization=authorization,
             stale_after=self.registry.stale_after,
             heartbeats=await self.store.heartbeats(),
@@ -95,6 +96,7 @@ class RegistryService:
             self._subscriptions.append(
                 await self.nc.subscribe(subject, cb=self._callback(operation))
             )
+        await self.nc.flush()  # the subscriptions are live on the server before we say so
         log.info("registry serving %d agents as %s", len(state.records), self.identity.public_key)
 
     def _callback(self, operation: str):  # type: ignore[no-untyped-def]

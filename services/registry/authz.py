@@ -17,14 +17,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 from contracts.cards import AgentRecord
-from mesh.onboarding import inbox_prefix
+from mesh.onboarding import ONBOARDING_ID, inbox_prefix
 from mesh.topology import Topology
 
 PrincipalRole = Literal["registry", "operator", "service"]
-ONBOARDING_USER = "onboarding"
+ONBOARDING_USER = ONBOARDING_ID
 # Used by registration before an agent has credentials; anyone may know it, and all it
-# allows is one request subject and replies on the shared inbox.
-ONBOARDING_PASSWORD = "onboarding"
+# allows is one request subject and replies on the onboarding inbox (which carries
+# nothing secret: registration outcomes).
+ONBOARDING_PASSWORD = ONBOARDING_ID
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,10 @@ def principal_permissions(principal: StaticPrincipal, topology: Topology) -> dic
                     topology.subjects.family_all("registry"),
                     "$JS.API.>",
                     "$KV.>",
-                    f"{inbox_prefix(principal.name)}.>",
+                    # Replies, to everyone's inbox. Not left to allow_responses, whose
+                    # bookkeeping a config reload (which a registration triggers just
+                    # before replying) resets.
+                    "_INBOX.>",
                 ]
             },
             "subscribe": {
@@ -88,8 +92,6 @@ def principal_permissions(principal: StaticPrincipal, topology: Topology) -> dic
                     f"{inbox_prefix(principal.name)}.>",
                 ]
             },
-            # replies to whoever asked, on their private inboxes
-            "allow_responses": True,
         }
     # Operators and the other services (policy, event store, ingress) have the run of
     # the mesh until their own issues narrow them.
@@ -99,7 +101,7 @@ def principal_permissions(principal: StaticPrincipal, topology: Topology) -> dic
 def onboarding_permissions(topology: Topology) -> dict[str, object]:
     return {
         "publish": {"allow": [topology.subjects.service("registry", "register")]},
-        "subscribe": {"allow": ["_INBOX.>"]},
+        "subscribe": {"allow": [f"{inbox_prefix(ONBOARDING_ID)}.>"]},
     }
 
 

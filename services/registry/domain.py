@@ -55,6 +55,9 @@ class RegistryRules:
     catalog: EventCatalog
     known_owners: frozenset[str] = frozenset()  # empty: any owner is accepted
     auto_activate: bool = False
+    # Ids an agent may not take: static principals and the onboarding user share the
+    # inbox and user namespace with agents.
+    reserved_ids: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -134,6 +137,8 @@ def _check_card(card: AgentCard, rules: RegistryRules) -> None:
         check_token(card.agent_id, "agent id")
     except ValueError as exc:
         problems.append(str(exc))
+    if card.agent_id in rules.reserved_ids:
+        problems.append(f"agent id {card.agent_id!r} is reserved")
     for name in ("name", "version", "owner", "purpose"):
         if not getattr(card, name).strip():
             problems.append(f"{name} is empty")

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 from nats.aio.msg import Msg
 
-from contracts.cards import AgentCard, AgentRecord
+from contracts.cards import AgentCard, AgentKey, AgentRecord
 from contracts.envelope import Event
 from contracts.registry_api import (
     Heartbeat,
@@ -28,6 +28,7 @@ from contracts.registry_api import (
 )
 from mesh.errors import ConcurrencyConflict, MeshError, SignatureError
 from mesh.identity import verify_headers
+from services.registry.authz import StaticPrincipal
 from services.registry.broker_auth import BrokerAuthorization
 from services.registry.domain import (
     Refused,
@@ -47,6 +48,7 @@ _query = msgspec.json.Decoder(RegistryQuery)
 _status_change = msgspec.json.Decoder(StatusChangeRequest)
 _heartbeat = msgspec.json.Decoder(Heartbeat)
 _encoder = msgspec.json.Encoder()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class RegistryHandlers:
@@ -56,7 +58,7 @@ class RegistryHandlers:
         store: RegistryStore,
         rules: RegistryRules,
         *,
-        operators: set[str],
+        principals: list[StaticPrincipal],
         authorization: BrokerAuthorization | None,
         stale_after: float,
         heartbeats: dict[str, datetime],
@@ -64,7 +66,8 @@ class RegistryHandlers:
         self.state = state
         self.store = store
         self.rules = rules
-        self.operators = operators
+        self.principals = principals
+        self.operators = {p.public_key for p in principals if p.role == "operator"}
         self.authorization = authorization
         self.stale_after = timedelta(seconds=stale_after)
         self.heartbeats = heartbeats
@@ -169,18 +172,29 @@ class RegistryHandlers:
         return RegistryReply(ok=True, records=records)
 
     async def keys(self, msg: Msg) -> RegistryReply:
-        return RegistryReply(
-            ok=True,
-            keys=[
-                PrincipalKeys(
-                    agent_id=record.card.agent_id,
-                    status=record.status,
-                    status_changed_at=record.status_changed_at,
-                    key_history=record.key_history,
-                )
-                for record in self.state.records.values()
-            ],
-        )
+        agents = [
+            PrincipalKeys(
+                agent_id=record.card.agent_id,
+                status=record.status,
+                status_changed_at=record.status_changed_at,
+                key_history=record.key_history,
+                updated_at=record.updated_at,
+            )
+            for record in self.state.records.values()
+        ]
+        # Services and operators sign events too (the registry its history, ingress the
+        # cases it opens): their fixed keys are vouched for from the principals file.
+        static = [
+            PrincipalKeys(
+                agent_id=principal.name,
+                status="active",
+                status_changed_at=_EPOCH,
+                key_history=[AgentKey(public_key=principal.public_key, valid_from=_EPOCH)],
+                updated_at=_EPOCH,
+            )
+            for principal in self.principals
+        ]
+        return RegistryReply(ok=True, keys=agents + static)
 
     async def heartbeat(self, msg: Msg) -> None:
         beat = _heartbeat.decode(msg.data)

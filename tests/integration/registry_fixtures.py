@@ -1,0 +1,164 @@
+"""A mesh whose broker enforces the registry: a real nats-server running the generated
+authorization config, the registry service, an operator and a harness principal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nats.aio.client import Client
+
+from mesh.agent import Agent
+from mesh.connection import close, connect
+from mesh.embedded import EmbeddedNats
+from mesh.identity import Identity
+from mesh.key_directory import KeyDirectory
+from mesh.onboarding import connect_as, inbox_prefix, register
+from mesh.registry_client import RegistryClient
+from mesh.runtime import AgentRunner
+from mesh.settings import MeshSettings
+from mesh.testing import unique_root
+from mesh.topology import Topology
+from services.registry.app import RegistryService
+from services.registry.authz import StaticPrincipal, authorization_config
+from services.registry.broker_auth import write_principals
+from services.registry.settings import RegistrySettings
+
+KNOWN_OWNER = "claims-team"
+
+
+@dataclass
+class SecuredMesh:
+    directory: Path
+    server: EmbeddedNats
+    topology: Topology
+    registry_identity: Identity
+    operator: Identity
+    harness: Identity
+    registry_settings: RegistrySettings
+    settings: MeshSettings
+    registry_nc: Client | None = None
+    service: RegistryService | None = None
+    harness_nc: Client | None = None
+    connections: list[Client] = field(default_factory=list)
+    runners: list[AgentRunner] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    async def start_registry(self) -> RegistryService:
+        self.registry_nc = await connect(
+            self.url,
+            name="registry",
+            identity=self.registry_identity,
+            inbox_prefix=inbox_prefix("registry"),
+        )
+        self.service = RegistryService(
+            self.registry_nc,
+            self.registry_identity,
+            self.settings,
+            self.registry_settings,
+            self.topology,
+        )
+        await self.service.start()
+        return self.service
+
+    async def stop_registry(self) -> None:
+        if self.service is not None:
+            await self.service.stop()
+        if self.registry_nc is not None:
+            await self.registry_nc.close()
+        self.service, self.registry_nc = None, None
+
+    def client(self, nc: Client) -> RegistryClient:
+        return RegistryClient(nc, self.topology.subjects)
+
+    async def run_agent(
+        self, agent: Agent, identity: Identity | None = None, *, check_signers: bool = False
+    ) -> tuple[AgentRunner, Client]:
+        """What `mesh run` does with MESH_ONBOARD=1, in-process."""
+        identity = identity or Identity.generate()
+        await register(self.url, agent.card, identity, self.topology.subjects, wait=5)
+        nc = await connect_as(self.url, agent.card.agent_id, identity)
+        self.connections.append(nc)
+        directory = None
+        if check_signers:
+            directory = KeyDirectory()
+            await directory.follow(nc, self.topology.subjects, self.client(nc))
+        runner = AgentRunner(
+            agent,
+            nc=nc,
+            identity=identity,
+            settings=self.settings,
+            topology=self.topology,
+            key_directory=directory,
+            registry=self.client(nc),
+        )
+        await runner.start()
+        self.runners.append(runner)
+        return runner, nc
+
+    async def close(self) -> None:
+        for runner in self.runners:
+            await runner.stop()
+        for nc in self.connections:
+            await close(nc)
+        if self.harness_nc is not None:
+            await close(self.harness_nc)
+        await self.stop_registry()
+        await asyncio.to_thread(self.server.stop)
+
+
+@contextlib.asynccontextmanager
+async def secured_mesh(directory: Path) -> AsyncIterator[SecuredMesh]:
+    topology = Topology(unique_root())
+    registry_identity, operator, harness = (Identity.generate() for _ in range(3))
+    principals = [
+        StaticPrincipal("registry", registry_identity.public_key, "registry"),
+        StaticPrincipal("operator", operator.public_key, "operator"),
+        StaticPrincipal("harness", harness.public_key, "service"),
+    ]
+    principals_file = directory / "principals.json"
+    write_principals(principals_file, principals)
+    auth_file = directory / "auth.conf"
+    auth_file.write_text(authorization_config([], principals, topology))
+    server = EmbeddedNats(directory, extra_config='include "auth.conf"')
+    await asyncio.to_thread(server.start)
+    mesh = SecuredMesh(
+        directory=directory,
+        server=server,
+        topology=topology,
+        registry_identity=registry_identity,
+        operator=operator,
+        harness=harness,
+        registry_settings=RegistrySettings(
+            known_owners=[KNOWN_OWNER],
+            auto_activate=True,
+            principals_file=principals_file,
+            auth_file=auth_file,
+            server_pid_file=server.pid_path,
+            stale_after=5.0,
+        ),
+        settings=MeshSettings(
+            subject_root=topology.root,
+            ack_wait=5.0,
+            fetch_wait=0.2,
+            max_deliver=3,
+            retry_base_delay=0.02,
+            retry_max_delay=0.1,
+            request_timeout=2.0,
+            heartbeat_interval=0.5,
+        ),
+    )
+    try:
+        await mesh.start_registry()
+        mesh.harness_nc = await connect(
+            mesh.url, name="harness", identity=harness, inbox_prefix=inbox_prefix("harness")
+        )
+        yield mesh
+    finally:
+        await mesh.close()

@@ -1,0 +1,368 @@
+"""Know Your Agent, enforced by a real nats-server running the generated config."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from contracts import (
+    ActionGrant,
+    AgentCard,
+    AgentKey,
+    CaseClosed,
+    CaseClosedPayload,
+    CaseOpened,
+    CaseOpenedPayload,
+    CaseStepCompleted,
+)
+from contracts.registry_api import RegistryQuery
+from mesh import Agent, Identity
+from mesh.errors import BrokerError, PermissionDenied, SignatureError
+from mesh.key_directory import KeyDirectory
+from mesh.onboarding import card_with_key, connect_as, register
+from mesh.publisher import EventPublisher
+from mesh.reading import read_case, read_subject
+from mesh.registry_client import RegistryRefused
+from mesh.testing import eventually
+from tests.integration.agents import complete_step
+from tests.integration.registry_fixtures import KNOWN_OWNER, SecuredMesh, secured_mesh
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path) -> AsyncIterator[SecuredMesh]:
+    async with secured_mesh(tmp_path) as secured:
+        yield secured
+
+
+def claims_card(agent_id: str = "intake", **changes: object) -> AgentCard:
+    card = AgentCard(
+        agent_id=agent_id,
+        name="Claims intake",
+        version="1.0.0",
+        owner=KNOWN_OWNER,
+        purpose="checks new claims",
+        consumes=["case_opened"],
+        produces=["case_step_completed"],
+        actions=[ActionGrant(action_type="request_documents", limits={"per_case": 3})],
+    )
+    return msgspec.structs.replace(card, **changes)
+
+
+def claims_agent(agent_id: str = "intake") -> Agent:
+    agent = Agent(claims_card(agent_id))
+    agent.on(CaseOpened)(complete_step)
+    return agent
+
+
+def harness_publisher(mesh: SecuredMesh) -> EventPublisher:
+    assert mesh.harness_nc is not None
+    return EventPublisher(mesh.harness_nc.jetstream(), mesh.harness, mesh.topology)
+
+
+async def open_case(mesh: SecuredMesh, case_id: str) -> CaseOpened:
+    opened = CaseOpened(
+        case_id=case_id, actor="harness", payload=CaseOpenedPayload(kind="claim", source="crm")
+    )
+    await harness_publisher(mesh).publish(opened)
+    return opened
+
+
+async def test_an_agent_registers_and_works_with_the_credentials_it_is_granted(
+    mesh: SecuredMesh,
+) -> None:
+    runner, _ = await mesh.run_agent(claims_agent())
+    await open_case(mesh, "claim-1")
+    assert mesh.harness_nc is not None
+
+    async def stepped() -> bool:
+        assert mesh.harness_nc is not None
+        history = await read_case(mesh.harness_nc.jetstream(), mesh.topology, "claim-1")
+        return any(isinstance(s.event, CaseStepCompleted) for s in history)
+
+    await eventually(stepped, what="the agent's step")
+
+    client = mesh.client(mesh.harness_nc)
+    record = await client.get("intake")
+    assert record.status == "active"
+    assert record.card.owner == KNOWN_OWNER
+    assert [k.public_key for k in record.key_history] == [runner.identity.public_key]
+    await eventually(lambda: _alive(mesh, "intake"), what="a heartbeat")
+    [found] = await client.find(RegistryQuery(action_type="request_documents"))
+    assert found.card.agent_id == "intake"
+    assert await client.find(RegistryQuery(event_type="case_closed")) == []
+
+
+async def _alive(mesh: SecuredMesh, agent_id: str) -> bool:
+    assert mesh.harness_nc is not None
+    record = await mesh.client(mesh.harness_nc).get(agent_id)
+    return record.last_heartbeat is not None and not record.stale
+
+
+async def test_publishing_outside_the_card_is_refused_by_the_broker(mesh: SecuredMesh) -> None:
+    runner, nc = await mesh.run_agent(claims_agent())
+    publisher = EventPublisher(nc.jetstream(), runner.identity, mesh.topology, timeout=1, nc=nc)
+    rogue = CaseClosed(case_id="claim-2", actor="intake", payload=CaseClosedPayload(outcome="paid"))
+    with pytest.raises(PermissionDenied, match="permissions violation for publish"):
+        await publisher.publish(rogue)  # case_closed is not on the intake card
+    assert mesh.harness_nc is not None
+    assert await read_case(mesh.harness_nc.jetstream(), mesh.topology, "claim-2") == []
+    # Nor may it read another agent's consumer or write registry history.
+    with pytest.raises(PermissionDenied):
+        await EventPublisher(
+            nc.jetstream(), runner.identity, mesh.topology, timeout=1, nc=nc
+        ).publish_raw(mesh.topology.subjects.family_event("registry", "intake", "x"), b"{}", {})
+
+
+async def test_a_forged_card_is_refused_with_a_clear_reason(mesh: SecuredMesh) -> None:
+    owner, impostor = Identity.generate(), Identity.generate()
+    card = card_with_key(claims_card(), owner)
+    assert mesh.harness_nc is not None
+    client = mesh.client(mesh.harness_nc)
+    with pytest.raises(RegistryRefused, match=r"forged card: signed by .* not one of the card's"):
+        await client.register(card, impostor)
+    await client.register(card, owner)
+    # Taking over a registered agent id with another key is forged too.
+    hijack = card_with_key(claims_card(), impostor)
+    with pytest.raises(RegistryRefused, match="not a current key of agent intake"):
+        await client.register(hijack, impostor)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        (
+            {"produces": ["case_step_completed", "meteor_struck"]},
+            "unknown event type 'meteor_struck'",
+        ),
+        ({"owner": "nobody-we-know"}, "unknown owner 'nobody-we-know'"),
+        ({"agent_id": "has.dot"}, "agent id must be"),
+    ],
+)
+async def test_an_invalid_card_is_refused(
+    mesh: SecuredMesh, changes: dict[str, object], reason: str
+) -> None:
+    identity = Identity.generate()
+    assert mesh.harness_nc is not None
+    card = card_with_key(claims_card(**changes), identity)  # type: ignore[arg-type]
+    with pytest.raises(RegistryRefused, match=reason):
+        await mesh.client(mesh.harness_nc).register(card, identity)
+
+
+async def test_widening_scope_needs_a_new_version_and_shows_in_history(
+    mesh: SecuredMesh,
+) -> None:
+    identity = Identity.generate()
+    assert mesh.harness_nc is not None
+    client = mesh.client(mesh.harness_nc)
+    await client.register(card_with_key(claims_card(), identity), identity)
+    wider = card_with_key(claims_card(produces=["case_step_completed", "case_closed"]), identity)
+    with pytest.raises(RegistryRefused, match=r"widens its scope .* without a new version"):
+        await client.register(wider, identity)
+    record = await client.register(msgspec.structs.replace(wider, version="1.1.0"), identity)
+    assert record.card.produces == ["case_step_completed", "case_closed"]
+    history = await read_subject(
+        mesh.harness_nc.jetstream(),
+        mesh.topology.registry_stream,
+        mesh.topology.subjects.history("registry", "intake"),
+    )
+    names = [s.event.event_name() for s in history]
+    assert names == ["agent_registered", "agent_activated", "agent_card_updated"]
+    update = history[-1].event
+    assert update.payload.previous_version == "1.0.0"  # type: ignore[attr-defined]
+    assert "produces added ['case_closed']" in update.payload.changes  # type: ignore[attr-defined]
+    # The same card again changes nothing.
+    await client.register(msgspec.structs.replace(wider, version="1.1.0"), identity)
+    assert (
+        len(
+            await read_subject(
+                mesh.harness_nc.jetstream(),
+                mesh.topology.registry_stream,
+                mesh.topology.subjects.history("registry", "intake"),
+            )
+        )
+        == 3
+    )
+
+
+async def test_revocation_is_a_kill_switch(mesh: SecuredMesh) -> None:
+    identity = Identity.generate()
+    _, agent_nc = await mesh.run_agent(claims_agent(), identity)
+    await open_case(mesh, "before")
+    assert mesh.harness_nc is not None
+    js = mesh.harness_nc.jetstream()
+
+    async def stepped(case_id: str) -> list[object]:
+        return [
+            s
+            for s in await read_case(js, mesh.topology, case_id)
+            if isinstance(s.event, CaseStepCompleted)
+        ]
+
+    [before] = await eventually(lambda: stepped("before"), what="a step before revocation")
+
+    operator_nc = await connect_as(mesh.url, "operator", mesh.operator)
+    mesh.connections.append(operator_nc)
+    record = await mesh.client(operator_nc).change_status(
+        "revoke", "intake", "leaked key", mesh.operator
+    )
+    assert record.status == "revoked"
+
+    # The broker drops the agent and will not take it back.
+    await eventually(
+        lambda: agent_nc.is_closed or not agent_nc.is_connected, what="the agent disconnected"
+    )
+    with pytest.raises(BrokerError, match="Authorization Violation"):
+        await connect_as(mesh.url, "intake", identity, attempts=1)
+    with pytest.raises(RegistryRefused, match="revoked"):
+        await register(mesh.url, claims_card(), identity, mesh.topology.subjects, wait=1)
+
+    # Its earlier events still verify, with the key valid when they were written...
+    directory = KeyDirectory()
+    directory.load(await mesh.client(mesh.harness_nc).keys())
+    stored_before = before  # a StoredEvent
+    signer = stored_before.headers["Mesh-Signer"]  # type: ignore[attr-defined]
+    written = stored_before.event.occurred_at  # type: ignore[attr-defined]
+    directory.check(signer, "intake", written)
+    # ...and anything signed with its key after the revocation is refused.
+    with pytest.raises(SignatureError, match="revoked agent intake after its revocation"):
+        directory.check(signer, "intake", datetime.now(UTC))
+
+
+async def test_a_consumer_dead_letters_events_signed_after_revocation(mesh: SecuredMesh) -> None:
+    leaked = Identity.generate()
+    await mesh.run_agent(claims_agent("payments"), leaked)
+    watcher = Agent(claims_card("watcher", produces=[]))
+    handled: list[str] = []
+
+    async def watch(event: CaseOpened, ctx: object) -> None:
+        handled.append(event.actor)
+
+    watcher.on(CaseOpened)(watch)  # type: ignore[arg-type]
+    await mesh.run_agent(watcher, check_signers=True)
+
+    operator_nc = await connect_as(mesh.url, "operator", mesh.operator)
+    mesh.connections.append(operator_nc)
+    await mesh.client(operator_nc).change_status("revoke", "payments", "compromised", mesh.operator)
+    # The revocation reaches the watcher's key directory within a round trip.
+    watcher_keys = mesh.runners[-1].key_directory
+    assert watcher_keys is not None
+
+    def watcher_knows() -> bool:
+        try:
+            watcher_keys.check(leaked.public_key, "payments", datetime.now(UTC))
+        except SignatureError:
+            return True
+        return False
+
+    await eventually(watcher_knows, what="the watcher learning of the revocation")
+
+    # Someone still holding the leaked key gets an event into the log by other means.
+    assert mesh.harness_nc is not None
+    forged = CaseOpened(
+        case_id="after", actor="payments", payload=CaseOpenedPayload(kind="claim", source="x")
+    )
+    await EventPublisher(mesh.harness_nc.jetstream(), leaked, mesh.topology).publish(forged)
+    await open_case(mesh, "legit")
+
+    from mesh.dead_letters import read_dead_letters
+
+    async def refused() -> list[object]:
+        assert mesh.harness_nc is not None
+        letters = await read_dead_letters(mesh.harness_nc.jetstream(), mesh.topology)
+        return [letter for letter in letters if letter.consumer == "watcher"]
+
+    [letter] = await eventually(refused, what="the forged event dead-lettered")
+    assert letter.kind == "signature"  # type: ignore[attr-defined]
+    assert "revoked agent payments" in letter.reason  # type: ignore[attr-defined]
+    await eventually(lambda: handled == ["harness"], what="the legitimate event handled")
+
+
+async def test_only_an_operator_changes_an_agent_s_status(mesh: SecuredMesh) -> None:
+    await mesh.run_agent(claims_agent())
+    assert mesh.harness_nc is not None
+    with pytest.raises(RegistryRefused, match="needs an operator's signature"):
+        await mesh.client(mesh.harness_nc).change_status(
+            "suspend", "intake", "trying", mesh.harness
+        )
+
+
+async def test_suspension_removes_credentials_and_reinstatement_restores_them(
+    mesh: SecuredMesh,
+) -> None:
+    identity = Identity.generate()
+    _, agent_nc = await mesh.run_agent(claims_agent(), identity)
+    operator_nc = await connect_as(mesh.url, "operator", mesh.operator)
+    mesh.connections.append(operator_nc)
+    client = mesh.client(operator_nc)
+    await client.change_status("suspend", "intake", "incident review", mesh.operator)
+    await eventually(lambda: not agent_nc.is_connected, what="the agent disconnected")
+    with pytest.raises(BrokerError):
+        await connect_as(mesh.url, "intake", identity, attempts=1)
+    await client.change_status("activate", "intake", "review done", mesh.operator)
+    back = await connect_as(mesh.url, "intake", identity)
+    mesh.connections.append(back)
+    assert back.is_connected
+
+
+async def test_a_rotated_key_stays_valid_for_what_it_signed(mesh: SecuredMesh) -> None:
+    old, new = Identity.generate(), Identity.generate()
+    assert mesh.harness_nc is not None
+    client = mesh.client(mesh.harness_nc)
+    await client.register(card_with_key(claims_card(), old), old)
+    rotated_card = msgspec.structs.replace(
+        claims_card(), keys=[AgentKey(public_key=new.public_key, valid_from=datetime.now(UTC))]
+    )
+    record = await client.register(rotated_card, old)  # signed by the key being retired
+    history = {k.public_key: k for k in record.key_history}
+    assert history[old.public_key].valid_until is not None
+    assert history[new.public_key].valid_until is None
+    directory = KeyDirectory()
+    directory.load(await client.keys())
+    retired_at = history[old.public_key].valid_until
+    assert retired_at is not None
+    directory.check(old.public_key, "intake", history[old.public_key].valid_from)
+    with pytest.raises(SignatureError, match="was not valid at"):
+        directory.check(old.public_key, "intake", datetime.now(UTC))
+    directory.check(new.public_key, "intake", datetime.now(UTC))
+
+
+async def test_the_registry_restarts_without_losing_anything(mesh: SecuredMesh) -> None:
+    identity = Identity.generate()
+    await mesh.run_agent(claims_agent(), identity)
+    assert mesh.harness_nc is not None
+    client = mesh.client(mesh.harness_nc)
+    second = Identity.generate()
+    await client.register(card_with_key(claims_card("fraud"), second), second)
+    before = await client.find()
+    assert mesh.service is not None
+    assert mesh.service.handlers is not None
+    state_before = dict(mesh.service.handlers.state.records)
+
+    await mesh.stop_registry()
+    # A crash between the history append and the view write: the view lost an entry.
+    kv = await mesh.harness_nc.jetstream().key_value(f"{mesh.topology.root.upper()}_AGENTS")
+    await kv.delete("fraud")
+    await mesh.start_registry()
+
+    assert mesh.service.handlers is not None
+    assert mesh.service.handlers.state.records == state_before
+    after = await client.find()
+    assert [(r.card, r.status, r.key_history) for r in after] == [
+        (r.card, r.status, r.key_history) for r in before
+    ]
+    entry = await kv.get("fraud")  # repaired from history
+    assert entry.value is not None
+    # Liveness survived too, and the restarted registry keeps serving the agent.
+    assert (await client.get("intake")).last_heartbeat is not None
+    await open_case(mesh, "after-restart")
+
+    async def stepped() -> bool:
+        assert mesh.harness_nc is not None
+        history = await read_case(mesh.harness_nc.jetstream(), mesh.topology, "after-restart")
+        return any(isinstance(s.event, CaseStepCompleted) for s in history)
+
+    await eventually(stepped, what="work after the registry restarted")
