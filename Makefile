@@ -30,6 +30,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench_hop
+	$(BIN)/python -m tests.bench.bench_registry
 
 schema: $(STAMP)
 	$(BIN)/mesh contracts write

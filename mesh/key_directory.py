@@ -11,7 +11,9 @@ round trip. The check is a dictionary look-up; it does not re-verify the signatu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -103,17 +105,21 @@ class KeyDirectory:
         async def reload() -> None:
             while changed.is_set():
                 changed.clear()
-                for _ in range(100):
+                deadline = time.monotonic() + 10.0
+                while True:
                     try:
                         self.load(await registry.keys())
-                    except MeshError:
-                        log.exception("could not refresh the key directory; keeping the last")
+                    except MeshError as exc:
+                        log.warning(
+                            "could not refresh the key directory (%s); keeping the last", exc
+                        )
                     if caught_up():
                         pending.clear()
                         break
-                    await asyncio.sleep(0.02)
-                else:
-                    log.error("key directory still behind the registry: %s", pending)
+                    if time.monotonic() > deadline:
+                        log.error("key directory still behind the registry: %s", pending)
+                        break
+                    await asyncio.sleep(0.05)
 
         async def on_registry_event(msg: Msg) -> None:
             try:
@@ -136,7 +142,9 @@ class KeyDirectory:
         self.load(await registry.keys())
 
     async def close(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
         if self._refresh is not None:
+            self._refresh.cancel()
             await asyncio.gather(self._refresh, return_exceptions=True)
+        if self._subscription is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._subscription.unsubscribe()

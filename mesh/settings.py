@@ -38,6 +38,12 @@ class MeshSettings(BaseSettings):
         "(unknown, another actor's, suspended or revoked)",
     )
     heartbeat_interval: float = Field(default=10.0, gt=0)
+    operator_name: str = Field(
+        default="operator", description="the operator principal the CLI acts as"
+    )
+    operator_seed_file: Path | None = Field(
+        default=None, description="the operator's nkey seed (default <data_dir>/keys/)"
+    )
     connect_timeout: float = Field(default=5.0, gt=0)
     request_timeout: float = Field(default=5.0, gt=0)
 

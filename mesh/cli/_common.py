@@ -15,8 +15,10 @@ from nats.js.client import JetStreamContext
 from rich.console import Console
 
 from mesh.app import nats_url
-from mesh.connection import connect
+from mesh.connection import close, connect
 from mesh.errors import ConfigurationError, MeshError
+from mesh.identity import Identity
+from mesh.onboarding import inbox_prefix
 from mesh.settings import MeshSettings
 from mesh.topology import Topology
 
@@ -45,6 +47,17 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
         raise fail(exc) from None
 
 
+def operator_identity(settings: MeshSettings) -> Identity:
+    """The key the CLI signs operator actions with (and authenticates by, under nkey
+    auth): MESH_OPERATOR_SEED_FILE, or <data_dir>/keys/<operator_name>.nk."""
+    path = settings.operator_seed_file or (
+        settings.data_dir / "keys" / f"{settings.operator_name}.nk"
+    )
+    if not path.exists():
+        raise ConfigurationError(f"no operator seed at {path} (set MESH_OPERATOR_SEED_FILE)")
+    return Identity.load(path)
+
+
 @dataclass(frozen=True)
 class Session:
     settings: MeshSettings
@@ -64,8 +77,18 @@ async def session(*, embedded: bool = False) -> AsyncIterator[Session]:
     if not settings.nats_url and not embedded:
         raise ConfigurationError("set MESH_NATS_URL to the mesh's NATS server")
     async with nats_url(settings) as url:
-        nc = await connect(url, name="mesh-cli", connect_timeout=settings.connect_timeout)
+        if settings.nkey_auth:
+            # A broker enforcing the registry: the CLI is the operator principal.
+            nc = await connect(
+                url,
+                name="mesh-cli",
+                identity=operator_identity(settings),
+                inbox_prefix=inbox_prefix(settings.operator_name),
+                connect_timeout=settings.connect_timeout,
+            )
+        else:
+            nc = await connect(url, name="mesh-cli", connect_timeout=settings.connect_timeout)
         try:
             yield Session(settings, nc, Topology(settings.subject_root, settings.stream_replicas))
         finally:
-            await nc.close()
+            await close(nc)

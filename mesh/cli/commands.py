@@ -16,6 +16,7 @@ from rich.table import Table
 from contracts import schema_export
 from mesh.app import load_agent, run_agent
 from mesh.cli._common import LogLevel, configure_logging, fail, run, session
+from mesh.cli.registry import registry_app
 from mesh.dead_letters import read_dead_letters, replay_dead_letter
 from mesh.embedded import EmbeddedNats
 from mesh.errors import ConfigurationError, MeshError
@@ -34,6 +35,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(streams_app, name="streams")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(contracts_app, name="contracts")
+app.add_typer(registry_app, name="registry")
 
 
 @app.command("run")

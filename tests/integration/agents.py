@@ -18,12 +18,12 @@ from mesh import Agent, HandlerContext
 Behaviour = Callable[[CaseOpened, HandlerContext], Awaitable[None]]
 
 
-def card(agent_id: str = "stepper") -> AgentCard:
+def card(agent_id: str = "stepper", owner: str = "platform-team") -> AgentCard:
     return AgentCard(
         agent_id=agent_id,
         name="Stepper",
         version="1.0.0",
-        owner="platform-team",
+        owner=owner,
         purpose="completes a step for every opened case",
         consumes=["case_opened"],
         produces=["case_step_completed"],
@@ -37,8 +37,10 @@ async def complete_step(event: CaseOpened, ctx: HandlerContext) -> None:
     )
 
 
-def stepper(behaviour: Behaviour = complete_step, agent_id: str = "stepper") -> Agent:
-    agent = Agent(card(agent_id))
+def stepper(
+    behaviour: Behaviour = complete_step, agent_id: str = "stepper", owner: str = "platform-team"
+) -> Agent:
+    agent = Agent(card(agent_id, owner))
     agent.on(CaseOpened)(behaviour)
     return agent
 
@@ -55,3 +57,7 @@ async def _publish_then_hang(event: CaseOpened, ctx: HandlerContext) -> None:
 
 
 crash_once = stepper(_publish_then_hang, agent_id="crash-once")
+
+
+# `mesh run tests.integration.agents:onboarded` with MESH_ONBOARD=1 — registers itself.
+onboarded = stepper(agent_id="onboarded", owner="claims-team")

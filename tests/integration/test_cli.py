@@ -59,7 +59,7 @@ async def test_dlq_list_and_replay(cli_env: Topology, nats_url: str) -> None:
         await eventually(kit.dead_letters, what="a dead letter")
         listed = await asyncio.to_thread(runner.invoke, app, ["dlq", "list", "--json"])
         assert listed.exit_code == 0, listed.output
-        [row] = json.loads(listed.output)
+        [row] = json.loads(listed.stdout)
         assert row["kind"] == "permanent"
         assert "no policy number" in row["reason"]
 

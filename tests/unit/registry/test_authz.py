@@ -1,0 +1,92 @@
+"""The generated authorization: exactly the card's scope, nothing for inactive agents.
+(That nats-server accepts and enforces it is tested in tests/integration/test_registry.py.)"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+
+from contracts import AgentCard, AgentKey
+from contracts.cards import AgentRecord, AgentStatus
+from mesh.identity import Identity
+from mesh.topology import Topology
+from services.registry.authz import StaticPrincipal, authorization_config
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+TOPOLOGY = Topology("mesh")
+
+
+def record(agent_id: str, status: AgentStatus, key: Identity) -> AgentRecord:
+    card = AgentCard(
+        agent_id=agent_id,
+        name=agent_id,
+        version="1",
+        owner="claims-team",
+        purpose="p",
+        consumes=["case_opened"],
+        produces=["case_step_completed", "action_requested"],
+    )
+    return AgentRecord(
+        card=card,
+        status=status,
+        registered_at=T0,
+        updated_at=T0,
+        status_changed_at=T0,
+        key_history=[AgentKey(public_key=key.public_key, valid_from=T0)],
+    )
+
+
+def users(text: str) -> list[dict[str, object]]:
+    body = re.search(r"authorization (\{.*\})\n", text, re.S)
+    assert body is not None
+    parsed: list[dict[str, object]] = json.loads(body.group(1))["users"]
+    return parsed
+
+
+def test_an_active_agent_may_publish_only_what_its_card_produces() -> None:
+    key = Identity.generate()
+    [_, agent] = users(authorization_config([record("intake", "active", key)], [], TOPOLOGY))
+    assert agent["nkey"] == key.public_key
+    publish = agent["permissions"]["publish"]["allow"]  # type: ignore[index]
+    case_subjects = [s for s in publish if s.startswith("mesh.case.")]
+    assert sorted(case_subjects) == [
+        "mesh.case.*.action_requested",
+        "mesh.case.*.case_step_completed",
+    ]
+    assert ">" not in publish
+    assert "$JS.API.CONSUMER.MSG.NEXT.MESH_CASES.intake" in publish
+    assert not any(s.startswith("$JS.API.STREAM.CREATE") for s in publish)
+    subscribe = agent["permissions"]["subscribe"]["allow"]  # type: ignore[index]
+    assert subscribe == ["_INBOX.intake.>", "mesh.registry.>"]
+
+
+def test_inactive_agents_get_no_credentials() -> None:
+    records = [
+        record(name, status, Identity.generate())
+        for name, status in (("a", "registered"), ("s", "suspended"), ("r", "revoked"))
+    ]
+    [onboarding] = users(authorization_config(records, [], TOPOLOGY))
+    assert onboarding["user"] == "onboarding"
+    assert onboarding["permissions"] == {
+        "publish": {"allow": ["mesh.svc.registry.register"]},
+        "subscribe": {"allow": ["_INBOX.onboarding.>"]},
+    }
+
+
+def test_services_and_unknown_clients() -> None:
+    registry, operator = Identity.generate(), Identity.generate()
+    text = authorization_config(
+        [],
+        [
+            StaticPrincipal("registry", registry.public_key, "registry"),
+            StaticPrincipal("operator", operator.public_key, "operator"),
+        ],
+        TOPOLOGY,
+    )
+    assert text.rstrip().endswith("no_auth_user: onboarding")
+    by_key = {u.get("nkey"): u for u in users(text)}
+    registry_publish = by_key[registry.public_key]["permissions"]["publish"]["allow"]  # type: ignore[index]
+    assert "mesh.registry.>" in registry_publish
+    assert "mesh.case.>" not in registry_publish
+    assert by_key[operator.public_key]["permissions"]["publish"]["allow"] == [">"]  # type: ignore[index]
