@@ -42,6 +42,11 @@ class AgentCard(msgspec.Struct, frozen=True, kw_only=True):
     status: AgentStatus = "registered"
 
 
+class Period(msgspec.Struct, frozen=True, kw_only=True):
+    start: datetime
+    end: datetime | None = None  # None: still going on
+
+
 class AgentRecord(msgspec.Struct, frozen=True, kw_only=True):
     """The registry's current view of one agent (the KV value, and lookup replies)."""
 
@@ -54,6 +59,9 @@ class AgentRecord(msgspec.Struct, frozen=True, kw_only=True):
     # Every key the agent ever had, with the period it was valid: an old event is
     # verified with the key that was valid when it was written.
     key_history: list[AgentKey] = msgspec.field(default_factory=list)
+    # When the agent was suspended: nothing it signed then is valid, even after it
+    # is reinstated.
+    suspensions: list[Period] = msgspec.field(default_factory=list)
     last_heartbeat: datetime | None = None
     stale: bool = False  # set in lookups: no heartbeat within the liveness window
 

@@ -19,7 +19,7 @@ from datetime import datetime
 
 import msgspec
 
-from contracts.cards import AgentKey, AgentRecord, AgentStatus
+from contracts.cards import AgentKey, AgentRecord, AgentStatus, Period
 
 OPERATIONS = ("register", "get", "list", "keys", "heartbeat", "activate", "suspend", "revoke")
 
@@ -50,6 +50,7 @@ class PrincipalKeys(msgspec.Struct, frozen=True, kw_only=True):
     status_changed_at: datetime
     key_history: list[AgentKey]
     updated_at: datetime  # the newest registry event applied to this principal
+    suspensions: list[Period] = msgspec.field(default_factory=list)
 
 
 class RegistryReply(msgspec.Struct, frozen=True, kw_only=True):

@@ -45,6 +45,7 @@ class KeyDirectory:
         self._principals: dict[str, PrincipalKeys] = {}
         self._subscription: Subscription | None = None
         self._refresh: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
         self.loaded = asyncio.Event()
 
     def load(self, principals: list[PrincipalKeys]) -> None:
@@ -74,12 +75,14 @@ class KeyDirectory:
                 f"signed by revoked agent {actor} after its revocation at "
                 f"{principal.status_changed_at.isoformat()}",
             )
-        if principal.status == "suspended" and at >= principal.status_changed_at:
-            raise SignatureError(
-                subject,
-                f"signed by agent {actor} while suspended (since "
-                f"{principal.status_changed_at.isoformat()})",
-            )
+        for suspension in principal.suspensions:
+            if at >= suspension.start and (suspension.end is None or at < suspension.end):
+                until = suspension.end.isoformat() if suspension.end else "now"
+                raise SignatureError(
+                    subject,
+                    f"signed by agent {actor} while suspended "
+                    f"({suspension.start.isoformat()} to {until})",
+                )
         if at < period.valid_from or (period.valid_until is not None and at >= period.valid_until):
             until = period.valid_until.isoformat() if period.valid_until else "now"
             raise SignatureError(
@@ -88,7 +91,13 @@ class KeyDirectory:
                 f"(valid {period.valid_from.isoformat()} to {until})",
             )
 
-    async def follow(self, nc: Client, subjects: Subjects, registry: RegistryClient) -> None:
+    async def follow(
+        self,
+        nc: Client,
+        subjects: Subjects,
+        registry: RegistryClient,
+        refresh_every: float = 30.0,
+    ) -> None:
         """Load a snapshot now, and a new one whenever the registry's history moves.
 
         A snapshot can be served while the registry is still applying the event that
@@ -133,6 +142,20 @@ class KeyDirectory:
             if self._refresh is None or self._refresh.done():
                 self._refresh = asyncio.create_task(reload())
 
+        async def watchdog() -> None:
+            # Registry events travel over core NATS: one sent while we were
+            # disconnected is gone. Reload after every reconnect, and now and then.
+            reconnects = nc.stats.get("reconnects", 0)
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(1.0)
+                now_reconnects = nc.stats.get("reconnects", 0)
+                if now_reconnects != reconnects or time.monotonic() - last > refresh_every:
+                    reconnects, last = now_reconnects, time.monotonic()
+                    changed.set()
+                    if self._refresh is None or self._refresh.done():
+                        self._refresh = asyncio.create_task(reload())
+
         try:
             self._subscription = await nc.subscribe(
                 subjects.family_all("registry"), cb=on_registry_event
@@ -140,8 +163,12 @@ class KeyDirectory:
         except nats.errors.Error as exc:
             raise MeshError(f"cannot follow the registry: {exc!r}") from exc
         self.load(await registry.keys())
+        self._watchdog = asyncio.create_task(watchdog())
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
         if self._refresh is not None:
             self._refresh.cancel()
             await asyncio.gather(self._refresh, return_exceptions=True)

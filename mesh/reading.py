@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import nats.errors
@@ -10,6 +11,7 @@ from nats.js.client import JetStreamContext
 
 from contracts.codec import EventDecoder
 from contracts.envelope import Event
+from contracts.errors import ContractError
 from mesh.errors import BrokerError
 from mesh.topology import Topology
 
@@ -32,7 +34,10 @@ async def read_subject(
     *,
     decoder: EventDecoder | None = None,
     batch: int = 256,
+    on_unreadable: Callable[[int, str, ContractError], None] | None = None,
 ) -> list[StoredEvent]:
+    """Every event on `subject`, in stream order. A message that is not a valid event
+    raises, unless `on_unreadable` is given: then it is reported there and skipped."""
     decoder = decoder or EventDecoder()
     try:
         subscription = await js.pull_subscribe(
@@ -54,16 +59,23 @@ async def read_subject(
         while remaining > 0:
             messages = await subscription.fetch(min(batch, remaining), timeout=5)
             for msg in messages:
+                remaining = msg.metadata.num_pending
+                try:
+                    event = decoder.decode(msg.data)
+                except ContractError as exc:
+                    if on_unreadable is None:
+                        raise
+                    on_unreadable(msg.metadata.sequence.stream, msg.subject, exc)
+                    continue
                 stored.append(
                     StoredEvent(
                         sequence=msg.metadata.sequence.stream,
                         subject=msg.subject,
                         body=msg.data,
                         headers=dict(msg.headers or {}),
-                        event=decoder.decode(msg.data),
+                        event=event,
                     )
                 )
-                remaining = msg.metadata.num_pending
     except (nats.errors.Error, TimeoutError) as exc:
         raise BrokerError(f"read {subject}", repr(exc)) from exc
     finally:

@@ -21,6 +21,8 @@ from mesh.errors import BrokerError, MeshError
 from mesh.identity import Identity
 
 _reply_decoder = msgspec.json.Decoder(RegistryReply)
+# Keys a card adds must sign it too: public key -> signature, as JSON, in this header.
+KEY_PROOFS_HEADER = "Mesh-Key-Proofs"
 
 
 class RegistryRefused(MeshError):
@@ -40,10 +42,18 @@ class RegistryClient:
         self.timeout = timeout
 
     async def _request(
-        self, operation: str, body: bytes, identity: Identity | None = None
+        self,
+        operation: str,
+        body: bytes,
+        identity: Identity | None = None,
+        proofs: tuple[Identity, ...] = (),
     ) -> RegistryReply:
         subject = self.subjects.service("registry", operation)
         headers = identity.signature_headers(subject, body) if identity else None
+        if headers is not None and proofs:
+            headers[KEY_PROOFS_HEADER] = msgspec.json.encode(
+                {proof.public_key: proof.sign(subject, body) for proof in proofs}
+            ).decode()
         try:
             msg = await self.nc.request(subject, body, timeout=self.timeout, headers=headers)
         except nats.errors.NoRespondersError:
@@ -58,9 +68,12 @@ class RegistryClient:
             raise RegistryRefused(operation, reply.error or "no reason given")
         return reply
 
-    async def register(self, card: AgentCard, identity: Identity) -> AgentRecord:
-        """Submit the card signed with `identity`; returns the registry's record."""
-        reply = await self._request("register", msgspec.json.encode(card), identity)
+    async def register(
+        self, card: AgentCard, identity: Identity, *new_keys: Identity
+    ) -> AgentRecord:
+        """Submit the card signed with `identity` (and by every key it adds, e.g. the
+        next key in a rotation); returns the registry's record."""
+        reply = await self._request("register", msgspec.json.encode(card), identity, new_keys)
         return reply.records[0]
 
     async def get(self, agent_id: str) -> AgentRecord:

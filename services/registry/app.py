@@ -14,6 +14,7 @@ from contracts.catalog import CATALOG
 from contracts.registry_api import OPERATIONS
 from mesh.app import nats_url
 from mesh.connection import connect
+from mesh.errors import ConfigurationError
 from mesh.identity import Identity
 from mesh.onboarding import ONBOARDING_ID, inbox_prefix
 from mesh.provisioning import ensure_stream
@@ -49,10 +50,21 @@ class RegistryService:
         self.registry = registry
         self.topology = topology or Topology(settings.subject_root, settings.stream_replicas)
         self.js = nc.jetstream(timeout=settings.request_timeout)
+        if registry.auto_activate and not registry.known_owners:
+            raise ConfigurationError(
+                "MESH_REGISTRY_AUTO_ACTIVATE needs MESH_REGISTRY_KNOWN_OWNERS: otherwise "
+                "anyone who can reach the broker activates an agent of their own"
+            )
+        self.principals = (
+            load_principals(registry.principals_file) if registry.principals_file else []
+        )
         publisher = EventPublisher(
             self.js, identity, self.topology, timeout=settings.request_timeout, nc=nc
         )
-        self.store = RegistryStore(self.js, publisher, self.topology)
+        registry_keys = {identity.public_key} | {
+            p.public_key for p in self.principals if p.role == "registry"
+        }
+        self.store = RegistryStore(self.js, publisher, self.topology, frozenset(registry_keys))
         self.handlers: RegistryHandlers | None = None
         self._subscriptions: list[Subscription] = []
 
@@ -66,21 +78,24 @@ class RegistryService:
         repaired = await self.store.reconcile_view(state)
         if repaired:
             log.info("registry view: %d record(s) repaired from history", repaired)
-        principals = (
-            load_principals(self.registry.principals_file) if self.registry.principals_file else []
-        )
+        principals = self.principals
         authorization = None
         if self.registry.auth_file is not None:
             authorization = BrokerAuthorization(
-                self.registry.auth_file, self.registry.server_pid_file, principals, self.topology
+                self.registry.auth_file,
+                self.registry.server_pid_file,
+                principals,
+                self.topology,
+                monitor_url=self.registry.server_monitor_url,
             )
-            authorization.apply(state.records.values())
+            await asyncio.to_thread(authorization.apply, list(state.records.values()))
         rules = RegistryRules(
             registry_id=self.registry.service_id,
             catalog=CATALOG,
             known_owners=frozenset(self.registry.known_owners),
             auto_activate=self.registry.auto_activate,
             reserved_ids=frozenset({ONBOARDING_ID, *(p.name for p in principals)}),
+            reserved_keys=frozenset(p.public_key for p in principals),
         )
         self.handlers = RegistryHandlers(
             state,

@@ -6,12 +6,14 @@ import json
 import logging
 import os
 import tempfile
+import time
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
 from contracts.cards import AgentRecord
 from mesh.embedded import reload_server
-from mesh.errors import ConfigurationError
+from mesh.errors import ConfigurationError, ProvisioningError
 from mesh.topology import Topology
 from services.registry.authz import StaticPrincipal, authorization_config
 
@@ -42,11 +44,14 @@ class BrokerAuthorization:
         pid_file: Path | None,
         principals: list[StaticPrincipal],
         topology: Topology,
+        *,
+        monitor_url: str | None = None,
     ) -> None:
         self.auth_file = auth_file
         self.pid_file = pid_file
         self.principals = principals
         self.topology = topology
+        self.monitor_url = monitor_url
 
     def apply(self, records: Iterable[AgentRecord]) -> bool:
         text = authorization_config(records, self.principals, self.topology)
@@ -56,8 +61,35 @@ class BrokerAuthorization:
         fd, tmp = tempfile.mkstemp(dir=self.auth_file.parent, prefix=".auth-")
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        loaded_before = self._config_load_time()
         os.replace(tmp, self.auth_file)
         if self.pid_file is not None:
             reload_server(self.pid_file)
+            self._confirm_reload(loaded_before)
             log.info("authorization regenerated and server reloaded")
         return True
+
+    def _config_load_time(self) -> str | None:
+        if self.monitor_url is None:
+            return None
+        try:
+            with urllib.request.urlopen(f"{self.monitor_url}/varz", timeout=2) as response:
+                return str(json.load(response).get("config_load_time"))
+        except (OSError, ValueError) as exc:
+            raise ProvisioningError("nats-server monitoring", repr(exc)) from exc
+
+    def _confirm_reload(self, before: str | None) -> None:
+        """A reload the server refused (say, an invalid config) leaves the old
+        authorization in force: that must be an error, not a silent success."""
+        if self.monitor_url is None:
+            return
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            if self._config_load_time() != before:
+                return
+            time.sleep(0.02)
+        raise ProvisioningError(
+            "nats-server authorization",
+            f"the server did not load {self.auth_file} (see its log); the old "
+            "authorization is still in force",
+        )

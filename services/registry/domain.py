@@ -6,7 +6,12 @@ The rules:
   well-formed key;
 - a new agent proves it holds a key on its card by signing the card with it; an
   existing agent signs with a key that is currently valid for it (anyone else's
-  signature is a forged card). A key belongs to one agent only;
+  signature is a forged card). Every key a card adds must also sign it (proof of
+  possession). A key belongs to one agent only, and never to a static principal;
+- only a registered or active agent may change its card (not a suspended one);
+- an agent may not produce the policy's decisions, humans' approvals or the registry's
+  history; humans, services and any card with roles or approval types are activated by
+  an operator, never automatically;
 - a card that widens scope (consumes, produces, actions, limits, roles) must carry a
   new version; re-registering an unchanged card changes nothing;
 - keys that leave the card are retired (valid until now), new ones are valid from now;
@@ -23,7 +28,7 @@ from typing import Literal
 
 import msgspec
 
-from contracts.cards import AgentCard, AgentKey, AgentRecord, AgentStatus
+from contracts.cards import AgentCard, AgentKey, AgentRecord, AgentStatus, Period
 from contracts.catalog import EventCatalog
 from contracts.envelope import Event
 from contracts.events.registry import (
@@ -39,6 +44,19 @@ from contracts.events.registry import (
 from contracts.subjects import check_token
 
 StatusTarget = Literal["activate", "suspend", "revoke"]
+
+# Event types only the policy service, a human approver or the registry may publish.
+DECISION_TYPES = frozenset({"action_approved", "action_denied", "approval_required"})
+APPROVAL_TYPES = frozenset({"approval_granted", "approval_rejected"})
+REGISTRY_TYPES = frozenset(
+    {
+        "agent_registered",
+        "agent_card_updated",
+        "agent_activated",
+        "agent_suspended",
+        "agent_revoked",
+    }
+)
 
 
 class Refused(Exception):
@@ -58,6 +76,7 @@ class RegistryRules:
     # Ids an agent may not take: static principals and the onboarding user share the
     # inbox and user namespace with agents.
     reserved_ids: frozenset[str] = frozenset()
+    reserved_keys: frozenset[str] = frozenset()  # the static principals' keys
 
 
 @dataclass
@@ -76,11 +95,20 @@ class RegistryState:
 
 
 def decide_registration(
-    state: RegistryState, card: AgentCard, signer: str, now: datetime, rules: RegistryRules
+    state: RegistryState,
+    card: AgentCard,
+    signer: str,
+    now: datetime,
+    rules: RegistryRules,
+    proven: frozenset[str] = frozenset(),
 ) -> list[Event]:
+    """`signer` signed the request; `proven` are keys that also signed it (proofs of
+    possession for keys the card adds)."""
     _check_card(card, rules)
     existing = state.records.get(card.agent_id)
     for key in card.keys:
+        if key.public_key in rules.reserved_keys:
+            raise Refused(f"key {key.public_key} belongs to a mesh service or operator")
         owner = state.key_owner.get(key.public_key)
         if owner is not None and owner != card.agent_id:
             raise Refused(f"key {key.public_key} already belongs to agent {owner}")
@@ -90,6 +118,7 @@ def decide_registration(
                 f"forged card: signed by {signer}, which is not one of the card's keys "
                 f"(a new agent signs its card with its own key)"
             )
+        _check_possession(card, set(), proven | {signer})
         return _registered(card, now, rules)
     if existing.status == "revoked":
         raise Refused(
@@ -100,7 +129,26 @@ def decide_registration(
         raise Refused(
             f"forged card: signed by {signer}, which is not a current key of agent {card.agent_id}"
         )
+    if existing.status == "suspended":
+        raise Refused(
+            f"agent {card.agent_id} is suspended ({existing.status_reason}); its card "
+            "cannot change until an operator reinstates it"
+        )
+    _check_possession(card, state.current_keys(card.agent_id), proven | {signer})
     return _updated(existing, card, now, rules)
+
+
+def _check_possession(card: AgentCard, current: set[str], proven: frozenset[str]) -> None:
+    unproven = sorted({k.public_key for k in card.keys} - current - proven)
+    if unproven:
+        raise Refused(
+            f"no proof of possession for key(s) {unproven}: every key a card adds must sign it too"
+        )
+
+
+def needs_operator(card: AgentCard) -> bool:
+    """Cards an operator must activate: privileged kinds, roles, approval types."""
+    return card.kind != "agent" or bool(card.roles) or bool(APPROVAL_TYPES & set(card.produces))
 
 
 def decide_status_change(
@@ -147,6 +195,14 @@ def _check_card(card: AgentCard, rules: RegistryRules) -> None:
     for event_type in (*card.consumes, *card.produces):
         if event_type not in rules.catalog:
             problems.append(f"unknown event type {event_type!r}")
+    produced = set(card.produces)
+    if produced & (DECISION_TYPES | REGISTRY_TYPES):
+        problems.append(
+            f"no card may produce {sorted(produced & (DECISION_TYPES | REGISTRY_TYPES))}: "
+            "decisions come from the policy service, history from the registry"
+        )
+    if produced & APPROVAL_TYPES and (card.kind != "human" or "approver" not in card.roles):
+        problems.append("only a human with the approver role may produce approvals")
     if not card.keys:
         problems.append("the card lists no key")
     for key in card.keys:
@@ -174,7 +230,7 @@ def _registered(card: AgentCard, now: datetime, rules: RegistryRules) -> list[Ev
             payload=AgentRegisteredPayload(card=_normalised(card)),
         )
     ]
-    if rules.auto_activate:
+    if rules.auto_activate and not needs_operator(card):
         events.append(
             AgentActivated(
                 actor=rules.registry_id,
@@ -292,8 +348,18 @@ def evolve(state: RegistryState, event: Event) -> RegistryState:
             )
         case AgentActivated(payload=change):
             _set_status(state, change, "active", at)
+            record = state.records[change.agent_id]
+            closed = [
+                msgspec.structs.replace(p, end=at) if p.end is None else p
+                for p in record.suspensions
+            ]
+            state.records[change.agent_id] = msgspec.structs.replace(record, suspensions=closed)
         case AgentSuspended(payload=change):
             _set_status(state, change, "suspended", at)
+            record = state.records[change.agent_id]
+            state.records[change.agent_id] = msgspec.structs.replace(
+                record, suspensions=[*record.suspensions, Period(start=at)]
+            )
         case AgentRevoked(payload=change):
             _set_status(state, change, "revoked", at)
             record = state.records[change.agent_id]

@@ -2,9 +2,13 @@
 
 Every request is answered with a RegistryReply; a refusal says why. Writes (register,
 status changes) are serialised, decided by the pure domain, appended to the history
-stream, applied to the state, mirrored into the KV view, and reflected in the broker's
-authorization before the reply goes out — so an agent told "active" can connect, and
-an operator told "revoked" knows the credentials are gone.
+stream one by one (each applied to the state as soon as it is stored), mirrored into
+the KV view, and written to the broker's authorization, whose reload is confirmed
+(when the server's monitoring endpoint is known) before the reply goes out.
+
+Replies go only to `_INBOX.` subjects: a request whose reply subject names anything
+else (a stream subject, the KV view) is served but not answered, or the registry's
+own permissions would write where the requester may not.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from contracts.registry_api import (
     StatusChangeRequest,
 )
 from mesh.errors import ConcurrencyConflict, MeshError, SignatureError
-from mesh.identity import verify_headers
+from mesh.identity import verify, verify_headers
+from mesh.registry_client import KEY_PROOFS_HEADER
 from services.registry.authz import StaticPrincipal
 from services.registry.broker_auth import BrokerAuthorization
 from services.registry.domain import (
@@ -96,17 +101,22 @@ class RegistryHandlers:
         except MeshError as exc:
             log.exception("registry %s failed", operation)
             reply = RegistryReply(ok=False, error=f"registry could not {operation}: {exc}")
-        if reply is not None and msg.reply:
-            await msg.respond(_encoder.encode(reply))
+        if reply is None or not msg.reply:
+            return
+        if not msg.reply.startswith("_INBOX."):
+            log.warning("registry %s: refusing to reply to %r (not an inbox)", operation, msg.reply)
+            return
+        await msg.respond(_encoder.encode(reply))
 
     # ------------------------------------------------------------------ writes
 
     async def register(self, msg: Msg) -> RegistryReply:
         signer = verify_headers(msg.subject, msg.data, msg.headers)
+        proven = _key_proofs(msg)
         card = _card.decode(msg.data)
         return await self._write(
             card.agent_id,
-            lambda now: decide_registration(self.state, card, signer, now, self.rules),
+            lambda now: decide_registration(self.state, card, signer, now, self.rules, proven),
         )
 
     async def activate(self, msg: Msg) -> RegistryReply:
@@ -137,20 +147,25 @@ class RegistryHandlers:
             for attempt in (1, 2):
                 events = decide(datetime.now(UTC))
                 try:
-                    await self.store.append(events)
+                    for event in events:
+                        await self.store.append([event])
+                        evolve(self.state, event)  # stored: now it is true
                     break
                 except ConcurrencyConflict:
-                    if attempt == 2:
-                        raise
                     # Another registry wrote meanwhile: catch up from the log, decide again.
                     log.warning("registry history of %s moved; reloading", agent_id)
                     self.state = await self.store.rebuild()
-            for event in events:
-                evolve(self.state, event)
+                    if attempt == 2:
+                        raise
+                except MeshError:
+                    # Part of a decision may be stored: the log is the truth, reload it.
+                    self.state = await self.store.rebuild()
+                    raise
             if events:
                 await self.store.write_view(self.state.records[agent_id])
                 if self.authorization is not None:
-                    self.authorization.apply(self.state.records.values())
+                    records = list(self.state.records.values())
+                    await asyncio.to_thread(self.authorization.apply, records)
         return RegistryReply(ok=True, records=[self._with_liveness(self.state.records[agent_id])])
 
     # ------------------------------------------------------------------ reads
@@ -179,6 +194,7 @@ class RegistryHandlers:
                 status_changed_at=record.status_changed_at,
                 key_history=record.key_history,
                 updated_at=record.updated_at,
+                suspensions=record.suspensions,
             )
             for record in self.state.records.values()
         ]
@@ -227,6 +243,22 @@ def _matches(record: AgentRecord, query: RegistryQuery) -> bool:
         and (query.role is None or query.role in card.roles)
         and (query.agent_id is None or card.agent_id == query.agent_id)
     )
+
+
+def _key_proofs(msg: Msg) -> frozenset[str]:
+    """Keys that signed the request besides its signer (header Mesh-Key-Proofs, a JSON
+    object public key -> signature over the same subject and body). A bad proof is an
+    error, not a silently missing key."""
+    raw = (msg.headers or {}).get(KEY_PROOFS_HEADER)
+    if not raw:
+        return frozenset()
+    try:
+        proofs = msgspec.json.decode(raw.encode(), type=dict[str, str])
+    except msgspec.DecodeError as exc:
+        raise Refused(f"unreadable {KEY_PROOFS_HEADER} header: {exc}") from None
+    for public_key, signature in proofs.items():
+        verify(public_key, msg.subject, msg.data, signature)
+    return frozenset(proofs)
 
 
 def _reason(exc: Exception) -> str:

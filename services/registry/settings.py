@@ -28,4 +28,8 @@ class RegistrySettings(BaseSettings):
     server_pid_file: Path | None = Field(
         default=None, description="nats-server pid file, to reload it after auth_file changes"
     )
+    server_monitor_url: str | None = Field(
+        default=None,
+        description="nats-server monitoring URL (http://host:8222): confirms each reload",
+    )
     stale_after: float = Field(default=30.0, gt=0, description="seconds without a heartbeat")

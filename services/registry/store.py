@@ -16,7 +16,8 @@ from nats.js.kv import KeyValue
 
 from contracts.cards import AgentRecord
 from contracts.envelope import Event
-from mesh.errors import BrokerError
+from mesh.errors import BrokerError, SignatureError
+from mesh.identity import verify_headers
 from mesh.provisioning import ensure_key_value
 from mesh.publisher import EventPublisher
 from mesh.reading import read_subject
@@ -37,8 +38,15 @@ def liveness_bucket(topology: Topology) -> str:
 
 
 class RegistryStore:
-    def __init__(self, js: JetStreamContext, publisher: EventPublisher, topology: Topology):
+    def __init__(
+        self,
+        js: JetStreamContext,
+        publisher: EventPublisher,
+        topology: Topology,
+        registry_keys: frozenset[str],
+    ) -> None:
         self.js = js
+        self.registry_keys = registry_keys  # who may have written the history
         self.publisher = publisher
         self.topology = topology
         self.last_sequence: dict[str, int] = {}  # agent id -> newest history sequence
@@ -63,14 +71,38 @@ class RegistryStore:
         self._liveness = await self.js.key_value(liveness_bucket(self.topology))
 
     async def rebuild(self) -> RegistryState:
-        """Replay the whole registry history into a fresh state."""
+        """Replay the whole registry history into a fresh state. Only registry events
+        signed by a registry key count; anything else in the stream (it is append-only,
+        so it cannot be removed) is named in the log and passed over, never applied."""
         state = RegistryState()
+
+        def unreadable(sequence: int, subject: str, error: Exception) -> None:
+            log.error(
+                "registry history #%d on %s is not an event (%s); ignored", sequence, subject, error
+            )
+
         stored = await read_subject(
-            self.js, self.topology.registry_stream, self.topology.subjects.family_all("registry")
+            self.js,
+            self.topology.registry_stream,
+            self.topology.subjects.family_all("registry"),
+            on_unreadable=unreadable,
         )
         for item in stored:
+            key = item.event.subject_key() if item.event.family == "registry" else item.subject
+            self.last_sequence[key] = item.sequence
+            try:
+                signer = verify_headers(item.subject, item.body, item.headers)
+            except SignatureError as exc:
+                unreadable(item.sequence, item.subject, exc)
+                continue
+            if signer not in self.registry_keys or item.event.family != "registry":
+                unreadable(
+                    item.sequence,
+                    item.subject,
+                    ValueError(f"not a registry event signed by the registry ({signer})"),
+                )
+                continue
             evolve(state, item.event)
-            self.last_sequence[item.event.subject_key()] = item.sequence
         log.info("registry rebuilt from %d events: %d agents", len(stored), len(state.records))
         return state
 
@@ -93,9 +125,18 @@ class RegistryStore:
             raise BrokerError(f"write view of {record.card.agent_id}", repr(exc)) from exc
 
     async def reconcile_view(self, state: RegistryState) -> int:
-        """Make the KV view match the history (after a crash between the two writes)."""
+        """Make the KV view match the history (after a crash between the two writes),
+        and drop entries the history does not know."""
         assert self._view is not None
         fixed = 0
+        try:
+            present = set(await self._view.keys())
+        except nats.js.errors.NoKeysError:
+            present = set()
+        for stray in sorted(present - set(state.records)):
+            log.warning("registry view: %s is not in the history; removed", stray)
+            await self._view.delete(stray)
+            fixed += 1
         for agent_id, record in state.records.items():
             try:
                 entry = await self._view.get(agent_id)

@@ -141,6 +141,7 @@ async def secured_mesh(directory: Path) -> AsyncIterator[SecuredMesh]:
             principals_file=principals_file,
             auth_file=auth_file,
             server_pid_file=server.pid_path,
+            server_monitor_url=f"http://127.0.0.1:{server.monitor_port}",
             stale_after=5.0,
         ),
         settings=MeshSettings(

@@ -21,6 +21,7 @@ from contracts import (
 )
 from contracts.registry_api import RegistryQuery
 from mesh import Agent, Identity
+from mesh.connection import connect
 from mesh.errors import BrokerError, PermissionDenied, SignatureError
 from mesh.key_directory import KeyDirectory
 from mesh.onboarding import card_with_key, connect_as, register
@@ -316,7 +317,10 @@ async def test_a_rotated_key_stays_valid_for_what_it_signed(mesh: SecuredMesh) -
     rotated_card = msgspec.structs.replace(
         claims_card(), keys=[AgentKey(public_key=new.public_key, valid_from=datetime.now(UTC))]
     )
-    record = await client.register(rotated_card, old)  # signed by the key being retired
+    with pytest.raises(RegistryRefused, match="no proof of possession"):
+        await client.register(rotated_card, old)
+    # Signed by the key being retired, and by the new key to prove it is held.
+    record = await client.register(rotated_card, old, new)
     history = {k.public_key: k for k in record.key_history}
     assert history[old.public_key].valid_until is not None
     assert history[new.public_key].valid_until is None
@@ -342,6 +346,8 @@ async def test_the_registry_restarts_without_losing_anything(mesh: SecuredMesh) 
     assert mesh.service.handlers is not None
     state_before = dict(mesh.service.handlers.state.records)
 
+    await mesh.runners[0].stop()  # no more heartbeats: what survives was persisted
+    last_beat = mesh.service.handlers.heartbeats["intake"]
     await mesh.stop_registry()
     # A crash between the history append and the view write: the view lost an entry.
     kv = await mesh.harness_nc.jetstream().key_value(f"{mesh.topology.root.upper()}_AGENTS")
@@ -356,8 +362,9 @@ async def test_the_registry_restarts_without_losing_anything(mesh: SecuredMesh) 
     ]
     entry = await kv.get("fraud")  # repaired from history
     assert entry.value is not None
-    # Liveness survived too, and the restarted registry keeps serving the agent.
-    assert (await client.get("intake")).last_heartbeat is not None
+    # Liveness survived too: read back from its bucket by the new registry.
+    assert mesh.service.handlers.heartbeats["intake"] == last_beat
+    await mesh.runners[0].start()
     await open_case(mesh, "after-restart")
 
     async def stepped() -> bool:
@@ -366,3 +373,33 @@ async def test_the_registry_restarts_without_losing_anything(mesh: SecuredMesh) 
         return any(isinstance(s.event, CaseStepCompleted) for s in history)
 
     await eventually(stepped, what="work after the registry restarted")
+
+
+async def test_the_registry_replies_only_to_inboxes(mesh: SecuredMesh) -> None:
+    """A requester must not borrow the registry's permissions by naming a stream
+    subject (or the KV view) as its reply subject."""
+    onboarding = await connect(
+        mesh.url, name="sneaky", inbox_prefix="_INBOX.onboarding", reconnect=False
+    )
+    mesh.connections.append(onboarding)
+    identity = Identity.generate()
+    body = msgspec.json.encode(card_with_key(claims_card(), identity))
+    subject = mesh.topology.subjects.service("registry", "register")
+    target = mesh.topology.subjects.family_event("registry", "intake", "agent_registered")
+    await onboarding.publish(
+        subject, body, reply=target, headers=identity.signature_headers(subject, body)
+    )
+    await onboarding.flush()
+    assert mesh.harness_nc is not None
+    client = mesh.client(mesh.harness_nc)
+    await eventually(lambda: client.get("intake"), what="the registration served")
+    history = await read_subject(
+        mesh.harness_nc.jetstream(),
+        mesh.topology.registry_stream,
+        mesh.topology.subjects.family_all("registry"),
+    )
+    assert all(s.event.actor == "registry" for s in history)
+    # And the registry still restarts.
+    await mesh.stop_registry()
+    await mesh.start_registry()
+    assert (await client.get("intake")).status == "active"

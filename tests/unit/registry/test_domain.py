@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from contracts import CATALOG, ActionGrant, AgentCard, AgentKey
+from contracts.cards import Period
 from contracts.envelope import Event
 from mesh.identity import Identity
 from services.registry.domain import (
@@ -148,7 +149,10 @@ def test_rotation_retires_the_old_key_and_keeps_its_history() -> None:
     state = registered(old)
     rotated = card(old, keys=[AgentKey(public_key=new.public_key, valid_from=T0)])
     t1 = T0 + timedelta(hours=1)
-    state = apply(state, decide_registration(state, rotated, old.public_key, t1, RULES))
+    with pytest.raises(Refused, match="no proof of possession"):
+        decide_registration(state, rotated, old.public_key, t1, RULES)
+    proven = frozenset({new.public_key})
+    state = apply(state, decide_registration(state, rotated, old.public_key, t1, RULES, proven))
     history = state.records["fraud"].key_history
     assert history == [
         AgentKey(public_key=old.public_key, valid_from=T0, valid_until=t1),
@@ -156,7 +160,7 @@ def test_rotation_retires_the_old_key_and_keeps_its_history() -> None:
     ]
     # The retired key can no longer sign for the agent.
     with pytest.raises(Refused, match="not a current key"):
-        decide_registration(state, rotated, old.public_key, t1, RULES)
+        decide_registration(state, rotated, old.public_key, t1, RULES, proven)
 
 
 def test_revocation_is_final_and_ends_every_key() -> None:
@@ -181,3 +185,53 @@ def test_status_changes_are_idempotent_and_need_a_reason() -> None:
         decide_status_change(state, "fraud", "suspend", "  ", "ops", T0, RULES)
     with pytest.raises(Refused, match="no agent 'ghost'"):
         decide_status_change(state, "ghost", "suspend", "x", "ops", T0, RULES)
+
+
+def test_a_suspended_agent_cannot_change_its_card() -> None:
+    key, thief = Identity.generate(), Identity.generate()
+    state = registered(key)
+    state = apply(state, decide_status_change(state, "fraud", "suspend", "leak", "ops", T0, RULES))
+    takeover = card(key, version="2", keys=[AgentKey(public_key=thief.public_key, valid_from=T0)])
+    with pytest.raises(Refused, match="is suspended"):
+        decide_registration(
+            state, takeover, key.public_key, T0, RULES, frozenset({thief.public_key})
+        )
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"produces": ["action_approved"]}, "decisions come from the policy service"),
+        ({"produces": ["agent_revoked"]}, "history from the registry"),
+        ({"produces": ["approval_granted"]}, "only a human with the approver role"),
+    ],
+)
+def test_privileged_event_types_are_not_for_agents(changes: dict[str, object], reason: str) -> None:
+    key = Identity.generate()
+    with pytest.raises(Refused, match=reason):
+        decide_registration(RegistryState(), card(key, **changes), key.public_key, T0, RULES)
+
+
+def test_privileged_cards_wait_for_an_operator() -> None:
+    key = Identity.generate()
+    human = card(key, kind="human", roles=["approver"], produces=["approval_granted"])
+    events = decide_registration(RegistryState(), human, key.public_key, T0, RULES)
+    assert [e.event_name() for e in events] == ["agent_registered"]
+
+
+def test_a_principal_s_key_cannot_be_claimed() -> None:
+    key = Identity.generate()
+    rules = RegistryRules(
+        registry_id="registry", catalog=CATALOG, reserved_keys=frozenset({key.public_key})
+    )
+    with pytest.raises(Refused, match="belongs to a mesh service or operator"):
+        decide_registration(RegistryState(), card(key), key.public_key, T0, rules)
+
+
+def test_suspensions_are_remembered_after_reinstatement() -> None:
+    key = Identity.generate()
+    state = registered(key)
+    t1, t2 = T0 + timedelta(hours=1), T0 + timedelta(hours=2)
+    state = apply(state, decide_status_change(state, "fraud", "suspend", "x", "ops", t1, RULES))
+    state = apply(state, decide_status_change(state, "fraud", "activate", "y", "ops", t2, RULES))
+    assert state.records["fraud"].suspensions == [Period(start=t1, end=t2)]
