@@ -107,6 +107,7 @@ async def run_agent(agent: Agent, settings: MeshSettings) -> None:
             topology=topology,
             key_directory=directory,
             registry=registry,
+            provision=not settings.onboard,  # under enforcement the registry provisions
         )
         try:
             await runner.start()

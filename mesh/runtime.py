@@ -8,7 +8,7 @@ from collections.abc import Awaitable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig
 from nats.js.client import JetStreamContext
 
 from contracts.envelope import Event
@@ -18,10 +18,16 @@ from mesh.agent import Agent
 from mesh.consumer import OrderingKey, PullConsumerLoop, case_ordering_key
 from mesh.dead_letters import ORIGINAL_SUBJECT, DeadLetterSink
 from mesh.dispatch import EventDispatcher
+from mesh.durables import (
+    case_durable,
+    check_agent_durables,
+    provision_agent_durables,
+    replay_durable,
+)
 from mesh.errors import BrokerError, MeshError
 from mesh.identity import Identity
 from mesh.key_directory import KeyDirectory
-from mesh.provisioning import ProvisionReport, ensure_consumer, ensure_stream
+from mesh.provisioning import ProvisionReport, ensure_stream
 from mesh.publisher import EventPublisher, Receipt
 from mesh.registry_client import RegistryClient
 from mesh.resilience import CircuitBreaker, retry_transient
@@ -31,48 +37,14 @@ from mesh.topology import Topology
 log = logging.getLogger(__name__)
 
 
-def _durable(
-    name: str, description: str, filters: list[str], settings: MeshSettings
-) -> ConsumerConfig:
-    return ConsumerConfig(
-        durable_name=name,
-        description=description,
-        filter_subjects=filters,
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=settings.ack_wait,
-        # Unlimited on the server: the dispatcher counts deliveries and dead-letters at
-        # MESH_MAX_DELIVER, so a last delivery that crashes the agent is not lost.
-        max_deliver=-1,
-        # No `backoff`: the retry schedule is the dispatcher's NAK delay. With `backoff`
-        # set, nats-server 2.15 lets it override NAK delays on later deliveries.
-        # Room for the window plus the messages held behind a case's retry.
-        max_ack_pending=max(settings.fetch_batch * 4, 256),
-    )
-
-
 def consumer_config(agent: Agent, topology: Topology, settings: MeshSettings) -> ConsumerConfig:
-    """One durable consumer per agent over the case events it consumes. Agents scale
-    out by running more processes on the same durable."""
-    return _durable(
-        check_token(agent.card.agent_id, "agent id"),
-        f"agent {agent.card.agent_id} v{agent.card.version}",
-        [topology.subjects.case_events_of_type(t) for t in agent.card.consumes],
-        settings,
-    )
+    return case_durable(agent.card, topology, settings)
 
 
 def replay_consumer_config(
     agent: Agent, topology: Topology, settings: MeshSettings
 ) -> ConsumerConfig:
-    """Dead letters sent back to this agent (and to no one else) after a fix."""
-    agent_id = check_token(agent.card.agent_id, "agent id")
-    return _durable(
-        f"{agent_id}_replay",
-        f"replayed dead letters for agent {agent_id}",
-        [topology.subjects.replay(topology.cases_stream, agent_id)],
-        settings,
-    )
+    return replay_durable(agent.card, topology, settings)
 
 
 class AgentRunner:
@@ -86,8 +58,12 @@ class AgentRunner:
         topology: Topology | None = None,
         key_directory: KeyDirectory | None = None,
         registry: RegistryClient | None = None,
+        provision: bool = True,
     ) -> None:
+        """`provision=False` under registry enforcement: the registry owns streams and
+        durables; the runner binds to them and checks they match the card."""
         agent.check()
+        self.provision = provision
         self.key_directory = key_directory
         self.registry = registry  # heartbeats go here when set
         self.agent = agent
@@ -137,8 +113,17 @@ class AgentRunner:
         )
 
     async def start(self) -> None:
-        for stream in self.topology.streams():
-            self.reports.append(await ensure_stream(self.js, stream))
+        ack_wait = self.settings.ack_wait
+        if self.provision:
+            for stream in self.topology.streams():
+                self.reports.append(await ensure_stream(self.js, stream))
+            self.reports += await provision_agent_durables(
+                self.js, self.agent.card, self.topology, self.settings
+            )
+        else:
+            live = await check_agent_durables(self.js, self.agent.card, self.topology)
+            # Keep-alives follow the server's ack_wait, not our preference.
+            ack_wait = min(c.ack_wait or ack_wait for c in live.values())
         dispatcher = EventDispatcher(
             self.agent,
             services=self,
@@ -153,9 +138,9 @@ class AgentRunner:
         )
         main = consumer_config(self.agent, self.topology, self.settings)
         replays = replay_consumer_config(self.agent, self.topology, self.settings)
-        self._loop = await self._consume(self.topology.cases_stream, main, dispatcher)
+        self._loop = await self._consume(self.topology.cases_stream, main, dispatcher, ack_wait)
         self._replay_loop = await self._consume(
-            self.topology.dead_letter_stream, replays, dispatcher, ordering=_original_case
+            self.topology.dead_letter_stream, replays, dispatcher, ack_wait, _original_case
         )
         if self.registry is not None:
             self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
@@ -180,11 +165,9 @@ class AgentRunner:
         stream: str,
         config: ConsumerConfig,
         dispatcher: EventDispatcher,
+        ack_wait: float,
         ordering: OrderingKey = case_ordering_key,
     ) -> PullConsumerLoop:
-        # The agent owns its durables: a drift (say, the card now consumes one more
-        # type) is brought in line with the declaration, not left to silently differ.
-        self.reports.append(await ensure_consumer(self.js, stream, config, update=True))
         assert config.durable_name is not None
         subscription = await self.js.pull_subscribe_bind(config.durable_name, stream=stream)
         loop = PullConsumerLoop(
@@ -192,7 +175,7 @@ class AgentRunner:
             dispatcher,
             window=self.settings.fetch_batch,
             fetch_wait=self.settings.fetch_wait,
-            ack_wait=self.settings.ack_wait,
+            ack_wait=ack_wait,
             ordering_key=ordering,
         )
         self._tasks.append(asyncio.create_task(loop.run(), name=f"consume:{config.durable_name}"))

@@ -10,10 +10,12 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from contracts.cards import AgentCard
 from contracts.catalog import CATALOG
 from contracts.registry_api import OPERATIONS
 from mesh.app import nats_url
 from mesh.connection import connect
+from mesh.durables import provision_agent_durables
 from mesh.errors import ConfigurationError
 from mesh.identity import Identity
 from mesh.onboarding import ONBOARDING_ID, inbox_prefix
@@ -105,7 +107,11 @@ class RegistryService:
             authorization=authorization,
             stale_after=self.registry.stale_after,
             heartbeats=await self.store.heartbeats(),
+            provision=self._provision_durables,
         )
+        for record in state.records.values():
+            if record.status == "active":
+                await self._provision_durables(record.card)
         for operation in OPERATIONS:
             subject = self.topology.subjects.service("registry", operation)
             self._subscriptions.append(
@@ -113,6 +119,9 @@ class RegistryService:
             )
         await self.nc.flush()  # the subscriptions are live on the server before we say so
         log.info("registry serving %d agents as %s", len(state.records), self.identity.public_key)
+
+    async def _provision_durables(self, card: AgentCard) -> None:
+        await provision_agent_durables(self.js, card, self.topology, self.settings)
 
     def _callback(self, operation: str):  # type: ignore[no-untyped-def]
         async def callback(msg: Msg) -> None:

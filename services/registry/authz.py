@@ -48,8 +48,9 @@ def agent_permissions(record: AgentRecord, topology: Topology) -> dict[str, obje
         s.dead_letter(cases, agent_id),
         *(s.service("registry", op) for op in ("register", "heartbeat", "get", "list", "keys")),
         "$JS.API.INFO",
-        *(f"$JS.API.STREAM.INFO.{config.name}" for config in topology.streams()),
-        # its own durables only: create/update, inspect, fetch, ack
+        # its own durables only, which the registry created from its card: inspect,
+        # fetch, ack. Never create: a consumer config could filter on anything or
+        # push into another principal's inbox.
         *_durable_api(cases, agent_id),
         *_durable_api(dlq, replay_durable),
         # reading a case's history (optimistic concurrency reads the last sequence)
@@ -63,9 +64,6 @@ def agent_permissions(record: AgentRecord, topology: Topology) -> dict[str, obje
 
 def _durable_api(stream: str, durable: str) -> list[str]:
     return [
-        f"$JS.API.CONSUMER.CREATE.{stream}.{durable}",
-        f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.>",
-        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
         f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
         f"$JS.ACK.{stream}.{durable}.>",

@@ -67,7 +67,11 @@ class RegistryHandlers:
         authorization: BrokerAuthorization | None,
         stale_after: float,
         heartbeats: dict[str, datetime],
+        provision: Callable[[AgentCard], Awaitable[object]] | None = None,
     ) -> None:
+        """`provision` creates an active agent's durables from its card (under broker
+        enforcement agents may not create consumers themselves)."""
+        self.provision = provision
         self.state = state
         self.store = store
         self.rules = rules
@@ -162,7 +166,10 @@ class RegistryHandlers:
                     self.state = await self.store.rebuild()
                     raise
             if events:
-                await self.store.write_view(self.state.records[agent_id])
+                record = self.state.records[agent_id]
+                if record.status == "active" and self.provision is not None:
+                    await self.provision(record.card)  # before the agent hears "active"
+                await self.store.write_view(record)
                 if self.authorization is not None:
                     records = list(self.state.records.values())
                     await asyncio.to_thread(self.authorization.apply, records)

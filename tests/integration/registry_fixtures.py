@@ -97,6 +97,7 @@ class SecuredMesh:
             topology=self.topology,
             key_directory=directory,
             registry=self.client(nc),
+            provision=False,
         )
         await runner.start()
         self.runners.append(runner)

@@ -7,7 +7,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
+import nats.errors
+import nats.js.errors
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from contracts import (
     ActionGrant,
@@ -403,3 +406,22 @@ async def test_the_registry_replies_only_to_inboxes(mesh: SecuredMesh) -> None:
     await mesh.stop_registry()
     await mesh.start_registry()
     assert (await client.get("intake")).status == "active"
+
+
+async def test_an_agent_cannot_create_consumers_to_read_beyond_its_card(
+    mesh: SecuredMesh,
+) -> None:
+    _, nc = await mesh.run_agent(claims_agent())
+    spy = ConsumerConfig(
+        durable_name="spy", deliver_subject="_INBOX.harness.spy", ack_policy=AckPolicy.NONE
+    )
+    with pytest.raises(nats.errors.TimeoutError):
+        await nc.jetstream(timeout=1).add_consumer(mesh.topology.cases_stream, spy)
+    assert mesh.harness_nc is not None
+    with pytest.raises(nats.js.errors.NotFoundError):
+        await mesh.harness_nc.jetstream().consumer_info(mesh.topology.cases_stream, "spy")
+    # Its own durable exists all the same: the registry created it from the card.
+    info = await mesh.harness_nc.jetstream().consumer_info(mesh.topology.cases_stream, "intake")
+    assert info.config.filter_subjects == [
+        mesh.topology.subjects.case_events_of_type("case_opened")
+    ]

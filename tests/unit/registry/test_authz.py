@@ -57,6 +57,7 @@ def test_an_active_agent_may_publish_only_what_its_card_produces() -> None:
     assert ">" not in publish
     assert "$JS.API.CONSUMER.MSG.NEXT.MESH_CASES.intake" in publish
     assert not any(s.startswith("$JS.API.STREAM.CREATE") for s in publish)
+    assert not any(s.startswith("$JS.API.CONSUMER.CREATE") for s in publish)
     subscribe = agent["permissions"]["subscribe"]["allow"]  # type: ignore[index]
     assert subscribe == ["_INBOX.intake.>", "mesh.registry.>"]
 
