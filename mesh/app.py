@@ -8,7 +8,10 @@ import importlib
 import logging
 import signal
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+
+from nats.aio.client import Client
 
 from mesh.agent import Agent
 from mesh.connection import close, connect
@@ -69,34 +72,50 @@ async def nats_url(settings: MeshSettings) -> AsyncIterator[str]:
         await asyncio.to_thread(server.stop)
 
 
-async def run_agent(agent: Agent, settings: MeshSettings) -> None:
-    identity = agent_identity(settings, agent.card.agent_id)
+@dataclass
+class StartedAgent:
+    """An agent connected and consuming; `stop()` undoes all of it."""
+
+    nc: Client
+    runner: AgentRunner
+    directory: KeyDirectory | None
+    credentials_refused: asyncio.Event
+
+    async def stop(self) -> None:
+        await self.runner.stop()
+        if self.directory is not None:
+            await self.directory.close()
+        # close, not drain: every fetched message is settled by now, and nats-py's
+        # drain waits out its 30 s timeout on a pull subscription's inbox.
+        await close(self.nc)
+
+
+async def start_agent(
+    agent: Agent, identity: Identity, url: str, settings: MeshSettings
+) -> StartedAgent:
+    """Connect (registering first with MESH_ONBOARD), follow the registry's keys (with
+    MESH_CHECK_SIGNERS), and start consuming: what `mesh run` does before it waits."""
     topology = Topology(settings.subject_root, settings.stream_replicas)
-    stop = asyncio.Event()
     refused = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    async with nats_url(settings) as url:
-        if settings.onboard:
-            record = await register(
-                url, agent.card, identity, topology.subjects, wait=settings.onboard_wait
-            )
-            log.info("agent %s is %s in the registry", agent.card.agent_id, record.status)
-            nc = await connect_as(
-                url, agent.card.agent_id, identity, on_credentials_refused=refused.set
-            )
-        else:
-            nc = await connect(
-                url,
-                name=f"agent:{agent.card.agent_id}",
-                identity=identity if settings.nkey_auth else None,
-                inbox_prefix=inbox_prefix(agent.card.agent_id) if settings.nkey_auth else None,
-                connect_timeout=settings.connect_timeout,
-                on_credentials_refused=refused.set,
-            )
-        registry = RegistryClient(nc, topology.subjects) if settings.onboard else None
-        directory = KeyDirectory() if settings.check_signers else None
+    if settings.onboard:
+        record = await register(
+            url, agent.card, identity, topology.subjects, wait=settings.onboard_wait
+        )
+        log.info("agent %s is %s in the registry", agent.card.agent_id, record.status)
+        nc = await connect_as(
+            url, agent.card.agent_id, identity, on_credentials_refused=refused.set
+        )
+    else:
+        nc = await connect(
+            url,
+            name=f"agent:{agent.card.agent_id}",
+            identity=identity if settings.nkey_auth else None,
+            inbox_prefix=inbox_prefix(agent.card.agent_id) if settings.nkey_auth else None,
+            connect_timeout=settings.connect_timeout,
+            on_credentials_refused=refused.set,
+        )
+    directory = KeyDirectory() if settings.check_signers else None
+    try:
         if directory is not None:
             await directory.follow(nc, topology.subjects, RegistryClient(nc, topology.subjects))
         runner = AgentRunner(
@@ -106,16 +125,32 @@ async def run_agent(agent: Agent, settings: MeshSettings) -> None:
             settings=settings,
             topology=topology,
             key_directory=directory,
-            registry=registry,
+            registry=RegistryClient(nc, topology.subjects) if settings.onboard else None,
             provision=not settings.onboard,  # under enforcement the registry provisions
         )
+        await runner.start()
+    except BaseException:
+        if directory is not None:
+            await directory.close()
+        await close(nc)
+        raise
+    return StartedAgent(nc, runner, directory, refused)
+
+
+async def run_agent(agent: Agent, settings: MeshSettings) -> None:
+    identity = agent_identity(settings, agent.card.agent_id)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with nats_url(settings) as url:
+        started = await start_agent(agent, identity, url, settings)
         try:
-            await runner.start()
             log.info("agent %s running against %s", agent.card.agent_id, url)
             waits = {
-                asyncio.create_task(runner.wait()): "loop",
+                asyncio.create_task(started.runner.wait()): "loop",
                 asyncio.create_task(stop.wait()): "signal",
-                asyncio.create_task(refused.wait()): "refused",
+                asyncio.create_task(started.credentials_refused.wait()): "refused",
             }
             done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for task in pending:
@@ -126,12 +161,7 @@ async def run_agent(agent: Agent, settings: MeshSettings) -> None:
                 if waits[task] == "refused":
                     raise CredentialsRevoked(agent.card.agent_id)
         finally:
-            await runner.stop()
-            if directory is not None:
-                await directory.close()
-            # close, not drain: every fetched message is settled by now, and nats-py's
-            # drain waits out its 30 s timeout on a pull subscription's inbox.
-            await close(nc)
+            await started.stop()
             log.info("agent %s stopped", agent.card.agent_id)
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 from nats.aio.client import Client
 
 from mesh.agent import Agent
+from mesh.app import StartedAgent, start_agent
 from mesh.connection import close, connect
 from mesh.embedded import EmbeddedNats
 from mesh.identity import Identity
-from mesh.key_directory import KeyDirectory
-from mesh.onboarding import connect_as, inbox_prefix, register
+from mesh.onboarding import inbox_prefix
 from mesh.registry_client import RegistryClient
 from mesh.runtime import AgentRunner
 from mesh.settings import MeshSettings
@@ -44,7 +44,11 @@ class SecuredMesh:
     service: RegistryService | None = None
     harness_nc: Client | None = None
     connections: list[Client] = field(default_factory=list)
-    runners: list[AgentRunner] = field(default_factory=list)
+    started: list[StartedAgent] = field(default_factory=list)
+
+    @property
+    def runners(self) -> list[AgentRunner]:
+        return [started.runner for started in self.started]
 
     @property
     def url(self) -> str:
@@ -81,31 +85,16 @@ class SecuredMesh:
         self, agent: Agent, identity: Identity | None = None, *, check_signers: bool = False
     ) -> tuple[AgentRunner, Client]:
         """What `mesh run` does with MESH_ONBOARD=1, in-process."""
-        identity = identity or Identity.generate()
-        await register(self.url, agent.card, identity, self.topology.subjects, wait=5)
-        nc = await connect_as(self.url, agent.card.agent_id, identity)
-        self.connections.append(nc)
-        directory = None
-        if check_signers:
-            directory = KeyDirectory()
-            await directory.follow(nc, self.topology.subjects, self.client(nc))
-        runner = AgentRunner(
-            agent,
-            nc=nc,
-            identity=identity,
-            settings=self.settings,
-            topology=self.topology,
-            key_directory=directory,
-            registry=self.client(nc),
-            provision=False,
+        settings = self.settings.model_copy(
+            update={"onboard": True, "onboard_wait": 5.0, "check_signers": check_signers}
         )
-        await runner.start()
-        self.runners.append(runner)
-        return runner, nc
+        started = await start_agent(agent, identity or Identity.generate(), self.url, settings)
+        self.started.append(started)
+        return started.runner, started.nc
 
     async def close(self) -> None:
-        for runner in self.runners:
-            await runner.stop()
+        for started in self.started:
+            await started.stop()
         for nc in self.connections:
             await close(nc)
         if self.harness_nc is not None:
