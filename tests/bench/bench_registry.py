@@ -75,7 +75,7 @@ async def main(agents: int, lookups: int, concurrency: int, rounds: int) -> None
                 service_nc,
                 Identity.generate(),
                 settings,
-                RegistrySettings(auto_activate=True),
+                RegistrySettings(auto_activate=True, known_owners=["bench"]),
                 topology,
             )
             await service.start()
