@@ -1,6 +1,6 @@
 """Contracts: the mesh's wire types, subject names and schemas. Pure data, no I/O."""
 
-from contracts.cards import ActionGrant, AgentCard, AgentKey
+from contracts.cards import ActionGrant, AgentCard, AgentKey, AgentRecord, Period
 from contracts.catalog import CATALOG, EventCatalog
 from contracts.codec import EventDecoder, decode, encode
 from contracts.envelope import Event, utc_now
@@ -42,6 +42,7 @@ from contracts.events.case import (
 )
 from contracts.events.operations import CircuitStateChanged, CircuitStateChangedPayload
 from contracts.events.registry import (
+    AgentActivated,
     AgentCardUpdated,
     AgentCardUpdatedPayload,
     AgentRegistered,
@@ -65,10 +66,12 @@ __all__ = [
     "ActionGrant",
     "ActionRequested",
     "ActionRequestedPayload",
+    "AgentActivated",
     "AgentCard",
     "AgentCardUpdated",
     "AgentCardUpdatedPayload",
     "AgentKey",
+    "AgentRecord",
     "AgentRegistered",
     "AgentRegisteredPayload",
     "AgentRevoked",
@@ -98,6 +101,7 @@ __all__ = [
     "InvalidSubject",
     "MalformedEvent",
     "ParsedSubject",
+    "Period",
     "PolicyReference",
     "Subjects",
     "UnknownEventType",

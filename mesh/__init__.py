@@ -14,12 +14,14 @@ from mesh.errors import (
     HandlerError,
     MeshError,
     PermanentError,
+    PermissionDenied,
     ProvisioningError,
     PublishFailed,
     SignatureError,
     TransientError,
 )
 from mesh.identity import Identity, verify, verify_headers
+from mesh.key_directory import KeyDirectory
 from mesh.provisioning import (
     Outcome,
     ProvisionReport,
@@ -29,6 +31,7 @@ from mesh.provisioning import (
 )
 from mesh.publisher import EventPublisher, Receipt
 from mesh.reading import StoredEvent, read_case
+from mesh.registry_client import RegistryClient, RegistryRefused
 from mesh.resilience import CircuitBreaker, retry_transient
 from mesh.runtime import AgentRunner
 from mesh.settings import MeshSettings
@@ -52,14 +55,18 @@ __all__ = [
     "HandlerContext",
     "HandlerError",
     "Identity",
+    "KeyDirectory",
     "MeshError",
     "MeshSettings",
     "Outcome",
     "PermanentError",
+    "PermissionDenied",
     "ProvisionReport",
     "ProvisioningError",
     "PublishFailed",
     "Receipt",
+    "RegistryClient",
+    "RegistryRefused",
     "SignatureError",
     "StoredEvent",
     "Topology",
