@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
 
@@ -36,6 +37,16 @@ app.add_typer(streams_app, name="streams")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(registry_app, name="registry")
+
+
+def _add_plugins() -> None:
+    """Subcommands that services contribute (entry points `mesh.commands`); loaded by
+    name so the runtime package never depends on a service."""
+    for entry in entry_points(group="mesh.commands"):
+        app.add_typer(entry.load(), name=entry.name)
+
+
+_add_plugins()
 
 
 @app.command("run")

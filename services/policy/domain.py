@@ -1,0 +1,139 @@
+"""Deciding one requested action, as pure logic: the card first, then Cedar.
+
+    action not on the agent's card ─────────────► deny (no policy runs)
+    a parameter over a card limit (max_<name>) ─► deny
+    Cedar: a forbid matches ────────────────────► deny        (forbid wins)
+           no permit matches ───────────────────► deny        (default deny)
+           a matching permit says @outcome("require_approval") ► require_approval
+           otherwise ───────────────────────────► allow
+    Cedar cannot evaluate the request ──────────► deny, with Cedar's errors
+
+Every decision carries the bundle hash, the determining policies with their @id and
+@rationale, and the inputs Cedar saw, so an auditor can re-run it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+
+import cedarpy
+
+from contracts.cards import AgentCard
+from contracts.events.actions import PolicyReference
+from services.policy.bundle import (
+    DEFAULT_APPROVAL_SLA,
+    DEFAULT_APPROVER_ROLE,
+    PolicyBundle,
+    parse_duration,
+)
+
+Outcome = Literal["allow", "deny", "require_approval"]
+
+
+@dataclass(frozen=True)
+class ActionRequest:
+    request_id: str
+    case_id: str
+    action_type: str
+    parameters: dict[str, Any]
+    case_facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    bundle_hash: str
+    determining: list[PolicyReference]
+    reasons: list[str]
+    inputs: dict[str, Any]
+    approver_role: str | None = None
+    approval_sla: timedelta | None = None
+
+
+def decide(bundle: PolicyBundle, card: AgentCard, request: ActionRequest) -> Decision:
+    inputs: dict[str, Any] = {
+        "principal": {"agent_id": card.agent_id, "owner": card.owner, "kind": card.kind},
+        "action": request.action_type,
+        "resource": {"case_id": request.case_id, **request.case_facts},
+        "context": request.parameters,
+    }
+
+    def refuse(reasons: list[str], determining: list[PolicyReference] | None = None) -> Decision:
+        return Decision("deny", bundle.hash, determining or [], reasons, inputs)
+
+    grant = next((a for a in card.actions if a.action_type == request.action_type), None)
+    if grant is None:
+        return refuse([f"{request.action_type} is not on agent {card.agent_id}'s card"])
+    over = _over_limits(grant.limits, request.parameters)
+    if over:
+        return refuse(over)
+
+    result = cedarpy.is_authorized(
+        {
+            "principal": f'Agent::"{card.agent_id}"',
+            "action": f'Action::"{request.action_type}"',
+            "resource": f'Case::"{request.case_id}"',
+            "context": request.parameters,
+        },
+        bundle.policy_set,
+        [
+            {
+                "uid": {"__entity": {"type": "Agent", "id": card.agent_id}},
+                "attrs": {"owner": card.owner, "kind": card.kind},
+                "parents": [],
+            },
+            {
+                "uid": {"__entity": {"type": "Case", "id": request.case_id}},
+                "attrs": request.case_facts,
+                "parents": [],
+            },
+        ],
+        schema=bundle.schema,
+    )
+    errors = [str(error) for error in result.diagnostics.errors]
+    determining = [bundle.rules[cedar_id] for cedar_id in result.diagnostics.reasons]
+    references = [
+        PolicyReference(policy_id=rule.policy_id, rationale=rule.annotations.get("rationale", ""))
+        for rule in determining
+    ]
+    if result.decision != cedarpy.Decision.Allow:
+        if errors and not determining:
+            return refuse([f"policy evaluation failed: {e}" for e in errors])
+        if not determining:
+            return refuse(["no policy permits this action (default deny)"])
+        return refuse([f"forbidden by {r.policy_id}" for r in determining], references)
+    approvals = [r for r in determining if r.annotations.get("outcome") == "require_approval"]
+    if approvals:
+        rule = approvals[0]
+        return Decision(
+            "require_approval",
+            bundle.hash,
+            references,
+            [f"{rule.policy_id} requires a human approval"],
+            inputs,
+            approver_role=rule.annotations.get("approver_role", DEFAULT_APPROVER_ROLE),
+            approval_sla=parse_duration(rule.annotations.get("approval_sla"))
+            or DEFAULT_APPROVAL_SLA,
+        )
+    return Decision(
+        "allow",
+        bundle.hash,
+        references,
+        [f"permitted by {r.policy_id}" for r in determining],
+        inputs,
+    )
+
+
+def _over_limits(limits: dict[str, Any], parameters: dict[str, Any]) -> list[str]:
+    """A card limit `max_<name>` caps parameter `<name>`, before any policy runs."""
+    problems = []
+    for key, limit in sorted(limits.items()):
+        if not key.startswith("max_"):
+            continue
+        name = key.removeprefix("max_")
+        value = parameters.get(name)
+        if isinstance(value, int | float) and isinstance(limit, int | float) and value > limit:
+            problems.append(f"{name} {value} exceeds the card's limit {limit}")
+    return problems

@@ -1,0 +1,139 @@
+"""The policy engine, pure: bundles, decisions, decision tables, `mesh policy test`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from contracts import ActionGrant, AgentCard
+from mesh.cli import app
+from services.policy.bundle import PolicyBundle, PolicyBundleInvalid
+from services.policy.domain import ActionRequest, decide
+from services.policy.tables import run_tables
+
+REFERENCE = Path(__file__).resolve().parents[3] / "deploy" / "policies"
+runner = CliRunner()
+
+
+@pytest.fixture
+def bundle_dir(tmp_path: Path) -> Path:
+    target = tmp_path / "bundle"
+    shutil.copytree(REFERENCE, target)
+    return target
+
+
+def adjudicator(**limits: int) -> AgentCard:
+    return AgentCard(
+        agent_id="adjudicator",
+        name="Adjudication",
+        version="1",
+        owner="claims-team",
+        purpose="decides payouts",
+        actions=[ActionGrant(action_type="issue_payment", limits=dict(limits))],
+    )
+
+
+def payment(amount: int, fraud_score: int = 0) -> ActionRequest:
+    return ActionRequest(
+        request_id="r-1",
+        case_id="c-1",
+        action_type="issue_payment",
+        parameters={"amount": amount, "currency": "EUR"},
+        case_facts={"fraud_score": fraud_score},
+    )
+
+
+def test_the_reference_bundle_loads_and_its_hash_is_stable(bundle_dir: Path) -> None:
+    first, again = PolicyBundle.load(REFERENCE), PolicyBundle.load(bundle_dir)
+    assert first.hash == again.hash
+    (bundle_dir / "payments.cedar").write_text(
+        (bundle_dir / "payments.cedar").read_text().replace("100000", "100001")
+    )
+    assert PolicyBundle.load(bundle_dir).hash != first.hash
+
+
+def test_a_decision_records_its_provenance() -> None:
+    bundle = PolicyBundle.load(REFERENCE)
+    decision = decide(bundle, adjudicator(), payment(250000))
+    assert decision.outcome == "require_approval"
+    assert decision.bundle_hash == bundle.hash
+    [rule] = decision.determining
+    assert rule.policy_id == "large-payouts-need-approval"
+    assert "claims manager" in rule.rationale
+    assert decision.approver_role == "claims_manager"
+    assert decision.approval_sla is not None
+    assert decision.approval_sla.total_seconds() == 4 * 3600
+    assert decision.inputs["context"] == {"amount": 250000, "currency": "EUR"}
+    assert decision.inputs["resource"]["fraud_score"] == 0
+
+
+def test_forbid_wins_over_permit() -> None:
+    decision = decide(PolicyBundle.load(REFERENCE), adjudicator(), payment(500, fraud_score=99))
+    assert decision.outcome == "deny"
+    assert [p.policy_id for p in decision.determining] == ["high-fraud-score"]
+
+
+def test_a_request_cedar_cannot_evaluate_is_denied_with_the_reason() -> None:
+    request = ActionRequest(
+        request_id="r", case_id="c", action_type="issue_payment", parameters={"amount": 5}
+    )
+    decision = decide(PolicyBundle.load(REFERENCE), adjudicator(), request)
+    assert decision.outcome == "deny"
+    assert "currency" in decision.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ('permit(principal, action == Action::"teleport", resource);', "teleport"),
+        ('@id("x")\n@outcome("maybe")\npermit(principal, action, resource);', "unknown @outcome"),
+        (
+            '@id("x")\n@outcome("require_approval")\nforbid(principal, action, resource);',
+            "belongs on a permit",
+        ),
+        (
+            '@id("x")\n@outcome("require_approval")\n@approval_sla("soon")\n'
+            "permit(principal, action, resource);",
+            "approval_sla",
+        ),
+        ('@id("small-payouts")\npermit(principal, action, resource);', "@id used twice"),
+        ("permit(principal, action, resource) when { context.amount > };", "parse error"),
+    ],
+)
+def test_an_invalid_bundle_is_refused_with_its_errors(
+    bundle_dir: Path, text: str, error: str
+) -> None:
+    (bundle_dir / "broken.cedar").write_text(text)
+    with pytest.raises(PolicyBundleInvalid, match=error):
+        PolicyBundle.load(bundle_dir)
+
+
+def test_decision_tables_pass_on_the_reference_policies() -> None:
+    results = run_tables(REFERENCE)
+    assert results
+    assert [r.row.name for r in results if not r.passed] == []
+
+
+def test_mesh_policy_test_names_the_row_that_fails(bundle_dir: Path) -> None:
+    ok = runner.invoke(app, ["policy", "test", str(bundle_dir)])
+    assert ok.exit_code == 0, ok.output
+    table_path = bundle_dir / "tests" / "payments.json"
+    table = json.loads(table_path.read_text())
+    table["rows"][0]["expect"] = "deny"
+    table_path.write_text(json.dumps(table))
+    failed = runner.invoke(app, ["policy", "test", str(bundle_dir)])
+    assert failed.exit_code == 1
+    assert "FAIL payments.json: a small payout is allowed" in failed.output
+    assert "expected deny, got allow" in failed.output
+    assert "1 failed" in failed.output
+
+
+def test_mesh_policy_test_reports_an_invalid_bundle(bundle_dir: Path) -> None:
+    (bundle_dir / "broken.cedar").write_text('permit(principal, action == Action::"x", resource);')
+    result = runner.invoke(app, ["policy", "test", str(bundle_dir)])
+    assert result.exit_code == 2
+    assert "invalid bundle" in result.output
