@@ -21,12 +21,15 @@ from contracts.events.actions import (
     ActionFailedPayload,
     ActionRequested,
     ActionRequestedPayload,
+    ApprovalEscalated,
+    ApprovalExpired,
     ApprovalGranted,
     ApprovalGrantedPayload,
     ApprovalRejected,
     ApprovalRejectedPayload,
     ApprovalRequired,
     ApprovalRequiredPayload,
+    ApprovalTimedOutPayload,
     DecisionProvenance,
     PolicyReference,
 )
@@ -40,7 +43,12 @@ from contracts.events.case import (
     CaseStepCompleted,
     CaseStepCompletedPayload,
 )
-from contracts.events.operations import CircuitStateChanged, CircuitStateChangedPayload
+from contracts.events.operations import (
+    CircuitStateChanged,
+    CircuitStateChangedPayload,
+    PolicyBundleActivated,
+    PolicyBundleActivatedPayload,
+)
 from contracts.events.registry import (
     AgentActivated,
     AgentCardUpdated,
@@ -55,6 +63,11 @@ from contracts.ids import derived_event_id, new_event_id
 from contracts.subjects import ParsedSubject, Subjects
 
 __all__ = [
+    "PolicyBundleActivatedPayload",
+    "PolicyBundleActivated",
+    "ApprovalTimedOutPayload",
+    "ApprovalExpired",
+    "ApprovalEscalated",
     "CATALOG",
     "ActionApproved",
     "ActionCompleted",

@@ -18,12 +18,14 @@ from contracts.events.actions import (
     ActionDenied,
     ActionFailed,
     ActionRequested,
+    ApprovalEscalated,
+    ApprovalExpired,
     ApprovalGranted,
     ApprovalRejected,
     ApprovalRequired,
 )
 from contracts.events.case import CaseClosed, CaseEscalated, CaseOpened, CaseStepCompleted
-from contracts.events.operations import CircuitStateChanged
+from contracts.events.operations import CircuitStateChanged, PolicyBundleActivated
 from contracts.events.registry import (
     AgentActivated,
     AgentCardUpdated,
@@ -86,6 +88,8 @@ CATALOG = EventCatalog(
         ApprovalRequired,
         ApprovalGranted,
         ApprovalRejected,
+        ApprovalEscalated,
+        ApprovalExpired,
         ActionCompleted,
         ActionFailed,
         AgentRegistered,
@@ -94,5 +98,6 @@ CATALOG = EventCatalog(
         AgentSuspended,
         AgentRevoked,
         CircuitStateChanged,
+        PolicyBundleActivated,
     ]
 )

@@ -90,6 +90,13 @@ class EventDispatcher:
         self._rng = random.Random()
         self.agent_id = agent.card.agent_id
 
+    async def _known_signer(self, msg: Msg) -> None:
+        """A signer registered a moment ago may not be in the directory yet: look once
+        more before refusing its event."""
+        signer = (msg.headers or {}).get(SIGNER_HEADER)
+        if self.key_directory is not None and signer and not self.key_directory.knows(signer):
+            await self.key_directory.refresh()
+
     async def __call__(self, msg: Msg) -> float | None:
         delivery = msg.metadata.num_delivered
         if delivery > self.max_deliver:
@@ -99,6 +106,7 @@ class EventDispatcher:
                 f"delivered {delivery} times and never settled: the handler crashed or "
                 f"hung the agent each time (limit {self.max_deliver})",
             )
+        await self._known_signer(msg)
         try:
             event = self._read(msg)
         except ContractError as exc:

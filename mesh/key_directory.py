@@ -46,6 +46,8 @@ class KeyDirectory:
         self._subscription: Subscription | None = None
         self._refresh: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._registry: RegistryClient | None = None
+        self._last_refresh = 0.0
         self.loaded = asyncio.Event()
 
     def load(self, principals: list[PrincipalKeys]) -> None:
@@ -58,6 +60,20 @@ class KeyDirectory:
         self._keys = keys
         self._principals = {p.agent_id: p for p in principals}
         self.loaded.set()
+
+    def knows(self, signer: str) -> bool:
+        return signer in self._keys
+
+    async def refresh(self, min_interval: float = 0.5) -> None:
+        """Reload now (say, for a signer registered a moment ago); at most once per
+        `min_interval`, so a flood of unknown signers cannot flood the registry."""
+        if self._registry is None or time.monotonic() - self._last_refresh < min_interval:
+            return
+        self._last_refresh = time.monotonic()
+        try:
+            self.load(await self._registry.keys())
+        except MeshError as exc:
+            log.warning("could not refresh the key directory: %s", exc)
 
     def check(self, signer: str, actor: str, at: datetime, subject: str = "") -> None:
         """Raise SignatureError unless `signer` could sign for `actor` at time `at`."""
@@ -162,6 +178,7 @@ class KeyDirectory:
             )
         except nats.errors.Error as exc:
             raise MeshError(f"cannot follow the registry: {exc!r}") from exc
+        self._registry = registry
         self.load(await registry.keys())
         self._watchdog = asyncio.create_task(watchdog())
 

@@ -83,7 +83,8 @@ class Topology:
         return [
             log_stream(self.cases_stream, s.family_all("case"), audit=True),
             log_stream(self.registry_stream, s.family_all("registry"), audit=True),
-            log_stream(self.ops_stream, s.family_all("ops"), audit=False),
+            # Breaker history and policy activations are evidence: append-only too.
+            log_stream(self.ops_stream, s.family_all("ops"), audit=True),
             log_stream(self.ingress_stream, s.ingress_all(), audit=False),
             # Dead letters are evidence too: kept until an operator has dealt with them.
             # Replays of dead letters to their one consumer live beside them.

@@ -41,6 +41,9 @@ class ActionDecisionPayload(msgspec.Struct, frozen=True, kw_only=True):
     action_type: str
     provenance: DecisionProvenance
     reasons: list[str] = msgspec.field(default_factory=list)
+    # When a human decided: the approval_granted / approval_rejected event it answers.
+    approval_id: str | None = None
+    approver: str | None = None
 
 
 class ActionApproved(Event, frozen=True, kw_only=True, tag="action_approved"):
@@ -103,3 +106,24 @@ class ActionFailedPayload(msgspec.Struct, frozen=True, kw_only=True):
 
 class ActionFailed(Event, frozen=True, kw_only=True, tag="action_failed"):
     payload: ActionFailedPayload
+
+
+class ApprovalTimedOutPayload(msgspec.Struct, frozen=True, kw_only=True):
+    request_id: str
+    action_type: str
+    waited_since: datetime
+    reason: str
+    escalated_to: str | None = None  # the role now asked (escalation), None when expired
+    new_deadline: datetime | None = None
+
+
+class ApprovalEscalated(Event, frozen=True, kw_only=True, tag="approval_escalated"):
+    """Nobody approved in time: the request now waits for a higher role."""
+
+    payload: ApprovalTimedOutPayload
+
+
+class ApprovalExpired(Event, frozen=True, kw_only=True, tag="approval_expired"):
+    """Nobody approved in time, and there is no one left to ask: the action is not taken."""
+
+    payload: ApprovalTimedOutPayload

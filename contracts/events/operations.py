@@ -25,3 +25,20 @@ class CircuitStateChanged(Event, frozen=True, kw_only=True, tag="circuit_state_c
 
     def subject_key(self) -> str:
         return self.payload.breaker
+
+
+class PolicyBundleActivatedPayload(msgspec.Struct, frozen=True, kw_only=True):
+    """Which policy was in force from when: the log answers "what did policy v7 say"."""
+
+    bundle_hash: str
+    source: str  # where it was loaded from
+    policy_ids: list[str]
+    previous_hash: str | None = None
+
+
+class PolicyBundleActivated(Event, frozen=True, kw_only=True, tag="policy_bundle_activated"):
+    family = "ops"
+    payload: PolicyBundleActivatedPayload
+
+    def subject_key(self) -> str:
+        return "policy"

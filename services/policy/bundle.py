@@ -7,8 +7,9 @@ each file's name and bytes, in name order — is what decisions cite, so an audi
 tell exactly which policy text decided.
 
 Each policy names itself with `@id("…")` and may carry `@rationale("…")`; a permit
-annotated `@outcome("require_approval")` (optionally `@approver_role("…")` and
-`@approval_sla("4h")`) allows the action only once a human approves.
+annotated `@outcome("require_approval")` (optionally `@approver_role("…")`,
+`@approval_sla("4h")` and `@escalate_to("…")`) allows the action only once a human
+approves; past the SLA the request escalates to that role, or expires.
 """
 
 from __future__ import annotations

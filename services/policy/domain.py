@@ -50,6 +50,7 @@ class Decision:
     inputs: dict[str, Any]
     approver_role: str | None = None
     approval_sla: timedelta | None = None
+    escalate_to: str | None = None  # who is asked when the SLA passes
 
 
 def decide(bundle: PolicyBundle, card: AgentCard, request: ActionRequest) -> Decision:
@@ -116,6 +117,7 @@ def decide(bundle: PolicyBundle, card: AgentCard, request: ActionRequest) -> Dec
             approver_role=rule.annotations.get("approver_role", DEFAULT_APPROVER_ROLE),
             approval_sla=parse_duration(rule.annotations.get("approval_sla"))
             or DEFAULT_APPROVAL_SLA,
+            escalate_to=rule.annotations.get("escalate_to"),
         )
     return Decision(
         "allow",

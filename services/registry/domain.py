@@ -46,7 +46,15 @@ from contracts.subjects import check_token
 StatusTarget = Literal["activate", "suspend", "revoke"]
 
 # Event types only the policy service, a human approver or the registry may publish.
-DECISION_TYPES = frozenset({"action_approved", "action_denied", "approval_required"})
+DECISION_TYPES = frozenset(
+    {
+        "action_approved",
+        "action_denied",
+        "approval_required",
+        "approval_escalated",
+        "approval_expired",
+    }
+)
 APPROVAL_TYPES = frozenset({"approval_granted", "approval_rejected"})
 REGISTRY_TYPES = frozenset(
     {

@@ -16,12 +16,14 @@ from mesh.app import StartedAgent, start_agent
 from mesh.connection import close, connect
 from mesh.embedded import EmbeddedNats
 from mesh.identity import Identity
-from mesh.onboarding import inbox_prefix
+from mesh.onboarding import connect_as, inbox_prefix
 from mesh.registry_client import RegistryClient
 from mesh.runtime import AgentRunner
 from mesh.settings import MeshSettings
 from mesh.testing import unique_root
 from mesh.topology import Topology
+from services.policy.service import PolicyService
+from services.policy.settings import PolicySettings
 from services.registry.app import RegistryService
 from services.registry.authz import StaticPrincipal, authorization_config
 from services.registry.broker_auth import write_principals
@@ -38,6 +40,7 @@ class SecuredMesh:
     registry_identity: Identity
     operator: Identity
     harness: Identity
+    policy_identity: Identity
     registry_settings: RegistrySettings
     settings: MeshSettings
     registry_nc: Client | None = None
@@ -45,6 +48,31 @@ class SecuredMesh:
     harness_nc: Client | None = None
     connections: list[Client] = field(default_factory=list)
     started: list[StartedAgent] = field(default_factory=list)
+    policy_services: list[PolicyService] = field(default_factory=list)
+
+    async def start_policy(self, bundle_dir: Path) -> PolicyService:
+        nc = await connect(
+            self.url,
+            name="policy",
+            identity=self.policy_identity,
+            inbox_prefix=inbox_prefix("policy"),
+        )
+        self.connections.append(nc)
+        service = PolicyService(
+            nc,
+            self.policy_identity,
+            self.settings,
+            PolicySettings(bundle_dir=bundle_dir, card_cache_seconds=0, deadline_check_every=0.1),
+            self.topology,
+        )
+        await service.start()
+        self.policy_services.append(service)
+        return service
+
+    async def operator_client(self) -> RegistryClient:
+        nc = await connect_as(self.url, "operator", self.operator)
+        self.connections.append(nc)
+        return self.client(nc)
 
     @property
     def runners(self) -> list[AgentRunner]:
@@ -93,6 +121,8 @@ class SecuredMesh:
         return started.runner, started.nc
 
     async def close(self) -> None:
+        for service in self.policy_services:
+            await service.stop()
         for started in self.started:
             await started.stop()
         for nc in self.connections:
@@ -106,11 +136,12 @@ class SecuredMesh:
 @contextlib.asynccontextmanager
 async def secured_mesh(directory: Path) -> AsyncIterator[SecuredMesh]:
     topology = Topology(unique_root())
-    registry_identity, operator, harness = (Identity.generate() for _ in range(3))
+    registry_identity, operator, harness, policy = (Identity.generate() for _ in range(4))
     principals = [
         StaticPrincipal("registry", registry_identity.public_key, "registry"),
         StaticPrincipal("operator", operator.public_key, "operator"),
         StaticPrincipal("harness", harness.public_key, "service"),
+        StaticPrincipal("policy", policy.public_key, "service"),
     ]
     principals_file = directory / "principals.json"
     write_principals(principals_file, principals)
@@ -125,6 +156,7 @@ async def secured_mesh(directory: Path) -> AsyncIterator[SecuredMesh]:
         registry_identity=registry_identity,
         operator=operator,
         harness=harness,
+        policy_identity=policy,
         registry_settings=RegistrySettings(
             known_owners=[KNOWN_OWNER],
             auto_activate=True,

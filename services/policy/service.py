@@ -1,0 +1,358 @@
+"""The policy service: every `action_requested` gets a decision event; humans' approvals
+and missed deadlines resolve the ones that wait.
+
+Built on the agent SDK (one durable over the case events it decides on), as a static
+principal: its decision subjects are ones no agent card may produce, so the broker
+refuses a forged decision from an agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
+
+from contracts.cards import AgentCard, AgentRecord
+from contracts.envelope import Event
+from contracts.events.actions import (
+    ActionApproved,
+    ActionDecisionPayload,
+    ActionDenied,
+    ActionRequested,
+    ApprovalEscalated,
+    ApprovalExpired,
+    ApprovalGranted,
+    ApprovalRejected,
+    ApprovalRequired,
+    ApprovalRequiredPayload,
+    ApprovalTimedOutPayload,
+    DecisionProvenance,
+)
+from contracts.events.operations import PolicyBundleActivated, PolicyBundleActivatedPayload
+from contracts.ids import new_event_id
+from mesh.agent import Agent, HandlerContext
+from mesh.errors import BrokerError, MeshError, PermanentError
+from mesh.identity import Identity
+from mesh.key_directory import KeyDirectory
+from mesh.provisioning import ensure_key_value
+from mesh.registry_client import RegistryClient, RegistryRefused
+from mesh.runtime import AgentRunner
+from mesh.settings import MeshSettings
+from mesh.topology import Topology
+from services.policy.approvals import (
+    ApprovalRefused,
+    PendingApproval,
+    check_approver,
+    on_deadline,
+)
+from services.policy.bundle import PolicyBundle
+from services.policy.domain import ActionRequest, Decision, decide
+from services.policy.settings import PolicySettings
+
+log = logging.getLogger(__name__)
+_pending = msgspec.json.Decoder(PendingApproval)
+
+DECIDES = ["action_requested", "approval_granted", "approval_rejected"]
+PUBLISHES = [
+    "action_approved",
+    "action_denied",
+    "approval_required",
+    "approval_escalated",
+    "approval_expired",
+]
+
+
+def policy_card(service_id: str) -> AgentCard:
+    return AgentCard(
+        agent_id=service_id,
+        name="Policy service",
+        version="1",
+        owner="platform",
+        purpose="decides every requested action by Cedar policy and human approval",
+        kind="service",
+        consumes=DECIDES,
+        produces=PUBLISHES,
+    )
+
+
+class PolicyService:
+    def __init__(
+        self,
+        nc: Client,
+        identity: Identity,
+        settings: MeshSettings,
+        policy: PolicySettings,
+        topology: Topology | None = None,
+    ) -> None:
+        self.nc = nc
+        self.settings = settings
+        self.policy = policy
+        self.topology = topology or Topology(settings.subject_root, settings.stream_replicas)
+        self.js = nc.jetstream(timeout=settings.request_timeout)
+        self.registry = RegistryClient(nc, self.topology.subjects)
+        self.keys = KeyDirectory()
+        self.bundle: PolicyBundle | None = None
+        self.agent = Agent(policy_card(policy.service_id))
+        self.agent.on(ActionRequested)(self.on_action_requested)
+        self.agent.on(ApprovalGranted)(self.on_approval_granted)
+        self.agent.on(ApprovalRejected)(self.on_approval_rejected)
+        self.runner = AgentRunner(
+            self.agent,
+            nc=nc,
+            identity=identity,
+            settings=settings,
+            topology=self.topology,
+            key_directory=self.keys,  # forged or revoked approvals never reach a handler
+        )
+        self._cards: dict[str, tuple[float, AgentRecord]] = {}
+        self._approvals: KeyValue | None = None
+        self._timer: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.activate(self.policy.bundle_dir)
+        bucket = f"{self.topology.root.upper()}_APPROVALS"
+        await ensure_key_value(
+            self.js,
+            KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE),
+        )
+        self._approvals = await self.js.key_value(bucket)
+        await self.keys.follow(self.nc, self.topology.subjects, self.registry)
+        await self.runner.start()
+        self._timer = asyncio.create_task(self._deadlines(), name="approval-deadlines")
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            await asyncio.gather(self._timer, return_exceptions=True)
+        await self.runner.stop()
+        await self.keys.close()
+
+    async def activate(self, directory: Path) -> PolicyBundle:
+        """Load, validate and put a bundle in force. An invalid one raises
+        PolicyBundleInvalid and the previous bundle stays in force."""
+        bundle = PolicyBundle.load(directory)
+        previous = self.bundle
+        if previous is not None and previous.hash == bundle.hash:
+            return previous
+        await self.runner.emit(
+            PolicyBundleActivated(
+                actor=self.policy.service_id,
+                payload=PolicyBundleActivatedPayload(
+                    bundle_hash=bundle.hash,
+                    source=str(directory),
+                    policy_ids=sorted(r.policy_id for r in bundle.rules.values()),
+                    previous_hash=previous.hash if previous else None,
+                ),
+            )
+        )
+        self.bundle = bundle
+        log.info("policy bundle %s in force (%d policies)", bundle.hash[:12], len(bundle.rules))
+        return bundle
+
+    # ------------------------------------------------------------------ decisions
+
+    async def on_action_requested(self, event: ActionRequested, ctx: HandlerContext) -> None:
+        assert self.bundle is not None
+        assert event.case_id is not None
+        request = ActionRequest(
+            request_id=event.event_id,
+            case_id=event.case_id,
+            action_type=event.payload.action_type,
+            parameters=event.payload.parameters,
+            case_facts=event.payload.evidence,
+        )
+        record = await self._record(event.actor)
+        if record is None or record.status != "active":
+            state = "not registered" if record is None else record.status
+            decision = Decision(
+                "deny", self.bundle.hash, [], [f"requester {event.actor} is {state}"], {}
+            )
+        else:
+            decision = decide(self.bundle, record.card, request)
+        provenance = DecisionProvenance(
+            policy_bundle_hash=decision.bundle_hash,
+            determining_policies=decision.determining,
+            inputs=decision.inputs,
+        )
+        if decision.outcome == "require_approval":
+            assert decision.approval_sla is not None
+            assert decision.approver_role is not None
+            deadline = datetime.now(UTC) + decision.approval_sla
+            receipt_event = ctx.derive(
+                ApprovalRequired,
+                ApprovalRequiredPayload(
+                    request_id=event.event_id,
+                    action_type=request.action_type,
+                    provenance=provenance,
+                    approver_role=decision.approver_role,
+                    deadline=deadline,
+                ),
+            )
+            # Kept before it is announced: an approval can never find nothing pending.
+            await self._keep(
+                PendingApproval(
+                    request_id=event.event_id,
+                    case_id=event.case_id,
+                    correlation_id=event.correlation_id,
+                    action_type=request.action_type,
+                    requester=event.actor,
+                    approver_role=decision.approver_role,
+                    requested_at=event.occurred_at,
+                    deadline=deadline,
+                    sla_seconds=decision.approval_sla.total_seconds(),
+                    provenance=provenance,
+                    required_event_id=receipt_event.event_id,
+                    escalate_to=decision.escalate_to,
+                )
+            )
+            await self.runner.emit(receipt_event)
+            return
+        payload = ActionDecisionPayload(
+            request_id=event.event_id,
+            action_type=request.action_type,
+            provenance=provenance,
+            reasons=decision.reasons,
+        )
+        await ctx.emit(ActionApproved if decision.outcome == "allow" else ActionDenied, payload)
+
+    async def on_approval_granted(self, event: ApprovalGranted, ctx: HandlerContext) -> None:
+        pending = await self._checked(event.payload.request_id, event.actor)
+        await ctx.emit(
+            ActionApproved,
+            ActionDecisionPayload(
+                request_id=pending.request_id,
+                action_type=pending.action_type,
+                provenance=pending.provenance,
+                reasons=[f"approved by {event.actor}: {event.payload.comment}".rstrip(": ")],
+                approval_id=event.event_id,
+                approver=event.actor,
+            ),
+        )
+        await self._forget(pending.request_id)
+
+    async def on_approval_rejected(self, event: ApprovalRejected, ctx: HandlerContext) -> None:
+        pending = await self._checked(event.payload.request_id, event.actor)
+        await ctx.emit(
+            ActionDenied,
+            ActionDecisionPayload(
+                request_id=pending.request_id,
+                action_type=pending.action_type,
+                provenance=pending.provenance,
+                reasons=[f"rejected by {event.actor}: {event.payload.reason}"],
+                approval_id=event.event_id,
+                approver=event.actor,
+            ),
+        )
+        await self._forget(pending.request_id)
+
+    async def _checked(self, request_id: str, approver_id: str) -> PendingApproval:
+        pending = await self._pending(request_id)
+        approver = await self._record(approver_id)
+        try:
+            return check_approver(pending, request_id, approver_id, approver, datetime.now(UTC))
+        except ApprovalRefused as exc:
+            # Dead-lettered with the reason: the attempt is kept, the request still waits.
+            raise PermanentError(f"approval refused: {exc.reason}") from None
+
+    # ------------------------------------------------------------------ deadlines
+
+    async def _deadlines(self) -> None:
+        while True:
+            await asyncio.sleep(self.policy.deadline_check_every)
+            try:
+                await self.check_deadlines(datetime.now(UTC))
+            except MeshError:
+                log.exception("approval deadline check failed; will retry")
+
+    async def check_deadlines(self, now: datetime) -> None:
+        assert self._approvals is not None
+        try:
+            keys = await self._approvals.keys()
+        except nats.js.errors.NoKeysError:
+            return
+        for key in keys:
+            pending = await self._pending(key)
+            if pending is None or now <= pending.deadline:
+                continue
+            step, updated = on_deadline(pending, now)
+            payload = ApprovalTimedOutPayload(
+                request_id=pending.request_id,
+                action_type=pending.action_type,
+                waited_since=pending.requested_at,
+                reason=f"no {pending.approver_role} decided by {pending.deadline.isoformat()}",
+                escalated_to=updated.approver_role if step == "escalate" else None,
+                new_deadline=updated.deadline if step == "escalate" else None,
+            )
+            event_type: type[Event] = ApprovalEscalated if step == "escalate" else ApprovalExpired
+            await self.runner.emit(
+                event_type(  # type: ignore[call-arg]
+                    event_id=new_event_id(),
+                    case_id=pending.case_id,
+                    correlation_id=pending.correlation_id,
+                    causation_id=pending.required_event_id,
+                    actor=self.policy.service_id,
+                    payload=payload,
+                )
+            )
+            if step == "escalate":
+                await self._keep(updated)
+            else:
+                await self._forget(pending.request_id)
+
+    # ------------------------------------------------------------------ state
+
+    async def _record(self, agent_id: str) -> AgentRecord | None:
+        cached = self._cards.get(agent_id)
+        if cached and time.monotonic() - cached[0] < self.policy.card_cache_seconds:
+            return cached[1]
+        try:
+            record = await self.registry.get(agent_id)
+        except RegistryRefused:
+            return None
+        self._cards[agent_id] = (time.monotonic(), record)
+        return record
+
+    async def _keep(self, pending: PendingApproval) -> None:
+        assert self._approvals is not None
+        try:
+            await self._approvals.put(pending.request_id, msgspec.json.encode(pending))
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise BrokerError(f"keep pending approval {pending.request_id}", repr(exc)) from exc
+
+    async def _pending(self, request_id: str) -> PendingApproval | None:
+        assert self._approvals is not None
+        try:
+            entry = await self._approvals.get(request_id)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return _pending.decode(entry.value) if entry.value else None
+
+    async def _forget(self, request_id: str) -> None:
+        assert self._approvals is not None
+        try:
+            await self._approvals.delete(request_id)
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise BrokerError(f"forget pending approval {request_id}", repr(exc)) from exc
+
+    async def pending(self) -> list[PendingApproval]:
+        assert self._approvals is not None
+        try:
+            keys = await self._approvals.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        found = [await self._pending(key) for key in keys]
+        return [p for p in found if p is not None]
+
+
+__all__ = ["PolicyService", "policy_card"]

@@ -1,0 +1,272 @@
+"""Policy decisions and human approvals end to end, on a broker enforcing the registry."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from contracts import (
+    ActionApproved,
+    ActionDenied,
+    ActionGrant,
+    ActionRequested,
+    ActionRequestedPayload,
+    AgentCard,
+    ApprovalEscalated,
+    ApprovalExpired,
+    ApprovalGranted,
+    ApprovalGrantedPayload,
+    ApprovalRequired,
+    CaseOpened,
+    CaseOpenedPayload,
+    PolicyBundleActivated,
+)
+from contracts.envelope import Event
+from mesh import Agent, HandlerContext, Identity
+from mesh.dead_letters import read_dead_letters
+from mesh.errors import PermissionDenied
+from mesh.onboarding import card_with_key, connect_as, register
+from mesh.publisher import EventPublisher
+from mesh.reading import read_case, read_subject
+from mesh.testing import eventually
+from services.policy.bundle import PolicyBundleInvalid
+from tests.integration.registry_fixtures import KNOWN_OWNER, SecuredMesh, secured_mesh
+
+REFERENCE = Path(__file__).resolve().parents[2] / "deploy" / "policies"
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path) -> AsyncIterator[SecuredMesh]:
+    (tmp_path / "mesh").mkdir()
+    async with secured_mesh(tmp_path / "mesh") as secured:
+        yield secured
+
+
+def adjudicator() -> Agent:
+    """Requests a payment for every opened case, with the amount from the case."""
+    agent = Agent(
+        AgentCard(
+            agent_id="adjudicator",
+            name="Adjudication",
+            version="1",
+            owner=KNOWN_OWNER,
+            purpose="decides payouts",
+            consumes=["case_opened"],
+            produces=["action_requested"],
+            actions=[ActionGrant(action_type="issue_payment", limits={"max_amount": 10_000_000})],
+        )
+    )
+
+    @agent.on(CaseOpened)
+    async def request_payment(event: CaseOpened, ctx: HandlerContext) -> None:
+        await ctx.emit(
+            ActionRequested,
+            ActionRequestedPayload(
+                action_type="issue_payment",
+                parameters={"amount": event.payload.data["amount"], "currency": "EUR"},
+                evidence={"fraud_score": event.payload.data.get("fraud_score", 0)},
+                rationale="claim covered",
+            ),
+        )
+
+    return agent
+
+
+async def open_claim(mesh: SecuredMesh, case_id: str, amount: int, fraud: int = 0) -> None:
+    assert mesh.harness_nc is not None
+    opened = CaseOpened(
+        case_id=case_id,
+        actor="harness",
+        payload=CaseOpenedPayload(
+            kind="claim", source="crm", data={"amount": amount, "fraud_score": fraud}
+        ),
+    )
+    await EventPublisher(mesh.harness_nc.jetstream(), mesh.harness, mesh.topology).publish(opened)
+
+
+async def first(mesh: SecuredMesh, case_id: str, event_type: type[Event]) -> Event:
+    assert mesh.harness_nc is not None
+    js = mesh.harness_nc.jetstream()
+
+    async def found() -> Event | None:
+        for stored in await read_case(js, mesh.topology, case_id):
+            if isinstance(stored.event, event_type):
+                return stored.event
+        return None
+
+    return await eventually(found, timeout=15, what=event_type.event_name())
+
+
+async def human(mesh: SecuredMesh, agent_id: str, roles: list[str]) -> tuple[Identity, object]:
+    """A registered, operator-activated human approver, connected with its own key."""
+    identity = Identity.generate()
+    card = AgentCard(
+        agent_id=agent_id,
+        name=agent_id.title(),
+        version="1",
+        owner=KNOWN_OWNER,
+        purpose="approves large payouts",
+        kind="human",
+        roles=roles,
+        produces=["approval_granted", "approval_rejected", "action_requested"],
+        actions=[ActionGrant(action_type="issue_payment")],
+    )
+    assert mesh.harness_nc is not None
+    await mesh.client(mesh.harness_nc).register(card_with_key(card, identity), identity)
+    operators = await mesh.operator_client()
+    await operators.change_status(
+        "activate", agent_id, "approver on the claims desk", mesh.operator
+    )
+    record = await register(mesh.url, card, identity, mesh.topology.subjects, wait=5)
+    assert record.status == "active"
+    nc = await connect_as(mesh.url, agent_id, identity)
+    mesh.connections.append(nc)
+    return identity, nc
+
+
+async def test_allow_and_deny_carry_their_provenance(mesh: SecuredMesh) -> None:
+    policy = await mesh.start_policy(REFERENCE)
+    await mesh.run_agent(adjudicator())
+    await open_claim(mesh, "small", 25_000)
+    await open_claim(mesh, "fraud", 25_000, fraud=95)
+
+    approved = await first(mesh, "small", ActionApproved)
+    assert isinstance(approved, ActionApproved)
+    assert policy.bundle is not None
+    assert approved.payload.provenance.policy_bundle_hash == policy.bundle.hash
+    [rule] = approved.payload.provenance.determining_policies
+    assert rule.policy_id == "small-payouts"
+    assert rule.rationale
+    assert approved.payload.provenance.inputs["context"]["amount"] == 25_000
+    assert approved.actor == "policy"
+
+    denied = await first(mesh, "fraud", ActionDenied)
+    assert isinstance(denied, ActionDenied)
+    assert [p.policy_id for p in denied.payload.provenance.determining_policies] == [
+        "high-fraud-score"
+    ]
+    requested = await first(mesh, "fraud", ActionRequested)
+    assert denied.payload.request_id == requested.event_id
+    assert denied.causation_id == requested.event_id
+
+    assert mesh.harness_nc is not None
+    activations = await read_subject(
+        mesh.harness_nc.jetstream(),
+        mesh.topology.ops_stream,
+        mesh.topology.subjects.history("ops", "policy"),
+    )
+    [activation] = [s.event for s in activations]
+    assert isinstance(activation, PolicyBundleActivated)
+    assert activation.payload.bundle_hash == policy.bundle.hash
+
+
+async def test_a_large_payout_waits_for_a_claims_manager(mesh: SecuredMesh) -> None:
+    await mesh.start_policy(REFERENCE)
+    await mesh.run_agent(adjudicator())
+    manager, manager_nc = await human(mesh, "maria", ["approver", "claims_manager"])
+    await open_claim(mesh, "large", 250_000)
+    required = await first(mesh, "large", ApprovalRequired)
+    assert isinstance(required, ApprovalRequired)
+    assert required.payload.approver_role == "claims_manager"
+    assert required.payload.deadline > datetime.now(UTC)
+
+    grant = ApprovalGranted(
+        case_id="large",
+        actor="maria",
+        correlation_id=required.correlation_id,
+        causation_id=required.event_id,
+        payload=ApprovalGrantedPayload(
+            request_id=required.payload.request_id, approver="maria", comment="docs checked"
+        ),
+    )
+    await EventPublisher(manager_nc.jetstream(), manager, mesh.topology).publish(grant)  # type: ignore[attr-defined]
+    approved = await first(mesh, "large", ActionApproved)
+    assert isinstance(approved, ActionApproved)
+    assert approved.payload.approval_id == grant.event_id
+    assert approved.payload.approver == "maria"
+    assert approved.payload.request_id == required.payload.request_id
+
+
+async def test_nobody_approves_their_own_request(mesh: SecuredMesh) -> None:
+    service = await mesh.start_policy(REFERENCE)
+    manager, manager_nc = await human(mesh, "maria", ["approver", "claims_manager"])
+    publisher = EventPublisher(manager_nc.jetstream(), manager, mesh.topology)  # type: ignore[attr-defined]
+    request = ActionRequested(
+        case_id="own",
+        actor="maria",
+        payload=ActionRequestedPayload(
+            action_type="issue_payment", parameters={"amount": 500_000, "currency": "EUR"}
+        ),
+    )
+    await publisher.publish(request)
+    required = await first(mesh, "own", ApprovalRequired)
+    await publisher.publish(
+        ApprovalGranted(
+            case_id="own",
+            actor="maria",
+            payload=ApprovalGrantedPayload(request_id=request.event_id, approver="maria"),
+        )
+    )
+    assert mesh.harness_nc is not None
+
+    async def refused() -> list[object]:
+        assert mesh.harness_nc is not None
+        letters = await read_dead_letters(mesh.harness_nc.jetstream(), mesh.topology)
+        return [letter for letter in letters if letter.consumer == "policy"]
+
+    [letter] = await eventually(refused, what="the self-approval refused")
+    assert "maria requested issue_payment itself and cannot decide it" in letter.reason  # type: ignore[attr-defined]
+    assert [p.request_id for p in await service.pending()] == [required.payload.request_id]  # type: ignore[attr-defined]
+
+
+async def test_an_agent_cannot_forge_a_decision_or_an_approval(mesh: SecuredMesh) -> None:
+    runner, nc = await mesh.run_agent(adjudicator())
+    publisher = EventPublisher(nc.jetstream(), runner.identity, mesh.topology, timeout=1, nc=nc)
+    for forged in (
+        ActionApproved,
+        ApprovalGranted,
+    ):
+        subject = mesh.topology.subjects.case_event("x", forged.event_name())
+        with pytest.raises(PermissionDenied):
+            await publisher.publish_raw(subject, b"{}", {})
+
+
+async def test_an_unanswered_approval_escalates_then_expires(
+    mesh: SecuredMesh, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REFERENCE, bundle)
+    cedar = bundle / "payments.cedar"
+    cedar.write_text(cedar.read_text().replace('@approval_sla("4h")', '@approval_sla("1s")'))
+    await mesh.start_policy(bundle)
+    await mesh.run_agent(adjudicator())
+    await open_claim(mesh, "slow", 250_000)
+    escalated = await first(mesh, "slow", ApprovalEscalated)
+    assert isinstance(escalated, ApprovalEscalated)
+    assert escalated.payload.escalated_to == "head_of_claims"
+    expired = await first(mesh, "slow", ApprovalExpired)
+    assert isinstance(expired, ApprovalExpired)
+    assert expired.payload.escalated_to is None
+    assert "no head_of_claims decided" in expired.payload.reason
+
+
+async def test_an_invalid_bundle_is_refused_and_the_old_one_stays(
+    mesh: SecuredMesh, tmp_path: Path
+) -> None:
+    service = await mesh.start_policy(REFERENCE)
+    assert service.bundle is not None
+    in_force = service.bundle.hash
+    broken = tmp_path / "broken"
+    shutil.copytree(REFERENCE, broken)
+    (broken / "oops.cedar").write_text('permit(principal, action == Action::"teleport", resource);')
+    with pytest.raises(PolicyBundleInvalid, match="teleport"):
+        await service.activate(broken)
+    assert service.bundle.hash == in_force
+    await mesh.run_agent(adjudicator())
+    await open_claim(mesh, "still-works", 1_000)
+    decided = await first(mesh, "still-works", ActionApproved)
+    assert decided.payload.provenance.policy_bundle_hash == in_force  # type: ignore[attr-defined]
