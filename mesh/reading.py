@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -25,6 +26,7 @@ class StoredEvent:
     body: bytes
     headers: dict[str, str]
     event: Event
+    stored_at: datetime  # when it entered the stream: the broker's clock, not the signer's
 
 
 async def read_subject(
@@ -74,6 +76,7 @@ async def read_subject(
                         body=msg.data,
                         headers=dict(msg.headers or {}),
                         event=event,
+                        stored_at=msg.metadata.timestamp,
                     )
                 )
     except (nats.errors.Error, TimeoutError) as exc:

@@ -11,6 +11,7 @@ import pytest
 
 from contracts import (
     ActionApproved,
+    ActionDecisionPayload,
     ActionDenied,
     ActionGrant,
     ActionRequested,
@@ -23,12 +24,15 @@ from contracts import (
     ApprovalRequired,
     CaseOpened,
     CaseOpenedPayload,
+    DecisionProvenance,
     PolicyBundleActivated,
 )
 from contracts.envelope import Event
 from mesh import Agent, HandlerContext, Identity
+from mesh.authorization import NotAuthorized, require_authorization
 from mesh.dead_letters import read_dead_letters
 from mesh.errors import PermissionDenied
+from mesh.key_directory import KeyDirectory
 from mesh.onboarding import card_with_key, connect_as, register
 from mesh.publisher import EventPublisher
 from mesh.reading import read_case, read_subject
@@ -270,3 +274,79 @@ async def test_an_invalid_bundle_is_refused_and_the_old_one_stays(
     await open_claim(mesh, "still-works", 1_000)
     decided = await first(mesh, "still-works", ActionApproved)
     assert decided.payload.provenance.policy_bundle_hash == in_force  # type: ignore[attr-defined]
+
+
+async def test_the_executor_proves_authorization_from_the_log(mesh: SecuredMesh) -> None:
+    await mesh.start_policy(REFERENCE)
+    await mesh.run_agent(adjudicator())
+    manager, manager_nc = await human(mesh, "maria", ["approver", "claims_manager"])
+    assert mesh.harness_nc is not None
+    js = mesh.harness_nc.jetstream()
+    keys = KeyDirectory()
+    await keys.follow(mesh.harness_nc, mesh.topology.subjects, mesh.client(mesh.harness_nc))
+    try:
+        await open_claim(mesh, "small", 1_000)
+        await open_claim(mesh, "fraud", 1_000, fraud=99)
+        await open_claim(mesh, "large", 250_000)
+        small = await first(mesh, "small", ActionApproved)
+        proof = await require_authorization(
+            js,
+            mesh.topology,
+            keys,
+            case_id="small",
+            request_id=small.payload.request_id,  # type: ignore[attr-defined]
+        )
+        assert proof.approval is None
+
+        denied = await first(mesh, "fraud", ActionDenied)
+        with pytest.raises(NotAuthorized, match="denied: forbidden by high-fraud-score"):
+            await require_authorization(
+                js,
+                mesh.topology,
+                keys,
+                case_id="fraud",
+                request_id=denied.payload.request_id,  # type: ignore[attr-defined]
+            )
+
+        required = await first(mesh, "large", ApprovalRequired)
+        request_id = required.payload.request_id  # type: ignore[attr-defined]
+        with pytest.raises(NotAuthorized, match="no approving decision"):
+            await require_authorization(
+                js, mesh.topology, keys, case_id="large", request_id=request_id
+            )
+        # A service that is not the policy service writes an "approval": it does not count.
+        forged = ActionApproved(
+            case_id="large",
+            actor="harness",
+            payload=ActionDecisionPayload(
+                request_id=request_id,
+                action_type="issue_payment",
+                provenance=DecisionProvenance(policy_bundle_hash="forged"),
+            ),
+        )
+        await EventPublisher(js, mesh.harness, mesh.topology).publish(forged)
+        with pytest.raises(NotAuthorized, match=r"not the policy service's: #.* by harness"):
+            await require_authorization(
+                js, mesh.topology, keys, case_id="large", request_id=request_id
+            )
+        # The claims manager approves: now the chain holds, human approval included.
+        grant = ApprovalGranted(
+            case_id="large",
+            actor="maria",
+            payload=ApprovalGrantedPayload(request_id=request_id, approver="maria"),
+        )
+        await EventPublisher(manager_nc.jetstream(), manager, mesh.topology).publish(grant)  # type: ignore[attr-defined]
+
+        async def authorized() -> object:
+            try:
+                return await require_authorization(
+                    js, mesh.topology, keys, case_id="large", request_id=request_id
+                )
+            except NotAuthorized:
+                return None
+
+        proof = await eventually(authorized, what="the approved chain")
+        assert proof.approval is not None  # type: ignore[attr-defined]
+        assert proof.approval.actor == "maria"  # type: ignore[attr-defined]
+    finally:
+        await keys.close()
