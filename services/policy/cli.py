@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import msgspec
+import nats.errors
+import orjson
 import typer
+from nats.aio.client import Client
 from rich.console import Console
+from rich.table import Table
 
+from contracts.envelope import Event
+from contracts.events.actions import (
+    ApprovalGranted,
+    ApprovalGrantedPayload,
+    ApprovalRejected,
+    ApprovalRejectedPayload,
+)
+from mesh.cli._common import run
+from mesh.connection import close, connect
+from mesh.errors import BrokerError, ConfigurationError
+from mesh.identity import Identity
+from mesh.onboarding import connect_as
+from mesh.publisher import EventPublisher
+from mesh.settings import MeshSettings
+from mesh.topology import Topology
+from services.policy.approvals import PendingApproval
 from services.policy.bundle import PolicyBundle, PolicyBundleInvalid
 from services.policy.tables import run_tables
 
@@ -50,3 +74,125 @@ def check(bundle_dir: Annotated[Path, typer.Argument(help="bundle directory")]) 
             console.print(f"  {error}")
         raise typer.Exit(2) from None
     console.print(f"{bundle_dir}: valid, {len(bundle.rules)} policies, sha256 {bundle.hash}")
+
+
+approvals_app = typer.Typer(
+    help="Human approvals: what waits, approve, reject.", no_args_is_help=True
+)
+Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def _approver() -> tuple[str, Identity]:
+    """The human deciding: MESH_APPROVER_ID and MESH_APPROVER_SEED_FILE."""
+    approver_id = os.environ.get("MESH_APPROVER_ID")
+    seed = os.environ.get("MESH_APPROVER_SEED_FILE")
+    if not approver_id or not seed:
+        raise ConfigurationError("set MESH_APPROVER_ID and MESH_APPROVER_SEED_FILE (your key)")
+    return approver_id, Identity.load(Path(seed))
+
+
+async def _pending(nc: Client, topology: Topology) -> list[PendingApproval]:
+    try:
+        reply = await nc.request(topology.subjects.service("policy", "pending"), b"", timeout=5)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise BrokerError(
+            "list pending approvals", f"the policy service did not answer: {exc!r}"
+        ) from exc
+    return msgspec.json.decode(reply.data, type=list[PendingApproval])
+
+
+@contextlib.asynccontextmanager
+async def _as_approver() -> AsyncIterator[tuple[Client, Topology, str, Identity]]:
+    settings = MeshSettings()
+    if not settings.nats_url:
+        raise ConfigurationError("set MESH_NATS_URL to the mesh's NATS server")
+    approver_id, identity = _approver()
+    topology = Topology(settings.subject_root, settings.stream_replicas)
+    if settings.nkey_auth:
+        nc = await connect_as(settings.nats_url, approver_id, identity)
+    else:
+        nc = await connect(settings.nats_url, name=f"approver:{approver_id}")
+    try:
+        yield nc, topology, approver_id, identity
+    finally:
+        await close(nc)
+
+
+@approvals_app.command("list")
+def list_pending(as_json: Json = False) -> None:
+    """Requests waiting for a human, with the role and deadline each needs."""
+
+    async def read() -> list[PendingApproval]:
+        async with _as_approver() as (nc, topology, _, _):
+            return await _pending(nc, topology)
+
+    pending = run(read())
+    if as_json:
+        typer.echo(orjson.dumps(msgspec.to_builtins(pending), option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table("request", "case", "action", "requester", "role", "deadline", "escalated")
+    for item in pending:
+        table.add_row(
+            item.request_id,
+            item.case_id,
+            item.action_type,
+            item.requester,
+            item.approver_role,
+            item.deadline.isoformat(timespec="seconds"),
+            "yes" if item.escalated else "",
+        )
+    console.print(table)
+
+
+def _decide(request_id: str, grant: bool, text: str) -> str:
+    async def publish() -> str:
+        async with _as_approver() as (nc, topology, approver_id, identity):
+            found = [p for p in await _pending(nc, topology) if p.request_id == request_id]
+            if not found:
+                raise ConfigurationError(f"no approval is pending for request {request_id}")
+            pending = found[0]
+            envelope: dict[str, Any] = {
+                "case_id": pending.case_id,
+                "correlation_id": pending.correlation_id,
+                "causation_id": pending.required_event_id,
+                "actor": approver_id,
+            }
+            event: Event
+            if grant:
+                event = ApprovalGranted(
+                    **envelope,
+                    payload=ApprovalGrantedPayload(
+                        request_id=request_id, approver=approver_id, comment=text
+                    ),
+                )
+            else:
+                event = ApprovalRejected(
+                    **envelope,
+                    payload=ApprovalRejectedPayload(
+                        request_id=request_id, approver=approver_id, reason=text
+                    ),
+                )
+            await EventPublisher(nc.jetstream(), identity, topology, nc=nc).publish(event)
+            return event.event_id
+
+    return run(publish())
+
+
+@approvals_app.command("approve")
+def approve(
+    request_id: str,
+    comment: Annotated[str, typer.Option(help="why, for the record")] = "",
+) -> None:
+    """Approve a waiting request, signed with your key."""
+    event_id = _decide(request_id, True, comment)
+    typer.echo(f"approval {event_id} sent for request {request_id}")
+
+
+@approvals_app.command("reject")
+def reject(
+    request_id: str,
+    reason: Annotated[str, typer.Option("--reason", help="why: it is recorded")],
+) -> None:
+    """Reject a waiting request, signed with your key."""
+    event_id = _decide(request_id, False, reason)
+    typer.echo(f"rejection {event_id} sent for request {request_id}")

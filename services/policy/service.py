@@ -18,6 +18,8 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
@@ -116,6 +118,7 @@ class PolicyService:
         self._cards: dict[str, tuple[float, AgentRecord]] = {}
         self._approvals: KeyValue | None = None
         self._timer: asyncio.Task[None] | None = None
+        self._subscription: Subscription | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -129,9 +132,15 @@ class PolicyService:
         self._approvals = await self.js.key_value(bucket)
         await self.keys.follow(self.nc, self.topology.subjects, self.registry)
         await self.runner.start()
+        self._subscription = await self.nc.subscribe(
+            self.topology.subjects.service("policy", "pending"), cb=self._serve_pending
+        )
+        await self.nc.flush()
         self._timer = asyncio.create_task(self._deadlines(), name="approval-deadlines")
 
     async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.unsubscribe()
         if self._timer is not None:
             self._timer.cancel()
             await asyncio.gather(self._timer, return_exceptions=True)
@@ -344,6 +353,16 @@ class PolicyService:
             await self._approvals.delete(request_id)
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             raise BrokerError(f"forget pending approval {request_id}", repr(exc)) from exc
+
+    async def _serve_pending(self, msg: Msg) -> None:
+        """`<root>.svc.policy.pending`: what waits for a human (for `mesh approvals`)."""
+        if not msg.reply.startswith("_INBOX."):
+            return  # never lend our permissions to a reply subject that is not an inbox
+        try:
+            body = msgspec.json.encode(await self.pending())
+        except MeshError as exc:
+            body = msgspec.json.encode({"error": str(exc)})
+        await msg.respond(body)
 
     async def pending(self) -> list[PendingApproval]:
         assert self._approvals is not None

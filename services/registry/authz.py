@@ -47,6 +47,7 @@ def agent_permissions(record: AgentRecord, topology: Topology) -> dict[str, obje
         f"{topology.root}.ops.*.circuit_state_changed",
         s.dead_letter(cases, agent_id),
         *(s.service("registry", op) for op in ("register", "heartbeat", "get", "list", "keys")),
+        s.service("policy", "pending"),
         "$JS.API.INFO",
         # its own durables only, which the registry created from its card: inspect,
         # fetch, ack. Never create: a consumer config could filter on anything or

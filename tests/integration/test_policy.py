@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from contracts import (
     ActionApproved,
@@ -30,6 +33,7 @@ from contracts import (
 from contracts.envelope import Event
 from mesh import Agent, HandlerContext, Identity
 from mesh.authorization import NotAuthorized, require_authorization
+from mesh.cli import app
 from mesh.dead_letters import read_dead_letters
 from mesh.errors import PermissionDenied
 from mesh.key_directory import KeyDirectory
@@ -40,6 +44,7 @@ from mesh.testing import eventually
 from services.policy.bundle import PolicyBundleInvalid
 from tests.integration.registry_fixtures import KNOWN_OWNER, SecuredMesh, secured_mesh
 
+cli = CliRunner()
 REFERENCE = Path(__file__).resolve().parents[2] / "deploy" / "policies"
 
 
@@ -350,3 +355,48 @@ async def test_the_executor_proves_authorization_from_the_log(mesh: SecuredMesh)
         assert proof.approval.actor == "maria"  # type: ignore[attr-defined]
     finally:
         await keys.close()
+
+
+async def test_a_manager_decides_from_the_command_line(
+    mesh: SecuredMesh, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await mesh.start_policy(REFERENCE)
+    await mesh.run_agent(adjudicator())
+    manager, _ = await human(mesh, "maria", ["approver", "claims_manager"])
+    seed = tmp_path / "maria.nk"
+    manager.save(seed)
+    for name, value in {
+        "MESH_NATS_URL": mesh.url,
+        "MESH_SUBJECT_ROOT": mesh.topology.root,
+        "MESH_NKEY_AUTH": "1",
+        "MESH_APPROVER_ID": "maria",
+        "MESH_APPROVER_SEED_FILE": str(seed),
+    }.items():
+        monkeypatch.setenv(name, value)
+    await open_claim(mesh, "big-1", 300_000)
+    await open_claim(mesh, "big-2", 400_000)
+    first_required = await first(mesh, "big-1", ApprovalRequired)
+    second_required = await first(mesh, "big-2", ApprovalRequired)
+
+    listed = await asyncio.to_thread(cli.invoke, app, ["approvals", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    waiting = {row["request_id"]: row for row in json.loads(listed.stdout)}
+    assert set(waiting) == {
+        first_required.payload.request_id,  # type: ignore[attr-defined]
+        second_required.payload.request_id,  # type: ignore[attr-defined]
+    }
+
+    approve = ["approvals", "approve", first_required.payload.request_id, "--comment", "ok"]  # type: ignore[attr-defined]
+    result = await asyncio.to_thread(cli.invoke, app, approve)
+    assert result.exit_code == 0, result.output
+    reject = ["approvals", "reject", second_required.payload.request_id, "--reason", "no receipt"]  # type: ignore[attr-defined]
+    result = await asyncio.to_thread(cli.invoke, app, reject)
+    assert result.exit_code == 0, result.output
+
+    approved = await first(mesh, "big-1", ActionApproved)
+    assert approved.payload.approver == "maria"  # type: ignore[attr-defined]
+    denied = await first(mesh, "big-2", ActionDenied)
+    assert denied.payload.reasons == ["rejected by maria: no receipt"]  # type: ignore[attr-defined]
+    again = await asyncio.to_thread(cli.invoke, app, approve)
+    assert again.exit_code == 2
+    assert "no approval is pending" in again.output
