@@ -31,6 +31,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench_hop
 	$(BIN)/python -m tests.bench.bench_registry
+	$(BIN)/python -m tests.bench.bench_policy
 
 schema: $(STAMP)
 	$(BIN)/mesh contracts write
