@@ -20,7 +20,16 @@ from contracts.cards import AgentRecord
 from mesh.onboarding import ONBOARDING_ID, inbox_prefix
 from mesh.topology import Topology
 
-PrincipalRole = Literal["registry", "operator", "service"]
+PrincipalRole = Literal["registry", "policy", "operator", "service"]
+
+# What only the policy service may publish: decisions on requested actions.
+DECISION_EVENTS = (
+    "action_approved",
+    "action_denied",
+    "approval_required",
+    "approval_escalated",
+    "approval_expired",
+)
 ONBOARDING_USER = ONBOARDING_ID
 # Used by registration before an agent has credentials; anyone may know it, and all it
 # allows is one request subject and replies on the onboarding inbox (which carries
@@ -92,9 +101,45 @@ def principal_permissions(principal: StaticPrincipal, topology: Topology) -> dic
                 ]
             },
         }
-    # Operators and the other services (policy, event store, ingress) have the run of
-    # the mesh until their own issues narrow them.
-    return {"publish": {"allow": [">"]}, "subscribe": {"allow": [">"]}}
+    s = topology.subjects
+    decisions = [s.case_events_of_type(t) for t in DECISION_EVENTS]
+    if principal.role == "policy":
+        return {
+            "publish": {
+                "allow": [
+                    *decisions,
+                    s.family_event("ops", "policy", "policy_bundle_activated"),
+                    f"{topology.root}.ops.*.circuit_state_changed",
+                    f"{topology.root}.dlq.>",
+                    *(s.service("registry", op) for op in ("get", "list", "keys")),
+                    "$JS.API.>",
+                    "$JS.ACK.>",
+                    "$KV.>",
+                    "_INBOX.>",  # replies to `svc.policy.pending`
+                ]
+            },
+            "subscribe": {
+                "allow": [
+                    s.service_all("policy"),
+                    s.family_all("registry"),
+                    f"{inbox_prefix(principal.name)}.>",
+                ]
+            },
+        }
+    # Operators and the other services (event store, ingress) have the run of the mesh
+    # until their own issues narrow them, except for what only the policy service or
+    # the registry may write: decisions, policy activations and registry history.
+    return {
+        "publish": {
+            "allow": [">"],
+            "deny": [
+                *decisions,
+                s.family_event("ops", "policy", "policy_bundle_activated"),
+                s.family_all("registry"),
+            ],
+        },
+        "subscribe": {"allow": [">"]},
+    }
 
 
 def onboarding_permissions(topology: Topology) -> dict[str, object]:

@@ -141,7 +141,7 @@ async def secured_mesh(directory: Path) -> AsyncIterator[SecuredMesh]:
         StaticPrincipal("registry", registry_identity.public_key, "registry"),
         StaticPrincipal("operator", operator.public_key, "operator"),
         StaticPrincipal("harness", harness.public_key, "service"),
-        StaticPrincipal("policy", policy.public_key, "service"),
+        StaticPrincipal("policy", policy.public_key, "policy"),
     ]
     principals_file = directory / "principals.json"
     write_principals(principals_file, principals)

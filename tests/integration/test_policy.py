@@ -319,7 +319,7 @@ async def test_the_executor_proves_authorization_from_the_log(mesh: SecuredMesh)
             await require_authorization(
                 js, mesh.topology, keys, case_id="large", request_id=request_id
             )
-        # A service that is not the policy service writes an "approval": it does not count.
+        # Another service (with the run of the mesh) cannot write a decision at all.
         forged = ActionApproved(
             case_id="large",
             actor="harness",
@@ -329,11 +329,9 @@ async def test_the_executor_proves_authorization_from_the_log(mesh: SecuredMesh)
                 provenance=DecisionProvenance(policy_bundle_hash="forged"),
             ),
         )
-        await EventPublisher(js, mesh.harness, mesh.topology).publish(forged)
-        with pytest.raises(NotAuthorized, match=r"not the policy service's: #.* by harness"):
-            await require_authorization(
-                js, mesh.topology, keys, case_id="large", request_id=request_id
-            )
+        harness = EventPublisher(js, mesh.harness, mesh.topology, timeout=1, nc=mesh.harness_nc)
+        with pytest.raises(PermissionDenied):
+            await harness.publish(forged)
         # The claims manager approves: now the chain holds, human approval included.
         grant = ApprovalGranted(
             case_id="large",
