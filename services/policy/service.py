@@ -45,7 +45,7 @@ from mesh.agent import Agent, HandlerContext
 from mesh.errors import BrokerError, MeshError, PermanentError
 from mesh.identity import Identity
 from mesh.key_directory import KeyDirectory
-from mesh.provisioning import ensure_key_value
+from mesh.provisioning import ensure_key_value, ensure_stream
 from mesh.registry_client import RegistryClient, RegistryRefused
 from mesh.runtime import AgentRunner
 from mesh.settings import MeshSettings
@@ -123,6 +123,9 @@ class PolicyService:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        if self.runner.provision:
+            for config in self.topology.streams():
+                await ensure_stream(self.js, config)
         await self.activate(self.policy.bundle_dir)
         bucket = f"{self.topology.root.upper()}_APPROVALS"
         await ensure_key_value(
