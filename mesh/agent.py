@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
 
 from contracts.cards import AgentCard
@@ -54,11 +55,14 @@ class HandlerContext:
         delivery: int,
         stream_sequence: int,
         services: Services,
+        written_at: datetime | None = None,
     ) -> None:
         self.agent = agent
         self.event = event
         self.delivery = delivery  # 1 on first delivery; more after a crash or a nak
         self.stream_sequence = stream_sequence
+        # When the event entered the log (the broker's clock): what deadlines are judged by.
+        self.written_at = written_at or event.occurred_at
         self.log = logging.getLogger(f"mesh.agent.{agent.card.agent_id}")
         self._services = services
         self._emitted = 0

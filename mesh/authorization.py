@@ -22,6 +22,7 @@ from contracts.events.actions import (
     ActionApproved,
     ActionDenied,
     ActionRequested,
+    ApprovalExpired,
     ApprovalGranted,
     ApprovalRequired,
 )
@@ -72,7 +73,7 @@ async def require_authorization(
     answers = [
         s
         for s in history
-        if isinstance(s.event, ActionApproved | ActionDenied | ApprovalRequired)
+        if isinstance(s.event, ActionApproved | ActionDenied | ApprovalRequired | ApprovalExpired)
         and s.event.payload.request_id == request_id
     ]
     trusted = []
@@ -91,9 +92,15 @@ async def require_authorization(
     denied = [e for e in trusted if isinstance(e, ActionDenied)]
     if denied:
         raise NotAuthorized(request_id, f"denied: {'; '.join(denied[0].payload.reasons)}")
+    if any(isinstance(e, ApprovalExpired) for e in trusted):
+        raise NotAuthorized(request_id, "the approval expired before anyone decided")
     approved = [e for e in trusted if isinstance(e, ActionApproved)]
     if not approved:
         raise NotAuthorized(request_id, f"no approving decision (yet){untrusted}")
+    if len(approved) > 1:
+        raise NotAuthorized(
+            request_id, f"{len(approved)} approving decisions for one request: investigate"
+        )
     decision = approved[0]
     needs_human = any(isinstance(e, ApprovalRequired) for e in trusted)
     if not needs_human:

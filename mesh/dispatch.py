@@ -95,7 +95,7 @@ class EventDispatcher:
         more before refusing its event."""
         signer = (msg.headers or {}).get(SIGNER_HEADER)
         if self.key_directory is not None and signer and not self.key_directory.knows(signer):
-            await self.key_directory.refresh()
+            await self.key_directory.refresh(signer)
 
     async def __call__(self, msg: Msg) -> float | None:
         delivery = msg.metadata.num_delivered
@@ -126,6 +126,7 @@ class EventDispatcher:
             delivery=delivery,
             stream_sequence=msg.metadata.sequence.stream,
             services=self.services,
+            written_at=self._written_at(msg),
         )
         try:
             async with asyncio.timeout(self.handler_timeout):

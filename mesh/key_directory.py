@@ -48,6 +48,7 @@ class KeyDirectory:
         self._watchdog: asyncio.Task[None] | None = None
         self._registry: RegistryClient | None = None
         self._last_refresh = 0.0
+        self._refresh_lock = asyncio.Lock()
         self.loaded = asyncio.Event()
 
     def load(self, principals: list[PrincipalKeys]) -> None:
@@ -64,16 +65,20 @@ class KeyDirectory:
     def knows(self, signer: str) -> bool:
         return signer in self._keys
 
-    async def refresh(self, min_interval: float = 0.5) -> None:
+    async def refresh(self, signer: str | None = None, min_interval: float = 0.5) -> None:
         """Reload now (say, for a signer registered a moment ago); at most once per
-        `min_interval`, so a flood of unknown signers cannot flood the registry."""
-        if self._registry is None or time.monotonic() - self._last_refresh < min_interval:
-            return
-        self._last_refresh = time.monotonic()
-        try:
-            self.load(await self._registry.keys())
-        except MeshError as exc:
-            log.warning("could not refresh the key directory: %s", exc)
+        `min_interval`, so a flood of unknown signers cannot flood the registry.
+        Concurrent callers wait for the reload in flight rather than skip it."""
+        async with self._refresh_lock:
+            if signer is not None and signer in self._keys:
+                return  # the reload we waited for found it
+            if self._registry is None or time.monotonic() - self._last_refresh < min_interval:
+                return
+            self._last_refresh = time.monotonic()
+            try:
+                self.load(await self._registry.keys())
+            except MeshError as exc:
+                log.warning("could not refresh the key directory: %s", exc)
 
     def check(self, signer: str, actor: str, at: datetime, subject: str = "") -> None:
         """Raise SignatureError unless `signer` could sign for `actor` at time `at`."""

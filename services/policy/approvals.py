@@ -35,6 +35,9 @@ class PendingApproval(msgspec.Struct, frozen=True, kw_only=True):
     required_event_id: str  # the approval_required event
     escalate_to: str | None = None
     escalated: bool = False
+    # waiting → decided (by an approval) or expired; the record goes once announced.
+    state: Literal["waiting", "decided", "expired"] = "waiting"
+    closed_by: str | None = None  # the approval event that decided it
 
 
 class ApprovalRefused(Exception):
@@ -48,13 +51,23 @@ def check_approver(
     request_id: str,
     approver_id: str,
     approver: AgentRecord | None,
-    now: datetime,
+    written_at: datetime,
+    *,
+    case_id: str | None = None,
+    named_approver: str | None = None,
 ) -> PendingApproval:
-    """The pending approval this approver may decide, or ApprovalRefused saying why."""
-    if pending is None:
+    """The pending approval this approver may decide, or ApprovalRefused saying why.
+    `written_at` is when the approval entered the log: a grant written in time counts
+    even if it is processed late."""
+    if pending is None or pending.state != "waiting":
+        state = "unknown" if pending is None else pending.state
+        raise ApprovalRefused(f"no approval is pending for request {request_id} ({state})")
+    if case_id is not None and case_id != pending.case_id:
         raise ApprovalRefused(
-            f"no approval is pending for request {request_id} (unknown, decided or expired)"
+            f"request {request_id} belongs to case {pending.case_id}, not {case_id}"
         )
+    if named_approver is not None and named_approver != approver_id:
+        raise ApprovalRefused(f"signed by {approver_id} but names {named_approver} as approver")
     if approver_id == pending.requester:
         raise ApprovalRefused(
             f"{approver_id} requested {pending.action_type} itself and cannot decide it"
@@ -70,8 +83,8 @@ def check_approver(
             f"deciding this needs the role {pending.approver_role!r}; "
             f"{approver_id} has {approver.card.roles}"
         )
-    if now > pending.deadline:
-        raise ApprovalRefused(f"the approval deadline {pending.deadline.isoformat()} has passed")
+    if written_at > pending.deadline:
+        raise ApprovalRefused(f"the approval deadline {pending.deadline.isoformat()} had passed")
     return pending
 
 

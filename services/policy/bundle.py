@@ -75,12 +75,14 @@ class PolicyBundle:
             raise PolicyBundleInvalid(str(directory), ["no *.cedar files"])
         if not schema_path.is_file():
             raise PolicyBundleInvalid(str(directory), [f"no {SCHEMA_FILE}"])
+        # Read each file once: what is hashed is exactly what is parsed.
+        contents = {path: path.read_bytes() for path in [*files, schema_path]}
         digest = hashlib.sha256()
-        for path in [*files, schema_path]:
-            data = path.read_bytes()
+        for path, data in contents.items():
             digest.update(path.name.encode() + b"\0" + data + b"\0")
-        text = "\n".join(path.read_text() for path in files)
-        return cls.from_text(str(directory), text, schema_path.read_text(), digest.hexdigest())
+        text = "\n".join(contents[path].decode() for path in files)
+        schema = contents[schema_path].decode()
+        return cls.from_text(str(directory), text, schema, digest.hexdigest())
 
     @classmethod
     def from_text(cls, source: str, text: str, schema_json: str, digest: str) -> PolicyBundle:

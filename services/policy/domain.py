@@ -6,7 +6,7 @@
            no permit matches ───────────────────► deny        (default deny)
            a matching permit says @outcome("require_approval") ► require_approval
            otherwise ───────────────────────────► allow
-    Cedar cannot evaluate the request ──────────► deny, with Cedar's errors
+    Cedar reports any error (request or policy) ► deny, with Cedar's errors
 
 Every decision carries the bundle hash, the determining policies with their @id and
 @rationale, and the inputs Cedar saw, so an auditor can re-run it.
@@ -99,9 +99,11 @@ def decide(bundle: PolicyBundle, card: AgentCard, request: ActionRequest) -> Dec
         PolicyReference(policy_id=rule.policy_id, rationale=rule.annotations.get("rationale", ""))
         for rule in determining
     ]
+    if errors:
+        # A policy that cannot be evaluated (a type error, an overflow) might have been a
+        # forbid: never let an error fall through to an allow.
+        return refuse([f"policy evaluation failed: {e}" for e in errors], references)
     if result.decision != cedarpy.Decision.Allow:
-        if errors and not determining:
-            return refuse([f"policy evaluation failed: {e}" for e in errors])
         if not determining:
             return refuse(["no policy permits this action (default deny)"])
         return refuse([f"forbidden by {r.policy_id}" for r in determining], references)

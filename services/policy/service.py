@@ -40,12 +40,13 @@ from contracts.events.actions import (
     DecisionProvenance,
 )
 from contracts.events.operations import PolicyBundleActivated, PolicyBundleActivatedPayload
-from contracts.ids import new_event_id
+from contracts.ids import derived_event_id
 from mesh.agent import Agent, HandlerContext
-from mesh.errors import BrokerError, MeshError, PermanentError
+from mesh.errors import BrokerError, ConcurrencyConflict, MeshError, PermanentError
 from mesh.identity import Identity
 from mesh.key_directory import KeyDirectory
 from mesh.provisioning import ensure_key_value, ensure_stream
+from mesh.reading import read_case
 from mesh.registry_client import RegistryClient, RegistryRefused
 from mesh.runtime import AgentRunner
 from mesh.settings import MeshSettings
@@ -177,6 +178,8 @@ class PolicyService:
     async def on_action_requested(self, event: ActionRequested, ctx: HandlerContext) -> None:
         assert self.bundle is not None
         assert event.case_id is not None
+        if ctx.delivery > 1 and await self._decided(event.case_id, event.event_id):
+            return  # redelivered after we answered: never decide (or reopen) twice
         request = ActionRequest(
             request_id=event.event_id,
             case_id=event.case_id,
@@ -200,7 +203,7 @@ class PolicyService:
         if decision.outcome == "require_approval":
             assert decision.approval_sla is not None
             assert decision.approver_role is not None
-            deadline = datetime.now(UTC) + decision.approval_sla
+            deadline = ctx.written_at + decision.approval_sla
             receipt_event = ctx.derive(
                 ApprovalRequired,
                 ApprovalRequiredPayload(
@@ -211,8 +214,9 @@ class PolicyService:
                     deadline=deadline,
                 ),
             )
-            # Kept before it is announced: an approval can never find nothing pending.
-            await self._keep(
+            # Kept (create-only) before it is announced: an approval never finds nothing
+            # pending, and a redelivered request never reopens one.
+            await self._create(
                 PendingApproval(
                     request_id=event.event_id,
                     case_id=event.case_id,
@@ -239,7 +243,9 @@ class PolicyService:
         await ctx.emit(ActionApproved if decision.outcome == "allow" else ActionDenied, payload)
 
     async def on_approval_granted(self, event: ApprovalGranted, ctx: HandlerContext) -> None:
-        pending = await self._checked(event.payload.request_id, event.actor)
+        pending = await self._close(event, ctx, event.payload.approver)
+        if pending is None:
+            return
         await ctx.emit(
             ActionApproved,
             ActionDecisionPayload(
@@ -254,7 +260,9 @@ class PolicyService:
         await self._forget(pending.request_id)
 
     async def on_approval_rejected(self, event: ApprovalRejected, ctx: HandlerContext) -> None:
-        pending = await self._checked(event.payload.request_id, event.actor)
+        pending = await self._close(event, ctx, event.payload.approver)
+        if pending is None:
+            return
         await ctx.emit(
             ActionDenied,
             ActionDecisionPayload(
@@ -268,14 +276,58 @@ class PolicyService:
         )
         await self._forget(pending.request_id)
 
-    async def _checked(self, request_id: str, approver_id: str) -> PendingApproval:
-        pending = await self._pending(request_id)
-        approver = await self._record(approver_id)
+    async def _close(
+        self, event: ApprovalGranted | ApprovalRejected, ctx: HandlerContext, named: str
+    ) -> PendingApproval | None:
+        """Claim the pending approval for this human decision (compare-and-swap), or
+        say why not. None: this very decision was already announced (a redelivery)."""
+        request_id = event.payload.request_id
+        loaded = await self._load(request_id)
+        if loaded is not None and loaded[0].closed_by == event.event_id:
+            return loaded[0]  # claimed before a crash: announce it (same event id)
+        if (
+            loaded is None
+            and event.case_id
+            and await self._decided(event.case_id, request_id, approval_id=event.event_id)
+        ):
+            return None
+        approver = await self._record(event.actor)
         try:
-            return check_approver(pending, request_id, approver_id, approver, datetime.now(UTC))
+            pending = check_approver(
+                loaded[0] if loaded else None,
+                request_id,
+                event.actor,
+                approver,
+                ctx.written_at,
+                case_id=event.case_id,
+                named_approver=named,
+            )
         except ApprovalRefused as exc:
             # Dead-lettered with the reason: the attempt is kept, the request still waits.
             raise PermanentError(f"approval refused: {exc.reason}") from None
+        assert loaded is not None
+        claimed = msgspec.structs.replace(pending, state="decided", closed_by=event.event_id)
+        await self._swap(claimed, loaded[1])  # a racing deadline or approval loses
+        return claimed
+
+    async def _decided(self, case_id: str, request_id: str, approval_id: str | None = None) -> bool:
+        """Has the policy service already answered this request (with this approval)?"""
+        for stored in await read_case(self.js, self.topology, case_id):
+            answer = stored.event
+            if answer.actor != self.policy.service_id:
+                continue
+            if not isinstance(answer, ActionApproved | ActionDenied | ApprovalRequired):
+                continue
+            if answer.payload.request_id != request_id:
+                continue
+            if approval_id is None:
+                return True
+            if (
+                isinstance(answer, ActionApproved | ActionDenied)
+                and answer.payload.approval_id == approval_id
+            ):
+                return True
+        return False
 
     # ------------------------------------------------------------------ deadlines
 
@@ -294,33 +346,50 @@ class PolicyService:
         except nats.js.errors.NoKeysError:
             return
         for key in keys:
-            pending = await self._pending(key)
-            if pending is None or now <= pending.deadline:
+            loaded = await self._load(key)
+            if loaded is None:
+                continue
+            pending, revision = loaded
+            if pending.state == "expired":
+                await self._announce_timeout(pending, "expire", pending)  # finish a crash
+                continue
+            if pending.state != "waiting" or now <= pending.deadline:
                 continue
             step, updated = on_deadline(pending, now)
-            payload = ApprovalTimedOutPayload(
-                request_id=pending.request_id,
-                action_type=pending.action_type,
-                waited_since=pending.requested_at,
-                reason=f"no {pending.approver_role} decided by {pending.deadline.isoformat()}",
-                escalated_to=updated.approver_role if step == "escalate" else None,
-                new_deadline=updated.deadline if step == "escalate" else None,
+            if step == "expire":
+                updated = msgspec.structs.replace(pending, state="expired")
+            try:
+                await self._swap(updated, revision)
+            except ConcurrencyConflict:
+                continue  # a human decided meanwhile: theirs stands
+            await self._announce_timeout(pending, step, updated)
+
+    async def _announce_timeout(
+        self, pending: PendingApproval, step: str, updated: PendingApproval
+    ) -> None:
+        payload = ApprovalTimedOutPayload(
+            request_id=pending.request_id,
+            action_type=pending.action_type,
+            waited_since=pending.requested_at,
+            reason=f"no {pending.approver_role} decided by {pending.deadline.isoformat()}",
+            escalated_to=updated.approver_role if step == "escalate" else None,
+            new_deadline=updated.deadline if step == "escalate" else None,
+        )
+        event_type: type[Event] = ApprovalEscalated if step == "escalate" else ApprovalExpired
+        # Derived ids: announcing the same step twice (after a crash) stores it once.
+        index = 100 + (1 if step == "escalate" else 2)
+        await self.runner.emit(
+            event_type(  # type: ignore[call-arg]
+                event_id=derived_event_id(pending.required_event_id, self.policy.service_id, index),
+                case_id=pending.case_id,
+                correlation_id=pending.correlation_id,
+                causation_id=pending.required_event_id,
+                actor=self.policy.service_id,
+                payload=payload,
             )
-            event_type: type[Event] = ApprovalEscalated if step == "escalate" else ApprovalExpired
-            await self.runner.emit(
-                event_type(  # type: ignore[call-arg]
-                    event_id=new_event_id(),
-                    case_id=pending.case_id,
-                    correlation_id=pending.correlation_id,
-                    causation_id=pending.required_event_id,
-                    actor=self.policy.service_id,
-                    payload=payload,
-                )
-            )
-            if step == "escalate":
-                await self._keep(updated)
-            else:
-                await self._forget(pending.request_id)
+        )
+        if step == "expire":
+            await self._forget(pending.request_id)
 
     # ------------------------------------------------------------------ state
 
@@ -335,20 +404,44 @@ class PolicyService:
         self._cards[agent_id] = (time.monotonic(), record)
         return record
 
-    async def _keep(self, pending: PendingApproval) -> None:
-        assert self._approvals is not None
-        try:
-            await self._approvals.put(pending.request_id, msgspec.json.encode(pending))
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise BrokerError(f"keep pending approval {pending.request_id}", repr(exc)) from exc
-
-    async def _pending(self, request_id: str) -> PendingApproval | None:
+    async def _load(self, request_id: str) -> tuple[PendingApproval, int] | None:
         assert self._approvals is not None
         try:
             entry = await self._approvals.get(request_id)
         except nats.js.errors.KeyNotFoundError:
             return None
-        return _pending.decode(entry.value) if entry.value else None
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise BrokerError(f"read pending approval {request_id}", repr(exc)) from exc
+        if not entry.value:
+            return None
+        return _pending.decode(entry.value), int(entry.revision or 0)
+
+    async def _create(self, pending: PendingApproval) -> bool:
+        """Create-only: False when the request already has a record."""
+        assert self._approvals is not None
+        try:
+            await self._approvals.create(pending.request_id, msgspec.json.encode(pending))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise BrokerError(f"keep pending approval {pending.request_id}", repr(exc)) from exc
+        return True
+
+    async def _swap(self, pending: PendingApproval, revision: int) -> None:
+        """Compare-and-swap: only if nobody changed the record since `revision`."""
+        assert self._approvals is not None
+        try:
+            await self._approvals.update(
+                pending.request_id, msgspec.json.encode(pending), last=revision
+            )
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise ConcurrencyConflict(pending.request_id, revision, "approval changed") from None
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise BrokerError(f"update pending approval {pending.request_id}", repr(exc)) from exc
+
+    async def _pending(self, request_id: str) -> PendingApproval | None:
+        loaded = await self._load(request_id)
+        return loaded[0] if loaded else None
 
     async def _forget(self, request_id: str) -> None:
         assert self._approvals is not None
@@ -374,7 +467,7 @@ class PolicyService:
         except nats.js.errors.NoKeysError:
             return []
         found = [await self._pending(key) for key in keys]
-        return [p for p in found if p is not None]
+        return [p for p in found if p is not None and p.state == "waiting"]
 
 
 __all__ = ["PolicyService", "policy_card"]

@@ -6,7 +6,7 @@ import asyncio
 import json
 import shutil
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -208,7 +208,9 @@ async def test_nobody_approves_their_own_request(mesh: SecuredMesh) -> None:
         case_id="own",
         actor="maria",
         payload=ActionRequestedPayload(
-            action_type="issue_payment", parameters={"amount": 500_000, "currency": "EUR"}
+            action_type="issue_payment",
+            parameters={"amount": 500_000, "currency": "EUR"},
+            evidence={"fraud_score": 1},
         ),
     )
     await publisher.publish(request)
@@ -398,3 +400,97 @@ async def test_a_manager_decides_from_the_command_line(
     again = await asyncio.to_thread(cli.invoke, app, approve)
     assert again.exit_code == 2
     assert "no approval is pending" in again.output
+
+
+async def _grant(
+    mesh: SecuredMesh, manager: Identity, nc: object, case_id: str, request_id: str
+) -> ApprovalGranted:
+    grant = ApprovalGranted(
+        case_id=case_id,
+        actor="maria",
+        payload=ApprovalGrantedPayload(request_id=request_id, approver="maria"),
+    )
+    await EventPublisher(nc.jetstream(), manager, mesh.topology).publish(grant)  # type: ignore[attr-defined]
+    return grant
+
+
+async def _policy_letters(mesh: SecuredMesh) -> list[object]:
+    assert mesh.harness_nc is not None
+    letters = await read_dead_letters(mesh.harness_nc.jetstream(), mesh.topology)
+    return [letter for letter in letters if letter.consumer == "policy"]
+
+
+async def test_an_approval_filed_in_another_case_is_refused(mesh: SecuredMesh) -> None:
+    service = await mesh.start_policy(REFERENCE)
+    await mesh.run_agent(adjudicator())
+    manager, manager_nc = await human(mesh, "maria", ["approver", "claims_manager"])
+    await open_claim(mesh, "case-a", 250_000)
+    required = await first(mesh, "case-a", ApprovalRequired)
+    request_id = required.payload.request_id  # type: ignore[attr-defined]
+    await _grant(mesh, manager, manager_nc, "case-b", request_id)
+    [letter] = await eventually(lambda: _policy_letters(mesh), what="the misfiled grant refused")
+    assert "belongs to case case-a, not case-b" in letter.reason  # type: ignore[attr-defined]
+    assert [p.request_id for p in await service.pending()] == [request_id]
+
+
+async def test_a_decided_request_is_never_reopened_or_decided_twice(mesh: SecuredMesh) -> None:
+    service = await mesh.start_policy(REFERENCE)
+    await mesh.run_agent(adjudicator())
+    manager, manager_nc = await human(mesh, "maria", ["approver", "claims_manager"])
+    await open_claim(mesh, "once", 250_000)
+    required = await first(mesh, "once", ApprovalRequired)
+    request_id = required.payload.request_id  # type: ignore[attr-defined]
+    await _grant(mesh, manager, manager_nc, "once", request_id)
+    await first(mesh, "once", ActionApproved)
+    await eventually(lambda: _no_pending(service), what="the approval closed")
+
+    # The deadline passing later announces nothing; a second grant is refused.
+    await service.check_deadlines(datetime.now(UTC) + timedelta(days=30))
+    await _grant(mesh, manager, manager_nc, "once", request_id)
+    [letter] = await eventually(lambda: _policy_letters(mesh), what="the second grant refused")
+    assert "no approval is pending" in letter.reason  # type: ignore[attr-defined]
+
+    # A redelivered request (as after a crash before its ack) does not reopen it.
+    assert mesh.harness_nc is not None
+    history = await read_case(mesh.harness_nc.jetstream(), mesh.topology, "once")
+    [request] = [s for s in history if isinstance(s.event, ActionRequested)]
+    replay = HandlerContext(
+        agent=service.agent,
+        event=request.event,
+        delivery=2,
+        stream_sequence=request.sequence,
+        services=service.runner,
+        written_at=request.stored_at,
+    )
+    await service.on_action_requested(request.event, replay)  # type: ignore[arg-type]
+    assert await service.pending() == []
+    history = await read_case(mesh.harness_nc.jetstream(), mesh.topology, "once")
+    names = [s.event.event_name() for s in history]
+    assert names.count("action_approved") == 1
+    assert "approval_escalated" not in names
+    assert "approval_expired" not in names
+
+
+async def _no_pending(service: object) -> bool:
+    return await service.pending() == []  # type: ignore[attr-defined]
+
+
+async def test_a_grant_that_loses_the_race_with_the_deadline_is_refused(
+    mesh: SecuredMesh,
+) -> None:
+    service = await mesh.start_policy(REFERENCE)
+    await mesh.run_agent(adjudicator())
+    manager, manager_nc = await human(mesh, "maria", ["approver", "claims_manager"])
+    await open_claim(mesh, "race", 250_000)
+    required = await first(mesh, "race", ApprovalRequired)
+    request_id = required.payload.request_id  # type: ignore[attr-defined]
+    # The deadline wins: escalated to the head of claims before maria's grant lands.
+    await service.check_deadlines(datetime.now(UTC) + timedelta(hours=5))
+    escalated = await first(mesh, "race", ApprovalEscalated)
+    assert escalated.payload.escalated_to == "head_of_claims"  # type: ignore[attr-defined]
+    await _grant(mesh, manager, manager_nc, "race", request_id)
+    [letter] = await eventually(lambda: _policy_letters(mesh), what="the late grant refused")
+    assert "needs the role 'head_of_claims'" in letter.reason  # type: ignore[attr-defined]
+    assert mesh.harness_nc is not None
+    history = await read_case(mesh.harness_nc.jetstream(), mesh.topology, "race")
+    assert not any(isinstance(s.event, ActionApproved) for s in history)

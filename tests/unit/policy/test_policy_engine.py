@@ -137,3 +137,16 @@ def test_mesh_policy_test_reports_an_invalid_bundle(bundle_dir: Path) -> None:
     result = runner.invoke(app, ["policy", "test", str(bundle_dir)])
     assert result.exit_code == 2
     assert "invalid bundle" in result.output
+
+
+def test_a_policy_that_fails_to_evaluate_denies(bundle_dir: Path) -> None:
+    """An error in a forbid (here an overflow) must not fall through to an allow."""
+    (bundle_dir / "overflow.cedar").write_text(
+        '@id("overflowing-forbid")\n'
+        'forbid(principal, action == Action::"issue_payment", resource)\n'
+        "when { context.amount * 1000000000000000 > 0 };"
+    )
+    bundle = PolicyBundle.load(bundle_dir)
+    decision = decide(bundle, adjudicator(), payment(50_000))
+    assert decision.outcome == "deny"
+    assert "policy evaluation failed" in decision.reasons[0]
