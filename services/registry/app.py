@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -13,14 +12,13 @@ from nats.aio.subscription import Subscription
 from contracts.cards import AgentCard
 from contracts.catalog import CATALOG
 from contracts.registry_api import OPERATIONS
-from mesh.app import nats_url
-from mesh.connection import connect
 from mesh.durables import provision_agent_durables
 from mesh.errors import ConfigurationError
 from mesh.identity import Identity
-from mesh.onboarding import ONBOARDING_ID, inbox_prefix
+from mesh.onboarding import ONBOARDING_ID
 from mesh.provisioning import ensure_stream
 from mesh.publisher import EventPublisher
+from mesh.service_process import run_service
 from mesh.settings import MeshSettings
 from mesh.topology import Topology
 from services.registry.broker_auth import BrokerAuthorization, load_principals
@@ -30,11 +28,6 @@ from services.registry.settings import RegistrySettings
 from services.registry.store import RegistryStore
 
 log = logging.getLogger(__name__)
-
-
-def registry_identity(settings: MeshSettings, registry: RegistrySettings) -> Identity:
-    path = registry.seed_file or settings.data_dir / "keys" / f"{registry.service_id}.nk"
-    return Identity.load_or_create(path)
 
 
 class RegistryService:
@@ -137,26 +130,12 @@ class RegistryService:
 
 
 async def run(settings: MeshSettings, registry: RegistrySettings) -> None:
-    identity = registry_identity(settings, registry)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    async with nats_url(settings) as url:
-        nc = await connect(
-            url,
-            name=f"service:{registry.service_id}",
-            identity=identity if settings.nkey_auth else None,
-            inbox_prefix=inbox_prefix(registry.service_id) if settings.nkey_auth else None,
-            connect_timeout=settings.connect_timeout,
-        )
-        service = RegistryService(nc, identity, settings, registry)
-        try:
-            await service.start()
-            await stop.wait()
-        finally:
-            await service.stop()
-            await nc.close()
+    await run_service(
+        settings,
+        registry.service_id,
+        registry.seed_file,
+        lambda nc, identity: RegistryService(nc, identity, settings, registry),
+    )
 
 
 def main() -> None:
