@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime
 
 import msgspec
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from contracts.cards import AgentCard, AgentRecord
 from contracts.registry_api import (
@@ -23,6 +26,32 @@ from mesh.identity import Identity
 _reply_decoder = msgspec.json.Decoder(RegistryReply)
 # Keys a card adds must sign it too: public key -> signature, as JSON, in this header.
 KEY_PROOFS_HEADER = "Mesh-Key-Proofs"
+
+
+async def request_with_patience(
+    nc: Client,
+    subject: str,
+    body: bytes,
+    *,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+    what: str,
+    patience: float = 3.0,
+) -> Msg:
+    """A request to a mesh service. "No responders" is retried for a few seconds: a
+    service restarting (or a subscription still propagating) is not an outage."""
+    deadline = time.monotonic() + patience
+    delay = 0.02
+    while True:
+        try:
+            return await nc.request(subject, body, timeout=timeout, headers=headers)
+        except nats.errors.NoRespondersError:
+            if time.monotonic() + delay > deadline:
+                raise BrokerError(what, "no service answers on " + subject) from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BrokerError(what, repr(exc)) from exc
 
 
 class RegistryRefused(MeshError):
@@ -54,12 +83,14 @@ class RegistryClient:
             headers[KEY_PROOFS_HEADER] = msgspec.json.encode(
                 {proof.public_key: proof.sign(subject, body) for proof in proofs}
             ).decode()
-        try:
-            msg = await self.nc.request(subject, body, timeout=self.timeout, headers=headers)
-        except nats.errors.NoRespondersError:
-            raise BrokerError(f"registry {operation}", "no registry is running") from None
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise BrokerError(f"registry {operation}", repr(exc)) from exc
+        msg = await request_with_patience(
+            self.nc,
+            subject,
+            body,
+            timeout=self.timeout,
+            headers=headers,
+            what=f"registry {operation}",
+        )
         try:
             reply = _reply_decoder.decode(msg.data)
         except msgspec.DecodeError as exc:

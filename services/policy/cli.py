@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
-import nats.errors
 import orjson
 import typer
 from nats.aio.client import Client
@@ -25,10 +24,11 @@ from contracts.events.actions import (
 )
 from mesh.cli._common import run
 from mesh.connection import close, connect
-from mesh.errors import BrokerError, ConfigurationError
+from mesh.errors import ConfigurationError
 from mesh.identity import Identity
 from mesh.onboarding import connect_as
 from mesh.publisher import EventPublisher
+from mesh.registry_client import request_with_patience
 from mesh.settings import MeshSettings
 from mesh.topology import Topology
 from services.policy.approvals import PendingApproval
@@ -92,12 +92,13 @@ def _approver() -> tuple[str, Identity]:
 
 
 async def _pending(nc: Client, topology: Topology) -> list[PendingApproval]:
-    try:
-        reply = await nc.request(topology.subjects.service("policy", "pending"), b"", timeout=5)
-    except (nats.errors.Error, TimeoutError) as exc:
-        raise BrokerError(
-            "list pending approvals", f"the policy service did not answer: {exc!r}"
-        ) from exc
+    reply = await request_with_patience(
+        nc,
+        topology.subjects.service("policy", "pending"),
+        b"",
+        timeout=5,
+        what="list pending approvals (is the policy service running?)",
+    )
     return msgspec.json.decode(reply.data, type=list[PendingApproval])
 
 
