@@ -54,15 +54,15 @@ async def connect(
     """Connect with reconnect handling. With an identity, authenticate by its nkey;
     with an inbox prefix, receive replies only there (a private inbox the broker's
     permissions can reserve for this principal)."""
-    client_ref: list[Client] = []
+    connected = False  # refusals after this point mean our credentials were withdrawn
     recent: deque[tuple[float, str, str]] = deque(maxlen=64)
     initial_errors: list[Exception] = []
 
     async def on_error(exc: Exception) -> None:
-        if not client_ref:
+        if not connected:
             initial_errors.append(exc)
         match = _VIOLATION.search(str(exc))
-        if "authorization violation" in str(exc).lower() and client_ref:
+        if "authorization violation" in str(exc).lower() and connected:
             # Connected once, refused now: our user was removed (suspended, revoked).
             log.error("nats %s: the broker no longer accepts our credentials", name)
             if on_credentials_refused is not None:
@@ -118,7 +118,7 @@ async def connect(
         raise BrokerError(f"connect to {url}", repr(cause)) from exc
     if reconnect:
         nc.options["max_reconnect_attempts"] = -1
-    client_ref.append(nc)
+    connected = True
     _refusals[nc] = recent
     return nc
 

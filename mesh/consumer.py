@@ -148,18 +148,16 @@ class PullConsumerLoop:
             lane.blocked_on = None
             self._active += len(lane.queue)
             self._held -= len(lane.queue) - 1
+        elif self._replaced(lane, msg):
+            return
         elif lane.blocked_on is not None:
-            if self._replaced(lane, msg):
-                return
             if self._held >= self.max_held:
-                await _quietly(msg.nak(delay=max(0.1, lane.blocked_until - time.monotonic())))
+                await settle(msg.nak(delay=max(0.1, lane.blocked_until - time.monotonic())))
                 return
             lane.queue.append(msg)
             self._held += 1
             return
         else:
-            if self._replaced(lane, msg):
-                return
             lane.queue.append(msg)
             self._active += 1
         if lane.task is None:
@@ -206,7 +204,7 @@ class PullConsumerLoop:
             log.exception("processing %s raised CancelledError; retrying it", msg.subject)
         except Exception:
             log.exception("processing %s failed outside the dispatcher; retrying it", msg.subject)
-        await _quietly(msg.nak(delay=1.0))
+        await settle(msg.nak(delay=1.0))
         return 1.0
 
     async def _keep_alive(self) -> None:
@@ -219,7 +217,7 @@ class PullConsumerLoop:
             for key, lane in list(self._lanes.items()):
                 for msg in [lane.current, *lane.queue]:
                     if msg is not None:
-                        await _quietly(msg.in_progress())
+                        await settle(msg.in_progress())
                 if lane.blocked_on is not None and now > lane.blocked_until:
                     log.info(
                         "lane %s: retried message %s did not return; releasing %d held",
@@ -243,11 +241,16 @@ class PullConsumerLoop:
             await asyncio.gather(*running, return_exceptions=True)
         for lane in self._lanes.values():
             while lane.queue:
-                await _quietly(lane.queue.popleft().nak())
+                await settle(lane.queue.popleft().nak())
         self._lanes.clear()
 
 
-async def _quietly(settlement: Awaitable[None]) -> None:
-    """A failed settlement is harmless: the server redelivers after ack_wait."""
-    with contextlib.suppress(nats.errors.Error):
+async def settle(settlement: Awaitable[None]) -> None:
+    """Ack, nak, term or keep-alive, fire-and-forget. A failure is harmless: the server
+    redelivers after ack_wait, and idempotent emits make the repeat a no-op."""
+    try:
         await settlement
+    except nats.errors.MsgAlreadyAckdError:
+        pass  # a keep-alive raced the message's own settlement
+    except nats.errors.Error as exc:
+        log.warning("could not settle a message: %r (it will be redelivered)", exc)

@@ -37,7 +37,6 @@ import random
 import traceback
 from datetime import datetime
 
-import nats.errors
 from nats.aio.msg import Msg
 
 from contracts.codec import EventDecoder
@@ -45,6 +44,7 @@ from contracts.envelope import Event
 from contracts.errors import ContractError
 from contracts.subjects import Subjects
 from mesh.agent import Agent, HandlerContext, Services
+from mesh.consumer import settle
 from mesh.dead_letters import ORIGINAL_SUBJECT, ORIGINAL_TIME, DeadLetterKind, DeadLetterSink
 from mesh.errors import (
     CircuitOpen,
@@ -139,7 +139,7 @@ class EventDispatcher:
             return await self._retry_or_give_up(msg, failure)
         except Exception as exc:
             return await self._retry_or_give_up(msg, exc)
-        await _settle(msg.ack())
+        await settle(msg.ack())
         return None
 
     def original_subject(self, msg: Msg) -> str:
@@ -197,7 +197,7 @@ class EventDispatcher:
                 delay,
                 exc_info=exc,
             )
-        await _settle(msg.nak(delay=delay))
+        await settle(msg.nak(delay=delay))
         return delay
 
     async def _dead_letter(self, msg: Msg, kind: DeadLetterKind, reason: str) -> float | None:
@@ -206,9 +206,9 @@ class EventDispatcher:
             await self.dead_letters.dead_letter(msg, kind, reason)
         except MeshError:
             log.exception("%s: dead-letter publish failed; will see it again", self.agent_id)
-            await _settle(msg.nak(delay=self.retry_base_delay))
+            await settle(msg.nak(delay=self.retry_base_delay))
             return self.retry_base_delay
-        await _settle(msg.term())
+        await settle(msg.term())
         return None
 
 
@@ -221,12 +221,3 @@ def _describe(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
     return f"{type(exc).__name__}: {exc}{where}"
-
-
-async def _settle(settlement: object) -> None:
-    """Settlements are fire-and-forget; if the connection is gone the server redelivers
-    after ack_wait, which idempotent emits make harmless."""
-    try:
-        await settlement  # type: ignore[misc]
-    except nats.errors.Error as exc:
-        log.warning("could not settle message: %r (it will be redelivered)", exc)

@@ -57,6 +57,16 @@ def inclusion_proof(index: int, leaf_hashes: Sequence[bytes]) -> list[bytes]:
     return [*inclusion_proof(index - k, leaf_hashes[k:]), root(leaf_hashes[:k])]
 
 
+def _climb_right_edge(fn: int, sn: int) -> tuple[int, int]:
+    """RFC 9162: "right-shift fn and sn equally until either LSB(fn) is set or fn is 0"
+    (the first shift always happens)."""
+    while True:
+        fn >>= 1
+        sn >>= 1
+        if fn & 1 or fn == 0:
+            return fn, sn
+
+
 def verify_inclusion(
     index: int, tree_size: int, leaf: bytes, proof: Sequence[bytes], expected_root: bytes
 ) -> bool:
@@ -70,11 +80,7 @@ def verify_inclusion(
         if fn & 1 or fn == sn:
             r = node_hash(p, r)
             if not fn & 1:
-                while True:
-                    fn >>= 1
-                    sn >>= 1
-                    if fn & 1 or fn == 0:
-                        break
+                fn, sn = _climb_right_edge(fn, sn)
         else:
             r = node_hash(r, p)
         fn >>= 1
@@ -132,11 +138,7 @@ def verify_consistency(
             fr = node_hash(c, fr)
             sr = node_hash(c, sr)
             if not fn & 1:
-                while True:
-                    fn >>= 1
-                    sn >>= 1
-                    if fn & 1 or fn == 0:
-                        break
+                fn, sn = _climb_right_edge(fn, sn)
         else:
             sr = node_hash(sr, c)
         fn >>= 1

@@ -243,33 +243,30 @@ class PolicyService:
         await ctx.emit(ActionApproved if decision.outcome == "allow" else ActionDenied, payload)
 
     async def on_approval_granted(self, event: ApprovalGranted, ctx: HandlerContext) -> None:
-        pending = await self._close(event, ctx, event.payload.approver)
-        if pending is None:
-            return
-        await ctx.emit(
-            ActionApproved,
-            ActionDecisionPayload(
-                request_id=pending.request_id,
-                action_type=pending.action_type,
-                provenance=pending.provenance,
-                reasons=[f"approved by {event.actor}: {event.payload.comment}".rstrip(": ")],
-                approval_id=event.event_id,
-                approver=event.actor,
-            ),
-        )
-        await self._forget(pending.request_id)
+        reason = f"approved by {event.actor}: {event.payload.comment}".rstrip(": ")
+        await self._decide_by_human(event, ctx, ActionApproved, reason)
 
     async def on_approval_rejected(self, event: ApprovalRejected, ctx: HandlerContext) -> None:
+        reason = f"rejected by {event.actor}: {event.payload.reason}"
+        await self._decide_by_human(event, ctx, ActionDenied, reason)
+
+    async def _decide_by_human(
+        self,
+        event: ApprovalGranted | ApprovalRejected,
+        ctx: HandlerContext,
+        outcome: type[ActionApproved] | type[ActionDenied],
+        reason: str,
+    ) -> None:
         pending = await self._close(event, ctx, event.payload.approver)
         if pending is None:
             return
         await ctx.emit(
-            ActionDenied,
+            outcome,
             ActionDecisionPayload(
                 request_id=pending.request_id,
                 action_type=pending.action_type,
                 provenance=pending.provenance,
-                reasons=[f"rejected by {event.actor}: {event.payload.reason}"],
+                reasons=[reason],
                 approval_id=event.event_id,
                 approver=event.actor,
             ),

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -355,36 +355,40 @@ def evolve(state: RegistryState, event: Event) -> RegistryState:
                 record, card=payload.card, updated_at=at, key_history=history
             )
         case AgentActivated(payload=change):
-            _set_status(state, change, "active", at)
             record = state.records[change.agent_id]
             closed = [
-                msgspec.structs.replace(p, end=at) if p.end is None else p
-                for p in record.suspensions
+                p if p.end else msgspec.structs.replace(p, end=at) for p in record.suspensions
             ]
-            state.records[change.agent_id] = msgspec.structs.replace(record, suspensions=closed)
+            _set_status(state, change, "active", at, suspensions=closed)
         case AgentSuspended(payload=change):
-            _set_status(state, change, "suspended", at)
             record = state.records[change.agent_id]
-            state.records[change.agent_id] = msgspec.structs.replace(
-                record, suspensions=[*record.suspensions, Period(start=at)]
-            )
+            opened = [*record.suspensions, Period(start=at)]
+            _set_status(state, change, "suspended", at, suspensions=opened)
         case AgentRevoked(payload=change):
-            _set_status(state, change, "revoked", at)
             record = state.records[change.agent_id]
             ended = [
-                msgspec.structs.replace(k, valid_until=at) if k.valid_until is None else k
+                k if k.valid_until else msgspec.structs.replace(k, valid_until=at)
                 for k in record.key_history
             ]
-            state.records[change.agent_id] = msgspec.structs.replace(record, key_history=ended)
+            _set_status(state, change, "revoked", at, key_history=ended)
         case _:
             raise ValueError(f"not a registry event: {event.event_name()}")
     return state
 
 
 def _set_status(
-    state: RegistryState, change: AgentStatusChangePayload, status: AgentStatus, at: datetime
+    state: RegistryState,
+    change: AgentStatusChangePayload,
+    status: AgentStatus,
+    at: datetime,
+    **also: Any,
 ) -> None:
     record = state.records[change.agent_id]
     state.records[change.agent_id] = msgspec.structs.replace(
-        record, status=status, status_reason=change.reason, status_changed_at=at, updated_at=at
+        record,
+        status=status,
+        status_reason=change.reason,
+        status_changed_at=at,
+        updated_at=at,
+        **also,
     )

@@ -152,7 +152,7 @@ class RegistryHandlers:
                 events = decide(datetime.now(UTC))
                 try:
                     for event in events:
-                        await self.store.append([event])
+                        await self.store.append(event)
                         evolve(self.state, event)  # stored: now it is true
                     break
                 except ConcurrencyConflict:

@@ -106,16 +106,15 @@ class RegistryStore:
         log.info("registry rebuilt from %d events: %d agents", len(stored), len(state.records))
         return state
 
-    async def append(self, events: list[Event]) -> None:
-        """Append one decision's events, each conditional on the agent's history being
-        where we last saw it: a second registry writing at the same time gets a conflict
-        instead of interleaving."""
-        for event in events:
-            key = event.subject_key()
-            receipt = await self.publisher.publish(
-                event, expected_sequence=self.last_sequence.get(key, 0)
-            )
-            self.last_sequence[key] = receipt.sequence
+    async def append(self, event: Event) -> None:
+        """Append an event, conditional on the agent's history being where we last saw
+        it: a second registry writing at the same time gets a conflict instead of
+        interleaving."""
+        key = event.subject_key()
+        receipt = await self.publisher.publish(
+            event, expected_sequence=self.last_sequence.get(key, 0)
+        )
+        self.last_sequence[key] = receipt.sequence
 
     async def write_view(self, record: AgentRecord) -> None:
         assert self._view is not None
