@@ -46,6 +46,8 @@ from contracts.events.case import (
 from contracts.events.operations import (
     CircuitStateChanged,
     CircuitStateChangedPayload,
+    LogCheckpointed,
+    LogCheckpointedPayload,
     PolicyBundleActivated,
     PolicyBundleActivatedPayload,
 )
@@ -63,6 +65,8 @@ from contracts.ids import derived_event_id, new_event_id
 from contracts.subjects import ParsedSubject, Subjects
 
 __all__ = [
+    "LogCheckpointed",
+    "LogCheckpointedPayload",
     "PolicyBundleActivatedPayload",
     "PolicyBundleActivated",
     "ApprovalTimedOutPayload",

@@ -25,7 +25,11 @@ from contracts.events.actions import (
     ApprovalRequired,
 )
 from contracts.events.case import CaseClosed, CaseEscalated, CaseOpened, CaseStepCompleted
-from contracts.events.operations import CircuitStateChanged, PolicyBundleActivated
+from contracts.events.operations import (
+    CircuitStateChanged,
+    LogCheckpointed,
+    PolicyBundleActivated,
+)
 from contracts.events.registry import (
     AgentActivated,
     AgentCardUpdated,
@@ -99,5 +103,6 @@ CATALOG = EventCatalog(
         AgentRevoked,
         CircuitStateChanged,
         PolicyBundleActivated,
+        LogCheckpointed,
     ]
 )

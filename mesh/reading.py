@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,18 +30,28 @@ class StoredEvent:
     stored_at: datetime  # when it entered the stream: the broker's clock, not the signer's
 
 
-async def read_subject(
+@dataclass(frozen=True)
+class RawMessage:
+    """A stored message, not decoded: what an auditor hashes and verifies."""
+
+    sequence: int
+    subject: str
+    body: bytes
+    headers: dict[str, str]
+    stored_at: datetime
+
+
+async def read_raw(
     js: JetStreamContext,
     stream: str,
     subject: str,
     *,
-    decoder: EventDecoder | None = None,
+    up_to: int | None = None,
     batch: int = 256,
-    on_unreadable: Callable[[int, str, ContractError], None] | None = None,
-) -> list[StoredEvent]:
-    """Every event on `subject`, in stream order. A message that is not a valid event
-    raises, unless `on_unreadable` is given: then it is reported there and skipped."""
-    decoder = decoder or EventDecoder()
+) -> AsyncIterator[list[RawMessage]]:
+    """Every message on `subject` (up to stream sequence `up_to`), in stream order, in
+    batches, through an ephemeral ack-less consumer: nothing on the broker remembers
+    the read."""
     try:
         subscription = await js.pull_subscribe(
             subject,
@@ -54,35 +65,69 @@ async def read_subject(
         )
     except nats.errors.Error as exc:
         raise BrokerError(f"read {subject}", repr(exc)) from exc
-    stored: list[StoredEvent] = []
     try:
         info = await subscription.consumer_info()
         remaining = info.num_pending or 0
         while remaining > 0:
-            messages = await subscription.fetch(min(batch, remaining), timeout=5)
+            try:
+                messages = await subscription.fetch(min(batch, remaining), timeout=5)
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise BrokerError(f"read {subject}", repr(exc)) from exc
+            found: list[RawMessage] = []
             for msg in messages:
                 remaining = msg.metadata.num_pending
-                try:
-                    event = decoder.decode(msg.data)
-                except ContractError as exc:
-                    if on_unreadable is None:
-                        raise
-                    on_unreadable(msg.metadata.sequence.stream, msg.subject, exc)
-                    continue
-                stored.append(
-                    StoredEvent(
-                        sequence=msg.metadata.sequence.stream,
+                sequence = msg.metadata.sequence.stream
+                if up_to is not None and sequence > up_to:
+                    remaining = 0
+                    break
+                found.append(
+                    RawMessage(
+                        sequence=sequence,
                         subject=msg.subject,
                         body=msg.data,
                         headers=dict(msg.headers or {}),
-                        event=event,
                         stored_at=msg.metadata.timestamp,
                     )
                 )
-    except (nats.errors.Error, TimeoutError) as exc:
-        raise BrokerError(f"read {subject}", repr(exc)) from exc
+            if found:
+                yield found
     finally:
-        await subscription.unsubscribe()
+        with contextlib.suppress(nats.errors.Error):
+            await subscription.unsubscribe()
+
+
+async def read_subject(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    *,
+    decoder: EventDecoder | None = None,
+    batch: int = 256,
+    on_unreadable: Callable[[int, str, ContractError], None] | None = None,
+) -> list[StoredEvent]:
+    """Every event on `subject`, in stream order. A message that is not a valid event
+    raises, unless `on_unreadable` is given: then it is reported there and skipped."""
+    decoder = decoder or EventDecoder()
+    stored: list[StoredEvent] = []
+    async for messages in read_raw(js, stream, subject, batch=batch):
+        for msg in messages:
+            try:
+                event = decoder.decode(msg.body)
+            except ContractError as exc:
+                if on_unreadable is None:
+                    raise
+                on_unreadable(msg.sequence, msg.subject, exc)
+                continue
+            stored.append(
+                StoredEvent(
+                    sequence=msg.sequence,
+                    subject=msg.subject,
+                    body=msg.body,
+                    headers=msg.headers,
+                    event=event,
+                    stored_at=msg.stored_at,
+                )
+            )
     return stored
 
 

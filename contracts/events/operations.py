@@ -42,3 +42,22 @@ class PolicyBundleActivated(Event, frozen=True, kw_only=True, tag="policy_bundle
 
     def subject_key(self) -> str:
         return "policy"
+
+
+class LogCheckpointedPayload(msgspec.Struct, frozen=True, kw_only=True):
+    """The event store's signed commitment to the case log as it stood: the RFC 9162
+    Merkle root over the first `tree_size` messages of `stream` (leaf i is the stored
+    `subject + "\\n" + body` of stream sequence i + 1). Published to the append-only ops
+    stream, so a later copy of the log can be proved to extend it unaltered."""
+
+    stream: str
+    tree_size: int
+    root_hash: str  # hex
+
+
+class LogCheckpointed(Event, frozen=True, kw_only=True, tag="log_checkpointed"):
+    family = "ops"
+    payload: LogCheckpointedPayload
+
+    def subject_key(self) -> str:
+        return "eventstore"

@@ -33,28 +33,121 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
+class MerkleTree:
+    """A tree over a fixed list of leaf hashes. Subtree roots are memoised, so every
+    proof after the first costs O(log n) hashes rather than a pass over the leaves."""
+
+    def __init__(self, leaf_hashes: Sequence[bytes]) -> None:
+        self._leaves = leaf_hashes
+        self._roots: dict[tuple[int, int], bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._leaves)
+
+    def range_root(self, lo: int, hi: int) -> bytes:
+        """MTH(D[lo:hi])."""
+        if hi - lo == 1:
+            return self._leaves[lo]
+        if hi == lo:
+            return EMPTY_ROOT
+        cached = self._roots.get((lo, hi))
+        if cached is None:
+            k = lo + _split(hi - lo)
+            cached = node_hash(self.range_root(lo, k), self.range_root(k, hi))
+            self._roots[(lo, hi)] = cached
+        return cached
+
+    def root(self, size: int | None = None) -> bytes:
+        return self.range_root(0, len(self) if size is None else size)
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """PATH(m, D[n]): the audit path proving leaf `index` is in the first `size`."""
+        n = len(self) if size is None else size
+        if not 0 <= index < n <= len(self):
+            raise ValueError(f"leaf {index} is not in a tree of {n}")
+        path: list[bytes] = []
+        lo, hi = 0, n
+        while hi - lo > 1:
+            k = lo + _split(hi - lo)
+            if index < k:
+                path.append(self.range_root(k, hi))
+                hi = k
+            else:
+                path.append(self.range_root(lo, k))
+                lo = k
+        path.reverse()  # RFC 9162 lists the path from the leaf up
+        return path
+
+    def consistency_proof(self, first_size: int, size: int | None = None) -> list[bytes]:
+        """PROOF(m, D[n]): proves the first `first_size` leaves are a prefix of the
+        first `size`."""
+        n = len(self) if size is None else size
+        if not 0 < first_size <= n <= len(self):
+            raise ValueError(f"no consistency proof from {first_size} to {n}")
+        return self._subproof(first_size, 0, n, True)
+
+    def _subproof(self, m: int, lo: int, hi: int, complete: bool) -> list[bytes]:
+        if m == hi - lo:
+            return [] if complete else [self.range_root(lo, hi)]
+        k = _split(hi - lo)
+        if m <= k:
+            return [*self._subproof(m, lo, lo + k, complete), self.range_root(lo + k, hi)]
+        return [*self._subproof(m - k, lo + k, hi, False), self.range_root(lo, lo + k)]
+
+
 def root(leaf_hashes: Sequence[bytes]) -> bytes:
     """MTH over leaf hashes (already hashed with `leaf_hash`)."""
-    n = len(leaf_hashes)
-    if n == 0:
-        return EMPTY_ROOT
-    if n == 1:
-        return leaf_hashes[0]
-    k = _split(n)
-    return node_hash(root(leaf_hashes[:k]), root(leaf_hashes[k:]))
+    return MerkleTree(leaf_hashes).root()
 
 
 def inclusion_proof(index: int, leaf_hashes: Sequence[bytes]) -> list[bytes]:
-    """PATH(m, D[n]): the audit path proving leaf `index` is in the tree."""
-    n = len(leaf_hashes)
-    if not 0 <= index < n:
-        raise ValueError(f"leaf {index} is not in a tree of {n}")
-    if n == 1:
-        return []
-    k = _split(n)
-    if index < k:
-        return [*inclusion_proof(index, leaf_hashes[:k]), root(leaf_hashes[k:])]
-    return [*inclusion_proof(index - k, leaf_hashes[k:]), root(leaf_hashes[:k])]
+    return MerkleTree(leaf_hashes).inclusion_proof(index)
+
+
+def consistency_proof(first_size: int, leaf_hashes: Sequence[bytes]) -> list[bytes]:
+    return MerkleTree(leaf_hashes).consistency_proof(first_size)
+
+
+class MerkleFrontier:
+    """A growing tree kept as the roots of its perfect subtrees, largest first: appending
+    a leaf and taking the root cost O(log n) and memory stays O(log n), however long
+    the log grows. This is what the event store persists beside its views."""
+
+    def __init__(self, size: int = 0, nodes: Sequence[bytes] = ()) -> None:
+        if len(nodes) != size.bit_count():
+            raise ValueError(f"a frontier of {size} leaves has {size.bit_count()} nodes")
+        self.size = size
+        self.nodes = list(nodes)
+
+    def append(self, leaf: bytes) -> None:
+        self.nodes.append(leaf)
+        self.size += 1
+        carry = self.size
+        while carry & 1 == 0:  # merge equal-sized subtrees, as binary addition carries
+            right = self.nodes.pop()
+            self.nodes[-1] = node_hash(self.nodes[-1], right)
+            carry >>= 1
+
+    def root(self) -> bytes:
+        if not self.nodes:
+            return EMPTY_ROOT
+        result = self.nodes[-1]
+        for node in reversed(self.nodes[:-1]):
+            result = node_hash(node, result)
+        return result
+
+    def copy(self) -> MerkleFrontier:
+        return MerkleFrontier(self.size, self.nodes)
+
+
+def chain_hash(previous: bytes, leaf: bytes) -> bytes:
+    """One link of a case's hash chain: SHA-256(previous head || leaf hash). The chain
+    starts from CHAIN_START; any dropped, reordered or altered message changes every
+    head after it."""
+    return hashlib.sha256(previous + leaf).digest()
+
+
+CHAIN_START = bytes(32)
 
 
 def _climb_right_edge(fn: int, sn: int) -> tuple[int, int]:
@@ -86,24 +179,6 @@ def verify_inclusion(
         fn >>= 1
         sn >>= 1
     return sn == 0 and r == expected_root
-
-
-def consistency_proof(first_size: int, leaf_hashes: Sequence[bytes]) -> list[bytes]:
-    """PROOF(m, D[n]): proves the tree of the first m leaves is a prefix of this one."""
-    n = len(leaf_hashes)
-    if not 0 < first_size <= n:
-        raise ValueError(f"no consistency proof from {first_size} to {n}")
-    return _subproof(first_size, leaf_hashes, True)
-
-
-def _subproof(m: int, leaf_hashes: Sequence[bytes], complete: bool) -> list[bytes]:
-    n = len(leaf_hashes)
-    if m == n:
-        return [] if complete else [root(leaf_hashes)]
-    k = _split(n)
-    if m <= k:
-        return [*_subproof(m, leaf_hashes[:k], complete), root(leaf_hashes[k:])]
-    return [*_subproof(m - k, leaf_hashes[k:], False), root(leaf_hashes[:k])]
 
 
 def verify_consistency(

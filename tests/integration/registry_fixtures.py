@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nats.aio.client import Client
 
@@ -22,6 +23,8 @@ from mesh.runtime import AgentRunner
 from mesh.settings import MeshSettings
 from mesh.testing import unique_root
 from mesh.topology import Topology
+from services.eventstore.service import EventStoreService
+from services.eventstore.settings import EventStoreSettings
 from services.policy.service import PolicyService
 from services.policy.settings import PolicySettings
 from services.registry.app import RegistryService
@@ -41,6 +44,7 @@ class SecuredMesh:
     operator: Identity
     harness: Identity
     policy_identity: Identity
+    store_identity: Identity
     registry_settings: RegistrySettings
     settings: MeshSettings
     registry_nc: Client | None = None
@@ -49,6 +53,30 @@ class SecuredMesh:
     connections: list[Client] = field(default_factory=list)
     started: list[StartedAgent] = field(default_factory=list)
     policy_services: list[PolicyService] = field(default_factory=list)
+    stores: list[EventStoreService] = field(default_factory=list)
+
+    async def start_eventstore(self, dsn: str, **options: Any) -> EventStoreService:
+        nc = await connect(
+            self.url,
+            name="eventstore",
+            identity=self.store_identity,
+            inbox_prefix=inbox_prefix("eventstore"),
+        )
+        self.connections.append(nc)
+        service = EventStoreService(
+            nc,
+            self.store_identity,
+            self.settings,
+            EventStoreSettings(dsn=dsn, **{"fetch_wait": 0.1, **options}),
+            self.topology,
+        )
+        await service.start()
+        self.stores.append(service)
+        return service
+
+    async def stop_eventstore(self, service: EventStoreService) -> None:
+        self.stores.remove(service)
+        await service.stop()
 
     async def start_policy(self, bundle_dir: Path) -> PolicyService:
         nc = await connect(
@@ -121,6 +149,8 @@ class SecuredMesh:
         return started.runner, started.nc
 
     async def close(self) -> None:
+        for store in self.stores:
+            await store.stop()
         for service in self.policy_services:
             await service.stop()
         for started in self.started:
@@ -136,12 +166,13 @@ class SecuredMesh:
 @contextlib.asynccontextmanager
 async def secured_mesh(directory: Path) -> AsyncIterator[SecuredMesh]:
     topology = Topology(unique_root())
-    registry_identity, operator, harness, policy = (Identity.generate() for _ in range(4))
+    registry_identity, operator, harness, policy, store = (Identity.generate() for _ in range(5))
     principals = [
         StaticPrincipal("registry", registry_identity.public_key, "registry"),
         StaticPrincipal("operator", operator.public_key, "operator"),
         StaticPrincipal("harness", harness.public_key, "service"),
         StaticPrincipal("policy", policy.public_key, "policy"),
+        StaticPrincipal("eventstore", store.public_key, "service"),
     ]
     principals_file = directory / "principals.json"
     write_principals(principals_file, principals)
@@ -157,6 +188,7 @@ async def secured_mesh(directory: Path) -> AsyncIterator[SecuredMesh]:
         operator=operator,
         harness=harness,
         policy_identity=policy,
+        store_identity=store,
         registry_settings=RegistrySettings(
             known_owners=[KNOWN_OWNER],
             auto_activate=True,

@@ -8,7 +8,11 @@ import hashlib
 import pytest
 
 from services.eventstore.merkle import (
+    CHAIN_START,
     EMPTY_ROOT,
+    MerkleFrontier,
+    MerkleTree,
+    chain_hash,
     consistency_proof,
     inclusion_proof,
     leaf_hash,
@@ -101,3 +105,44 @@ def test_the_certificate_transparency_reference_vectors() -> None:
     assert root(leaves).hex() == (
         "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328"
     )
+
+
+def test_the_frontier_grows_to_the_same_root_as_the_whole_tree() -> None:
+    frontier = MerkleFrontier()
+    assert frontier.root() == EMPTY_ROOT
+    for size in range(1, len(LEAVES) + 1):
+        frontier.append(LEAVES[size - 1])
+        assert frontier.size == size
+        assert len(frontier.nodes) == size.bit_count()  # memory is O(log n)
+        assert frontier.root() == root(LEAVES[:size])
+        # persisted and restored, it carries on where it was
+        restored = MerkleFrontier(frontier.size, frontier.nodes)
+        assert restored.root() == frontier.root()
+
+
+def test_a_frontier_with_the_wrong_number_of_nodes_is_refused() -> None:
+    with pytest.raises(ValueError, match="has 2 nodes"):
+        MerkleFrontier(3, LEAVES[:1])
+
+
+def test_one_tree_answers_proofs_for_every_prefix() -> None:
+    tree = MerkleTree(LEAVES)
+    for size in (1, 7, 16, 33, 40):
+        top = root(LEAVES[:size])
+        assert tree.root(size) == top
+        for index in range(size):
+            assert tree.inclusion_proof(index, size) == inclusion_proof(index, LEAVES[:size])
+        for first in range(1, size + 1):
+            proof = tree.consistency_proof(first, size)
+            assert verify_consistency(first, size, root(LEAVES[:first]), top, proof)
+
+
+def test_the_chain_changes_with_any_reorder() -> None:
+    def head(leaves: list[bytes]) -> bytes:
+        current = CHAIN_START
+        for leaf in leaves:
+            current = chain_hash(current, leaf)
+        return current
+
+    assert head(LEAVES[:3]) != head([LEAVES[1], LEAVES[0], LEAVES[2]])
+    assert head(LEAVES[:3]) != head([LEAVES[0], LEAVES[2]])

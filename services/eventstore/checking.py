@@ -1,0 +1,90 @@
+"""Reading one stored message of the case log into a LogRecord: decode it, check it is
+where its subject says, verify its signature, and check the signer was the actor's key
+when the message entered the log. A message that fails is flagged with the reason —
+never dropped — so the projector, a replay and an offline audit all see the same log.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from contracts.codec import EventDecoder
+from contracts.errors import ContractError
+from contracts.subjects import Subjects
+from mesh.errors import SignatureError
+from mesh.identity import SIGNER_HEADER, signed_bytes, verify_headers
+from mesh.key_directory import KeyDirectory
+from services.eventstore.domain import LogRecord
+from services.eventstore.merkle import leaf_hash
+
+
+def case_of(subject: str) -> str:
+    """The case token of a case-log subject (`<root>.case.<case>.<type>`), or the
+    subject itself when it has no such token (it is still a message of the log)."""
+    tokens = subject.split(".")
+    return tokens[2] if len(tokens) == 4 else subject
+
+
+class MessageChecker:
+    def __init__(self, subjects: Subjects, keys: KeyDirectory | None) -> None:
+        self.subjects = subjects
+        self.keys = keys  # None: signatures are checked, key ownership is not
+        self.decoder = EventDecoder()
+
+    def check(
+        self,
+        sequence: int,
+        subject: str,
+        body: bytes,
+        headers: dict[str, str],
+        stored_at: datetime,
+    ) -> LogRecord:
+        leaf = leaf_hash(signed_bytes(subject, body))
+        case_id = case_of(subject)
+
+        def flagged(problem: str, event: object = None) -> LogRecord:
+            return LogRecord(
+                sequence=sequence,
+                subject=subject,
+                case_id=case_id,
+                stored_at=stored_at,
+                headers=headers,
+                body=body,
+                leaf=leaf,
+                event=event,  # type: ignore[arg-type]
+                signer=headers.get(SIGNER_HEADER),
+                problem=problem,
+            )
+
+        try:
+            event = self.decoder.decode(body)
+        except ContractError as exc:
+            return flagged(f"unreadable: {exc}")
+        try:
+            parsed = self.subjects.parse(subject)
+        except ContractError as exc:
+            return flagged(f"not a case subject: {exc}", event)
+        if parsed.key != event.case_id or parsed.event_type != event.event_name():
+            return flagged(
+                f"body ({event.event_name()} of case {event.case_id}) does not match "
+                f"its subject {subject}",
+                event,
+            )
+        try:
+            signer = verify_headers(subject, body, headers)
+            if self.keys is not None:
+                self.keys.check(signer, event.actor, stored_at, subject)
+        except SignatureError as exc:
+            return flagged(exc.reason, event)
+        return LogRecord(
+            sequence=sequence,
+            subject=subject,
+            case_id=case_id,
+            stored_at=stored_at,
+            headers=headers,
+            body=body,
+            leaf=leaf,
+            event=event,
+            signer=signer,
+            problem=None,
+        )

@@ -1,0 +1,358 @@
+"""The projection, as pure functions: one log message in, the case's next state and its
+timeline line out. The live projector, a rebuild and an auditor's replay all fold these
+same functions over the same messages, which is why they agree.
+
+Times in the views are the broker's (`stored_at`: when the message entered the log),
+not the actors' clocks, so "the case as it stood at T" means "after every message the
+log held at T".
+
+A flagged message — unreadable, failing its signature or key check, or a second copy
+of an event id the case already has — is recorded in the timeline and counted, and
+moves no state: an unverified claim must not close a case or approve a payment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from contracts.envelope import Event
+from contracts.events.actions import (
+    ActionApproved,
+    ActionCompleted,
+    ActionDenied,
+    ActionFailed,
+    ActionRequested,
+    ApprovalEscalated,
+    ApprovalExpired,
+    ApprovalGranted,
+    ApprovalRejected,
+    ApprovalRequired,
+)
+from contracts.events.case import CaseClosed, CaseEscalated, CaseOpened, CaseStepCompleted
+from contracts.eventstore_api import (
+    FINISHED_ACTIONS,
+    ActionStatus,
+    ActionView,
+    AgentActivity,
+    CaseView,
+    TimelineEntry,
+)
+from services.eventstore.merkle import CHAIN_START, chain_hash
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One message of the case log, read and checked."""
+
+    sequence: int
+    subject: str
+    case_id: str
+    stored_at: datetime
+    headers: dict[str, str]
+    body: bytes
+    leaf: bytes  # RFC 9162 leaf hash of subject + "\n" + body
+    event: Event | None  # None: the body is not a readable event
+    signer: str | None
+    problem: str | None  # why the message is flagged; None when it verified
+    duplicate_of: int | None = None  # an earlier sequence with the same case and event id
+
+    @property
+    def counts(self) -> bool:
+        """Does this message move state?"""
+        return self.event is not None and self.problem is None and self.duplicate_of is None
+
+
+@dataclass
+class CaseState:
+    view: CaseView
+    actions: dict[str, ActionView] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls, case_id: str, at: datetime) -> CaseState:
+        return cls(
+            CaseView(
+                case_id=case_id,
+                kind=None,
+                source=None,
+                status="open",
+                step=None,
+                outcome=None,
+                opened_at=None,
+                updated_at=at,
+                closed_at=None,
+                event_count=0,
+                last_sequence=0,
+                open_actions=0,
+                pending_approvals=0,
+                flagged_events=0,
+                chain_head=CHAIN_START.hex(),
+            )
+        )
+
+
+def evolve(state: CaseState | None, record: LogRecord) -> CaseState:
+    """The case after `record` (the state object is updated in place and returned)."""
+    state = state or CaseState.empty(record.case_id, record.stored_at)
+    view = state.view
+    changes: dict[str, Any] = {
+        "event_count": view.event_count + 1,
+        "last_sequence": record.sequence,
+        "updated_at": record.stored_at,
+        "chain_head": chain_hash(bytes.fromhex(view.chain_head), record.leaf).hex(),
+    }
+    if not record.counts:
+        changes["flagged_events"] = view.flagged_events + 1
+    else:
+        assert record.event is not None
+        changes.update(_case_changes(view, record.event, record.stored_at))
+        _apply_to_actions(state.actions, record.event, record.stored_at)
+    open_actions = [a for a in state.actions.values() if a.status not in FINISHED_ACTIONS]
+    changes["open_actions"] = len(open_actions)
+    changes["pending_approvals"] = sum(1 for a in open_actions if a.status == "awaiting_approval")
+    state.view = msgspec.structs.replace(view, **changes)
+    return state
+
+
+def _case_changes(view: CaseView, event: Event, at: datetime) -> dict[str, Any]:
+    match event:
+        case CaseOpened(payload=p):
+            return {"kind": p.kind, "source": p.source, "opened_at": at}
+        case CaseStepCompleted(payload=p):
+            return {"step": p.step, "outcome": p.outcome}
+        case CaseEscalated(payload=p):
+            return {"status": "escalated", "step": p.step, "outcome": f"escalated: {p.reason}"}
+        case CaseClosed(payload=p):
+            return {"status": "closed", "outcome": p.outcome, "closed_at": at}
+    return {}
+
+
+def _apply_to_actions(actions: dict[str, ActionView], event: Event, at: datetime) -> None:
+    if isinstance(event, ActionRequested):
+        actions[event.event_id] = ActionView(
+            request_id=event.event_id,
+            case_id=event.case_id or "",
+            action_type=event.payload.action_type,
+            requested_by=event.actor,
+            status="requested",
+            requested_at=at,
+            updated_at=at,
+            parameters=event.payload.parameters,
+        )
+        return
+    request_id = getattr(event.payload, "request_id", None)  # type: ignore[attr-defined]
+    action = actions.get(request_id) if isinstance(request_id, str) else None
+    if action is None:
+        return  # about a request this case never saw: the timeline shows it, state cannot
+    status: ActionStatus = action.status
+    changes: dict[str, Any] = {}
+    match event:
+        case ActionApproved(payload=p):
+            status = "approved"
+            changes = {"policy_bundle_hash": p.provenance.policy_bundle_hash}
+            if p.approver:
+                changes["approver"] = p.approver
+        case ActionDenied(payload=p):
+            status = "denied"
+            changes = {"policy_bundle_hash": p.provenance.policy_bundle_hash}
+            if p.approver:
+                changes["approver"] = p.approver
+        case ApprovalRequired(payload=p):
+            status = "awaiting_approval"
+            changes = {
+                "policy_bundle_hash": p.provenance.policy_bundle_hash,
+                "approver_role": p.approver_role,
+                "deadline": p.deadline,
+            }
+        case ApprovalEscalated(payload=p):
+            changes = {"approver_role": p.escalated_to, "deadline": p.new_deadline}
+        case ApprovalExpired():
+            status = "expired"
+            changes = {"deadline": None}
+        case ApprovalGranted(payload=p):
+            changes = {"approver": p.approver}
+        case ApprovalRejected(payload=p):
+            status = "rejected"
+            changes = {"approver": p.approver, "outcome": p.reason}
+        case ActionCompleted(payload=p):
+            status = "completed"
+            changes = {"outcome": _one_line(p.result)}
+        case ActionFailed(payload=p):
+            # A retryable failure is an attempt, not the end: the executor tries again.
+            if not p.retryable:
+                status = "failed"
+            changes = {"outcome": f"attempt {p.attempts}: {p.error}"}
+        case _:
+            return
+    actions[action.request_id] = msgspec.structs.replace(
+        action, status=status, updated_at=at, **changes
+    )
+
+
+def _one_line(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
+
+
+def timeline_entry(record: LogRecord) -> TimelineEntry:
+    """The audit line: who did what, with which evidence and rationale, and what policy
+    or which human decided."""
+    event = record.event
+    base: dict[str, Any] = {
+        "sequence": record.sequence,
+        "case_id": record.case_id,
+        "stored_at": record.stored_at,
+        "signer": record.signer,
+        "verified": record.problem is None,
+        "problem": record.problem,
+        "duplicate_of": record.duplicate_of,
+    }
+    if event is None:
+        return TimelineEntry(
+            event_id=None,
+            event_type=None,
+            actor=None,
+            occurred_at=None,
+            summary=f"unreadable message on {record.subject}",
+            **base,
+        )
+    base.update(
+        event_id=event.event_id,
+        event_type=event.event_name(),
+        actor=event.actor,
+        occurred_at=event.occurred_at,
+    )
+    return TimelineEntry(**base, **_describe(event))
+
+
+def _describe(event: Event) -> dict[str, Any]:
+    match event:
+        case CaseOpened(payload=p):
+            return {"summary": f"opened a {p.kind} case from {p.source}", "evidence": p.data}
+        case CaseStepCompleted(payload=p):
+            return {
+                "summary": f"step {p.step}: {p.outcome}",
+                "rationale": p.rationale or None,
+                "evidence": p.evidence,
+            }
+        case CaseEscalated(payload=p):
+            return {"summary": f"escalated at {p.step} to {p.to_role}", "rationale": p.reason}
+        case CaseClosed(payload=p):
+            return {"summary": f"closed: {p.outcome}", "rationale": p.summary or None}
+        case ActionRequested(payload=p):
+            return {
+                "summary": f"requests {p.action_type} {_one_line(p.parameters)}".rstrip(),
+                "rationale": p.rationale or None,
+                "evidence": p.evidence,
+                "request_id": event.event_id,
+            }
+        case ActionApproved(payload=p) | ActionDenied(payload=p):
+            verdict = "approved" if isinstance(event, ActionApproved) else "denied"
+            by = f" after {p.approver}'s decision" if p.approver else ""
+            return {
+                "summary": f"policy {verdict} {p.action_type}{by}",
+                "rationale": "; ".join(p.reasons) or None,
+                "evidence": p.provenance.inputs,
+                "decision": verdict,
+                "request_id": p.request_id,
+                "approver": p.approver,
+                "policy_bundle_hash": p.provenance.policy_bundle_hash,
+                "determining_policies": [r.policy_id for r in p.provenance.determining_policies],
+            }
+        case ApprovalRequired(payload=p):
+            return {
+                "summary": f"{p.action_type} needs a {p.approver_role}'s approval "
+                f"by {p.deadline.isoformat(timespec='seconds')}",
+                "rationale": "; ".join(r.rationale for r in p.provenance.determining_policies)
+                or None,
+                "evidence": p.provenance.inputs,
+                "decision": "approval_required",
+                "request_id": p.request_id,
+                "policy_bundle_hash": p.provenance.policy_bundle_hash,
+                "determining_policies": [r.policy_id for r in p.provenance.determining_policies],
+            }
+        case ApprovalGranted(payload=p):
+            return {
+                "summary": f"{p.approver} approved",
+                "rationale": p.comment or None,
+                "decision": "granted",
+                "request_id": p.request_id,
+                "approver": p.approver,
+            }
+        case ApprovalRejected(payload=p):
+            return {
+                "summary": f"{p.approver} rejected",
+                "rationale": p.reason,
+                "decision": "rejected",
+                "request_id": p.request_id,
+                "approver": p.approver,
+            }
+        case ApprovalEscalated(payload=p) | ApprovalExpired(payload=p):
+            verdict = "escalated" if isinstance(event, ApprovalEscalated) else "expired"
+            to = f" to {p.escalated_to}" if p.escalated_to else ""
+            return {
+                "summary": f"approval of {p.action_type} {verdict}{to}",
+                "rationale": p.reason,
+                "decision": verdict,
+                "request_id": p.request_id,
+            }
+        case ActionCompleted(payload=p):
+            return {
+                "summary": f"executed {p.action_type}",
+                "evidence": p.result,
+                "request_id": p.request_id,
+            }
+        case ActionFailed(payload=p):
+            again = "will retry" if p.retryable else "gave up"
+            return {
+                "summary": f"{p.action_type} failed (attempt {p.attempts}, {again})",
+                "rationale": p.error,
+                "request_id": p.request_id,
+            }
+    return {"summary": event.event_name()}
+
+
+def count_activity(
+    activity: dict[tuple[str, str], AgentActivity], record: LogRecord
+) -> AgentActivity | None:
+    """Per-agent activity after `record` (updated in place); None for an unreadable one."""
+    if record.event is None:
+        return None
+    key = (record.event.actor, record.event.event_name())
+    flagged = 0 if record.counts else 1
+    current = activity.get(key)
+    if current is None:
+        current = AgentActivity(
+            actor=key[0],
+            event_type=key[1],
+            events=1,
+            flagged=flagged,
+            first_at=record.stored_at,
+            last_at=record.stored_at,
+        )
+    else:
+        current = msgspec.structs.replace(
+            current,
+            events=current.events + 1,
+            flagged=current.flagged + flagged,
+            last_at=record.stored_at,
+        )
+    activity[key] = current
+    return current
+
+
+def fold_case(records: Iterable[LogRecord]) -> CaseState | None:
+    """A case's state from its messages alone, in log order: the auditor's replay. A
+    second copy of an event id is marked as the projector marks it."""
+    state: CaseState | None = None
+    first_copies: dict[str, int] = {}
+    for record in records:
+        if record.event is not None:
+            first = first_copies.setdefault(record.event.event_id, record.sequence)
+            if first != record.sequence:
+                record = replace(record, duplicate_of=first)
+        state = evolve(state, record)
+    return state

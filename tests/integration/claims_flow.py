@@ -1,0 +1,186 @@
+"""A small claims process on a secured mesh, for event-store tests: the real policy
+service with the reference bundle, an adjudicator that requests payments, a payer that
+executes approved ones and closes the case, and a human claims manager."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nats.aio.client import Client
+
+from contracts import (
+    ActionApproved,
+    ActionCompleted,
+    ActionCompletedPayload,
+    ActionDenied,
+    ActionGrant,
+    ActionRequested,
+    ActionRequestedPayload,
+    AgentCard,
+    ApprovalGranted,
+    ApprovalGrantedPayload,
+    ApprovalRequired,
+    CaseClosed,
+    CaseClosedPayload,
+    CaseOpened,
+    CaseOpenedPayload,
+    CaseStepCompleted,
+    CaseStepCompletedPayload,
+)
+from contracts.envelope import Event
+from mesh import Agent, HandlerContext, Identity
+from mesh.onboarding import card_with_key, connect_as, register
+from mesh.publisher import EventPublisher
+from mesh.reading import read_case
+from mesh.testing import eventually
+from tests.integration.registry_fixtures import KNOWN_OWNER, SecuredMesh
+
+REFERENCE_POLICIES = Path(__file__).resolve().parents[2] / "deploy" / "policies"
+
+
+def adjudicator() -> Agent:
+    agent = Agent(
+        AgentCard(
+            agent_id="adjudicator",
+            name="Adjudication",
+            version="1",
+            owner=KNOWN_OWNER,
+            purpose="decides payouts",
+            consumes=["case_opened"],
+            produces=["case_step_completed", "action_requested"],
+            actions=[ActionGrant(action_type="issue_payment", limits={"max_amount": 10_000_000})],
+        )
+    )
+
+    @agent.on(CaseOpened)
+    async def decide(event: CaseOpened, ctx: HandlerContext) -> None:
+        amount = event.payload.data["amount"]
+        await ctx.emit(
+            CaseStepCompleted,
+            CaseStepCompletedPayload(
+                step="adjudication",
+                outcome="payout",
+                rationale="the policy covers the loss",
+                evidence={"amount": amount},
+            ),
+        )
+        await ctx.emit(
+            ActionRequested,
+            ActionRequestedPayload(
+                action_type="issue_payment",
+                parameters={"amount": amount, "currency": "EUR"},
+                evidence={"fraud_score": event.payload.data.get("fraud_score", 0)},
+                rationale="claim covered",
+            ),
+        )
+
+    return agent
+
+
+def payer() -> Agent:
+    """Executes approved payments (the side effect is simulated) and closes the case;
+    a denied payment closes the case too."""
+    agent = Agent(
+        AgentCard(
+            agent_id="payer",
+            name="Payment",
+            version="1",
+            owner=KNOWN_OWNER,
+            purpose="pays approved claims",
+            consumes=["action_approved", "action_denied"],
+            produces=["action_completed", "case_closed"],
+        )
+    )
+
+    @agent.on(ActionApproved)
+    async def pay(event: ActionApproved, ctx: HandlerContext) -> None:
+        await ctx.emit(
+            ActionCompleted,
+            ActionCompletedPayload(
+                request_id=event.payload.request_id,
+                action_type=event.payload.action_type,
+                result={"payment_ref": f"pay-{event.payload.request_id[-8:]}"},
+            ),
+        )
+        await ctx.emit(CaseClosed, CaseClosedPayload(outcome="paid"))
+
+    @agent.on(ActionDenied)
+    async def close(event: ActionDenied, ctx: HandlerContext) -> None:
+        await ctx.emit(CaseClosed, CaseClosedPayload(outcome="denied"))
+
+    return agent
+
+
+async def start_claims(mesh: SecuredMesh) -> None:
+    await mesh.start_policy(REFERENCE_POLICIES)
+    await mesh.run_agent(adjudicator())
+    await mesh.run_agent(payer())
+
+
+async def open_claim(mesh: SecuredMesh, case_id: str, amount: int, fraud: int = 0) -> None:
+    assert mesh.harness_nc is not None
+    opened = CaseOpened(
+        case_id=case_id,
+        actor="harness",
+        payload=CaseOpenedPayload(
+            kind="claim", source="crm", data={"amount": amount, "fraud_score": fraud}
+        ),
+    )
+    await EventPublisher(mesh.harness_nc.jetstream(), mesh.harness, mesh.topology).publish(opened)
+
+
+async def wait_for(mesh: SecuredMesh, case_id: str, event_type: type[Event]) -> Event:
+    assert mesh.harness_nc is not None
+    js = mesh.harness_nc.jetstream()
+
+    async def found() -> Event | None:
+        for stored in await read_case(js, mesh.topology, case_id):
+            if isinstance(stored.event, event_type):
+                return stored.event
+        return None
+
+    return await eventually(found, timeout=20, what=f"{event_type.event_name()} in {case_id}")
+
+
+async def claims_manager(mesh: SecuredMesh, agent_id: str = "maria") -> tuple[Identity, Client]:
+    """A registered, operator-activated human claims manager, connected with its key."""
+    identity = Identity.generate()
+    card = AgentCard(
+        agent_id=agent_id,
+        name=agent_id.title(),
+        version="1",
+        owner=KNOWN_OWNER,
+        purpose="approves large payouts",
+        kind="human",
+        roles=["approver", "claims_manager"],
+        produces=["approval_granted", "approval_rejected", "action_requested"],
+        actions=[ActionGrant(action_type="issue_payment")],
+    )
+    assert mesh.harness_nc is not None
+    await mesh.client(mesh.harness_nc).register(card_with_key(card, identity), identity)
+    operators = await mesh.operator_client()
+    await operators.change_status("activate", agent_id, "claims desk", mesh.operator)
+    record = await register(mesh.url, card, identity, mesh.topology.subjects, wait=5)
+    assert record.status == "active"
+    nc = await connect_as(mesh.url, agent_id, identity)
+    mesh.connections.append(nc)
+    return identity, nc
+
+
+async def approve(
+    mesh: SecuredMesh, case_id: str, approver: tuple[Identity, Client], name: str = "maria"
+) -> ApprovalGranted:
+    required = await wait_for(mesh, case_id, ApprovalRequired)
+    assert isinstance(required, ApprovalRequired)
+    identity, nc = approver
+    grant = ApprovalGranted(
+        case_id=case_id,
+        correlation_id=required.correlation_id,
+        causation_id=required.event_id,
+        actor=name,
+        payload=ApprovalGrantedPayload(
+            request_id=required.payload.request_id, approver=name, comment="documents checked"
+        ),
+    )
+    await EventPublisher(nc.jetstream(), identity, mesh.topology, nc=nc).publish(grant)
+    return grant
