@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import nats.errors
 from nats.aio.client import Client
@@ -50,6 +50,8 @@ class KeyDirectory:
         self._last_refresh = 0.0
         self._refresh_lock = asyncio.Lock()
         self.loaded = asyncio.Event()
+        # When the registry snapshot held was asked for: it knows every change before.
+        self.snapshot_at: datetime | None = None
 
     def load(self, principals: list[PrincipalKeys]) -> None:
         keys = {}
@@ -76,9 +78,28 @@ class KeyDirectory:
                 return
             self._last_refresh = time.monotonic()
             try:
-                self.load(await self._registry.keys())
+                await self._reload(self._registry)
             except MeshError as exc:
                 log.warning("could not refresh the key directory: %s", exc)
+
+    async def _reload(self, registry: RegistryClient) -> None:
+        asked_at = datetime.now(UTC)
+        self.load(await registry.keys())
+        self.snapshot_at = asked_at
+
+    async def current_as_of(self, at: datetime, skew: float = 0.5) -> None:
+        """Make sure the snapshot was asked for after `at` (allowing `skew` seconds
+        between the registry's clock and the broker's), so checking a message stored at
+        `at` sees every lifecycle change made before it — a revocation the follower has
+        not heard of yet included. Raises MeshError if the registry cannot answer: a
+        check against a snapshot that may be stale would not be a check."""
+        if self._registry is None:
+            return
+        wanted = at + timedelta(seconds=skew)
+        async with self._refresh_lock:
+            if self.snapshot_at is not None and self.snapshot_at >= wanted:
+                return
+            await self._reload(self._registry)
 
     def check(self, signer: str, actor: str, at: datetime, subject: str = "") -> None:
         """Raise SignatureError unless `signer` could sign for `actor` at time `at`."""
@@ -138,7 +159,7 @@ class KeyDirectory:
                 deadline = time.monotonic() + 10.0
                 while True:
                     try:
-                        self.load(await registry.keys())
+                        await self._reload(registry)
                     except MeshError as exc:
                         log.warning(
                             "could not refresh the key directory (%s); keeping the last", exc
@@ -184,7 +205,7 @@ class KeyDirectory:
         except nats.errors.Error as exc:
             raise MeshError(f"cannot follow the registry: {exc!r}") from exc
         self._registry = registry
-        self.load(await registry.keys())
+        await self._reload(registry)
         self._watchdog = asyncio.create_task(watchdog())
 
     async def close(self) -> None:

@@ -84,3 +84,9 @@ async def provisioned(nc: Client, topology: Topology) -> Topology:
     for config in topology.streams():
         await ensure_stream(nc.jetstream(), config)
     return topology
+
+
+# View databases for the event-store tests (SQLite, and PostgreSQL where there is one).
+from tests.integration.databases import database_kind, databases  # noqa: E402
+
+__all__ = ["database_kind", "databases"]

@@ -42,7 +42,7 @@ audit_app = typer.Typer(
     help="The audit record: timelines, replay, verification, export.", no_args_is_help=True
 )
 projections_app = typer.Typer(help="The event store's views.", no_args_is_help=True)
-console = Console()
+console = Console(soft_wrap=True)  # a violation is one line, whatever the terminal
 Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 

@@ -27,7 +27,6 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from mesh.errors import MeshError
-from mesh.identity import SIGNER_HEADER
 from mesh.key_directory import KeyDirectory
 from mesh.topology import Topology
 from services.eventstore.checking import MessageChecker
@@ -125,7 +124,10 @@ class Projector:
                     prefetch = asyncio.ensure_future(fetch())
                     continue
                 prefetch = asyncio.ensure_future(fetch())  # in flight while we apply
-                await self._learn_signers(messages)
+                if self.keys is not None:
+                    # Never judge a message by a registry snapshot older than it: a
+                    # revocation (or a registration) just before it must count.
+                    await self.keys.current_as_of(messages[-1].metadata.timestamp)
                 records = await asyncio.to_thread(self._check, messages)
                 self.position = await asyncio.to_thread(self.store.apply, records, self.position)
                 pending = messages[-1].metadata.num_pending
@@ -145,19 +147,6 @@ class Projector:
             self.moved.notify_all()
         if self.on_progress is not None:
             await self.on_progress(self.position, caught_up)
-
-    async def _learn_signers(self, messages: list[Msg]) -> None:
-        """A signer registered a moment ago may be newer than our copy of the registry:
-        ask again before flagging its events as signed by an unknown key."""
-        if self.keys is None:
-            return
-        unknown = {
-            signer
-            for msg in messages
-            if (signer := (msg.headers or {}).get(SIGNER_HEADER)) and not self.keys.knows(signer)
-        }
-        for signer in unknown:
-            await self.keys.refresh(signer)
 
     def _check(self, messages: list[Msg]) -> list[LogRecord]:
         return [

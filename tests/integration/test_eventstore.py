@@ -27,7 +27,7 @@ from tests.integration.claims_flow import (
     start_claims,
     wait_for,
 )
-from tests.integration.databases import Databases, database_kind, databases  # noqa: F401
+from tests.integration.databases import Databases
 from tests.integration.registry_fixtures import SecuredMesh, secured_mesh
 
 
@@ -101,7 +101,8 @@ async def test_the_store_projects_cases_timelines_and_activity(
     assert required.determining_policies == ["large-payouts-need-approval"]
     assert "claims manager" in (required.rationale or "")
     assert timeline[4].approver == "maria"
-    assert timeline[5].decision == "approved" and timeline[5].approver == "maria"
+    assert timeline[5].decision == "approved"
+    assert timeline[5].approver == "maria"
     assert all(entry.verified and entry.signer for entry in timeline)
 
     denied = (
@@ -120,7 +121,8 @@ async def test_the_store_projects_cases_timelines_and_activity(
         await store_request(nc, mesh.topology, "case", CaseRequest(case_id="nope"))
     bad = await nc.request(mesh.topology.subjects.service("eventstore", "cases"), b"{", timeout=5)
     reply = msgspec.json.decode(bad.data, type=StoreReply)
-    assert not reply.ok and reply.error
+    assert not reply.ok
+    assert reply.error
 
 
 async def test_a_rebuild_from_the_stream_equals_the_live_views(
@@ -158,7 +160,9 @@ async def test_replay_at_a_time_equals_the_live_state_then(
     assert mesh.harness_nc is not None
     nc = mesh.harness_nc
     then = datetime.now(UTC)
-    live_then = (await store_request(nc, mesh.topology, "case", CaseRequest(case_id="large"))).detail
+    live_then = (
+        await store_request(nc, mesh.topology, "case", CaseRequest(case_id="large"))
+    ).detail
     assert live_then is not None
     assert live_then.case.pending_approvals == 1
 
@@ -174,7 +178,8 @@ async def test_replay_at_a_time_equals_the_live_state_then(
     js = nc.jetstream()
     assert await replay_case(js, mesh.topology, keys, "large", then) == live_then
     assert await replay_case(js, mesh.topology, keys, "large") == live_now
-    assert live_now is not None and live_now.case.status == "closed"
+    assert live_now is not None
+    assert live_now.case.status == "closed"
     before_anything = datetime(2000, 1, 1, tzinfo=UTC)
     assert await replay_case(js, mesh.topology, keys, "large", before_anything) is None
 
