@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from contracts.codec import EventDecoder
+from contracts.envelope import Event
 from contracts.errors import ContractError
 from contracts.subjects import Subjects
 from mesh.errors import SignatureError
@@ -25,6 +26,24 @@ def case_of(subject: str) -> str:
     return tokens[2] if len(tokens) == 4 else subject
 
 
+Sealed = tuple[bytes, str | None, str | None]  # leaf hash, signer, signature problem
+
+
+def seal(subject: str, body: bytes, headers: dict[str, str]) -> Sealed:
+    """The cryptographic half of a check, which needs no registry: the message's leaf
+    hash, and whether its signature verifies against the key it names. Runs in a
+    worker process during projection (an ed25519 verify is ~40 µs of CPU)."""
+    leaf = leaf_hash(signed_bytes(subject, body))
+    try:
+        return leaf, verify_headers(subject, body, headers), None
+    except SignatureError as exc:
+        return leaf, headers.get(SIGNER_HEADER), exc.reason
+
+
+def seal_all(messages: list[tuple[str, bytes, dict[str, str]]]) -> list[Sealed]:
+    return [seal(subject, body, headers) for subject, body, headers in messages]
+
+
 class MessageChecker:
     def __init__(self, subjects: Subjects, keys: KeyDirectory | None) -> None:
         self.subjects = subjects
@@ -38,11 +57,12 @@ class MessageChecker:
         body: bytes,
         headers: dict[str, str],
         stored_at: datetime,
+        sealed: Sealed | None = None,
     ) -> LogRecord:
-        leaf = leaf_hash(signed_bytes(subject, body))
+        leaf, signer, signature_problem = sealed or seal(subject, body, headers)
         case_id = case_of(subject)
 
-        def flagged(problem: str, event: object = None) -> LogRecord:
+        def record(problem: str | None, event: Event | None) -> LogRecord:
             return LogRecord(
                 sequence=sequence,
                 subject=subject,
@@ -51,40 +71,30 @@ class MessageChecker:
                 headers=headers,
                 body=body,
                 leaf=leaf,
-                event=event,  # type: ignore[arg-type]
-                signer=headers.get(SIGNER_HEADER),
+                event=event,
+                signer=signer,
                 problem=problem,
             )
 
         try:
             event = self.decoder.decode(body)
         except ContractError as exc:
-            return flagged(f"unreadable: {exc}")
+            return record(f"unreadable: {exc}", None)
         try:
             parsed = self.subjects.parse(subject)
         except ContractError as exc:
-            return flagged(f"not a case subject: {exc}", event)
+            return record(f"not a case subject: {exc}", event)
         if parsed.key != event.case_id or parsed.event_type != event.event_name():
-            return flagged(
+            return record(
                 f"body ({event.event_name()} of case {event.case_id}) does not match "
                 f"its subject {subject}",
                 event,
             )
-        try:
-            signer = verify_headers(subject, body, headers)
-            if self.keys is not None:
+        if signature_problem is not None or signer is None:
+            return record(signature_problem or "unsigned", event)
+        if self.keys is not None:
+            try:
                 self.keys.check(signer, event.actor, stored_at, subject)
-        except SignatureError as exc:
-            return flagged(exc.reason, event)
-        return LogRecord(
-            sequence=sequence,
-            subject=subject,
-            case_id=case_id,
-            stored_at=stored_at,
-            headers=headers,
-            body=body,
-            leaf=leaf,
-            event=event,
-            signer=signer,
-            problem=None,
-        )
+            except SignatureError as exc:
+                return record(exc.reason, event)
+        return record(None, event)

@@ -8,32 +8,36 @@ in step with the database, so nothing that can disagree with it. A gap or a repe
 the sequences it receives is refused (the views are never written around a hole) and
 the consumer is recreated from the stored position.
 
-While the database applies a batch (in a worker thread), the next fetch is already in
-flight. Decoding and signature checks run in the worker thread too: PyNaCl and the
-database drivers release the GIL, so the second core does real work.
+Fetching, verifying and writing run as a pipeline: while a thread checks and applies
+one batch, a worker process verifies the signatures of the next (ed25519 costs ~40 µs
+of CPU a message, and a process does not contend for the GIL) and the event loop
+fetches the one after.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import multiprocessing
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from datetime import datetime
 
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from mesh.errors import MeshError
 from mesh.key_directory import KeyDirectory
+from mesh.reading import StreamReader
 from mesh.topology import Topology
-from services.eventstore.checking import MessageChecker
-from services.eventstore.domain import LogRecord
+from services.eventstore.checking import MessageChecker, Sealed, seal_all
 from services.eventstore.views import Position, ProjectionConflict, ViewStore
 
 log = logging.getLogger(__name__)
+
+_AHEAD = 3  # batches read and being verified ahead of the one being written
 
 OnProgress = Callable[[Position, bool], Awaitable[None]]
 
@@ -48,6 +52,7 @@ class Projector:
         *,
         batch: int = 500,
         fetch_wait: float = 0.5,
+        verify_processes: int = 1,
         on_progress: OnProgress | None = None,
     ) -> None:
         self.js = js
@@ -60,9 +65,25 @@ class Projector:
         self.on_progress = on_progress
         self.position: Position | None = None
         self.moved = asyncio.Condition()
+        self.verify_processes = verify_processes
+        self._verifiers: Executor | None = None
 
     async def run(self, stop_at: int | None = None) -> Position:
         """Project until cancelled, or until the views hold sequence `stop_at`."""
+        if self.verify_processes > 0:
+            self._verifiers = ProcessPoolExecutor(
+                self.verify_processes, mp_context=multiprocessing.get_context("spawn")
+            )
+        else:
+            self._verifiers = ThreadPoolExecutor(1, thread_name_prefix="verify")
+        try:
+            return await self._run(stop_at)
+        finally:
+            if self._verifiers is not None:
+                self._verifiers.shutdown(wait=False, cancel_futures=True)
+                self._verifiers = None
+
+    async def _run(self, stop_at: int | None) -> Position:
         self.position = await asyncio.to_thread(self.store.position)
         delay = 0.1
         while True:
@@ -97,49 +118,45 @@ class Projector:
 
     async def _follow(self, stop_at: int | None) -> None:
         assert self.position is not None
-        subscription = await self.js.pull_subscribe(
+        reader = StreamReader(
+            self.js._nc,  # the client the JetStream context was made from
+            self.topology.cases_stream,
             self.topology.subjects.family_all("case"),
-            stream=self.topology.cases_stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.NONE,
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=self.position.last_sequence + 1,
-                inactive_threshold=60.0,
-                mem_storage=True,
-            ),
+            start_sequence=self.position.last_sequence + 1,
         )
-
-        async def fetch() -> list[Msg]:
-            try:
-                return await subscription.fetch(self.batch, timeout=self.fetch_wait)
-            except nats.errors.TimeoutError:
-                return []
-
-        prefetch = asyncio.ensure_future(fetch())
+        await reader.open()
+        # A pipeline: the event loop reads ahead and hands each batch to a worker
+        # process that verifies its signatures, while the batch before it is checked
+        # against the registry's keys and written. At most `_AHEAD` batches wait, so
+        # memory stays flat however long the stream.
+        ahead: asyncio.Queue[tuple[list[Msg], asyncio.Future[list[Sealed]] | None]]
+        ahead = asyncio.Queue(maxsize=_AHEAD)
+        reading = asyncio.create_task(self._read_ahead(reader, ahead), name="read-ahead")
         try:
             while True:
-                messages = await prefetch
-                if not messages:
-                    await self._progress(caught_up=True)
-                    prefetch = asyncio.ensure_future(fetch())
-                    continue
-                prefetch = asyncio.ensure_future(fetch())  # in flight while we apply
-                if self.keys is not None:
-                    # Never judge a message by a registry snapshot older than it: a
-                    # revocation (or a registration) just before it must count.
-                    await self.keys.current_as_of(messages[-1].metadata.timestamp)
-                records = await asyncio.to_thread(self._check, messages)
-                self.position = await asyncio.to_thread(self.store.apply, records, self.position)
-                pending = messages[-1].metadata.num_pending
-                await self._progress(caught_up=pending == 0)
+                messages, sealing = await self._next(ahead, reading)
+                if sealing is not None:
+                    results = await sealing
+                    if self.keys is not None:
+                        # Never judge a message by a registry snapshot older than it:
+                        # a revocation (or a registration) just before it must count.
+                        await self.keys.current_as_of(messages[-1].metadata.timestamp)
+                    # In a thread: the event loop keeps reading ahead and answering.
+                    self.position = await asyncio.to_thread(
+                        self._check_and_apply, messages, results, self.position
+                    )
+                caught_up = not messages or messages[-1].metadata.num_pending == 0
+                await self._progress(caught_up)
                 if stop_at is not None and self.position.last_sequence >= stop_at:
                     return
         finally:
-            prefetch.cancel()
-            with contextlib.suppress(BaseException):
-                await prefetch
-            with contextlib.suppress(nats.errors.Error):
-                await subscription.unsubscribe()
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+            while not ahead.empty():
+                _, pending = ahead.get_nowait()
+                if pending is not None:
+                    pending.cancel()
+            await reader.close()
 
     async def _progress(self, caught_up: bool) -> None:
         assert self.position is not None
@@ -148,14 +165,54 @@ class Projector:
         if self.on_progress is not None:
             await self.on_progress(self.position, caught_up)
 
-    def _check(self, messages: list[Msg]) -> list[LogRecord]:
-        return [
-            self.checker.check(
-                msg.metadata.sequence.stream,
-                msg.subject,
-                msg.data,
-                dict(msg.headers or {}),
-                msg.metadata.timestamp,
+    @staticmethod
+    async def _next(
+        ahead: asyncio.Queue[tuple[list[Msg], asyncio.Future[list[Sealed]] | None]],
+        reading: asyncio.Task[None],
+    ) -> tuple[list[Msg], asyncio.Future[list[Sealed]] | None]:
+        """The next batch read; if reading failed instead, its error."""
+        getting = asyncio.ensure_future(ahead.get())
+        done, _ = await asyncio.wait([getting, reading], return_when=asyncio.FIRST_COMPLETED)
+        if getting in done:
+            return getting.result()
+        getting.cancel()
+        reading.result()  # raises what stopped it
+        raise MeshError("reading the case stream stopped")  # pragma: no cover
+
+    async def _read_ahead(
+        self,
+        reader: StreamReader,
+        ahead: asyncio.Queue[tuple[list[Msg], asyncio.Future[list[Sealed]] | None]],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            messages = await reader.next_batch(self.batch, self.fetch_wait)
+            if not messages:
+                await ahead.put(([], None))  # idle: the applier reports it caught up
+                continue
+            items = [(m.subject, m.data, dict(m.headers or {})) for m in messages]
+            sealing = loop.run_in_executor(self._verifiers, seal_all, items)
+            await ahead.put((messages, sealing))
+
+    def _check_and_apply(
+        self, messages: list[Msg], sealed: list[Sealed], position: Position
+    ) -> Position:
+        records = []
+        for msg, seal_result in zip(messages, sealed, strict=True):
+            sequence, stored_at = _sequence_and_time(msg)
+            records.append(
+                self.checker.check(
+                    sequence,
+                    msg.subject,
+                    msg.data,
+                    dict(msg.headers or {}),
+                    stored_at,
+                    seal_result,
+                )
             )
-            for msg in messages
-        ]
+        return self.store.apply(records, position)
+
+
+def _sequence_and_time(msg: Msg) -> tuple[int, datetime]:
+    metadata = msg.metadata
+    return metadata.sequence.stream, metadata.timestamp

@@ -50,6 +50,7 @@ from mesh.provisioning import ensure_stream
 from mesh.publisher import EventPublisher
 from mesh.registry_client import RegistryClient
 from mesh.settings import MeshSettings
+from mesh.tasks import stop_task
 from mesh.topology import Topology
 from services.eventstore.merkle import MerkleTree
 from services.eventstore.projector import Projector
@@ -129,9 +130,7 @@ class EventStoreService:
     async def stop(self) -> None:
         if self._subscription is not None:
             await self._subscription.unsubscribe()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop_task(self._task)
         await self.keys.close()
         if self.store is not None:
             await asyncio.to_thread(self.store.close)

@@ -11,6 +11,7 @@ interleave.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -297,17 +298,52 @@ def _frontier(text: str) -> MerkleFrontier:
     return MerkleFrontier(data["size"], [bytes.fromhex(n) for n in data["nodes"]])
 
 
-def _update(
-    table: Table, key_columns: Sequence[str], rows: list[dict[str, Any]]
-) -> tuple[Any, list[dict[str, Any]]]:
-    """An executemany UPDATE … WHERE key = :key_key for whole rows (the key's bind
-    name differs from the column's, which the SET clause already uses)."""
-    where = and_(*(table.c[c] == bindparam(f"key_{c}") for c in key_columns))
-    values: dict[str, Any] = {
-        c.name: bindparam(c.name) for c in table.columns if c.name not in key_columns
-    }
-    params = [{**row, **{f"key_{c}": row[c] for c in key_columns}} for row in rows]
-    return table.update().where(where).values(values), params
+class _Bulk:
+    """Many rows through one statement: compiled once per statement for the database in
+    use (SQLAlchemy's compiler picks the dialect's SQL and parameter style), then handed
+    to the driver's executemany as plain tuples or dicts. Per-row parameter processing
+    in SQLAlchemy cost more than the database itself; the types here (text, integers,
+    booleans, bytes) need no conversion on either driver."""
+
+    def __init__(self) -> None:
+        self._compiled: dict[tuple[str, str, tuple[str, ...]], Any] = {}
+
+    def _compile(self, conn: Connection, kind: str, table: Table, keys: tuple[str, ...]) -> Any:
+        cache_key = (kind, table.name, keys)
+        compiled = self._compiled.get(cache_key)
+        if compiled is None:
+            if kind == "insert":
+                statement: Any = table.insert()
+            else:
+                where = and_(*(table.c[c] == bindparam(f"key_{c}") for c in keys))
+                values: dict[str, Any] = {
+                    c.name: bindparam(c.name) for c in table.columns if c.name not in keys
+                }
+                statement = table.update().where(where).values(values)
+            compiled = statement.compile(dialect=conn.dialect)
+            self._compiled[cache_key] = compiled
+        return compiled
+
+    def _run(self, conn: Connection, compiled: Any, rows: list[dict[str, Any]]) -> None:
+        if compiled.positional:
+            ordered = operator.itemgetter(*compiled.positiontup)
+            conn.exec_driver_sql(compiled.string, [ordered(row) for row in rows])
+        else:
+            conn.exec_driver_sql(compiled.string, rows)
+
+    def insert(self, conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self._run(conn, self._compile(conn, "insert", table, ()), rows)
+
+    def update(
+        self, conn: Connection, table: Table, keys: Sequence[str], rows: list[dict[str, Any]]
+    ) -> None:
+        """UPDATE … WHERE key = :key_<key> for whole rows (the key's bind name differs
+        from the column's, which the SET clause already uses)."""
+        if rows:
+            compiled = self._compile(conn, "update", table, tuple(keys))
+            params = [{**row, **{f"key_{c}": row[c] for c in keys}} for row in rows]
+            self._run(conn, compiled, params)
 
 
 # --------------------------------------------------------------------------- the store
@@ -316,6 +352,7 @@ def _update(
 class ViewStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._bulk = _Bulk()
 
     @classmethod
     def open(cls, dsn: str) -> ViewStore:
@@ -402,7 +439,7 @@ class ViewStore:
                 touched_activity.add((counted.actor, counted.event_type))
             frontier.append(record.leaf)
 
-        conn.execute(audit_events.insert(), event_rows)
+        self._bulk.insert(conn, audit_events, event_rows)
         self._upsert(
             conn,
             cases,
@@ -446,21 +483,16 @@ class ViewStore:
             )
         return Position(new_last, frontier)
 
-    @staticmethod
     def _upsert(
+        self,
         conn: Connection,
         table: Table,
         key_columns: list[str],
         rows: list[dict[str, Any]],
         exists: Any,
     ) -> None:
-        new = [row for row in rows if not exists(row)]
-        old = [row for row in rows if exists(row)]
-        if new:
-            conn.execute(table.insert(), new)
-        if old:
-            statement, params = _update(table, key_columns, old)
-            conn.execute(statement, params)
+        self._bulk.insert(conn, table, [row for row in rows if not exists(row)])
+        self._bulk.update(conn, table, key_columns, [row for row in rows if exists(row)])
 
     def _load_states(self, conn: Connection, case_ids: Iterable[str]) -> dict[str, CaseState]:
         ids = list(case_ids)

@@ -50,6 +50,7 @@ from mesh.reading import read_case
 from mesh.registry_client import RegistryClient, RegistryRefused
 from mesh.runtime import AgentRunner
 from mesh.settings import MeshSettings
+from mesh.tasks import stop_task
 from mesh.topology import Topology
 from services.policy.approvals import (
     ApprovalRefused,
@@ -128,7 +129,7 @@ class PolicyService:
             for config in self.topology.streams():
                 await ensure_stream(self.js, config)
         await self.activate(self.policy.bundle_dir)
-        bucket = f"{self.topology.root.upper()}_APPROVALS"
+        bucket = self._bucket
         await ensure_key_value(
             self.js,
             KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE),
@@ -145,9 +146,7 @@ class PolicyService:
     async def stop(self) -> None:
         if self._subscription is not None:
             await self._subscription.unsubscribe()
-        if self._timer is not None:
-            self._timer.cancel()
-            await asyncio.gather(self._timer, return_exceptions=True)
+        await stop_task(self._timer)
         await self.runner.stop()
         await self.keys.close()
 
@@ -338,10 +337,7 @@ class PolicyService:
 
     async def check_deadlines(self, now: datetime) -> None:
         assert self._approvals is not None
-        try:
-            keys = await self._approvals.keys()
-        except nats.js.errors.NoKeysError:
-            return
+        keys = await self._keys()
         for key in keys:
             loaded = await self._load(key)
             if loaded is None:
@@ -401,6 +397,21 @@ class PolicyService:
         self._cards[agent_id] = (time.monotonic(), record)
         return record
 
+    @property
+    def _bucket(self) -> str:
+        return f"{self.topology.root.upper()}_APPROVALS"
+
+    async def _keys(self) -> list[str]:
+        """Every key the approvals bucket holds (deleted ones too: loading says which
+        are gone). Read from the stream's subject counts: nats-py's `KeyValue.keys()`
+        watches the bucket and can stop early while another key is being deleted."""
+        prefix = f"$KV.{self._bucket}."
+        try:
+            info = await self.js.stream_info(f"KV_{self._bucket}", subjects_filter=f"{prefix}>")
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise BrokerError("list pending approvals", repr(exc)) from exc
+        return sorted(subject[len(prefix) :] for subject in info.state.subjects or {})
+
     async def _load(self, request_id: str) -> tuple[PendingApproval, int] | None:
         assert self._approvals is not None
         try:
@@ -459,10 +470,7 @@ class PolicyService:
 
     async def pending(self) -> list[PendingApproval]:
         assert self._approvals is not None
-        try:
-            keys = await self._approvals.keys()
-        except nats.js.errors.NoKeysError:
-            return []
+        keys = await self._keys()
         found = [await self._pending(key) for key in keys]
         return [p for p in found if p is not None and p.state == "waiting"]
 

@@ -53,6 +53,8 @@ CONTRACTS = [
     "EventCatalog",
     "EventDecoder",
     "InvalidSubject",
+    "LogCheckpointed",
+    "LogCheckpointedPayload",
     "MalformedEvent",
     "ParsedSubject",
     "Period",
