@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench_hop
 	$(BIN)/python -m tests.bench.bench_registry
 	$(BIN)/python -m tests.bench.bench_policy
+	$(BIN)/python -m tests.bench.bench_eventstore
 
 schema: $(STAMP)
 	$(BIN)/mesh contracts write
