@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from contracts.catalog import CATALOG, EventCatalog
+from contracts.ingress import ClaimData, IngressReply, OpenCaseRequest
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
 
@@ -30,6 +31,18 @@ def event_schemas(catalog: EventCatalog = CATALOG) -> dict[str, dict[str, Any]]:
             **schema,
         }
         documents[f"{name}.json"] = schema
+    # What other systems send to open a case (not events: requests to the ingress).
+    for title, struct in (
+        ("ingress_open_case_request", OpenCaseRequest),
+        ("ingress_claim_data", ClaimData),
+        ("ingress_reply", IngressReply),
+    ):
+        documents[f"{title}.json"] = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"urn:agent-mesh:ingress:{title}",
+            "title": title,
+            **msgspec.json.schema(struct),
+        }
     return documents
 
 

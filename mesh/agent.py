@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from contracts.cards import AgentCard
 from contracts.catalog import CATALOG, EventCatalog
@@ -26,7 +26,11 @@ from contracts.envelope import Event
 from contracts.ids import derived_event_id
 from mesh.errors import ConfigurationError, PermanentError
 from mesh.publisher import Receipt
+from mesh.reading import StoredEvent
 from mesh.resilience import CircuitBreaker
+
+if TYPE_CHECKING:
+    from mesh.authorization import Authorization
 
 E = TypeVar("E", bound=Event)
 E_contra = TypeVar("E_contra", bound=Event, contravariant=True)
@@ -37,11 +41,16 @@ class Handler(Protocol[E_contra]):
 
 
 class Services(Protocol):
-    """What the runtime lends a handler: publishing, and shared circuit breakers."""
+    """What the runtime lends a handler: publishing, shared circuit breakers, and
+    reading the case log."""
 
     async def emit(self, event: Event, *, expected_case_sequence: int | None = None) -> Receipt: ...
 
     def breaker(self, name: str) -> CircuitBreaker: ...
+
+    async def history(self, case_id: str) -> list[StoredEvent]: ...
+
+    async def authorize(self, case_id: str, request_id: str) -> Authorization: ...
 
 
 class HandlerContext:
@@ -98,6 +107,17 @@ class HandlerContext:
     def breaker(self, name: str) -> CircuitBreaker:
         """The agent's breaker guarding dependency `name` (shared by all its handlers)."""
         return self._services.breaker(name)
+
+    async def history(self) -> list[StoredEvent]:
+        """This case's log so far, in order (read from the stream, not a cache)."""
+        assert self.event.case_id is not None
+        return await self._services.history(self.event.case_id)
+
+    async def authorization(self, request_id: str) -> Authorization:
+        """Before a side effect: prove from the log that policy (and a human, where
+        asked) approved this request, every signature checked. Raises NotAuthorized."""
+        assert self.event.case_id is not None
+        return await self._services.authorize(self.event.case_id, request_id)
 
 
 class Agent:

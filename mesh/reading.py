@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import nats.errors
 import nats.js.errors
@@ -218,6 +220,80 @@ async def read_raw(
                 yield found
 
 
+def _broker_time(stamp: str) -> datetime:
+    """An RFC 3339 `Nats-Time-Stamp` as the same datetime nats-py's message metadata
+    gives for it (nanoseconds through a float, as nats-py does), so every reader of a
+    message agrees on when it entered the log, to the microsecond."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    nanos = seconds * 1_000_000_000 + int((fraction + "000000000")[:9])
+    return datetime.fromtimestamp(nanos / 1_000_000_000.0, UTC)
+
+
+_DIRECT_HEADERS = frozenset(
+    {
+        "Nats-Stream",
+        "Nats-Subject",
+        "Nats-Sequence",
+        "Nats-Time-Stamp",
+        "Nats-Num-Pending",
+        "Nats-Last-Sequence",
+    }
+)
+
+
+async def read_direct(
+    nc: Client, stream: str, subject: str, *, batch: int = 256, timeout: float = 5.0
+) -> list[RawMessage]:
+    """Every message on `subject`, in order, by batched direct gets (ADR-31): no
+    consumer is created, so a principal allowed `$JS.API.DIRECT.GET.<stream>` — every
+    agent, for the case stream — can read a case's history."""
+    found: list[RawMessage] = []
+    inbox = nc.new_inbox()
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def collect(msg: Msg) -> None:
+        queue.put_nowait(msg)
+
+    try:
+        subscription = await nc.subscribe(inbox, cb=collect)
+    except nats.errors.Error as exc:
+        raise BrokerError(f"read {subject}", repr(exc)) from exc
+    try:
+        start = 1
+        while True:
+            request = {"batch": batch, "next_by_subj": subject, "seq": start}
+            await nc.publish(
+                f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox
+            )
+            while True:
+                msg = await asyncio.wait_for(queue.get(), timeout)
+                headers = dict(msg.headers or {})
+                status = headers.get(Header.STATUS)
+                if status is not None:
+                    break
+                sequence = int(headers["Nats-Sequence"])
+                found.append(
+                    RawMessage(
+                        sequence=sequence,
+                        subject=headers["Nats-Subject"],
+                        body=msg.data,
+                        headers={k: v for k, v in headers.items() if k not in _DIRECT_HEADERS},
+                        stored_at=_broker_time(headers["Nats-Time-Stamp"]),
+                    )
+                )
+                start = sequence + 1
+            if status == "404" or (status == "204" and headers.get("Nats-Num-Pending") == "0"):
+                return found
+            if status != "204":
+                raise BrokerError(f"read {subject}", f"direct get answered status {status}")
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise BrokerError(f"read {subject}", repr(exc)) from exc
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await subscription.unsubscribe()
+
+
 async def read_subject(
     js: JetStreamContext,
     stream: str,
@@ -231,25 +307,24 @@ async def read_subject(
     raises, unless `on_unreadable` is given: then it is reported there and skipped."""
     decoder = decoder or EventDecoder()
     stored: list[StoredEvent] = []
-    async for messages in read_raw(js, stream, subject, batch=batch):
-        for msg in messages:
-            try:
-                event = decoder.decode(msg.body)
-            except ContractError as exc:
-                if on_unreadable is None:
-                    raise
-                on_unreadable(msg.sequence, msg.subject, exc)
-                continue
-            stored.append(
-                StoredEvent(
-                    sequence=msg.sequence,
-                    subject=msg.subject,
-                    body=msg.body,
-                    headers=msg.headers,
-                    event=event,
-                    stored_at=msg.stored_at,
-                )
+    for msg in await read_direct(js._nc, stream, subject, batch=batch):  # the context's client
+        try:
+            event = decoder.decode(msg.body)
+        except ContractError as exc:
+            if on_unreadable is None:
+                raise
+            on_unreadable(msg.sequence, msg.subject, exc)
+            continue
+        stored.append(
+            StoredEvent(
+                sequence=msg.sequence,
+                subject=msg.subject,
+                body=msg.body,
+                headers=msg.headers,
+                event=event,
+                stored_at=msg.stored_at,
             )
+        )
     return stored
 
 

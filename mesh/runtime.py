@@ -15,6 +15,7 @@ from contracts.envelope import Event
 from contracts.events.operations import CircuitStateChanged, CircuitStateChangedPayload
 from contracts.subjects import check_token
 from mesh.agent import Agent
+from mesh.authorization import Authorization, require_authorization
 from mesh.consumer import OrderingKey, PullConsumerLoop, case_ordering_key
 from mesh.dead_letters import ORIGINAL_SUBJECT, DeadLetterSink
 from mesh.dispatch import EventDispatcher
@@ -24,11 +25,12 @@ from mesh.durables import (
     provision_agent_durables,
     replay_durable,
 )
-from mesh.errors import BrokerError, MeshError
+from mesh.errors import BrokerError, ConfigurationError, MeshError
 from mesh.identity import Identity
 from mesh.key_directory import KeyDirectory
 from mesh.provisioning import ProvisionReport, ensure_stream
 from mesh.publisher import EventPublisher, Receipt
+from mesh.reading import StoredEvent, read_case
 from mesh.registry_client import RegistryClient
 from mesh.resilience import CircuitBreaker, retry_transient
 from mesh.settings import MeshSettings
@@ -92,6 +94,19 @@ class AgentRunner:
             # Same event id on every attempt, so a retry of a stored publish is a no-op.
             # A conflict is not retried here: the handler must re-read and decide again.
             return await retry_transient(publish, retry_on=lambda e: isinstance(e, BrokerError))
+
+    async def history(self, case_id: str) -> list[StoredEvent]:
+        return await read_case(self.js, self.topology, case_id)
+
+    async def authorize(self, case_id: str, request_id: str) -> Authorization:
+        if self.key_directory is None:
+            raise ConfigurationError(
+                f"{self.agent.card.agent_id} executes actions: it must check signers "
+                "(MESH_CHECK_SIGNERS=1) to prove an approval"
+            )
+        return await require_authorization(
+            self.js, self.topology, self.key_directory, case_id=case_id, request_id=request_id
+        )
 
     def breaker(self, name: str) -> CircuitBreaker:
         """The agent's breaker for dependency `name`; its state changes are published

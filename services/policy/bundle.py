@@ -66,6 +66,8 @@ class PolicyBundle:
     rules: dict[str, PolicyRule]  # by Cedar id
     policy_set: Any  # cedarpy.PolicySet (untyped)
     schema: Any  # cedarpy.Schema (untyped)
+    # The case attributes the schema declares: which facts from the log policy may see.
+    case_attributes: frozenset[str] = frozenset()
 
     @classmethod
     def load(cls, directory: Path) -> PolicyBundle:
@@ -117,6 +119,7 @@ class PolicyBundle:
             rules=rules,
             policy_set=cedarpy.PolicySet.from_str(text),
             schema=cedarpy.Schema.from_json_str(schema_json),
+            case_attributes=_case_attributes(schema_json),
         )
 
 
@@ -132,3 +135,9 @@ def _annotation_problems(rule: PolicyRule) -> list[str]:
     except ValueError as exc:
         problems.append(f"{rule.policy_id}: @approval_sla {exc}")
     return problems
+
+
+def _case_attributes(schema_json: str) -> frozenset[str]:
+    entity_types = json.loads(schema_json).get("", {}).get("entityTypes", {})
+    shape = entity_types.get("Case", {}).get("shape", {})
+    return frozenset(shape.get("attributes", {}))

@@ -13,6 +13,7 @@ import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -39,14 +40,21 @@ from contracts.events.actions import (
     ApprovalTimedOutPayload,
     DecisionProvenance,
 )
+from contracts.events.case import CaseStepCompleted
 from contracts.events.operations import PolicyBundleActivated, PolicyBundleActivatedPayload
 from contracts.ids import derived_event_id
 from mesh.agent import Agent, HandlerContext
-from mesh.errors import BrokerError, ConcurrencyConflict, MeshError, PermanentError
-from mesh.identity import Identity
+from mesh.errors import (
+    BrokerError,
+    ConcurrencyConflict,
+    MeshError,
+    PermanentError,
+    SignatureError,
+)
+from mesh.identity import Identity, verify_headers
 from mesh.key_directory import KeyDirectory
 from mesh.provisioning import ensure_key_value, ensure_stream
-from mesh.reading import read_case
+from mesh.reading import read_case, read_subject
 from mesh.registry_client import RegistryClient, RegistryRefused
 from mesh.runtime import AgentRunner
 from mesh.settings import MeshSettings
@@ -184,7 +192,7 @@ class PolicyService:
             case_id=event.case_id,
             action_type=event.payload.action_type,
             parameters=event.payload.parameters,
-            case_facts=event.payload.evidence,
+            case_facts=await self._case_facts(event.case_id, event.actor),
         )
         record = await self._record(event.actor)
         if record is None or record.status != "active":
@@ -324,6 +332,33 @@ class PolicyService:
             ):
                 return True
         return False
+
+    async def _case_facts(self, case_id: str, requester: str) -> dict[str, Any]:
+        """What the log says about the case, for the policy's `resource`: the evidence of
+        its completed steps, later steps overriding earlier ones, limited to the
+        attributes the schema declares. Never the requester's own word: a step it
+        reported, or the evidence attached to its request, does not count, so an agent
+        cannot vouch for the facts that decide its own request."""
+        assert self.bundle is not None
+        steps = await read_subject(
+            self.js,
+            self.topology.cases_stream,
+            self.topology.subjects.case_event(case_id, "case_step_completed"),
+        )
+        facts: dict[str, Any] = {}
+        for stored in steps:
+            if stored.event.actor == requester or not isinstance(stored.event, CaseStepCompleted):
+                continue
+            try:  # a fact counts only if its author really signed it, with a valid key
+                signer = verify_headers(stored.subject, stored.body, stored.headers)
+                self.keys.check(signer, stored.event.actor, stored.stored_at, stored.subject)
+            except SignatureError as exc:
+                log.warning(
+                    "case %s: ignoring step #%d as a fact: %s", case_id, stored.sequence, exc.reason
+                )
+                continue
+            facts.update(stored.event.payload.evidence)
+        return {k: v for k, v in facts.items() if k in self.bundle.case_attributes}
 
     # ------------------------------------------------------------------ deadlines
 

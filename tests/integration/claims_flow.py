@@ -117,8 +117,23 @@ async def start_claims(mesh: SecuredMesh) -> None:
     await mesh.run_agent(payer())
 
 
+async def screen(mesh: SecuredMesh, case_id: str, fraud: int) -> None:
+    """The fraud screening's result, in the log: the fact policy reads (never the
+    requester's own evidence)."""
+    assert mesh.harness_nc is not None
+    step = CaseStepCompleted(
+        case_id=case_id,
+        actor="harness",
+        payload=CaseStepCompletedPayload(
+            step="fraud_screening", outcome="screened", evidence={"fraud_score": fraud}
+        ),
+    )
+    await EventPublisher(mesh.harness_nc.jetstream(), mesh.harness, mesh.topology).publish(step)
+
+
 async def open_claim(mesh: SecuredMesh, case_id: str, amount: int, fraud: int = 0) -> None:
     assert mesh.harness_nc is not None
+    await screen(mesh, case_id, fraud)
     opened = CaseOpened(
         case_id=case_id,
         actor="harness",

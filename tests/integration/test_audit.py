@@ -38,6 +38,7 @@ from tests.integration.claims_flow import (
     approve,
     claims_manager,
     open_claim,
+    screen,
     start_claims,
     wait_for,
 )
@@ -180,6 +181,7 @@ async def test_policy_violations_in_the_log_are_named(
     )
 
     # 2. A manager asks for a payment and grants it herself.
+    await screen(mesh, "selfie", 1)
     own = ActionRequested(
         case_id="selfie",
         actor="maria",

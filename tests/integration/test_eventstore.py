@@ -87,6 +87,7 @@ async def test_the_store_projects_cases_timelines_and_activity(
     ).timeline
     kinds = [entry.event_type for entry in timeline]
     assert kinds == [
+        "case_step_completed",  # the fraud screening, which policy reads
         "case_opened",
         "case_step_completed",
         "action_requested",
@@ -96,13 +97,13 @@ async def test_the_store_projects_cases_timelines_and_activity(
         "action_completed",
         "case_closed",
     ]
-    required = timeline[3]
+    required = timeline[4]
     assert required.decision == "approval_required"
     assert required.determining_policies == ["large-payouts-need-approval"]
     assert "claims manager" in (required.rationale or "")
-    assert timeline[4].approver == "maria"
-    assert timeline[5].decision == "approved"
     assert timeline[5].approver == "maria"
+    assert timeline[6].decision == "approved"
+    assert timeline[6].approver == "maria"
     assert all(entry.verified and entry.signer for entry in timeline)
 
     denied = (
@@ -114,6 +115,7 @@ async def test_the_store_projects_cases_timelines_and_activity(
     activity = (await store_request(nc, mesh.topology, "activity")).activity
     counts = {(a.actor, a.event_type): a.events for a in activity}
     assert counts[("adjudicator", "action_requested")] == 3
+    assert counts[("harness", "case_step_completed")] == 3
     assert counts[("payer", "action_completed")] == 2
     assert counts[("maria", "approval_granted")] == 1
 

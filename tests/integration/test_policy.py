@@ -27,6 +27,8 @@ from contracts import (
     ApprovalRequired,
     CaseOpened,
     CaseOpenedPayload,
+    CaseStepCompleted,
+    CaseStepCompletedPayload,
     DecisionProvenance,
     PolicyBundleActivated,
 )
@@ -85,8 +87,23 @@ def adjudicator() -> Agent:
     return agent
 
 
+async def screen(mesh: SecuredMesh, case_id: str, fraud: int) -> None:
+    """The fraud screening's result, in the log: the fact policy reads (never the
+    requester's own evidence)."""
+    assert mesh.harness_nc is not None
+    step = CaseStepCompleted(
+        case_id=case_id,
+        actor="harness",
+        payload=CaseStepCompletedPayload(
+            step="fraud_screening", outcome="screened", evidence={"fraud_score": fraud}
+        ),
+    )
+    await EventPublisher(mesh.harness_nc.jetstream(), mesh.harness, mesh.topology).publish(step)
+
+
 async def open_claim(mesh: SecuredMesh, case_id: str, amount: int, fraud: int = 0) -> None:
     assert mesh.harness_nc is not None
+    await screen(mesh, case_id, fraud)
     opened = CaseOpened(
         case_id=case_id,
         actor="harness",
@@ -204,6 +221,7 @@ async def test_nobody_approves_their_own_request(mesh: SecuredMesh) -> None:
     service = await mesh.start_policy(REFERENCE)
     manager, manager_nc = await human(mesh, "maria", ["approver", "claims_manager"])
     publisher = EventPublisher(manager_nc.jetstream(), manager, mesh.topology)  # type: ignore[attr-defined]
+    await screen(mesh, "own", 1)
     request = ActionRequested(
         case_id="own",
         actor="maria",

@@ -1,0 +1,1 @@
+"""Agent services, one folder per domain."""

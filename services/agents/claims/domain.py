@@ -1,0 +1,71 @@
+"""Claims rules, as pure functions: coverage, fraud scoring, payout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+import msgspec
+
+from contracts.ingress import ClaimData
+
+# What each kind of policy covers, in cents, and the deductible the claimant carries.
+COVERAGE_LIMIT = {"auto": 2_500_000, "home": 5_000_000, "travel": 500_000, "health": 1_000_000}
+DEDUCTIBLE = {"auto": 10_000, "home": 25_000, "travel": 5_000, "health": 0}
+REPORTING_WINDOW = timedelta(days=365)
+SUSPICIOUS_WORDS = ("staged", "cash only", "no witnesses", "total loss again")
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    accepted: bool
+    reasons: list[str]
+
+
+def read_claim(data: dict[str, Any]) -> ClaimData:
+    """The claim carried by case_opened (already validated by the ingress)."""
+    return msgspec.convert(data, ClaimData, strict=False)
+
+
+def policy_active(policy_number: str) -> bool:
+    """The reference book of business: policies whose number ends in 0 have lapsed."""
+    return not policy_number.endswith("0")
+
+
+def intake(claim: ClaimData, today: date) -> IntakeResult:
+    reasons = []
+    if not policy_active(claim.policy_number):
+        reasons.append(f"policy {claim.policy_number} is not in force")
+    if claim.incident_date > today:
+        reasons.append(f"incident date {claim.incident_date} is in the future")
+    elif today - claim.incident_date > REPORTING_WINDOW:
+        reasons.append(f"reported more than {REPORTING_WINDOW.days} days after the incident")
+    limit = COVERAGE_LIMIT[claim.claim_type]
+    if claim.amount_cents > 4 * limit:
+        reasons.append(f"claimed {claim.amount_cents} cents, far above the {limit} cover")
+    return IntakeResult(accepted=not reasons, reasons=reasons)
+
+
+def fraud_score(claim: ClaimData) -> tuple[int, list[str]]:
+    """0 (clean) to 100, with the signals that raised it."""
+    score, signals = 5, []
+    text = claim.description.lower()
+    for word in SUSPICIOUS_WORDS:
+        if word in text:
+            score += 45
+            signals.append(f"description mentions {word!r}")
+    limit = COVERAGE_LIMIT[claim.claim_type]
+    if claim.amount_cents >= 0.9 * limit:
+        score += 20
+        signals.append("amount at the edge of the cover")
+    if claim.amount_cents % 100_000 == 0:
+        score += 10
+        signals.append("a round amount")
+    return min(score, 100), signals
+
+
+def payout(claim: ClaimData) -> int:
+    """What the policy pays, in cents: the claim within the cover, less the deductible."""
+    covered = min(claim.amount_cents, COVERAGE_LIMIT[claim.claim_type])
+    return max(0, covered - DEDUCTIBLE[claim.claim_type])
