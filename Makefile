@@ -38,8 +38,7 @@ schema: $(STAMP)
 	$(BIN)/mesh contracts write
 
 demo: $(STAMP)
-	@echo "make demo: not yet. The reference mesh (registry, policy, event store, ingress,"
-	@echo "claims agents) lands with issue 6; until then try 'make test' and 'make bench'."
+	$(BIN)/mesh demo --cases 300
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -38,6 +38,7 @@ CONSUMER = "Mesh-Dlq-Consumer"
 DELIVERIES = "Mesh-Dlq-Deliveries"
 DEAD_LETTERED_AT = "Mesh-Dlq-At"
 ORIGINAL_TIME = "Mesh-Dlq-Original-Time"  # when the original entered its stream
+SOURCE = "Mesh-Dlq-Source"  # the external system that sent refused input
 
 # Control headers that must not travel: they would make the DLQ publish conditional
 # or de-duplicate it against the original.
@@ -50,6 +51,7 @@ class DeadLetterKind(Enum):
     SIGNATURE = "signature"  # unsigned or signature does not verify
     PERMANENT = "permanent"  # the handler said it can never succeed
     EXHAUSTED = "exhausted"  # transient failures until max_deliver ran out
+    INVALID_INPUT = "invalid_input"  # another system's input, refused at the ingress
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,31 @@ class DeadLetterSink:
         subject = self.topology.subjects.dead_letter(origin[ORIGINAL_STREAM], origin[CONSUMER])
         try:
             ack = await self.js.publish(subject, msg.data, timeout=self.timeout, headers=headers)
+        except nats.js.errors.APIError as exc:
+            raise PublishFailed(subject, f"{exc.description} (code {exc.err_code})") from exc
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise PublishFailed(subject, repr(exc)) from exc
+        return int(ack.seq)
+
+    async def refused_input(
+        self, *, received_on: str, body: bytes, reason: str, source: str, consumer: str
+    ) -> int:
+        """Keep input another system sent that never became an event (it failed the
+        contract), with the reason: nothing is dropped, even what is refused."""
+        now = datetime.now(UTC).isoformat()
+        headers = {
+            ORIGINAL_SUBJECT: received_on,
+            ORIGINAL_STREAM: self.topology.ingress_stream,
+            ORIGINAL_TIME: now,
+            CONSUMER: consumer,
+            REASON: _one_line(reason),
+            KIND: DeadLetterKind.INVALID_INPUT.value,
+            DEAD_LETTERED_AT: now,
+            SOURCE: source,
+        }
+        subject = self.topology.subjects.dead_letter(self.topology.ingress_stream, consumer)
+        try:
+            ack = await self.js.publish(subject, body, timeout=self.timeout, headers=headers)
         except nats.js.errors.APIError as exc:
             raise PublishFailed(subject, f"{exc.description} (code {exc.err_code})") from exc
         except (nats.errors.Error, TimeoutError) as exc:

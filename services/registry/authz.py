@@ -20,7 +20,7 @@ from contracts.cards import AgentRecord
 from mesh.onboarding import ONBOARDING_ID, inbox_prefix
 from mesh.topology import Topology
 
-PrincipalRole = Literal["registry", "policy", "operator", "service"]
+PrincipalRole = Literal["registry", "policy", "operator", "service", "external"]
 
 # What only the policy service may publish: decisions on requested actions.
 DECISION_EVENTS = (
@@ -102,6 +102,13 @@ def principal_permissions(principal: StaticPrincipal, topology: Topology) -> dic
             },
         }
     s = topology.subjects
+    if principal.role == "external":
+        # Another system: it may open cases through the ingress, as itself, and read
+        # the answers. Nothing else of the mesh.
+        return {
+            "publish": {"allow": [s.service("ingress", principal.name)]},
+            "subscribe": {"allow": [f"{inbox_prefix(principal.name)}.>"]},
+        }
     decisions = [s.case_events_of_type(t) for t in DECISION_EVENTS]
     if principal.role == "policy":
         return {

@@ -1,0 +1,78 @@
+"""Adjudication: what does the policy pay? It asks to pay it (the policy service
+decides), and closes the case when payment is refused.
+(`mesh run services.agents.claims.adjudication`)"""
+
+from __future__ import annotations
+
+from contracts import (
+    ActionDenied,
+    ActionRequested,
+    ActionRequestedPayload,
+    ApprovalExpired,
+    CaseClosed,
+    CaseClosedPayload,
+    CaseOpened,
+    CaseStepCompleted,
+    CaseStepCompletedPayload,
+)
+from mesh import Agent, HandlerContext
+from mesh.errors import PermanentError
+from services.agents.claims.cards import ADJUDICATION
+from services.agents.claims.domain import payout, read_claim
+
+agent = Agent(ADJUDICATION)
+
+
+@agent.on(CaseStepCompleted)
+async def adjudicate(event: CaseStepCompleted, ctx: HandlerContext) -> None:
+    if event.payload.step != "fraud_screening":
+        return
+    opened = next((s.event for s in await ctx.history() if isinstance(s.event, CaseOpened)), None)
+    if opened is None:
+        raise PermanentError("a screened claim without a case_opened in the log")
+    claim = read_claim(opened.payload.data)
+    amount = payout(claim)
+    if amount == 0:
+        await ctx.emit(
+            CaseStepCompleted,
+            CaseStepCompletedPayload(
+                step="adjudication", outcome="no payout", rationale="within the deductible"
+            ),
+        )
+        await ctx.emit(CaseClosed, CaseClosedPayload(outcome="no payout"))
+        return
+    await ctx.emit(
+        CaseStepCompleted,
+        CaseStepCompletedPayload(
+            step="adjudication",
+            outcome="payout",
+            rationale=f"covered; {claim.amount_cents} claimed, {amount} after deductible",
+            evidence={"payout_cents": amount},
+        ),
+    )
+    await ctx.emit(
+        ActionRequested,
+        ActionRequestedPayload(
+            action_type="issue_payment",
+            parameters={
+                "amount": amount,
+                "currency": claim.currency,
+                "payee_account": claim.payee_account,
+            },
+            rationale=f"pay the {claim.claim_type} claim of {claim.claimant}",
+            evidence={"payout_cents": amount},
+        ),
+    )
+
+
+@agent.on(ActionDenied)
+async def close_denied(event: ActionDenied, ctx: HandlerContext) -> None:
+    await ctx.emit(
+        CaseClosed,
+        CaseClosedPayload(outcome="denied", summary="; ".join(event.payload.reasons)),
+    )
+
+
+@agent.on(ApprovalExpired)
+async def close_expired(event: ApprovalExpired, ctx: HandlerContext) -> None:
+    await ctx.emit(CaseClosed, CaseClosedPayload(outcome="expired", summary=event.payload.reason))

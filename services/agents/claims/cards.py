@@ -1,0 +1,54 @@
+"""The claims agents' cards: who each is, who answers for it, what it may do."""
+
+from __future__ import annotations
+
+from contracts.cards import ActionGrant, AgentCard
+
+OWNER = "claims-team"
+VERSION = "1.0.0"
+
+
+def card(agent_id: str, name: str, purpose: str, **scope: list[str]) -> AgentCard:
+    return AgentCard(
+        agent_id=agent_id,
+        name=name,
+        version=VERSION,
+        owner=OWNER,
+        purpose=purpose,
+        consumes=scope.get("consumes", []),
+        produces=scope.get("produces", []),
+    )
+
+
+INTAKE = card(
+    "claims-intake",
+    "Claims intake",
+    "checks that a claim is covered and complete",
+    consumes=["case_opened"],
+    produces=["case_step_completed", "case_closed"],
+)
+FRAUD = card(
+    "claims-fraud",
+    "Fraud screening",
+    "scores the fraud risk of an accepted claim",
+    consumes=["case_step_completed"],
+    produces=["case_step_completed"],
+)
+ADJUDICATION = AgentCard(
+    agent_id="claims-adjudication",
+    name="Adjudication",
+    version=VERSION,
+    owner=OWNER,
+    purpose="decides the payout and asks to pay it",
+    consumes=["case_step_completed", "action_denied", "approval_expired"],
+    produces=["case_step_completed", "action_requested", "case_closed"],
+    # The card's own ceiling, checked before any policy runs.
+    actions=[ActionGrant(action_type="issue_payment", limits={"max_amount": 5_000_000})],
+)
+PAYMENT = card(
+    "claims-payment",
+    "Payment",
+    "pays approved claims through the payment gateway, exactly once",
+    consumes=["action_approved"],
+    produces=["action_completed", "action_failed", "case_closed", "case_escalated"],
+)

@@ -1,0 +1,135 @@
+"""Payment: executes an approved `issue_payment` against the payment gateway, exactly
+once. (`mesh run services.agents.claims.payment`, with MESH_GATEWAY_URL.)
+
+- Before anything, the approval chain is proved from the log (policy's decision, and a
+  human's grant where policy asked for one, every signature checked). A request that
+  is not authorized is recorded as failed and escalated; the gateway is never called.
+- The gateway is called with the request id as idempotency key: a retry, a
+  redelivery or a crash between the call and the ack never pays twice.
+- Transient failures are retried with exponential backoff and jitter; a circuit
+  breaker stops calling a gateway that keeps failing (its state changes are events).
+  When retries are exhausted the case escalates to a human.
+- Paying is two steps: authorize, then capture. If the capture fails after the
+  authorization committed, the declared compensation runs: the authorization is
+  voided, so no money is held for a payment that will not happen.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from contracts import (
+    ActionApproved,
+    ActionCompleted,
+    ActionCompletedPayload,
+    ActionFailed,
+    ActionFailedPayload,
+    CaseClosed,
+    CaseClosedPayload,
+    CaseEscalated,
+    CaseEscalatedPayload,
+)
+from mesh import Agent, HandlerContext
+from mesh.authorization import NotAuthorized
+from mesh.resilience import retry_transient
+from services.agents.claims.cards import PAYMENT
+from services.agents.claims.gateway_client import (
+    GatewayClient,
+    GatewayRefused,
+    GatewayUnavailable,
+)
+
+agent = Agent(PAYMENT)
+ATTEMPTS = 3
+ESCALATE_TO = "claims_manager"
+# What each executed action undoes when a later step of it fails: (step, compensation).
+COMPENSATIONS = {"issue_payment": ("capture", "void the authorization")}
+_gateway: GatewayClient | None = None
+
+
+def gateway() -> GatewayClient:
+    global _gateway
+    if _gateway is None:
+        _gateway = GatewayClient(os.environ.get("MESH_GATEWAY_URL", "http://127.0.0.1:8099"))
+    return _gateway
+
+
+async def _call(ctx: HandlerContext, operation: Callable[[], Awaitable[dict[str, Any]]]) -> Any:
+    """Through the breaker, retrying what may pass on a second try. An open breaker is
+    not retried here: the runtime redelivers the event after the breaker's delay."""
+    breaker = ctx.breaker("payment-gateway")
+    return await retry_transient(
+        lambda: breaker.call(operation),
+        attempts=ATTEMPTS,
+        initial=0.2,
+        maximum=1.0,
+        retry_on=lambda exc: isinstance(exc, GatewayUnavailable),
+    )
+
+
+async def _give_up(ctx: HandlerContext, event: ActionApproved, error: str, attempts: int) -> None:
+    await ctx.emit(
+        ActionFailed,
+        ActionFailedPayload(
+            request_id=event.payload.request_id,
+            action_type=event.payload.action_type,
+            error=error,
+            retryable=False,
+            attempts=attempts,
+        ),
+    )
+    await ctx.emit(
+        CaseEscalated, CaseEscalatedPayload(step="payment", reason=error, to_role=ESCALATE_TO)
+    )
+
+
+@agent.on(ActionApproved)
+async def pay(event: ActionApproved, ctx: HandlerContext) -> None:
+    if event.payload.action_type != "issue_payment":
+        return
+    request_id = event.payload.request_id
+    try:
+        authorization = await ctx.authorization(request_id)
+    except NotAuthorized as exc:
+        await _give_up(ctx, event, f"not executed: {exc.reason}", attempts=0)
+        return
+    parameters = authorization.request.payload.parameters
+    client = gateway()
+    try:
+        payment = await _call(
+            ctx,
+            lambda: client.authorize(
+                request_id,
+                int(parameters["amount"]),
+                str(parameters["currency"]),
+                str(parameters["payee_account"]),
+            ),
+        )
+    except (GatewayUnavailable, GatewayRefused) as exc:
+        await _give_up(ctx, event, f"payment not made: {exc}", attempts=ATTEMPTS)
+        return
+    reference = payment["payment_ref"]
+    try:
+        await _call(ctx, lambda: client.capture(reference))
+    except (GatewayUnavailable, GatewayRefused) as exc:
+        # The authorization committed and the capture cannot follow: compensate.
+        await _call(ctx, lambda: client.void(reference))
+        step, compensation = COMPENSATIONS["issue_payment"]
+        await _give_up(
+            ctx,
+            event,
+            f"{step} of {reference} failed ({exc}); compensated: {compensation}",
+            attempts=ATTEMPTS,
+        )
+        return
+    await ctx.emit(
+        ActionCompleted,
+        ActionCompletedPayload(
+            request_id=request_id,
+            action_type="issue_payment",
+            result={"payment_ref": reference, "amount": parameters["amount"], "status": "paid"},
+        ),
+    )
+    await ctx.emit(CaseClosed, CaseClosedPayload(outcome="paid", summary=f"payment {reference}"))

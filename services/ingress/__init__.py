@@ -1,0 +1,1 @@
+"""Where other systems open cases: a NATS request subject and an HTTP endpoint."""

@@ -1,0 +1,79 @@
+"""Where a running mesh keeps its files, and the static principals' keys."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from mesh.identity import Identity
+from mesh.topology import Topology
+from services.registry.authz import PrincipalRole, StaticPrincipal, authorization_config
+from services.registry.broker_auth import write_principals
+
+REPO = Path(__file__).resolve().parents[2]
+POLICIES = REPO / "deploy" / "policies"
+
+# The services and operators with fixed keys (agents register their own).
+STATIC_PRINCIPALS: tuple[tuple[str, PrincipalRole], ...] = (
+    ("registry", "registry"),
+    ("operator", "operator"),
+    ("policy", "policy"),
+    ("eventstore", "service"),
+    ("ingress", "service"),
+    ("crm", "external"),  # the claims system that opens cases
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    data_dir: Path
+
+    @property
+    def keys(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def nats_dir(self) -> Path:
+        return self.data_dir / "nats"
+
+    @property
+    def auth_file(self) -> Path:
+        return self.nats_dir / "auth.conf"  # beside the server config that includes it
+
+    @property
+    def principals_file(self) -> Path:
+        return self.data_dir / "principals.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.data_dir / "logs"
+
+    def seed(self, name: str) -> Path:
+        return self.keys / f"{name}.nk"
+
+    def identity(self, name: str) -> Identity:
+        return Identity.load_or_create(self.seed(name))
+
+    def http_token(self, source: str) -> str:
+        path = self.keys / f"{source}.http-token"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(24))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+
+def bootstrap(layout: Layout, topology: Topology) -> list[StaticPrincipal]:
+    """Keys for every static principal (kept across restarts), the principals file,
+    and a first authorization config for the server (the registry rewrites it)."""
+    for directory in (layout.keys, layout.nats_dir, layout.logs):
+        directory.mkdir(parents=True, exist_ok=True)
+    principals = [
+        StaticPrincipal(name, layout.identity(name).public_key, role)
+        for name, role in STATIC_PRINCIPALS
+    ]
+    write_principals(layout.principals_file, principals)
+    if not layout.auth_file.exists():
+        layout.auth_file.write_text(authorization_config([], principals, topology))
+    return principals

@@ -1,0 +1,249 @@
+"""Bringing the whole mesh up as processes, and down again."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from nats.aio.client import Client
+
+from contracts.registry_api import RegistryQuery
+from mesh.connection import close
+from mesh.embedded import EmbeddedNats
+from mesh.errors import MeshError
+from mesh.onboarding import connect_as
+from mesh.registry_client import RegistryClient, request_with_patience
+from mesh.topology import Topology
+from services.stack.layout import POLICIES, REPO, Layout, bootstrap
+from services.stack.supervisor import ProcessSpec, Supervisor, python_module
+
+AGENTS = ("intake", "fraud", "adjudication", "payment")
+AGENT_IDS = {
+    "intake": "claims-intake",
+    "fraud": "claims-fraud",
+    "adjudication": "claims-adjudication",
+    "payment": "claims-payment",
+}
+SERVICES = ("registry", "policy", "eventstore", "ingress", "gateway")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Stack:
+    layout: Layout
+    topology: Topology
+    server: EmbeddedNats
+    supervisor: Supervisor
+    operator_nc: Client
+    ingress_http: str
+    gateway_http: str
+    extra_connections: list[Client] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def registry(self) -> RegistryClient:
+        return RegistryClient(self.operator_nc, self.topology.subjects)
+
+    async def connect(self, principal: str) -> Client:
+        nc = await connect_as(self.url, principal, self.layout.identity(principal))
+        self.extra_connections.append(nc)
+        return nc
+
+    async def wait_agents(self, timeout: float = 60.0) -> None:
+        """Until every claims agent is registered, active and heart-beating."""
+        wanted = set(AGENT_IDS.values())
+        deadline = time.monotonic() + timeout
+        while True:
+            records = await self.registry.find(RegistryQuery(status="active"))
+            alive = {r.card.agent_id for r in records if not r.stale}
+            if wanted <= alive:
+                return
+            self.check_processes()
+            if time.monotonic() > deadline:
+                raise MeshError(f"agents not up after {timeout:.0f}s: {sorted(wanted - alive)}")
+            await asyncio.sleep(0.2)
+
+    async def wait_service(self, operation: str, body: bytes = b"") -> None:
+        await request_with_patience(
+            self.operator_nc,
+            self.topology.subjects.service(*operation.split(".")),
+            body,
+            timeout=5,
+            what=operation,
+            patience=30,
+        )
+
+    def check_processes(self) -> None:
+        exited = self.supervisor.exited()
+        if exited:
+            name, code = next(iter(exited.items()))
+            raise MeshError(f"{name} exited with {code}:\n{self.supervisor.log_tail(name)}")
+
+
+def process_specs(
+    layout: Layout, topology: Topology, server: EmbeddedNats, ports: dict[str, int]
+) -> list[ProcessSpec]:
+    common = {
+        "MESH_NATS_URL": server.url,
+        "MESH_SUBJECT_ROOT": topology.root,
+        "MESH_DATA_DIR": str(layout.data_dir),
+        "MESH_NKEY_AUTH": "1",
+        "MESH_HEARTBEAT_INTERVAL": "2",
+        "MESH_ACK_WAIT": "10",
+        "MESH_FETCH_WAIT": "0.5",
+        "MESH_RETRY_BASE_DELAY": "0.2",
+        "MESH_RETRY_MAX_DELAY": "3",
+        "MESH_BREAKER_FAILURE_THRESHOLD": "8",
+        "MESH_BREAKER_RESET_TIMEOUT": "2",
+        "MESH_MAX_DELIVER": "10",
+        "PYTHONUNBUFFERED": "1",
+    }
+    specs = [
+        ProcessSpec(
+            "registry",
+            python_module("services.registry"),
+            {
+                **common,
+                "MESH_REGISTRY_SEED_FILE": str(layout.seed("registry")),
+                "MESH_REGISTRY_PRINCIPALS_FILE": str(layout.principals_file),
+                "MESH_REGISTRY_AUTH_FILE": str(layout.auth_file),
+                "MESH_REGISTRY_SERVER_PID_FILE": str(server.pid_path),
+                "MESH_REGISTRY_SERVER_MONITOR_URL": f"http://127.0.0.1:{server.monitor_port}",
+                "MESH_REGISTRY_KNOWN_OWNERS": json.dumps(["claims-team", "claims-desk"]),
+                "MESH_REGISTRY_AUTO_ACTIVATE": "1",
+                "MESH_REGISTRY_STALE_AFTER": "10",
+            },
+        ),
+        ProcessSpec(
+            "policy",
+            python_module("services.policy"),
+            {
+                **common,
+                "MESH_POLICY_SEED_FILE": str(layout.seed("policy")),
+                "MESH_POLICY_BUNDLE_DIR": str(POLICIES),
+                "MESH_POLICY_DEADLINE_CHECK_EVERY": "0.5",
+            },
+        ),
+        ProcessSpec(
+            "eventstore",
+            python_module("services.eventstore"),
+            {
+                **common,
+                "MESH_EVENTSTORE_SEED_FILE": str(layout.seed("eventstore")),
+                "MESH_EVENTSTORE_FETCH_WAIT": "0.2",
+            },
+        ),
+        ProcessSpec(
+            "ingress",
+            python_module("services.ingress"),
+            {
+                **common,
+                "MESH_INGRESS_SEED_FILE": str(layout.seed("ingress")),
+                "MESH_INGRESS_HTTP_PORT": str(ports["ingress"]),
+                "MESH_INGRESS_HTTP_TOKENS": json.dumps({"crm": layout.http_token("crm")}),
+            },
+        ),
+        ProcessSpec(
+            "gateway",
+            python_module("services.agents.claims.gateway"),
+            {
+                "MESH_GATEWAY_PORT": str(ports["gateway"]),
+                "MESH_GATEWAY_LEDGER": str(layout.data_dir / "gateway.db"),
+                "PYTHONUNBUFFERED": "1",
+            },
+        ),
+    ]
+    for name in AGENTS:
+        specs.append(
+            ProcessSpec(
+                name,
+                python_module("mesh", "run", f"services.agents.claims.{name}"),
+                {
+                    **common,
+                    "MESH_ONBOARD": "1",
+                    "MESH_CHECK_SIGNERS": "1",
+                    "MESH_GATEWAY_URL": f"http://127.0.0.1:{ports['gateway']}",
+                },
+            )
+        )
+    return specs
+
+
+async def _wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=1.0) as client:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(url)).status_code < 500:
+                    return
+            if time.monotonic() > deadline:
+                raise MeshError(f"{url} did not answer in {timeout:.0f}s")
+            await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    data_dir: Path,
+    root: str = "mesh",
+    on_step: Callable[[str], None] = lambda _: None,
+) -> AsyncIterator[Stack]:
+    """The whole mesh, up and ready (every agent active), until the block ends."""
+    layout = Layout(data_dir)
+    topology = Topology(root)
+    bootstrap(layout, topology)
+    server = EmbeddedNats(layout.nats_dir, extra_config='include "auth.conf"')
+    await asyncio.to_thread(server.start)
+    on_step(f"nats-server on {server.url} (JetStream, fsync always, registry-enforced auth)")
+    supervisor = Supervisor(layout.logs, REPO)
+    ports = {"ingress": free_port(), "gateway": free_port()}
+    stack: Stack | None = None
+    try:
+        specs = {spec.name: spec for spec in process_specs(layout, topology, server, ports)}
+        supervisor.start(specs["registry"])
+        operator_nc = await connect_as(server.url, "operator", layout.identity("operator"))
+        stack = Stack(
+            layout,
+            topology,
+            server,
+            supervisor,
+            operator_nc,
+            ingress_http=f"http://127.0.0.1:{ports['ingress']}",
+            gateway_http=f"http://127.0.0.1:{ports['gateway']}",
+        )
+        await stack.wait_service("registry.keys")
+        on_step("registry up")
+        for name in ("policy", "eventstore", "ingress", "gateway"):
+            supervisor.start(specs[name])
+        await stack.wait_service("policy.pending")
+        await stack.wait_service("eventstore.status")
+        await _wait_http(f"{stack.ingress_http}/healthz")
+        await _wait_http(f"{stack.gateway_http}/v1/ledger")
+        on_step("policy, event store, ingress (NATS + HTTP) and payment gateway up")
+        for name in AGENTS:
+            supervisor.start(specs[name])
+        await stack.wait_agents()
+        on_step("claims agents registered, active and consuming: " + ", ".join(AGENTS))
+        yield stack
+    finally:
+        if stack is not None:
+            for nc in stack.extra_connections:
+                await close(nc)
+            await close(stack.operator_nc)
+        await asyncio.to_thread(supervisor.stop_all)
+        await asyncio.to_thread(server.stop)
