@@ -169,20 +169,25 @@ class Demo:
         feeding = asyncio.create_task(self._feed(crm))
         approving = asyncio.create_task(self._approve(approver_nc, approver))
         timed_out = False
-        with Live(self._progress(), console=self.console, refresh_per_second=4) as live:
-            while True:
-                await asyncio.sleep(0.5)
-                await self._refresh()
-                live.update(self._progress())
-                self.stack.check_processes()
-                if feeding.done() and self._finished():
-                    break
-                if time.monotonic() - self.started > timeout:
-                    timed_out = True
-                    break
+        try:
+            with Live(self._progress(), console=self.console, refresh_per_second=4) as live:
+                while True:
+                    await asyncio.sleep(0.5)
+                    await self._refresh()
+                    live.update(self._progress())
+                    self.stack.check_processes()
+                    for task in (feeding, approving):
+                        if task.done() and task.exception() is not None:
+                            raise task.exception()  # type: ignore[misc]
+                    if feeding.done() and self._finished():
+                        break
+                    if time.monotonic() - self.started > timeout:
+                        timed_out = True
+                        break
+        finally:
+            approving.cancel()
+            await asyncio.gather(feeding, approving, return_exceptions=True)
         elapsed = time.monotonic() - self.started
-        approving.cancel()
-        await asyncio.gather(feeding, approving, return_exceptions=True)
         return await self._result(elapsed, timed_out)
 
     # ------------------------------------------------------------------ the actors

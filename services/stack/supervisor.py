@@ -27,6 +27,7 @@ class Supervisor:
         self.cwd = cwd
         self.specs: dict[str, ProcessSpec] = {}
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._down: set[str] = set()  # killed on purpose, waiting for restart()
 
     def start(self, spec: ProcessSpec) -> None:
         self.specs[spec.name] = spec
@@ -45,16 +46,24 @@ class Supervisor:
         log.info("started %s (pid %d)", spec.name, self.processes[spec.name].pid)
 
     def restart(self, name: str) -> None:
+        self._down.discard(name)
         self.start(self.specs[name])
 
     def kill(self, name: str, signum: int = signal.SIGKILL) -> None:
+        """Stop a process on purpose (a crash drill): it is not reported as exited
+        until restart() brings it back."""
+        self._down.add(name)
         process = self.processes[name]
         process.send_signal(signum)
         process.wait(timeout=10)
 
     def exited(self) -> dict[str, int]:
         """Processes that stopped on their own, with their exit codes."""
-        return {name: code for name, p in self.processes.items() if (code := p.poll()) is not None}
+        return {
+            name: code
+            for name, p in self.processes.items()
+            if name not in self._down and (code := p.poll()) is not None
+        }
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         text = (self.logs / f"{name}.log").read_text(errors="replace")
