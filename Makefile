@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench_registry
 	$(BIN)/python -m tests.bench.bench_policy
 	$(BIN)/python -m tests.bench.bench_eventstore
+	$(BIN)/python -m tests.bench.bench_mesh
 
 schema: $(STAMP)
 	$(BIN)/mesh contracts write

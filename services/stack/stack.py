@@ -202,6 +202,7 @@ async def running_stack(
     data_dir: Path,
     root: str = "mesh",
     on_step: Callable[[str], None] = lambda _: None,
+    env: dict[str, dict[str, str]] | None = None,
 ) -> AsyncIterator[Stack]:
     """The whole mesh, up and ready (every agent active), until the block ends."""
     layout = Layout(data_dir)
@@ -215,6 +216,8 @@ async def running_stack(
     stack: Stack | None = None
     try:
         specs = {spec.name: spec for spec in process_specs(layout, topology, server, ports)}
+        for name, extra in (env or {}).items():  # per-process overrides (tests, benchmarks)
+            specs[name] = ProcessSpec(name, specs[name].argv, {**specs[name].env, **extra})
         supervisor.start(specs["registry"])
         operator_nc = await connect_as(server.url, "operator", layout.identity("operator"))
         stack = Stack(
