@@ -96,7 +96,8 @@ async def connect(
     nc = Client()
     try:
         await nc.connect(
-            url,
+            # A cluster is given as "nats://a:4222,nats://b:4222": the client fails over.
+            [server.strip() for server in url.split(",") if server.strip()],
             name=name,
             allow_reconnect=reconnect,
             # Bounded while connecting (a refused key must fail, not spin); unbounded
