@@ -146,13 +146,6 @@ async def test_a_tampered_bundle_is_caught_and_the_event_named(
     assert f"sequence {sequences[requested]} (event {ids[requested]}" in output
     assert f"signer key {forger.public_key} is not registered" in output
 
-    # A byte flipped anywhere in the file never passes.
-    raw = bytearray(exported.read_bytes())
-    raw[len(raw) // 2] ^= 0x01
-    (tmp_path / "raw.json").write_bytes(bytes(raw))
-    code, _ = verify_file(tmp_path / "raw.json")
-    assert code != 0
-
     # Principals swapped for a forger's: the pinned store key still holds the line.
     assert verify_bundle(bundle, store_key=forger.public_key).violations
 
