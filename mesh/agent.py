@@ -65,10 +65,14 @@ class HandlerContext:
         stream_sequence: int,
         services: Services,
         written_at: datetime | None = None,
+        max_deliver: int | None = None,
     ) -> None:
         self.agent = agent
         self.event = event
         self.delivery = delivery  # 1 on first delivery; more after a crash or a nak
+        # After this delivery a retryable failure dead-letters the event: a handler with
+        # a better last resort (escalating to a human, say) takes it here.
+        self.last_delivery = max_deliver is not None and delivery >= max_deliver
         self.stream_sequence = stream_sequence
         # When the event entered the log (the broker's clock): what deadlines are judged by.
         self.written_at = written_at or event.occurred_at

@@ -127,6 +127,7 @@ class EventDispatcher:
             stream_sequence=msg.metadata.sequence.stream,
             services=self.services,
             written_at=self._written_at(msg),
+            max_deliver=self.max_deliver,
         )
         try:
             async with asyncio.timeout(self.handler_timeout):

@@ -98,3 +98,24 @@ def test_emitting_a_type_not_on_the_card_is_permanent() -> None:
     ctx = _context(Agent(_card(produces=[])))
     with pytest.raises(PermanentError, match="may not emit case_step_completed"):
         ctx.derive(CaseStepCompleted, CaseStepCompletedPayload(step="s", outcome="o"))
+
+
+def test_a_handler_knows_its_last_delivery() -> None:
+    agent = Agent(_card())
+    event = sample_event(CaseOpened)
+
+    def at(delivery: int, max_deliver: int | None) -> bool:
+        ctx = HandlerContext(
+            agent=agent,
+            event=event,
+            delivery=delivery,
+            stream_sequence=1,
+            services=_NoServices(),  # type: ignore[arg-type]
+            max_deliver=max_deliver,
+        )
+        return ctx.last_delivery
+
+    assert not at(1, 3)
+    assert not at(2, 3)
+    assert at(3, 3)
+    assert not at(9, None)  # outside the runtime nobody says

@@ -33,6 +33,7 @@ from contracts import (
 )
 from mesh import Agent, HandlerContext
 from mesh.authorization import NotAuthorized
+from mesh.errors import CircuitOpen
 from mesh.resilience import retry_transient
 from services.agents.claims.cards import PAYMENT
 from services.agents.claims.gateway_client import (
@@ -95,7 +96,17 @@ async def pay(event: ActionApproved, ctx: HandlerContext) -> None:
     except NotAuthorized as exc:
         await _give_up(ctx, event, f"not executed: {exc.reason}", attempts=0)
         return
-    parameters = authorization.request.payload.parameters
+    try:
+        await _execute(ctx, event, authorization.request.payload.parameters)
+    except CircuitOpen as exc:
+        if not ctx.last_delivery:
+            raise  # the runtime redelivers after the breaker's delay
+        # The gateway stayed unavailable through every redelivery: a person takes over.
+        await _give_up(ctx, event, f"payment not made: {exc}", attempts=ctx.delivery)
+
+
+async def _execute(ctx: HandlerContext, event: ActionApproved, parameters: dict[str, Any]) -> None:
+    request_id = event.payload.request_id
     client = gateway()
     try:
         payment = await _call(
