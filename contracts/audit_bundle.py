@@ -59,6 +59,13 @@ class ManifestEntry(msgspec.Struct, frozen=True, array_like=True):
     event_id: str | None  # None for a message that could not be read
     leaf_hash: str  # hex
     chain_hash: str  # hex: the case's hash-chain head after this message
+    signature: str | None = None  # the Mesh-Signature the message was stored with
+
+
+class AuditPrincipal(msgspec.Struct, frozen=True, kw_only=True):
+    keys: PrincipalKeys
+    kind: str  # agent / human / service
+    roles: list[str] = msgspec.field(default_factory=list)
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
@@ -75,6 +82,9 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     first_sequence: int
     last_sequence: int
     entries: list[ManifestEntry]
+    # On the first page: every principal's keys, lifecycle, kind and roles as the
+    # registry gave them at sealing time — what signatures and approvals are judged by.
+    principals: list[AuditPrincipal] = msgspec.field(default_factory=list)
 
 
 class Proofs(msgspec.Struct, frozen=True, kw_only=True):
@@ -91,12 +101,6 @@ class SignedDocument(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def body(self) -> bytes:
         return base64.b64decode(self.body_b64, validate=True)
-
-
-class AuditPrincipal(msgspec.Struct, frozen=True, kw_only=True):
-    keys: PrincipalKeys
-    kind: str  # agent / human / service
-    roles: list[str] = msgspec.field(default_factory=list)
 
 
 class AuditBundle(msgspec.Struct, frozen=True, kw_only=True):

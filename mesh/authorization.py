@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from nats.js.client import JetStreamContext
 
 from contracts.events.actions import (
+    POLICY_PRINCIPAL,
     ActionApproved,
     ActionDenied,
     ActionRequested,
@@ -63,7 +64,7 @@ async def require_authorization(
     *,
     case_id: str,
     request_id: str,
-    policy_principal: str = "policy",
+    policy_principal: str = POLICY_PRINCIPAL,
 ) -> Authorization:
     history = await read_case(js, topology, case_id)
     by_id = {stored.event.event_id: stored for stored in history}

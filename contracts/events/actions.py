@@ -11,6 +11,10 @@ import msgspec
 
 from contracts.envelope import Event
 
+# The principal whose decisions count: only the policy service decides on a request
+# (the broker lets no one else publish decisions; auditors check it anyway).
+POLICY_PRINCIPAL = "policy"
+
 
 class ActionRequestedPayload(msgspec.Struct, frozen=True, kw_only=True):
     action_type: str  # e.g. "issue_payment"

@@ -25,10 +25,17 @@ from datetime import datetime
 
 import msgspec
 
-from contracts.audit_bundle import AuditBundle, Manifest, ManifestEntry, SignedDocument
+from contracts.audit_bundle import (
+    AuditBundle,
+    AuditPrincipal,
+    Manifest,
+    ManifestEntry,
+    SignedDocument,
+)
 from contracts.codec import decode
 from contracts.errors import ContractError
 from contracts.events.actions import (
+    POLICY_PRINCIPAL,
     ActionApproved,
     ActionCompleted,
     ActionFailed,
@@ -40,10 +47,10 @@ from contracts.events.actions import (
 from contracts.events.operations import LogCheckpointed
 from contracts.subjects import Subjects
 from mesh.errors import SignatureError
-from mesh.identity import verify_headers
+from mesh.identity import SIGNATURE_HEADER, verify_headers
 from mesh.key_directory import KeyDirectory
 from services.eventstore.checking import MessageChecker
-from services.eventstore.domain import LogRecord
+from services.eventstore.domain import DECISIONS, LogRecord
 from services.eventstore.merkle import (
     CHAIN_START,
     MerkleFrontier,
@@ -91,21 +98,26 @@ def _entry_where(entry: ManifestEntry) -> str:
 
 
 class BundleVerifier:
-    def __init__(self, bundle: AuditBundle, store_key: str | None = None) -> None:
+    def __init__(
+        self,
+        bundle: AuditBundle,
+        store_key: str | None = None,
+        policy_principal: str = POLICY_PRINCIPAL,
+    ) -> None:
         self.bundle = bundle
+        self.policy_principal = policy_principal
         self.store_key = store_key  # pin the event store's key instead of trusting the bundle's
         self.keys = KeyDirectory()
-        self.keys.load([p.keys for p in bundle.principals])
-        self.principals = {p.keys.agent_id: p for p in bundle.principals}
+        self.principals: dict[str, AuditPrincipal] = {}
         self.report = Report(scope=bundle.scope)
 
     def violation(self, check: str, where: str, problem: str) -> None:
         self.report.violations.append(Violation(check, where, problem))
 
     def verify(self) -> Report:
+        entries, tree_size = self._manifest()
         records = self._signatures()
         roots = self._checkpoints()
-        entries, tree_size = self._manifest()
         self.report.tree_size = tree_size
         self._against_manifest(records, entries, tree_size)
         self._merkle(records, roots, tree_size)
@@ -189,10 +201,22 @@ class BundleVerifier:
     # ------------------------------------------------------------------ manifest
 
     def _manifest(self) -> tuple[list[ManifestEntry], int]:
-        pages: list[Manifest] = []
+        decoded: list[tuple[int, SignedDocument, bytes, Manifest]] = []
         for index, document in enumerate(self.bundle.manifest):
-            page = self._manifest_page(index, document)
-            if page is not None:
+            try:
+                body = document.body
+                decoded.append((index, document, body, msgspec.json.decode(body, type=Manifest)))
+            except (ValueError, msgspec.DecodeError) as exc:
+                self.violation("integrity", f"manifest page {index + 1}", f"unreadable: {exc}")
+        self._load_principals([page for *_, page in decoded])
+        pages: list[Manifest] = []
+        for index, document, body, page in decoded:
+            problem = self._signed_by_store(
+                document.subject, body, document.headers, page.store, page.sealed_at
+            )
+            if problem is not None:
+                self.violation("signature", f"manifest page {index + 1}", problem)
+            else:
                 pages.append(page)
         if not pages:
             self.violation("integrity", "manifest", "no valid manifest page: nothing is sealed")
@@ -221,21 +245,19 @@ class BundleVerifier:
             )
         return entries, tree_size
 
-    def _manifest_page(self, index: int, document: SignedDocument) -> Manifest | None:
-        where = f"manifest page {index + 1}"
-        try:
-            body = document.body
-            page = msgspec.json.decode(body, type=Manifest)
-        except (ValueError, msgspec.DecodeError) as exc:
-            self.violation("integrity", where, f"unreadable: {exc}")
-            return None
-        problem = self._signed_by_store(
-            document.subject, body, document.headers, page.store, page.sealed_at
-        )
-        if problem is not None:
-            self.violation("signature", where, problem)
-            return None
-        return page
+    def _load_principals(self, pages: list[Manifest]) -> None:
+        """Keys, lifecycles and roles come from the store's sealed first page, not from
+        the bundle's loose copy: an edited principals list must not change a verdict."""
+        sealed = next((page.principals for page in pages if page.principals), None)
+        if sealed is None:
+            self.violation("integrity", "principals", "not sealed by the store: nothing to trust")
+            sealed = []
+        elif msgspec.to_builtins(sealed) != msgspec.to_builtins(self.bundle.principals):
+            self.violation(
+                "integrity", "principals", "the bundle's list differs from the sealed one"
+            )
+        self.keys.load([p.keys for p in sealed])
+        self.principals = {p.keys.agent_id: p for p in sealed}
 
     def _against_manifest(
         self, records: list[LogRecord], entries: list[ManifestEntry], tree_size: int
@@ -258,6 +280,14 @@ class BundleVerifier:
             elif record.leaf.hex() != entry.leaf_hash:
                 self.violation(
                     "integrity", _where(record), "its bytes differ from the sealed record"
+                )
+            elif entry.signature is not None and (
+                record.headers.get(SIGNATURE_HEADER) != entry.signature
+            ):
+                self.violation(
+                    "integrity",
+                    _where(record),
+                    "its signature differs from the one it was stored with: re-signed",
                 )
         for record in records:
             if record.sequence > tree_size:
@@ -361,6 +391,13 @@ class BundleVerifier:
         grants: dict[str, ApprovalGranted] = {}
         for record in records:
             event = record.event
+            if isinstance(event, DECISIONS) and event.actor != self.policy_principal:
+                self.violation(
+                    "policy",
+                    _where(record),
+                    f"a decision by {event.actor}: only {self.policy_principal} decides",
+                )
+                continue
             match event:
                 case ActionRequested():
                     requests[event.event_id] = event

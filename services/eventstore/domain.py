@@ -22,6 +22,7 @@ import msgspec
 
 from contracts.envelope import Event
 from contracts.events.actions import (
+    POLICY_PRINCIPAL,
     ActionApproved,
     ActionCompleted,
     ActionDenied,
@@ -43,6 +44,8 @@ from contracts.eventstore_api import (
     TimelineEntry,
 )
 from services.eventstore.merkle import CHAIN_START, chain_hash
+
+DECISIONS = (ActionApproved, ActionDenied, ApprovalRequired, ApprovalEscalated, ApprovalExpired)
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,8 @@ def _apply_to_actions(actions: dict[str, ActionView], event: Event, at: datetime
     action = actions.get(request_id) if isinstance(request_id, str) else None
     if action is None:
         return  # about a request this case never saw: the timeline shows it, state cannot
+    if isinstance(event, DECISIONS) and event.actor != POLICY_PRINCIPAL:
+        return  # only the policy service decides; anyone else's "decision" moves nothing
     status: ActionStatus = action.status
     changes: dict[str, Any] = {}
     match event:
@@ -350,7 +355,7 @@ def fold_case(records: Iterable[LogRecord]) -> CaseState | None:
     state: CaseState | None = None
     first_copies: dict[str, int] = {}
     for record in records:
-        if record.event is not None:
+        if record.event is not None and record.problem is None:
             first = first_copies.setdefault(record.event.event_id, record.sequence)
             if first != record.sequence:
                 record = replace(record, duplicate_of=first)

@@ -19,7 +19,7 @@ from nats.aio.client import Client
 from contracts.audit_bundle import (
     BUNDLE_FORMAT,
     AuditBundle,
-    AuditPrincipal,
+    Manifest,
     Proofs,
     SignedDocument,
     StoredMessage,
@@ -30,7 +30,7 @@ from contracts.events.operations import LogCheckpointed
 from contracts.eventstore_api import ManifestRequest, StoreReply
 from mesh.errors import MeshError
 from mesh.reading import RawMessage, read_raw
-from mesh.registry_client import RegistryClient, request_with_patience
+from mesh.registry_client import request_with_patience
 from mesh.topology import Topology
 
 _reply = msgspec.json.Decoder(StoreReply)
@@ -139,19 +139,8 @@ async def build_bundle(nc: Client, topology: Topology, case_id: str | None) -> A
         page = msgspec.json.decode(reply.manifest.body)
         after = int(page["last_sequence"])
 
-    # 5. Every principal's keys, lifecycle, kind and roles.
-    registry = RegistryClient(nc, topology.subjects)
-    records = {r.card.agent_id: r for r in await registry.find()}
-    principals = []
-    for keys in await registry.keys():
-        record = records.get(keys.agent_id)
-        principals.append(
-            AuditPrincipal(
-                keys=keys,
-                kind=record.card.kind if record else "service",
-                roles=list(record.card.roles) if record else [],
-            )
-        )
+    # 5. Every principal's keys, lifecycle, kind and roles: as the store sealed them.
+    principals = msgspec.json.decode(pages[0].body, type=Manifest).principals
 
     return AuditBundle(
         subject_root=topology.root,

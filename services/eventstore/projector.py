@@ -93,6 +93,8 @@ class Projector:
                 await self._follow(stop_at)
             except ProjectionConflict as exc:
                 log.warning("projection resyncs from the database: %s", exc)
+                await asyncio.sleep(delay)  # a conflict that repeats must not spin
+                delay = min(delay * 2, 5.0)
                 self.position = await asyncio.to_thread(self.store.position)
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
                 log.warning("reading the case stream failed (%r); resubscribing", exc)

@@ -55,8 +55,10 @@ cases = Table(
 actions = Table(
     "actions",
     metadata,
+    # Keyed within the case: an event id reused in another case (past the broker's
+    # duplicate window) must not collide with this one.
+    Column("case_id", Text, primary_key=True),
     Column("request_id", Text, primary_key=True),
-    Column("case_id", Text, nullable=False),
     Column("action_type", Text, nullable=False),
     Column("requested_by", Text, nullable=False),
     Column("status", Text, nullable=False),
@@ -68,7 +70,6 @@ actions = Table(
     Column("approver", Text),
     Column("policy_bundle_hash", Text),
     Column("outcome", Text),
-    Index("actions_by_case", "case_id"),
 )
 
 # The audit timeline, one row per message of the case log, with the exact stored bytes

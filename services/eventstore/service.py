@@ -26,12 +26,19 @@ from datetime import UTC, datetime
 import msgspec
 import nats.errors
 import nats.js.errors
+import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from sqlalchemy.exc import DBAPIError
 
-from contracts.audit_bundle import Manifest, ManifestEntry, Proofs, SignedDocument
+from contracts.audit_bundle import (
+    AuditPrincipal,
+    Manifest,
+    ManifestEntry,
+    Proofs,
+    SignedDocument,
+)
 from contracts.codec import decode
 from contracts.errors import ContractError
 from contracts.events.operations import LogCheckpointed, LogCheckpointedPayload
@@ -44,7 +51,7 @@ from contracts.eventstore_api import (
     StoreStatus,
 )
 from mesh.errors import BrokerError, MeshError
-from mesh.identity import Identity
+from mesh.identity import SIGNATURE_HEADER, Identity
 from mesh.key_directory import KeyDirectory
 from mesh.provisioning import ensure_stream
 from mesh.publisher import EventPublisher
@@ -227,7 +234,23 @@ class EventStoreService:
             self._tree = (tree_size, MerkleTree(self.store.leaf_hashes(tree_size)))
         return self._tree[1]
 
-    def _manifest_page(self, request: ManifestRequest) -> tuple[SignedDocument, Proofs]:
+    async def _principals(self) -> list[AuditPrincipal]:
+        records = {r.card.agent_id: r for r in await self.registry.find()}
+        principals = []
+        for keys in await self.registry.keys():
+            record = records.get(keys.agent_id)
+            principals.append(
+                AuditPrincipal(
+                    keys=keys,
+                    kind=record.card.kind if record else "service",
+                    roles=list(record.card.roles) if record else [],
+                )
+            )
+        return principals
+
+    def _manifest_page(
+        self, request: ManifestRequest, principals: list[AuditPrincipal]
+    ) -> tuple[SignedDocument, Proofs]:
         assert self.store is not None
         page_size = max(1, min(request.page_size, 5000))
         rows = list(
@@ -245,9 +268,17 @@ class EventStoreService:
             first_sequence=request.after_sequence + 1,
             last_sequence=rows[-1].sequence if full else request.tree_size,
             entries=[
-                ManifestEntry(r.sequence, r.case_id, r.event_id, r.leaf_hash, r.chain_hash)
+                ManifestEntry(
+                    r.sequence,
+                    r.case_id,
+                    r.event_id,
+                    r.leaf_hash,
+                    r.chain_hash,
+                    orjson.loads(r.headers).get(SIGNATURE_HEADER),
+                )
                 for r in rows
             ],
+            principals=principals,
         )
         subject = self.topology.subjects.service("eventstore", "manifest")
         body = msgspec.json.encode(manifest)
@@ -343,5 +374,6 @@ class EventStoreService:
         held = self.projector.position.last_sequence if self.projector.position else 0
         if not 0 < request.tree_size <= held:
             raise Refused(f"tree size {request.tree_size} is not in the views (they hold {held})")
-        document, proofs = await asyncio.to_thread(self._manifest_page, request)
+        principals = await self._principals() if request.after_sequence == 0 else []
+        document, proofs = await asyncio.to_thread(self._manifest_page, request, principals)
         return StoreReply(ok=True, manifest=document, proofs=proofs)

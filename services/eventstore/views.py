@@ -415,7 +415,9 @@ class ViewStore:
         case_ids = {r.case_id for r in records}
         states = self._load_states(conn, case_ids)
         known_cases = set(states)
-        actions_before = {rid: a for s in states.values() for rid, a in s.actions.items()}
+        actions_before = {
+            (case, rid): a for case, st in states.items() for rid, a in st.actions.items()
+        }
         first_copies = self._first_copies(conn, records)
         activity = self._load_activity(conn, records)
         known_activity = set(activity)
@@ -424,7 +426,9 @@ class ViewStore:
         event_rows: list[dict[str, Any]] = []
         touched_activity: set[tuple[str, str]] = set()
         for record in records:
-            if record.event is not None:
+            if record.event is not None and record.problem is None:
+                # Only a verified copy is "the first": a forged message published
+                # ahead of the genuine one must not make the genuine one a duplicate.
                 key = (record.case_id, record.event.event_id)
                 first = first_copies.get(key)
                 if first is None:
@@ -449,16 +453,16 @@ class ViewStore:
         )
         changed_actions = [
             action
-            for state in states.values()
+            for case, state in states.items()
             for rid, action in state.actions.items()
-            if actions_before.get(rid) != action
+            if actions_before.get((case, rid)) != action
         ]
         self._upsert(
             conn,
             actions,
-            ["request_id"],
+            ["case_id", "request_id"],
             [_action_row(a) for a in changed_actions],
-            lambda row: row["request_id"] in actions_before,
+            lambda row: (row["case_id"], row["request_id"]) in actions_before,
         )
         self._upsert(
             conn,
@@ -512,7 +516,11 @@ class ViewStore:
             return {}
         query = (
             select(audit_events.c.case_id, audit_events.c.event_id, audit_events.c.sequence)
-            .where(audit_events.c.event_id.in_(ids), audit_events.c.duplicate_of.is_(None))
+            .where(
+                audit_events.c.event_id.in_(ids),
+                audit_events.c.duplicate_of.is_(None),
+                audit_events.c.verified.is_(True),
+            )
             .order_by(audit_events.c.sequence)
         )
         found: dict[tuple[str, str], int] = {}

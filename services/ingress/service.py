@@ -112,8 +112,18 @@ class IngressService:
                 self.topology.cases_stream,
                 self.topology.subjects.case_event(event.case_id, "case_opened"),
             )
-            first = existing[0].event.event_id if existing else None
-            return IngressReply(ok=True, case_id=event.case_id, event_id=first, duplicate=True)
+            first = existing[0].event if existing else None
+            if not (
+                isinstance(first, CaseOpened)
+                and first.payload.source == event.payload.source
+                and first.payload.external_ref == event.payload.external_ref
+            ):
+                return IngressReply(
+                    ok=False, errors=[f"case {event.case_id} exists and is not this request's"]
+                )
+            return IngressReply(
+                ok=True, case_id=event.case_id, event_id=first.event_id, duplicate=True
+            )
         return IngressReply(ok=True, case_id=event.case_id, event_id=event.event_id)
 
     # ------------------------------------------------------------------ NATS

@@ -192,7 +192,7 @@ class PolicyService:
             case_id=event.case_id,
             action_type=event.payload.action_type,
             parameters=event.payload.parameters,
-            case_facts=await self._case_facts(event.case_id, event.actor),
+            case_facts=await self._case_facts(event.case_id, event.actor, ctx.stream_sequence),
         )
         record = await self._record(event.actor)
         if record is None or record.status != "active":
@@ -333,21 +333,29 @@ class PolicyService:
                 return True
         return False
 
-    async def _case_facts(self, case_id: str, requester: str) -> dict[str, Any]:
+    async def _case_facts(self, case_id: str, requester: str, before: int) -> dict[str, Any]:
         """What the log says about the case, for the policy's `resource`: the evidence of
         its completed steps, later steps overriding earlier ones, limited to the
         attributes the schema declares. Never the requester's own word: a step it
         reported, or the evidence attached to its request, does not count, so an agent
-        cannot vouch for the facts that decide its own request."""
+        cannot vouch for the facts that decide its own request. Only steps stored before
+        the request count, so a replay of the log reaches the same decision."""
         assert self.bundle is not None
         steps = await read_subject(
             self.js,
             self.topology.cases_stream,
             self.topology.subjects.case_event(case_id, "case_step_completed"),
+            on_unreadable=lambda sequence, _subject, exc: log.warning(
+                "case %s: step #%d is unreadable, not a fact: %s", case_id, sequence, exc
+            ),
         )
         facts: dict[str, Any] = {}
         for stored in steps:
-            if stored.event.actor == requester or not isinstance(stored.event, CaseStepCompleted):
+            if (
+                stored.sequence >= before
+                or stored.event.actor == requester
+                or not isinstance(stored.event, CaseStepCompleted)
+            ):
                 continue
             try:  # a fact counts only if its author really signed it, with a valid key
                 signer = verify_headers(stored.subject, stored.body, stored.headers)

@@ -146,7 +146,24 @@ async def test_a_tampered_bundle_is_caught_and_the_event_named(
     assert f"sequence {sequences[requested]} (event {ids[requested]}" in output
     assert f"signer key {forger.public_key} is not registered" in output
 
-    # Principals swapped for a forger's: the pinned store key still holds the line.
+    # The forged signature with the forger's key slipped into the actor's key history:
+    # the keys that count are the ones the store sealed, and the signature the message
+    # was stored with is sealed too.
+    data = json.loads(json.dumps(original))
+    forge(data["events"])
+    actor = json.loads(base64.b64decode(data["events"][requested]["body_b64"]))["actor"]
+    for principal in data["principals"]:
+        if principal["keys"]["agent_id"] == actor:
+            principal["keys"]["key_history"].append(
+                {"public_key": forger.public_key, "valid_from": "2000-01-01T00:00:00Z"}
+            )
+    (tmp_path / "rekeyed.json").write_text(json.dumps(data))
+    code, output = verify_file(tmp_path / "rekeyed.json")
+    assert code == 1
+    assert "the bundle's list differs from the sealed one" in output
+    assert "its signature differs from the one it was stored with: re-signed" in output
+
+    # A bundle verified against a pinned key that is not the store's fails.
     assert verify_bundle(bundle, store_key=forger.public_key).violations
 
 

@@ -15,7 +15,9 @@ class GatewayUnavailable(TransientError):
 
 
 class GatewayRefused(PermanentError):
-    pass
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class GatewayClient:
@@ -36,7 +38,10 @@ class GatewayClient:
         if response.status_code >= 500:
             raise GatewayUnavailable(f"gateway {path}: {response.status_code} {detail}")
         if response.status_code >= 400:
-            raise GatewayRefused(f"gateway {path}: {response.status_code} {detail.get('error')}")
+            raise GatewayRefused(
+                f"gateway {path}: {response.status_code} {detail.get('error')}",
+                response.status_code,
+            )
         result: dict[str, Any] = detail
         return result
 

@@ -96,16 +96,29 @@ async def pay(event: ActionApproved, ctx: HandlerContext) -> None:
     except NotAuthorized as exc:
         await _give_up(ctx, event, f"not executed: {exc.reason}", attempts=0)
         return
+    progress: dict[str, str] = {}
     try:
-        await _execute(ctx, event, authorization.request.payload.parameters)
+        await _execute(ctx, event, authorization.request.payload.parameters, progress)
     except CircuitOpen as exc:
         if not ctx.last_delivery:
             raise  # the runtime redelivers after the breaker's delay
         # The gateway stayed unavailable through every redelivery: a person takes over.
-        await _give_up(ctx, event, f"payment not made: {exc}", attempts=ctx.delivery)
+        held = progress.get("authorized")
+        error = (
+            f"payment {held} authorized but neither captured nor voided ({exc}): "
+            "the funds stay held until a person acts"
+            if held
+            else f"payment not made: {exc}"
+        )
+        await _give_up(ctx, event, error, attempts=ctx.delivery)
 
 
-async def _execute(ctx: HandlerContext, event: ActionApproved, parameters: dict[str, Any]) -> None:
+async def _execute(
+    ctx: HandlerContext,
+    event: ActionApproved,
+    parameters: dict[str, Any],
+    progress: dict[str, str],
+) -> None:
     request_id = event.payload.request_id
     client = gateway()
     try:
@@ -122,11 +135,32 @@ async def _execute(ctx: HandlerContext, event: ActionApproved, parameters: dict[
         await _give_up(ctx, event, f"payment not made: {exc}", attempts=ATTEMPTS)
         return
     reference = payment["payment_ref"]
+    progress["authorized"] = reference
     try:
         await _call(ctx, lambda: client.capture(reference))
     except (GatewayUnavailable, GatewayRefused) as exc:
         # The authorization committed and the capture cannot follow: compensate.
-        await _call(ctx, lambda: client.void(reference))
+        try:
+            await _call(ctx, lambda: client.void(reference))
+        except GatewayRefused as refused:
+            if refused.status != 409:
+                raise
+            # "captured": the capture went through after all (its answer was lost).
+            await _completed(ctx, event, reference, parameters)
+            return
+        except GatewayUnavailable as unavailable:
+            # Not voided yet: try the whole payment again later (every step is
+            # idempotent); on the last delivery the runtime's retry budget is spent.
+            if ctx.last_delivery:
+                await _give_up(
+                    ctx,
+                    event,
+                    f"capture of {reference} failed ({exc}) and the void failed too "
+                    f"({unavailable}): the funds stay held until a person acts",
+                    attempts=ctx.delivery,
+                )
+                return
+            raise
         step, compensation = COMPENSATIONS["issue_payment"]
         await _give_up(
             ctx,
@@ -135,10 +169,16 @@ async def _execute(ctx: HandlerContext, event: ActionApproved, parameters: dict[
             attempts=ATTEMPTS,
         )
         return
+    await _completed(ctx, event, reference, parameters)
+
+
+async def _completed(
+    ctx: HandlerContext, event: ActionApproved, reference: str, parameters: dict[str, Any]
+) -> None:
     await ctx.emit(
         ActionCompleted,
         ActionCompletedPayload(
-            request_id=request_id,
+            request_id=event.payload.request_id,
             action_type="issue_payment",
             result={"payment_ref": reference, "amount": parameters["amount"], "status": "paid"},
         ),
