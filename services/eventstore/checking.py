@@ -11,7 +11,7 @@ from datetime import datetime
 from contracts.codec import EventDecoder
 from contracts.envelope import Event
 from contracts.errors import ContractError
-from contracts.subjects import Subjects
+from contracts.subjects import ParsedSubject, Subjects
 from mesh.errors import SignatureError
 from mesh.identity import SIGNER_HEADER, signed_bytes, verify_headers
 from mesh.key_directory import KeyDirectory
@@ -49,6 +49,22 @@ class MessageChecker:
         self.subjects = subjects
         self.keys = keys  # None: signatures are checked, key ownership is not
         self.decoder = EventDecoder()
+        # A case's few subjects repeat: parse (three regex checks) each one once.
+        self._parsed: dict[str, ParsedSubject | ContractError] = {}
+
+    def _parse(self, subject: str) -> ParsedSubject:
+        parsed = self._parsed.get(subject)
+        if parsed is None:
+            if len(self._parsed) > 50_000:
+                self._parsed.clear()  # bounded: memory stays flat over any log
+            try:
+                parsed = self.subjects.parse(subject)
+            except ContractError as exc:
+                parsed = exc
+            self._parsed[subject] = parsed
+        if isinstance(parsed, ContractError):
+            raise parsed
+        return parsed
 
     def check(
         self,
@@ -81,7 +97,7 @@ class MessageChecker:
         except ContractError as exc:
             return record(f"unreadable: {exc}", None)
         try:
-            parsed = self.subjects.parse(subject)
+            parsed = self._parse(subject)
         except ContractError as exc:
             return record(f"not a case subject: {exc}", event)
         if parsed.key != event.case_id or parsed.event_type != event.event_name():

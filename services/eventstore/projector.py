@@ -192,7 +192,7 @@ class Projector:
             if not messages:
                 await ahead.put(([], None))  # idle: the applier reports it caught up
                 continue
-            items = [(m.subject, m.data, dict(m.headers or {})) for m in messages]
+            items = [(m.subject, m.data, m.headers or {}) for m in messages]
             sealing = loop.run_in_executor(self._verifiers, seal_all, items)
             await ahead.put((messages, sealing))
 
@@ -207,7 +207,7 @@ class Projector:
                     sequence,
                     msg.subject,
                     msg.data,
-                    dict(msg.headers or {}),
+                    msg.headers or {},  # read, never changed: no copy
                     stored_at,
                     seal_result,
                 )
