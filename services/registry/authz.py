@@ -20,7 +20,9 @@ from contracts.cards import AgentRecord
 from mesh.onboarding import ONBOARDING_ID, inbox_prefix
 from mesh.topology import Topology
 
-PrincipalRole = Literal["registry", "policy", "operator", "service", "external"]
+PrincipalRole = Literal[
+    "registry", "policy", "eventstore", "ingress", "operator", "service", "external"
+]
 
 # What only the policy service may publish: decisions on requested actions.
 DECISION_EVENTS = (
@@ -109,6 +111,42 @@ def principal_permissions(principal: StaticPrincipal, topology: Topology) -> dic
             "publish": {"allow": [s.service("ingress", principal.name)]},
             "subscribe": {"allow": [f"{inbox_prefix(principal.name)}.>"]},
         }
+    registry_reads = [s.service("registry", op) for op in ("get", "list", "keys")]
+    if principal.role == "eventstore":
+        # Reads the logs, writes only its own checkpoints and its replies.
+        return {
+            "publish": {
+                "allow": [
+                    s.family_event("ops", "eventstore", "log_checkpointed"),
+                    *registry_reads,
+                    "$JS.API.>",  # its ack-less readers, stream info, direct gets
+                    "_INBOX.>",  # replies to `svc.eventstore.*`
+                ]
+            },
+            "subscribe": {
+                "allow": [
+                    s.service_all("eventstore"),
+                    s.family_all("registry"),
+                    f"{inbox_prefix(principal.name)}.>",
+                ]
+            },
+        }
+    if principal.role == "ingress":
+        # Opens cases and keeps refused input; nothing else of the log is its to write.
+        cases = topology.cases_stream
+        return {
+            "publish": {
+                "allow": [
+                    s.case_events_of_type("case_opened"),
+                    s.dead_letter(topology.ingress_stream, principal.name),
+                    f"$JS.API.DIRECT.GET.{cases}",
+                    f"$JS.API.DIRECT.GET.{cases}.>",
+                    f"$JS.API.STREAM.MSG.GET.{cases}",
+                    "_INBOX.>",  # replies to the systems that open cases
+                ]
+            },
+            "subscribe": {"allow": [s.service_all("ingress"), f"{inbox_prefix(principal.name)}.>"]},
+        }
     decisions = [s.case_events_of_type(t) for t in DECISION_EVENTS]
     if principal.role == "policy":
         return {
@@ -133,9 +171,9 @@ def principal_permissions(principal: StaticPrincipal, topology: Topology) -> dic
                 ]
             },
         }
-    # Operators and the other services (event store, ingress) have the run of the mesh
-    # until their own issues narrow them, except for what only the policy service or
-    # the registry may write: decisions, policy activations and registry history.
+    # Operators and other services have the run of the mesh, except for what only the
+    # policy service or the registry may write: decisions, policy activations and
+    # registry history.
     return {
         "publish": {
             "allow": [">"],

@@ -19,8 +19,8 @@ STATIC_PRINCIPALS: tuple[tuple[str, PrincipalRole], ...] = (
     ("registry", "registry"),
     ("operator", "operator"),
     ("policy", "policy"),
-    ("eventstore", "service"),
-    ("ingress", "service"),
+    ("eventstore", "eventstore"),
+    ("ingress", "ingress"),
     ("crm", "external"),  # the claims system that opens cases
 )
 

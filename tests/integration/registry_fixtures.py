@@ -172,7 +172,7 @@ async def secured_mesh(directory: Path) -> AsyncIterator[SecuredMesh]:
         StaticPrincipal("operator", operator.public_key, "operator"),
         StaticPrincipal("harness", harness.public_key, "service"),
         StaticPrincipal("policy", policy.public_key, "policy"),
-        StaticPrincipal("eventstore", store.public_key, "service"),
+        StaticPrincipal("eventstore", store.public_key, "eventstore"),
     ]
     principals_file = directory / "principals.json"
     write_principals(principals_file, principals)

@@ -91,3 +91,31 @@ def test_services_and_unknown_clients() -> None:
     assert "mesh.registry.>" in registry_publish
     assert "mesh.case.>" not in registry_publish
     assert by_key[operator.public_key]["permissions"]["publish"]["allow"] == [">"]  # type: ignore[index]
+
+
+def test_the_event_store_ingress_and_external_systems_write_only_their_own() -> None:
+    store, ingress, crm = Identity.generate(), Identity.generate(), Identity.generate()
+    text = authorization_config(
+        [],
+        [
+            StaticPrincipal("eventstore", store.public_key, "eventstore"),
+            StaticPrincipal("ingress", ingress.public_key, "ingress"),
+            StaticPrincipal("crm", crm.public_key, "external"),
+        ],
+        TOPOLOGY,
+    )
+    by_key = {u.get("nkey"): u["permissions"] for u in users(text)}
+
+    def allowed(identity: Identity) -> list[str]:
+        permissions = by_key[identity.public_key]
+        return permissions["publish"]["allow"]  # type: ignore[index,no-any-return]
+
+    store_may = allowed(store)
+    assert "mesh.ops.eventstore.log_checkpointed" in store_may
+    assert not [s for s in store_may if s.startswith(("mesh.case.", ">"))]
+    ingress_may = allowed(ingress)
+    assert "mesh.case.*.case_opened" in ingress_may
+    assert "mesh.dlq.MESH_INGRESS.ingress" in ingress_may
+    assert not [s for s in ingress_may if s.startswith("mesh.case.") and "case_opened" not in s]
+    assert allowed(crm) == ["mesh.svc.ingress.crm"]
+    assert by_key[crm.public_key]["subscribe"]["allow"] == ["_INBOX.crm.>"]  # type: ignore[index]
