@@ -50,7 +50,7 @@ class Authorization:
     approval: ApprovalGranted | None
 
 
-def _signed_by(stored: StoredEvent, keys: KeyDirectory) -> str:
+def signed_actor(stored: StoredEvent, keys: KeyDirectory) -> str:
     """The actor, once its signature and its key's validity at storage time check out."""
     signer = verify_headers(stored.subject, stored.body, stored.headers)
     keys.check(signer, stored.event.actor, stored.stored_at, stored.subject)
@@ -81,7 +81,7 @@ async def require_authorization(
     ignored = []  # decisions anyone else wrote: they neither authorize nor block
     for stored in answers:
         try:
-            actor = _signed_by(stored, keys)
+            actor = signed_actor(stored, keys)
         except SignatureError as exc:
             ignored.append(f"#{stored.sequence} fails verification ({exc.reason})")
             continue
@@ -110,7 +110,7 @@ async def require_authorization(
     if approval is None or not isinstance(approval.event, ApprovalGranted):
         raise NotAuthorized(request_id, "policy required a human approval; none is referenced")
     try:
-        approver = _signed_by(approval, keys)
+        approver = signed_actor(approval, keys)
     except SignatureError as exc:
         raise NotAuthorized(request_id, f"the approval fails verification: {exc}") from None
     if approver == request.event.actor or approval.event.payload.request_id != request_id:

@@ -28,6 +28,36 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
+class OwnSettings(Protocol):
+    """What every service's own settings (`MESH_<SERVICE>_*`) say about its identity."""
+
+    @property
+    def service_id(self) -> str: ...
+
+    @property
+    def seed_file(self) -> Path | None: ...
+
+
+def service_main(
+    own: OwnSettings,
+    build: Callable[[Client, Identity, MeshSettings], Service],
+    reload: Callable[[Service], Awaitable[None]] | None = None,
+) -> None:
+    """The entry point of a service process (`python -m services.<name>`): logging, the
+    shared settings from the environment, then `run_service` until a signal."""
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = MeshSettings()
+    asyncio.run(
+        run_service(
+            settings,
+            own.service_id,
+            own.seed_file,
+            lambda nc, identity: build(nc, identity, settings),
+            reload=reload,
+        )
+    )
+
+
 def service_identity(settings: MeshSettings, service_id: str, seed_file: Path | None) -> Identity:
     return Identity.load_or_create(seed_file or settings.data_dir / "keys" / f"{service_id}.nk")
 

@@ -61,6 +61,11 @@ async def store_request(
     return reply
 
 
+def checkpoint_subject(topology: Topology) -> str:
+    """Where the store publishes its signed checkpoints (the ops stream)."""
+    return topology.subjects.family_event("ops", "eventstore", LogCheckpointed.event_name())
+
+
 def _stored(message: RawMessage) -> StoredMessage:
     return StoredMessage.of(
         message.sequence, message.subject, message.stored_at, message.headers, message.body
@@ -89,9 +94,8 @@ async def build_bundle(nc: Client, topology: Topology, case_id: str | None) -> A
 
     # 3. The checkpoints: all of them for the whole log; for one case, the first that
     #    covered each of its messages (when it was committed) and the newest.
-    checkpoint_subject = topology.subjects.family_event("ops", "eventstore", "log_checkpointed")
     published: list[tuple[int, RawMessage]] = []
-    async for batch in read_raw(js, topology.ops_stream, checkpoint_subject):
+    async for batch in read_raw(js, topology.ops_stream, checkpoint_subject(topology)):
         for message in batch:
             try:
                 event = decode(message.body)

@@ -59,6 +59,7 @@ from mesh.registry_client import RegistryClient
 from mesh.settings import MeshSettings
 from mesh.tasks import stop_task
 from mesh.topology import Topology
+from services.eventstore.export import checkpoint_subject
 from services.eventstore.merkle import MerkleTree
 from services.eventstore.projector import Projector
 from services.eventstore.settings import EventStoreSettings
@@ -104,10 +105,6 @@ class EventStoreService:
         self._subscription: Subscription | None = None
         self._tree: tuple[int, MerkleTree] | None = None
 
-    @property
-    def checkpoint_subject(self) -> str:
-        return self.topology.subjects.family_event("ops", "eventstore", "log_checkpointed")
-
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -146,7 +143,9 @@ class EventStoreService:
 
     async def _published_checkpoint(self) -> int:
         try:
-            msg = await self.js.get_last_msg(self.topology.ops_stream, self.checkpoint_subject)
+            msg = await self.js.get_last_msg(
+                self.topology.ops_stream, checkpoint_subject(self.topology)
+            )
         except nats.js.errors.NotFoundError:
             return 0
         except (nats.errors.Error, nats.js.errors.Error) as exc:

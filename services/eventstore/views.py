@@ -16,8 +16,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 import orjson
 from sqlalchemy import (
     Engine,
@@ -118,175 +119,49 @@ def open_engine(dsn: str) -> Engine:
 # --------------------------------------------------------------------------- encoding
 
 
-def _ts(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat(timespec="microseconds")
-
-
-def _dt(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
-
-
-def _req_dt(value: str) -> datetime:
-    return datetime.fromisoformat(value)
+def _ts(value: datetime) -> str:
+    return value.isoformat(timespec="microseconds")
 
 
 def _json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def _case_row(view: CaseView) -> dict[str, Any]:
-    return {
-        "case_id": view.case_id,
-        "kind": view.kind,
-        "source": view.source,
-        "status": view.status,
-        "step": view.step,
-        "outcome": view.outcome,
-        "opened_at": _ts(view.opened_at),
-        "updated_at": _ts(view.updated_at),
-        "closed_at": _ts(view.closed_at),
-        "event_count": view.event_count,
-        "last_sequence": view.last_sequence,
-        "open_actions": view.open_actions,
-        "pending_approvals": view.pending_approvals,
-        "flagged_events": view.flagged_events,
-        "chain_head": view.chain_head,
+# Columns holding JSON text (dicts and lists of a view).
+_JSON_COLUMNS = frozenset({"parameters", "evidence", "determining_policies", "headers"})
+V = TypeVar("V", bound=msgspec.Struct)
+
+
+def _to_row(view: msgspec.Struct) -> dict[str, Any]:
+    """A view as its row: field for column, times as ISO text, dicts and lists as JSON."""
+    row = msgspec.structs.asdict(view)
+    for name, value in row.items():
+        if isinstance(value, datetime):
+            row[name] = _ts(value)
+        elif isinstance(value, dict | list):
+            row[name] = _json(value)
+    return row
+
+
+def _from_row(view_type: type[V], row: Row[Any]) -> V:
+    """A row back as its view (columns the view lacks, such as stored bytes, ignored)."""
+    values = {  # str(): SQLAlchemy's column names are a str subclass msgspec refuses
+        str(name): orjson.loads(value) if name in _JSON_COLUMNS else value
+        for name, value in row._mapping.items()
     }
-
-
-def _case_view(row: Row[Any]) -> CaseView:
-    m = row._mapping
-    return CaseView(
-        case_id=m["case_id"],
-        kind=m["kind"],
-        source=m["source"],
-        status=m["status"],
-        step=m["step"],
-        outcome=m["outcome"],
-        opened_at=_dt(m["opened_at"]),
-        updated_at=_req_dt(m["updated_at"]),
-        closed_at=_dt(m["closed_at"]),
-        event_count=m["event_count"],
-        last_sequence=m["last_sequence"],
-        open_actions=m["open_actions"],
-        pending_approvals=m["pending_approvals"],
-        flagged_events=m["flagged_events"],
-        chain_head=m["chain_head"],
-    )
-
-
-def _action_row(action: ActionView) -> dict[str, Any]:
-    return {
-        "request_id": action.request_id,
-        "case_id": action.case_id,
-        "action_type": action.action_type,
-        "requested_by": action.requested_by,
-        "status": action.status,
-        "requested_at": _ts(action.requested_at),
-        "updated_at": _ts(action.updated_at),
-        "parameters": _json(action.parameters),
-        "approver_role": action.approver_role,
-        "deadline": _ts(action.deadline),
-        "approver": action.approver,
-        "policy_bundle_hash": action.policy_bundle_hash,
-        "outcome": action.outcome,
-    }
-
-
-def _action_view(row: Row[Any]) -> ActionView:
-    m = row._mapping
-    return ActionView(
-        request_id=m["request_id"],
-        case_id=m["case_id"],
-        action_type=m["action_type"],
-        requested_by=m["requested_by"],
-        status=m["status"],
-        requested_at=_req_dt(m["requested_at"]),
-        updated_at=_req_dt(m["updated_at"]),
-        parameters=orjson.loads(m["parameters"]),
-        approver_role=m["approver_role"],
-        deadline=_dt(m["deadline"]),
-        approver=m["approver"],
-        policy_bundle_hash=m["policy_bundle_hash"],
-        outcome=m["outcome"],
-    )
+    return msgspec.convert(values, view_type, strict=False)
 
 
 def _event_row(record: LogRecord, entry: TimelineEntry, chain: str) -> dict[str, Any]:
+    """The timeline line, with the exact stored message an export carries."""
     return {
-        "sequence": entry.sequence,
-        "case_id": entry.case_id,
-        "event_id": entry.event_id,
-        "event_type": entry.event_type,
-        "actor": entry.actor,
-        "signer": entry.signer,
-        "occurred_at": _ts(entry.occurred_at),
-        "stored_at": _ts(entry.stored_at),
-        "summary": entry.summary,
-        "rationale": entry.rationale,
-        "evidence": _json(entry.evidence),
-        "decision": entry.decision,
-        "request_id": entry.request_id,
-        "approver": entry.approver,
-        "policy_bundle_hash": entry.policy_bundle_hash,
-        "determining_policies": _json(entry.determining_policies),
-        "verified": entry.verified,
-        "problem": entry.problem,
-        "duplicate_of": entry.duplicate_of,
+        **_to_row(entry),
         "subject": record.subject,
         "headers": _json(record.headers),
         "body": record.body,
         "leaf_hash": record.leaf.hex(),
         "chain_hash": chain,
     }
-
-
-def _timeline_entry(row: Row[Any]) -> TimelineEntry:
-    m = row._mapping
-    return TimelineEntry(
-        sequence=m["sequence"],
-        case_id=m["case_id"],
-        event_id=m["event_id"],
-        event_type=m["event_type"],
-        actor=m["actor"],
-        signer=m["signer"],
-        occurred_at=_dt(m["occurred_at"]),
-        stored_at=_req_dt(m["stored_at"]),
-        summary=m["summary"],
-        rationale=m["rationale"],
-        evidence=orjson.loads(m["evidence"]),
-        decision=m["decision"],
-        request_id=m["request_id"],
-        approver=m["approver"],
-        policy_bundle_hash=m["policy_bundle_hash"],
-        determining_policies=orjson.loads(m["determining_policies"]),
-        verified=m["verified"],
-        problem=m["problem"],
-        duplicate_of=m["duplicate_of"],
-    )
-
-
-def _activity_row(activity: AgentActivity) -> dict[str, Any]:
-    return {
-        "actor": activity.actor,
-        "event_type": activity.event_type,
-        "events": activity.events,
-        "flagged": activity.flagged,
-        "first_at": _ts(activity.first_at),
-        "last_at": _ts(activity.last_at),
-    }
-
-
-def _activity(row: Row[Any]) -> AgentActivity:
-    m = row._mapping
-    return AgentActivity(
-        actor=m["actor"],
-        event_type=m["event_type"],
-        events=m["events"],
-        flagged=m["flagged"],
-        first_at=_req_dt(m["first_at"]),
-        last_at=_req_dt(m["last_at"]),
-    )
 
 
 def _frontier_text(frontier: MerkleFrontier) -> str:
@@ -448,7 +323,7 @@ class ViewStore:
             conn,
             cases,
             ["case_id"],
-            [_case_row(states[c].view) for c in case_ids],
+            [_to_row(states[c].view) for c in case_ids],
             lambda row: row["case_id"] in known_cases,
         )
         changed_actions = [
@@ -461,14 +336,14 @@ class ViewStore:
             conn,
             actions,
             ["case_id", "request_id"],
-            [_action_row(a) for a in changed_actions],
+            [_to_row(a) for a in changed_actions],
             lambda row: (row["case_id"], row["request_id"]) in actions_before,
         )
         self._upsert(
             conn,
             agent_activity,
             ["actor", "event_type"],
-            [_activity_row(activity[k]) for k in touched_activity],
+            [_to_row(activity[k]) for k in touched_activity],
             lambda row: (row["actor"], row["event_type"]) in known_activity,
         )
         new_last = records[-1].sequence
@@ -501,11 +376,11 @@ class ViewStore:
     def _load_states(self, conn: Connection, case_ids: Iterable[str]) -> dict[str, CaseState]:
         ids = list(case_ids)
         states = {
-            row.case_id: CaseState(_case_view(row))
+            row.case_id: CaseState(_from_row(CaseView, row))
             for row in conn.execute(select(cases).where(cases.c.case_id.in_(ids)))
         }
         for row in conn.execute(select(actions).where(actions.c.case_id.in_(ids))):
-            states[row.case_id].actions[row.request_id] = _action_view(row)
+            states[row.case_id].actions[row.request_id] = _from_row(ActionView, row)
         return states
 
     def _first_copies(
@@ -535,7 +410,10 @@ class ViewStore:
         if not actors:
             return {}
         query = select(agent_activity).where(agent_activity.c.actor.in_(actors))
-        return {(row.actor, row.event_type): _activity(row) for row in conn.execute(query)}
+        return {
+            (row.actor, row.event_type): _from_row(AgentActivity, row)
+            for row in conn.execute(query)
+        }
 
     # ------------------------------------------------------------------ read side
 
@@ -548,7 +426,7 @@ class ViewStore:
         if query.after is not None:
             statement = statement.where(cases.c.case_id > query.after)
         with self.engine.connect() as conn:
-            return [_case_view(row) for row in conn.execute(statement)]
+            return [_from_row(CaseView, row) for row in conn.execute(statement)]
 
     def case_detail(self, case_id: str) -> CaseDetail | None:
         with self.engine.connect() as conn:
@@ -566,7 +444,7 @@ class ViewStore:
             .order_by(audit_events.c.sequence)
         )
         with self.engine.connect() as conn:
-            return [_timeline_entry(row) for row in conn.execute(statement)]
+            return [_from_row(TimelineEntry, row) for row in conn.execute(statement)]
 
     def activity(self, actor: str | None = None) -> list[AgentActivity]:
         statement = select(agent_activity).order_by(
@@ -575,7 +453,7 @@ class ViewStore:
         if actor is not None:
             statement = statement.where(agent_activity.c.actor == actor)
         with self.engine.connect() as conn:
-            return [_activity(row) for row in conn.execute(statement)]
+            return [_from_row(AgentActivity, row) for row in conn.execute(statement)]
 
     def counts(self) -> tuple[int, int]:
         """(cases, flagged events)."""

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from mesh.errors import MeshError
-from mesh.service_process import Service, run_service
-from mesh.settings import MeshSettings
+from mesh.service_process import Service, service_main
 from services.policy.bundle import PolicyBundleInvalid
 from services.policy.service import PolicyService
 from services.policy.settings import PolicySettings
@@ -15,7 +13,9 @@ from services.policy.settings import PolicySettings
 log = logging.getLogger(__name__)
 
 
-async def run(settings: MeshSettings, policy: PolicySettings) -> None:
+def main() -> None:
+    policy = PolicySettings()
+
     async def reload_bundle(service: Service) -> None:
         # SIGHUP: re-read the bundle directory. An invalid bundle is refused with its
         # errors in the log, and the one in force stays in force.
@@ -27,15 +27,8 @@ async def run(settings: MeshSettings, policy: PolicySettings) -> None:
         except MeshError:
             log.exception("could not activate the bundle")
 
-    await run_service(
-        settings,
-        policy.service_id,
-        policy.seed_file,
-        lambda nc, identity: PolicyService(nc, identity, settings, policy),
+    service_main(
+        policy,
+        lambda nc, identity, settings: PolicyService(nc, identity, settings, policy),
         reload=reload_bundle,
     )
-
-
-def main() -> None:
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run(MeshSettings(), PolicySettings()))

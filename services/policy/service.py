@@ -44,6 +44,7 @@ from contracts.events.case import CaseStepCompleted
 from contracts.events.operations import PolicyBundleActivated, PolicyBundleActivatedPayload
 from contracts.ids import derived_event_id
 from mesh.agent import Agent, HandlerContext
+from mesh.authorization import signed_actor
 from mesh.errors import (
     BrokerError,
     ConcurrencyConflict,
@@ -51,7 +52,7 @@ from mesh.errors import (
     PermanentError,
     SignatureError,
 )
-from mesh.identity import Identity, verify_headers
+from mesh.identity import Identity
 from mesh.key_directory import KeyDirectory
 from mesh.provisioning import ensure_key_value, ensure_stream
 from mesh.reading import read_case, read_subject
@@ -358,8 +359,7 @@ class PolicyService:
             ):
                 continue
             try:  # a fact counts only if its author really signed it, with a valid key
-                signer = verify_headers(stored.subject, stored.body, stored.headers)
-                self.keys.check(signer, stored.event.actor, stored.stored_at, stored.subject)
+                signed_actor(stored, self.keys)
             except SignatureError as exc:
                 log.warning(
                     "case %s: ignoring step #%d as a fact: %s", case_id, stored.sequence, exc.reason

@@ -18,7 +18,7 @@ from mesh.identity import Identity
 from mesh.onboarding import ONBOARDING_ID
 from mesh.provisioning import ensure_stream
 from mesh.publisher import EventPublisher
-from mesh.service_process import run_service
+from mesh.service_process import service_main
 from mesh.settings import MeshSettings
 from mesh.topology import Topology
 from services.registry.broker_auth import BrokerAuthorization, load_principals
@@ -129,18 +129,9 @@ class RegistryService:
         self._subscriptions.clear()
 
 
-async def run(settings: MeshSettings, registry: RegistrySettings) -> None:
-    await run_service(
-        settings,
-        registry.service_id,
-        registry.seed_file,
-        lambda nc, identity: RegistryService(nc, identity, settings, registry),
-    )
-
-
 def main() -> None:
-    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run(MeshSettings(), RegistrySettings()))
+    own = RegistrySettings()
+    service_main(own, lambda nc, identity, settings: RegistryService(nc, identity, settings, own))
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ def make_cases(count: int, seed: int) -> list[DemoCase]:
         if kind == "large":
             amount, claim_type = rng.randrange(200_000, 1_500_000), rng.choice(["auto", "home"])
         data: dict[str, Any] = {
-            "policy_number": f"P-{rng.randrange(1000, 99999):05d}".replace("0", "1")[:-1] + "7",
+            "policy_number": f"P-{rng.randrange(1000, 9999)}7",  # in force: not ending in 0
             "claimant": rng.choice(["A. Jansen", "B. Okafor", "C. Rossi", "D. Novak", "E. Kim"]),
             "claim_type": claim_type,
             "amount_cents": amount + 1,  # never a round amount

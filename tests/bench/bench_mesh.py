@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import msgspec
+import uvicorn
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 
 from contracts.eventstore_api import CaseQuery
@@ -102,8 +103,6 @@ async def raw_run(count: int, concurrency: int) -> tuple[float, list[float]]:
         server.start()
         port = free_port()
         ledger = Ledger(Path(directory) / "gateway.db")
-        import uvicorn
-
         config = uvicorn.Config(
             gateway_app(GatewaySettings(failure_rate=0.0), ledger),
             port=port,

@@ -157,8 +157,8 @@ async def wait_for(mesh: SecuredMesh, case_id: str, event_type: type[Event]) -> 
     return await eventually(found, timeout=20, what=f"{event_type.event_name()} in {case_id}")
 
 
-async def claims_manager(mesh: SecuredMesh, agent_id: str = "maria") -> tuple[Identity, Client]:
-    """A registered, operator-activated human claims manager, connected with its key."""
+async def human(mesh: SecuredMesh, agent_id: str, roles: list[str]) -> tuple[Identity, Client]:
+    """A registered, operator-activated human, connected with its own key."""
     identity = Identity.generate()
     card = AgentCard(
         agent_id=agent_id,
@@ -167,7 +167,7 @@ async def claims_manager(mesh: SecuredMesh, agent_id: str = "maria") -> tuple[Id
         owner=KNOWN_OWNER,
         purpose="approves large payouts",
         kind="human",
-        roles=["approver", "claims_manager"],
+        roles=roles,
         produces=["approval_granted", "approval_rejected", "action_requested"],
         actions=[ActionGrant(action_type="issue_payment")],
     )
@@ -180,6 +180,10 @@ async def claims_manager(mesh: SecuredMesh, agent_id: str = "maria") -> tuple[Id
     nc = await connect_as(mesh.url, agent_id, identity)
     mesh.connections.append(nc)
     return identity, nc
+
+
+async def claims_manager(mesh: SecuredMesh, agent_id: str = "maria") -> tuple[Identity, Client]:
+    return await human(mesh, agent_id, ["approver", "claims_manager"])
 
 
 async def approve(

@@ -26,24 +26,21 @@ from contracts import (
     ApprovalGrantedPayload,
     ApprovalRequired,
     CaseOpened,
-    CaseOpenedPayload,
-    CaseStepCompleted,
-    CaseStepCompletedPayload,
     DecisionProvenance,
     PolicyBundleActivated,
 )
-from contracts.envelope import Event
 from mesh import Agent, HandlerContext, Identity
 from mesh.authorization import NotAuthorized, require_authorization
 from mesh.cli import app
 from mesh.dead_letters import read_dead_letters
 from mesh.errors import PermissionDenied
 from mesh.key_directory import KeyDirectory
-from mesh.onboarding import card_with_key, connect_as, register
 from mesh.publisher import EventPublisher
 from mesh.reading import read_case, read_subject
 from mesh.testing import eventually
 from services.policy.bundle import PolicyBundleInvalid
+from tests.integration.claims_flow import human, open_claim, screen
+from tests.integration.claims_flow import wait_for as first
 from tests.integration.registry_fixtures import KNOWN_OWNER, SecuredMesh, secured_mesh
 
 cli = CliRunner()
@@ -85,73 +82,6 @@ def adjudicator() -> Agent:
         )
 
     return agent
-
-
-async def screen(mesh: SecuredMesh, case_id: str, fraud: int) -> None:
-    """The fraud screening's result, in the log: the fact policy reads (never the
-    requester's own evidence)."""
-    assert mesh.harness_nc is not None
-    step = CaseStepCompleted(
-        case_id=case_id,
-        actor="harness",
-        payload=CaseStepCompletedPayload(
-            step="fraud_screening", outcome="screened", evidence={"fraud_score": fraud}
-        ),
-    )
-    await EventPublisher(mesh.harness_nc.jetstream(), mesh.harness, mesh.topology).publish(step)
-
-
-async def open_claim(mesh: SecuredMesh, case_id: str, amount: int, fraud: int = 0) -> None:
-    assert mesh.harness_nc is not None
-    await screen(mesh, case_id, fraud)
-    opened = CaseOpened(
-        case_id=case_id,
-        actor="harness",
-        payload=CaseOpenedPayload(
-            kind="claim", source="crm", data={"amount": amount, "fraud_score": fraud}
-        ),
-    )
-    await EventPublisher(mesh.harness_nc.jetstream(), mesh.harness, mesh.topology).publish(opened)
-
-
-async def first(mesh: SecuredMesh, case_id: str, event_type: type[Event]) -> Event:
-    assert mesh.harness_nc is not None
-    js = mesh.harness_nc.jetstream()
-
-    async def found() -> Event | None:
-        for stored in await read_case(js, mesh.topology, case_id):
-            if isinstance(stored.event, event_type):
-                return stored.event
-        return None
-
-    return await eventually(found, timeout=15, what=event_type.event_name())
-
-
-async def human(mesh: SecuredMesh, agent_id: str, roles: list[str]) -> tuple[Identity, object]:
-    """A registered, operator-activated human approver, connected with its own key."""
-    identity = Identity.generate()
-    card = AgentCard(
-        agent_id=agent_id,
-        name=agent_id.title(),
-        version="1",
-        owner=KNOWN_OWNER,
-        purpose="approves large payouts",
-        kind="human",
-        roles=roles,
-        produces=["approval_granted", "approval_rejected", "action_requested"],
-        actions=[ActionGrant(action_type="issue_payment")],
-    )
-    assert mesh.harness_nc is not None
-    await mesh.client(mesh.harness_nc).register(card_with_key(card, identity), identity)
-    operators = await mesh.operator_client()
-    await operators.change_status(
-        "activate", agent_id, "approver on the claims desk", mesh.operator
-    )
-    record = await register(mesh.url, card, identity, mesh.topology.subjects, wait=5)
-    assert record.status == "active"
-    nc = await connect_as(mesh.url, agent_id, identity)
-    mesh.connections.append(nc)
-    return identity, nc
 
 
 async def test_allow_and_deny_carry_their_provenance(mesh: SecuredMesh) -> None:

@@ -94,19 +94,18 @@ class Ledger:
             )
             return {"payment_ref": row[0], "status": row[1]}, attempts
 
-    def set_status(self, ref: str, status: str, *, capture: bool = False) -> dict[str, Any] | None:
+    def capture(self, ref: str) -> None:
+        """Idempotent: capturing a captured payment moves no more money."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT payee, status FROM payments WHERE payment_ref=?", (ref,)
-            ).fetchone()
-            if row is None:
-                return None
-            if capture and row[1] != "captured":
-                self._db.execute(
-                    "UPDATE payments SET captures = captures + 1 WHERE payment_ref=?", (ref,)
-                )
-            self._db.execute("UPDATE payments SET status=? WHERE payment_ref=?", (status, ref))
-            return {"payment_ref": ref, "status": status, "payee": row[0], "was": row[1]}
+            self._db.execute(
+                "UPDATE payments SET status='captured', captures = captures + 1"
+                " WHERE payment_ref=? AND status != 'captured'",
+                (ref,),
+            )
+
+    def void(self, ref: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE payments SET status='voided' WHERE payment_ref=?", (ref,))
 
     def authorize(self, ref: str) -> str:
         """Authorize a new payment; a payment already further along stays as it is (a
@@ -120,6 +119,13 @@ class Ledger:
                 "SELECT status FROM payments WHERE payment_ref=?", (ref,)
             ).fetchone()
             return str(row[0])
+
+    def payment(self, ref: str) -> dict[str, Any] | None:
+        with self._lock:
+            cursor = self._db.execute("SELECT * FROM payments WHERE payment_ref=?", (ref,))
+            row = cursor.fetchone()
+            names = [c[0] for c in cursor.description]
+        return None if row is None else dict(zip(names, row, strict=True))
 
     def rows(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -161,26 +167,24 @@ def gateway_app(
 
     @app.post("/v1/payments/{ref}/capture")
     async def capture(ref: str) -> Response:
-        rows = {r["payment_ref"]: r for r in ledger.rows()}
-        row = rows.get(ref)
+        row = ledger.payment(ref)
         if row is None:
             return answer(404, {"error": f"no payment {ref}"})
         if row["status"] == "voided":
             return answer(409, {"error": f"{ref} was voided"})
         if str(row["payee"]).startswith("CLOSED"):
             return answer(422, {"error": "payee account is closed"})
-        ledger.set_status(ref, "captured", capture=True)
+        ledger.capture(ref)
         return answer(200, {"payment_ref": ref, "status": "captured"})
 
     @app.post("/v1/payments/{ref}/void")
     async def void(ref: str) -> Response:
-        rows = {r["payment_ref"]: r for r in ledger.rows()}
-        row = rows.get(ref)
+        row = ledger.payment(ref)
         if row is None:
             return answer(404, {"error": f"no payment {ref}"})
         if row["status"] == "captured":
             return answer(409, {"error": f"{ref} is captured; refund it instead"})
-        ledger.set_status(ref, "voided")
+        ledger.void(ref)
         return answer(200, {"payment_ref": ref, "status": "voided"})
 
     @app.get("/v1/ledger")
