@@ -55,7 +55,7 @@ class MessageChecker:
     def _parse(self, subject: str) -> ParsedSubject:
         parsed = self._parsed.get(subject)
         if parsed is None:
-            if len(self._parsed) > 50_000:
+            if len(self._parsed) > 4096:
                 self._parsed.clear()  # bounded: memory stays flat over any log
             try:
                 parsed = self.subjects.parse(subject)
