@@ -1,20 +1,34 @@
-# Every target creates the virtualenv first if it is missing or older than pyproject.toml.
+# Every target creates the virtualenv first if it is missing or older than the lock file.
+# Installs come from requirements.lock (exact versions and hashes), never from the
+# ranges in pyproject.toml, so what passes today passes on any day. `make lock`
+# re-resolves the ranges deliberately; review and commit the new lock.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
+UV_VERSION := 0.13.9
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint format bench demo schema clean
+.PHONY: venv test lint format bench demo schema lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# The build backend (setuptools) is locked too, so the editable install needs no
+# unpinned download.
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
+	echo 'setuptools>=69' | $(BIN)/uv pip compile pyproject.toml - --extra dev \
+		--generate-hashes --universal --python-version 3.11 --upgrade \
+		--custom-compile-command 'make lock' -o $(LOCK)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -6,6 +6,7 @@ fails when they are stale. Regenerate with `python -m contracts.schema_export`.
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -46,8 +47,23 @@ def event_schemas(catalog: EventCatalog = CATALOG) -> dict[str, dict[str, Any]]:
     return documents
 
 
+def _normalised(node: Any) -> Any:
+    """Descriptions as `inspect.cleandoc` leaves them, whatever msgspec's version does
+    to docstring indentation, so the committed files change only when a contract does."""
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else _normalised(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_normalised(item) for item in node]
+    return node
+
+
 def render(document: dict[str, Any]) -> str:
-    return json.dumps(document, indent=2, sort_keys=True) + "\n"
+    return json.dumps(_normalised(document), indent=2, sort_keys=True) + "\n"
 
 
 def stale_files(directory: Path = SCHEMA_DIR) -> list[str]:
