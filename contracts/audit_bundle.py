@@ -9,10 +9,12 @@ An auditor needs no NATS and no running service to check one; everything is here
 - `proofs`: inclusion proofs of each exported event in the newest checkpoint's tree,
   and consistency proofs from each earlier checkpoint to it (RFC 9162).
 - `manifest`: the event store's signed statement of which messages the scope holds —
-  every (sequence, case, event id, leaf hash, case-chain head) in order, in pages —
-  so a dropped, reordered or altered message is named, not merely noticed.
+  every (sequence, case, event id, leaf hash, case-chain head, signature, stored time,
+  earlier copy of its id) in order, in pages — so a dropped, reordered, altered,
+  re-signed or re-timed message is named, not merely noticed.
 - `principals`: every key that signed anything here, with its validity, the owner's
-  lifecycle, kind and roles (who was a human approver).
+  lifecycle, kind and roles (who was a human approver), and the cards it held over
+  time with the operator's signature behind each.
 
 Bodies travel base64-encoded: the bytes that were signed, with no re-encoding.
 """
@@ -60,6 +62,11 @@ class ManifestEntry(msgspec.Struct, frozen=True, array_like=True):
     leaf_hash: str  # hex
     chain_hash: str  # hex: the case's hash-chain head after this message
     signature: str | None = None  # the Mesh-Signature the message was stored with
+    # When the broker stored it: key validity, suspension and revocation are judged by
+    # this time, so it is under the seal too.
+    stored_at: datetime | None = None
+    # An earlier message (perhaps of another case) that carried the same event id.
+    duplicate_of: int | None = None
 
 
 class AuditPrincipal(msgspec.Struct, frozen=True, kw_only=True):

@@ -32,6 +32,7 @@ from contracts.events.operations import (
 )
 from contracts.events.registry import (
     AgentActivated,
+    AgentCardProposed,
     AgentCardUpdated,
     AgentRegistered,
     AgentRevoked,
@@ -98,6 +99,7 @@ CATALOG = EventCatalog(
         ActionFailed,
         AgentRegistered,
         AgentCardUpdated,
+        AgentCardProposed,
         AgentActivated,
         AgentSuspended,
         AgentRevoked,

@@ -4,8 +4,27 @@ Over NATS: a request to `<root>.svc.ingress.<source>` (the source is the sender'
 principal name; the broker lets it publish there and nowhere else). Over HTTP:
 `POST /v1/cases/<source>`. The body is an `OpenCaseRequest` as JSON; its JSON Schema is
 `contracts/schema/ingress_open_case_request.json`, and the claim data of an insurance
-claim is `ingress_claim_data.json`. The answer is an `IngressReply` (HTTP 201, or 422 with the
-same `errors` when the input is refused).
+claim (`kind` "insurance_claim", the one kind handled so far: any other is refused) is
+`ingress_claim_data.json`.
+
+The ingress accepts exactly what those schemas accept, within these bounds:
+- the body is at most 64 KiB (the ingress's `max_body_bytes`: more than the largest
+  claim needs with every character escaped, unless padded with whitespace or zeros)
+  and nests at most 32 levels deep (a claim nests 2);
+- it is I-JSON (RFC 7493): UTF-8 without a byte order mark, no member name twice in
+  one object, no lone surrogate escapes;
+- a pattern's `$` is the end of the string, as in ECMA-262 (not also before a final
+  newline, as in Python's `re`); an integer may be written `42001.0`, as JSON Schema's
+  data model has it.
+
+The answer is an `IngressReply`; over NATS it goes only to an `_INBOX.` reply subject
+(a request naming any other subject is handled, but not answered). Over HTTP: 201 a
+case was opened, 200 it had been opened already (`duplicate`), 400 the body is not an
+acceptable JSON document, 401 the bearer token is missing or wrong, 409 the case exists
+and is not this request's, 413 the body is over the limit, 422 it breaks the contract,
+503 the mesh could not take it (retry later). A refusal lists its reasons twice:
+`problems` for machines, `errors` (one line each) for people; `dead_letter` says where
+the refused input is kept.
 """
 
 from __future__ import annotations
@@ -18,6 +37,28 @@ import msgspec
 CLAIM_KIND = "insurance_claim"
 Cents = Annotated[int, msgspec.Meta(gt=0, le=1_000_000_000, description="an amount in cents")]
 Token = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+# What `Problem.code` can say, and what it means.
+PROBLEM_CODES: dict[str, str] = {
+    "too_large": "the body is over the size limit",
+    "too_deep": "the body nests deeper than the limit",
+    "not_json": "the body is not a JSON document in UTF-8, or holds a lone surrogate",
+    "duplicate_key": "a member name appears twice in one object",
+    "type": "a value has the wrong JSON type",
+    "required": "a required member is missing",
+    "unknown_field": "a member the contract does not define",
+    "pattern": "a string does not match its pattern",
+    "length": "a string is too short or too long",
+    "range": "a number is out of its range",
+    "enum": "a value is not one of those allowed",
+    "format": "a string is not in its format, e.g. a date",
+    "unknown_kind": "no process here handles this kind of case",
+    "invalid_source": "the source named by the subject or URL is not a valid name",
+    "unauthorized": "over HTTP, the bearer token is missing or not the source's",
+    "conflict": "the case exists and was not opened by this source and reference",
+    "unavailable": "the mesh could not take the request now: retry later",
+    "internal": "the ingress failed: a bug, please report it",
+}
 
 
 class OpenCaseRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -39,6 +80,26 @@ class ClaimData(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     payee_account: Annotated[str, msgspec.Meta(min_length=4, max_length=64)]
 
 
+class Problem(msgspec.Struct, frozen=True, kw_only=True):
+    """One reason why input was refused."""
+
+    path: Annotated[
+        str,
+        msgspec.Meta(
+            description='where, as a JSON path into the body: "$" is the whole body, '
+            '"$.data.amount_cents" one member'
+        ),
+    ]
+    code: Annotated[
+        str,
+        msgspec.Meta(
+            description="what kind of problem: "
+            + "; ".join(f"{code}: {meaning}" for code, meaning in PROBLEM_CODES.items())
+        ),
+    ]
+    message: str  # the same, for a person
+
+
 class IngressReply(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool
     case_id: str | None = None
@@ -46,3 +107,4 @@ class IngressReply(msgspec.Struct, frozen=True, kw_only=True):
     duplicate: bool = False  # this external_ref had opened the case already
     errors: list[str] = msgspec.field(default_factory=list)
     dead_letter: int | None = None  # where the refused input is kept (DLQ sequence)
+    problems: list[Problem] = msgspec.field(default_factory=list)  # `errors`, structured

@@ -2,13 +2,16 @@
 
     register   body: the AgentCard JSON, signed (Mesh-Signature/Mesh-Signer headers) by
                the agent's key: its own key for a new agent, a currently valid key of
-               the agent for an update or a key rotation.
+               the agent for an update or a key rotation. A new agent (or a wider card
+               to take effect at once) carries an operator's enrolment grant in the
+               Mesh-Enrolment-Grant header (a SignedStatement as JSON).
     get        RegistryQuery(agent_id=…)
     list       RegistryQuery(status=…, event_type=…, action_type=…, role=…)
-    keys       RegistryQuery(): every principal's key history and status, for
-               signature checks by consumers and auditors
+    keys       RegistryQuery(): every principal's key history, status and the cards
+               it held over time, for checks by consumers and auditors
     heartbeat  Heartbeat, signed; no reply needed
     activate / suspend / revoke   StatusChangeRequest, signed by an operator
+    approve    CardApprovalRequest, signed by an operator: put a proposed card in force
 
 Every reply is a RegistryReply: ok, or an error that says what is wrong.
 """
@@ -19,9 +22,20 @@ from datetime import datetime
 
 import msgspec
 
-from contracts.cards import AgentKey, AgentRecord, AgentStatus, Period
+from contracts.cards import AgentKey, AgentRecord, AgentStatus, CardPeriod, Period
 
-OPERATIONS = ("register", "get", "list", "keys", "heartbeat", "activate", "suspend", "revoke")
+OPERATIONS = (
+    "register",
+    "get",
+    "list",
+    "keys",
+    "heartbeat",
+    "activate",
+    "suspend",
+    "revoke",
+    "approve",
+)
+GRANT_HEADER = "Mesh-Enrolment-Grant"
 
 
 class RegistryQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,6 +48,15 @@ class RegistryQuery(msgspec.Struct, frozen=True, kw_only=True):
 
 class StatusChangeRequest(msgspec.Struct, frozen=True, kw_only=True):
     agent_id: str
+    reason: str
+
+
+class CardApprovalRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """An operator puts an agent's proposed card in force; the digest names exactly
+    the card the operator read (contracts.cards.card_digest)."""
+
+    agent_id: str
+    card_digest: str
     reason: str
 
 
@@ -51,10 +74,15 @@ class PrincipalKeys(msgspec.Struct, frozen=True, kw_only=True):
     key_history: list[AgentKey]
     updated_at: datetime  # the newest registry event applied to this principal
     suspensions: list[Period] = msgspec.field(default_factory=list)
+    cards: list[CardPeriod] = msgspec.field(default_factory=list)  # in force over time
 
 
 class RegistryReply(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool
     error: str | None = None
+    retry_after: float | None = None  # a refusal that passes: ask again after this many s
     records: list[AgentRecord] = msgspec.field(default_factory=list)
     keys: list[PrincipalKeys] = msgspec.field(default_factory=list)
+    # With `keys`: the registry stream sequence the answer reflects (every registry
+    # event up to it is applied), so a reader knows how current it is.
+    registry_sequence: int = 0

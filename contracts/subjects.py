@@ -7,6 +7,7 @@
     <root>.dlq.<stream>.<consumer>            dead letters, kept with their reason
     <root>.replay.<stream>.<consumer>         a dead letter sent back to its one consumer
     <root>.svc.<service>.<operation>          request/reply with a service (core NATS)
+    <root>.svc.<service>.<operation>.<who>    the same, where the broker binds who asks
 
 Family subjects have a fixed token count, so a consumer filters one event type
 across all cases with `<root>.case.*.<event_type>`. The root defaults to "mesh"; tests
@@ -87,6 +88,12 @@ class Subjects:
             f"{self.root}.svc.{check_token(service, 'service')}."
             f"{check_token(operation, 'operation')}"
         )
+
+    def service_as(self, service: str, operation: str, principal: str) -> str:
+        """A request that names who asks (`<root>.svc.<service>.<operation>.<principal>`):
+        under the registry's enforcement each principal may publish only its own, so
+        the service knows who asks without trusting the body."""
+        return f"{self.service(service, operation)}.{check_token(principal, 'principal')}"
 
     def service_all(self, service: str) -> str:
         return f"{self.root}.svc.{check_token(service, 'service')}.>"

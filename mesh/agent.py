@@ -25,6 +25,7 @@ from contracts.catalog import CATALOG, EventCatalog
 from contracts.envelope import Event
 from contracts.ids import derived_event_id
 from mesh.errors import ConfigurationError, PermanentError
+from mesh.identity import message_digest
 from mesh.publisher import Receipt
 from mesh.reading import StoredEvent
 from mesh.resilience import CircuitBreaker
@@ -41,8 +42,11 @@ class Handler(Protocol[E_contra]):
 
 
 class Services(Protocol):
-    """What the runtime lends a handler: publishing, shared circuit breakers, and
-    reading the case log."""
+    """What the runtime lends a handler: publishing, shared circuit breakers, reading
+    the case log, and the key its derived event ids are made with."""
+
+    @property
+    def id_key(self) -> bytes: ...
 
     async def emit(self, event: Event, *, expected_case_sequence: int | None = None) -> Receipt: ...
 
@@ -66,6 +70,7 @@ class HandlerContext:
         services: Services,
         written_at: datetime | None = None,
         max_deliver: int | None = None,
+        message: StoredEvent | None = None,
     ) -> None:
         self.agent = agent
         self.event = event
@@ -76,6 +81,8 @@ class HandlerContext:
         self.stream_sequence = stream_sequence
         # When the event entered the log (the broker's clock): what deadlines are judged by.
         self.written_at = written_at or event.occurred_at
+        # The event as stored: its subject, exact bytes and headers.
+        self.message = message
         self.log = logging.getLogger(f"mesh.agent.{agent.card.agent_id}")
         self._services = services
         self._emitted = 0
@@ -91,7 +98,13 @@ class HandlerContext:
         cause = self.event
         # Every concrete event type declares `payload`; the base class does not.
         derived: E = cast(Any, event_type)(
-            event_id=derived_event_id(cause.event_id, self.agent.card.agent_id, self._emitted),
+            event_id=derived_event_id(
+                cause.case_id,
+                cause.event_id,
+                self.agent.card.agent_id,
+                self._emitted,
+                self._services.id_key,
+            ),
             case_id=cause.case_id,
             correlation_id=cause.correlation_id,
             causation_id=cause.event_id,
@@ -111,6 +124,13 @@ class HandlerContext:
     def breaker(self, name: str) -> CircuitBreaker:
         """The agent's breaker guarding dependency `name` (shared by all its handlers)."""
         return self._services.breaker(name)
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the event's stored subject and bytes (mesh.identity.message_digest)."""
+        if self.message is None:
+            raise PermanentError(f"no stored bytes of {self.event.event_id} to digest")
+        return message_digest(self.message.subject, self.message.body)
 
     async def history(self) -> list[StoredEvent]:
         """This case's log so far, in order (read from the stream, not a cache)."""

@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from mesh.agent import Agent
 from mesh.connection import close, connect
 from mesh.embedded import EmbeddedNats
+from mesh.enrolment import load_grant
 from mesh.errors import ConfigurationError, MeshError
 from mesh.identity import Identity
 from mesh.key_directory import KeyDirectory
@@ -98,8 +99,9 @@ async def start_agent(
     topology = Topology(settings.subject_root, settings.stream_replicas)
     refused = asyncio.Event()
     if settings.onboard:
+        grant = load_grant(settings.enrolment_grant_file) if settings.enrolment_grant_file else None
         record = await register(
-            url, agent.card, identity, topology.subjects, wait=settings.onboard_wait
+            url, agent.card, identity, topology.subjects, wait=settings.onboard_wait, grant=grant
         )
         log.info("agent %s is %s in the registry", agent.card.agent_id, record.status)
         nc = await connect_as(
@@ -114,10 +116,12 @@ async def start_agent(
             connect_timeout=settings.connect_timeout,
             on_credentials_refused=refused.set,
         )
-    directory = KeyDirectory() if settings.check_signers else None
+    # Under the registry's enforcement every consumer checks signers: what a compromised
+    # peer could slip into the log must not reach a handler.
+    directory = KeyDirectory() if settings.check_signers or settings.onboard else None
     try:
         if directory is not None:
-            await directory.follow(nc, topology.subjects, RegistryClient(nc, topology.subjects))
+            await directory.follow(nc, topology)
         runner = AgentRunner(
             agent,
             nc=nc,

@@ -2,24 +2,24 @@
 
 The component that executes an action (a payment, say) calls `require_authorization`
 with the request id. It passes only if the log holds, for that request:
-- the `action_requested` itself;
-- an `action_approved` answering it, signed by the policy service's key, and no
-  `action_denied` from it (decisions signed by anyone else are ignored: they can
-  neither authorize nor block);
+- exactly one request under that id (two different events under one id prove nothing:
+  which one was judged?), signed by its actor with a key and a card valid when stored;
+- an `action_approved` answering it that cites the request's digest (the sha256 of its
+  stored bytes), signed by a principal whose card produces decisions — the policy
+  service — and no such `action_denied` or `approval_expired` (decisions anyone else
+  wrote can neither authorize nor block);
 - when the policy asked for a human (`approval_required`), the `approval_granted` the
-  approval names, signed by a registered human's key valid when it was written, who is
-  not the requester.
-Anything else raises NotAuthorized with the reason, for the executor to record.
+  approval names, citing the same digest, signed by a human whose card in force then
+  produces approvals, who is not the requester.
+Anything else raises NotAuthorized with the reason, for the executor to record. What
+the executor then runs is `Authorization.request`: byte for byte what was approved.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nats.js.client import JetStreamContext
-
 from contracts.events.actions import (
-    POLICY_PRINCIPAL,
     ActionApproved,
     ActionDenied,
     ActionRequested,
@@ -28,10 +28,9 @@ from contracts.events.actions import (
     ApprovalRequired,
 )
 from mesh.errors import MeshError, SignatureError
-from mesh.identity import verify_headers
+from mesh.identity import message_digest, verify_headers
 from mesh.key_directory import KeyDirectory
-from mesh.reading import StoredEvent, read_case
-from mesh.topology import Topology
+from mesh.reading import StoredEvent
 
 
 class NotAuthorized(MeshError):
@@ -46,31 +45,44 @@ class NotAuthorized(MeshError):
 @dataclass(frozen=True)
 class Authorization:
     request: ActionRequested
+    request_digest: str
     decision: ActionApproved
     approval: ApprovalGranted | None
 
 
 def signed_actor(stored: StoredEvent, keys: KeyDirectory) -> str:
-    """The actor, once its signature and its key's validity at storage time check out."""
+    """The actor, once its signature, its key's validity at storage time and its card's
+    right to produce this type of event check out."""
     signer = verify_headers(stored.subject, stored.body, stored.headers)
-    keys.check(signer, stored.event.actor, stored.stored_at, stored.subject)
+    keys.check(
+        signer, stored.event.actor, stored.stored_at, stored.subject, stored.event.event_name()
+    )
     return stored.event.actor
 
 
 async def require_authorization(
-    js: JetStreamContext,
-    topology: Topology,
-    keys: KeyDirectory,
-    *,
-    case_id: str,
-    request_id: str,
-    policy_principal: str = POLICY_PRINCIPAL,
+    history: list[StoredEvent], keys: KeyDirectory, *, request_id: str
 ) -> Authorization:
-    history = await read_case(js, topology, case_id)
-    by_id = {stored.event.event_id: stored for stored in history}
-    request = by_id.get(request_id)
+    """`history` is the case's log, read after the approval arrived."""
+    if history:
+        await keys.ensure_current(max(stored.stored_at for stored in history))
+    copies = [stored for stored in history if stored.event.event_id == request_id]
+    request = next((s for s in copies if isinstance(s.event, ActionRequested)), None)
     if request is None or not isinstance(request.event, ActionRequested):
         raise NotAuthorized(request_id, "no such action_requested in the case")
+    digests = {message_digest(s.subject, s.body) for s in copies}
+    if len(digests) > 1:
+        sequences = ", ".join(f"#{s.sequence}" for s in copies)
+        raise NotAuthorized(
+            request_id,
+            f"the log holds {len(digests)} different events under this id ({sequences}): "
+            "which one was judged cannot be told, so none is executed",
+        )
+    try:
+        signed_actor(request, keys)
+    except SignatureError as exc:
+        raise NotAuthorized(request_id, f"the request fails verification: {exc.reason}") from None
+    digest = digests.pop()
     answers = [
         s
         for s in history
@@ -78,18 +90,20 @@ async def require_authorization(
         and s.event.payload.request_id == request_id
     ]
     trusted = []
-    ignored = []  # decisions anyone else wrote: they neither authorize nor block
+    ignored = []  # decisions that do not count: they neither authorize nor block
     for stored in answers:
         try:
-            actor = signed_actor(stored, keys)
+            signed_actor(stored, keys)
         except SignatureError as exc:
             ignored.append(f"#{stored.sequence} fails verification ({exc.reason})")
             continue
-        if actor != policy_principal:
-            ignored.append(f"#{stored.sequence} {stored.event.event_name()} by {actor}")
+        if isinstance(stored.event, ActionApproved | ActionDenied | ApprovalRequired) and (
+            stored.event.payload.request_digest != digest
+        ):
+            ignored.append(f"#{stored.sequence} judged other bytes than the request's")
             continue
         trusted.append(stored.event)
-    untrusted = f"; ignored, not the policy service's: {', '.join(ignored)}" if ignored else ""
+    untrusted = f"; ignored: {', '.join(ignored)}" if ignored else ""
     denied = [e for e in trusted if isinstance(e, ActionDenied)]
     if denied:
         raise NotAuthorized(request_id, f"denied: {'; '.join(denied[0].payload.reasons)}")
@@ -98,21 +112,31 @@ async def require_authorization(
     approved = [e for e in trusted if isinstance(e, ActionApproved)]
     if not approved:
         raise NotAuthorized(request_id, f"no approving decision (yet){untrusted}")
-    if len(approved) > 1:
+    if len({e.event_id for e in approved}) > 1:
         raise NotAuthorized(
             request_id, f"{len(approved)} approving decisions for one request: investigate"
         )
     decision = approved[0]
-    needs_human = any(isinstance(e, ApprovalRequired) for e in trusted)
-    if not needs_human:
-        return Authorization(request.event, decision, None)
-    approval = by_id.get(decision.payload.approval_id or "")
-    if approval is None or not isinstance(approval.event, ApprovalGranted):
+    if not any(isinstance(e, ApprovalRequired) for e in trusted):
+        return Authorization(request.event, digest, decision, None)
+    grants = [
+        s
+        for s in history
+        if s.event.event_id == (decision.payload.approval_id or "")
+        and isinstance(s.event, ApprovalGranted)
+    ]
+    if len(grants) != 1:
         raise NotAuthorized(request_id, "policy required a human approval; none is referenced")
+    approval = grants[0]
+    assert isinstance(approval.event, ApprovalGranted)
     try:
         approver = signed_actor(approval, keys)
     except SignatureError as exc:
         raise NotAuthorized(request_id, f"the approval fails verification: {exc}") from None
-    if approver == request.event.actor or approval.event.payload.request_id != request_id:
+    if (
+        approver == request.event.actor
+        or approval.event.payload.request_id != request_id
+        or approval.event.payload.request_digest != digest
+    ):
         raise NotAuthorized(request_id, f"approval by {approver} does not count for this request")
-    return Authorization(request.event, decision, approval.event)
+    return Authorization(request.event, digest, decision, approval.event)

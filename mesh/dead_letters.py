@@ -149,24 +149,43 @@ class DeadLetterSink:
         return int(ack.seq)
 
     async def refused_input(
-        self, *, received_on: str, body: bytes, reason: str, source: str, consumer: str
+        self,
+        *,
+        received_on: str,
+        body: bytes,
+        reason: str,
+        source: str,
+        consumer: str,
+        headers: dict[str, str] | None = None,
     ) -> int:
         """Keep input another system sent that never became an event (it failed the
-        contract), with the reason: nothing is dropped, even what is refused."""
+        contract), with the reason: nothing is dropped, even what is refused.
+
+        `headers` describe the kept body where the caller had to shape it (e.g. only a
+        prefix of a body too big to keep, with the whole one's size and digest); they
+        cannot replace the headers set here, nor carry broker control headers."""
         now = datetime.now(UTC).isoformat()
-        headers = {
-            ORIGINAL_SUBJECT: received_on,
-            ORIGINAL_STREAM: self.topology.ingress_stream,
-            ORIGINAL_TIME: now,
-            CONSUMER: consumer,
-            REASON: _one_line(reason),
-            KIND: DeadLetterKind.INVALID_INPUT.value,
-            DEAD_LETTERED_AT: now,
-            SOURCE: source,
+        # Every value is made one line: the sender chose the source and the subject.
+        described = {
+            name: _one_line(value)
+            for name, value in (headers or {}).items()
+            if not name.startswith(_DROPPED_HEADERS)
         }
+        described.update(
+            {
+                ORIGINAL_SUBJECT: _one_line(received_on),
+                ORIGINAL_STREAM: self.topology.ingress_stream,
+                ORIGINAL_TIME: now,
+                CONSUMER: consumer,
+                REASON: _one_line(reason),
+                KIND: DeadLetterKind.INVALID_INPUT.value,
+                DEAD_LETTERED_AT: now,
+                SOURCE: _one_line(source),
+            }
+        )
         subject = self.topology.subjects.dead_letter(self.topology.ingress_stream, consumer)
         try:
-            ack = await self.js.publish(subject, body, timeout=self.timeout, headers=headers)
+            ack = await self.js.publish(subject, body, timeout=self.timeout, headers=described)
         except nats.js.errors.APIError as exc:
             raise PublishFailed(subject, f"{exc.description} (code {exc.err_code})") from exc
         except (nats.errors.Error, TimeoutError) as exc:

@@ -8,7 +8,9 @@
       │
     verify (optional) ─ unsigned or signature does not match ───────► dead-letter, term
       │
-    signer (optional) ─ unknown, another actor's, suspended, revoked ► dead-letter, term
+    signer (optional, with a key directory current as of the message)
+      ─ unknown, another actor's, suspended, revoked, or a type the
+        actor's card in force then does not produce ──────────────────► dead-letter, term
       │
     handler (bounded by handler_timeout)
       ├ ok ─────────────────────────────────────────────────────────► ack
@@ -55,6 +57,7 @@ from mesh.errors import (
 )
 from mesh.identity import SIGNER_HEADER, verify_headers
 from mesh.key_directory import KeyDirectory
+from mesh.reading import StoredEvent
 from mesh.resilience import redelivery_delay
 
 log = logging.getLogger(__name__)
@@ -90,13 +93,6 @@ class EventDispatcher:
         self._rng = random.Random()
         self.agent_id = agent.card.agent_id
 
-    async def _known_signer(self, msg: Msg) -> None:
-        """A signer registered a moment ago may not be in the directory yet: look once
-        more before refusing its event."""
-        signer = (msg.headers or {}).get(SIGNER_HEADER)
-        if self.key_directory is not None and signer and not self.key_directory.knows(signer):
-            await self.key_directory.refresh(signer)
-
     async def __call__(self, msg: Msg) -> float | None:
         delivery = msg.metadata.num_delivered
         if delivery > self.max_deliver:
@@ -106,7 +102,13 @@ class EventDispatcher:
                 f"delivered {delivery} times and never settled: the handler crashed or "
                 f"hung the agent each time (limit {self.max_deliver})",
             )
-        await self._known_signer(msg)
+        if self.key_directory is not None:
+            try:
+                # Never judge a message by a directory older than it: a revocation (or
+                # a registration) stored just before it must count.
+                await self.key_directory.ensure_current(self._written_at(msg))
+            except MeshError as exc:
+                return await self._retry_or_give_up(msg, exc)
         try:
             event = self._read(msg)
         except ContractError as exc:
@@ -128,6 +130,14 @@ class EventDispatcher:
             services=self.services,
             written_at=self._written_at(msg),
             max_deliver=self.max_deliver,
+            message=StoredEvent(
+                sequence=msg.metadata.sequence.stream,
+                subject=self.original_subject(msg),
+                body=msg.data,
+                headers=msg.headers or {},
+                event=event,
+                stored_at=self._written_at(msg),
+            ),
         )
         try:
             async with asyncio.timeout(self.handler_timeout):
@@ -164,7 +174,9 @@ class EventDispatcher:
             signer = (msg.headers or {}).get(SIGNER_HEADER)
             if not signer:
                 raise SignatureError(subject, "unsigned: no Mesh-Signer header")
-            self.key_directory.check(signer, event.actor, self._written_at(msg), subject)
+            self.key_directory.check(
+                signer, event.actor, self._written_at(msg), subject, event.event_name()
+            )
         return event
 
     def _written_at(self, msg: Msg) -> datetime:

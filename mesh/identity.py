@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import os
 from pathlib import Path
 
@@ -25,6 +26,12 @@ SIGNER_HEADER = "Mesh-Signer"
 
 def signed_bytes(subject: str, body: bytes) -> bytes:
     return subject.encode() + b"\n" + body
+
+
+def message_digest(subject: str, body: bytes) -> str:
+    """sha256 (hex) of exactly what was signed and stored: what a decision and a human's
+    approval cite, so that what runs is byte for byte what was judged."""
+    return hashlib.sha256(signed_bytes(subject, body)).hexdigest()
 
 
 class Identity:
@@ -74,6 +81,12 @@ class Identity:
     def sign(self, subject: str, body: bytes) -> str:
         signature: bytes = self._keypair.sign(signed_bytes(subject, body))
         return base64.urlsafe_b64encode(signature).decode()
+
+    @functools.cached_property
+    def id_key(self) -> bytes:
+        """A secret derived from the seed that keys this principal's derived event ids
+        (contracts.ids.derived_event_id): deterministic for it, unpredictable for others."""
+        return hashlib.blake2b(self._seed, digest_size=32, person=b"mesh-event-ids").digest()
 
     def signature_headers(self, subject: str, body: bytes) -> dict[str, str]:
         return {SIGNATURE_HEADER: self.sign(subject, body), SIGNER_HEADER: self.public_key}

@@ -1,33 +1,44 @@
-"""Who may sign what, and when: the registry's key history, held by every consumer.
+"""Who may sign what, and when: the registry's keys and cards, held by every consumer.
 
 A check answers: was `signer` a key of `actor`, valid at the time the event entered
-the log, and was the actor neither revoked nor suspended then? The directory follows
-the registry: a snapshot on start, and a fresh one whenever a registry event appears
-(subscribed on `<root>.registry.>`), so a revocation reaches every consumer within a
-round trip. The check is a dictionary look-up; it does not re-verify the signature
-(that is `verify_signatures`, ~45 µs an event, and what auditors do offline).
+the log; was the actor neither revoked nor suspended then; and did the card the actor
+held then let it produce this type of event? A fact check answers whether a card in
+force at that time made the actor the authority for a case fact. The checks are
+dictionary look-ups; they do not re-verify the signature (that is `verify_headers`,
+~45 µs an event, which the component acting on an approval chain and auditors do).
+
+Nobody acts on a message with a directory older than the message. Every registry
+change takes effect at the broker time its event was stored in the registry stream,
+so `ensure_current(at)` asks the broker for the registry stream's newest sequence
+(one direct get, answered from the server's memory) and reloads from the registry
+only if a change was stored that this directory has not applied. Concurrent callers
+share one such look-up: it covers every message delivered before it was sent.
+Besides, the directory follows the registry's events as they are published and
+reloads at once, so the look-up rarely finds it behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from contracts.cards import AgentCard
 from contracts.codec import decode
 from contracts.errors import ContractError
 from contracts.registry_api import PrincipalKeys
-from contracts.subjects import Subjects
-from mesh.errors import MeshError, SignatureError
+from mesh.errors import BrokerError, MeshError, SignatureError
 from mesh.registry_client import RegistryClient
+from mesh.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +58,19 @@ class KeyDirectory:
         self._refresh: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._registry: RegistryClient | None = None
-        self._last_refresh = 0.0
-        self._refresh_lock = asyncio.Lock()
+        self._nc: Client | None = None
+        self._registry_stream = ""
+        self._registry_subjects = ""
+        self._reload_lock = asyncio.Lock()
+        self._sync_lock = asyncio.Lock()
         self.loaded = asyncio.Event()
-        # When the registry snapshot held was asked for: it knows every change before.
-        self.snapshot_at: datetime | None = None
+        # The registry stream sequence the loaded snapshot reflects.
+        self.registry_sequence = 0
+        # Every registry event stored before this broker time is applied.
+        self._confirmed: datetime | None = None
+        self._wanted: datetime | None = None
 
-    def load(self, principals: list[PrincipalKeys]) -> None:
+    def load(self, principals: list[PrincipalKeys], registry_sequence: int = 0) -> None:
         keys = {}
         for principal in principals:
             for key in principal.key_history:
@@ -62,47 +79,34 @@ class KeyDirectory:
                 )
         self._keys = keys
         self._principals = {p.agent_id: p for p in principals}
+        self.registry_sequence = registry_sequence
         self.loaded.set()
 
     def knows(self, signer: str) -> bool:
         return signer in self._keys
 
-    async def refresh(self, signer: str | None = None, min_interval: float = 0.5) -> None:
-        """Reload now (say, for a signer registered a moment ago); at most once per
-        `min_interval`, so a flood of unknown signers cannot flood the registry.
-        Concurrent callers wait for the reload in flight rather than skip it."""
-        async with self._refresh_lock:
-            if signer is not None and signer in self._keys:
-                return  # the reload we waited for found it
-            if self._registry is None or time.monotonic() - self._last_refresh < min_interval:
-                return
-            self._last_refresh = time.monotonic()
-            try:
-                await self._reload(self._registry)
-            except MeshError as exc:
-                log.warning("could not refresh the key directory: %s", exc)
+    def card_at(self, actor: str, at: datetime) -> AgentCard | None:
+        """The card `actor` held at `at`, if any was in force."""
+        principal = self._principals.get(actor)
+        if principal is None:
+            return None
+        return next((p.card for p in principal.cards if p.covers(at)), None)
 
-    async def _reload(self, registry: RegistryClient) -> None:
-        asked_at = datetime.now(UTC)
-        self.load(await registry.keys())
-        self.snapshot_at = asked_at
+    def authoritative(self, actor: str, fact: str, at: datetime) -> bool:
+        """Did a card in force at `at` make `actor` the authority for `fact`?"""
+        card = self.card_at(actor, at)
+        return card is not None and fact in card.facts
 
-    async def current_as_of(self, at: datetime, skew: float = 0.5) -> None:
-        """Make sure the snapshot was asked for after `at` (allowing `skew` seconds
-        between the registry's clock and the broker's), so checking a message stored at
-        `at` sees every lifecycle change made before it — a revocation the follower has
-        not heard of yet included. Raises MeshError if the registry cannot answer: a
-        check against a snapshot that may be stale would not be a check."""
-        if self._registry is None:
-            return
-        wanted = at + timedelta(seconds=skew)
-        async with self._refresh_lock:
-            if self.snapshot_at is not None and self.snapshot_at >= wanted:
-                return
-            await self._reload(self._registry)
-
-    def check(self, signer: str, actor: str, at: datetime, subject: str = "") -> None:
-        """Raise SignatureError unless `signer` could sign for `actor` at time `at`."""
+    def check(
+        self,
+        signer: str,
+        actor: str,
+        at: datetime,
+        subject: str = "",
+        event_type: str | None = None,
+    ) -> None:
+        """Raise SignatureError unless `signer` could sign for `actor` at time `at` (and,
+        given `event_type`, the card `actor` held then let it produce that type)."""
         period = self._keys.get(signer)
         if period is None:
             raise SignatureError(subject, f"signer key {signer} is not registered")
@@ -132,61 +136,119 @@ class KeyDirectory:
                 f"key {signer} of {actor} was not valid at {at.isoformat()} "
                 f"(valid {period.valid_from.isoformat()} to {until})",
             )
+        if event_type is None:
+            return
+        card = self.card_at(actor, at)
+        if card is None:
+            raise SignatureError(subject, f"no card of {actor} was in force at {at.isoformat()}")
+        if event_type not in card.produces:
+            raise SignatureError(
+                subject,
+                f"{actor}'s card in force at {at.isoformat()} (version {card.version}) does "
+                f"not produce {event_type}",
+            )
+
+    # ------------------------------------------------------------------ keeping current
+
+    async def ensure_current(self, at: datetime) -> None:
+        """Return once every registry change stored before broker time `at` is applied
+        here. Raises MeshError if that cannot be established: a check against a
+        directory that may be stale would not be a check."""
+        if self._nc is None:
+            return  # a fixed directory (an auditor's, a test's): nothing to follow
+        if self._confirmed is not None and at <= self._confirmed:
+            return
+        self._wanted = at if self._wanted is None else max(self._wanted, at)
+        async with self._sync_lock:
+            if self._confirmed is not None and at <= self._confirmed:
+                return
+            # Every caller waiting now holds a message the broker stored before this
+            # look-up is sent, so the look-up covers all of them.
+            covering = self._wanted
+            newest = await self._newest_registry_sequence()
+            if newest > self.registry_sequence:
+                await self._reload_until(newest)
+            if self._confirmed is None or covering > self._confirmed:
+                self._confirmed = covering
+
+    async def _newest_registry_sequence(self) -> int:
+        assert self._nc is not None
+        request = json.dumps({"last_by_subj": self._registry_subjects}).encode()
+        try:
+            reply = await self._nc.request(
+                f"$JS.API.DIRECT.GET.{self._registry_stream}", request, timeout=5.0
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BrokerError("read the registry stream's newest sequence", repr(exc)) from exc
+        headers = reply.headers or {}
+        if headers.get("Status") == "404":
+            return 0  # no registry event at all yet
+        sequence = headers.get("Nats-Sequence")
+        if sequence is None:
+            raise BrokerError(
+                "read the registry stream's newest sequence",
+                f"{headers.get('Status', '?')} {headers.get('Description', '')}".strip(),
+            )
+        return int(sequence)
+
+    async def _reload_until(self, sequence: int, patience: float = 10.0) -> None:
+        """Reload until the registry has applied its history up to `sequence` (it
+        answers between storing an event and applying it)."""
+        deadline = time.monotonic() + patience
+        while True:
+            await self._reload()
+            if self.registry_sequence >= sequence:
+                return
+            if time.monotonic() > deadline:
+                raise MeshError(
+                    f"the registry has not applied its history up to #{sequence} "
+                    f"(it answers as of #{self.registry_sequence})"
+                )
+            await asyncio.sleep(0.02)
+
+    async def _reload(self) -> None:
+        assert self._registry is not None
+        async with self._reload_lock:
+            reply = await self._registry.keys_reply()
+            if reply.registry_sequence >= self.registry_sequence or not self.loaded.is_set():
+                self.load(reply.keys, reply.registry_sequence)
 
     async def follow(
         self,
         nc: Client,
-        subjects: Subjects,
-        registry: RegistryClient,
+        topology: Topology,
+        registry: RegistryClient | None = None,
         refresh_every: float = 30.0,
     ) -> None:
-        """Load a snapshot now, and a new one whenever the registry's history moves.
-
-        A snapshot can be served while the registry is still applying the event that
-        announced it, so the reload repeats until every announced change shows."""
-        pending: dict[str, datetime] = {}  # principal -> newest announced change
+        """Load a snapshot now, and a new one whenever the registry's history moves."""
+        subjects = topology.subjects
         changed = asyncio.Event()
-
-        def caught_up() -> bool:
-            return all(
-                agent_id in self._principals and self._principals[agent_id].updated_at >= at
-                for agent_id, at in pending.items()
-            )
 
         async def reload() -> None:
             while changed.is_set():
                 changed.clear()
-                deadline = time.monotonic() + 10.0
-                while True:
-                    try:
-                        await self._reload(registry)
-                    except MeshError as exc:
-                        log.warning(
-                            "could not refresh the key directory (%s); keeping the last", exc
-                        )
-                    if caught_up():
-                        pending.clear()
-                        break
-                    if time.monotonic() > deadline:
-                        log.error("key directory still behind the registry: %s", pending)
-                        break
-                    await asyncio.sleep(0.05)
+                try:
+                    newest = await self._newest_registry_sequence()
+                    if newest > self.registry_sequence:
+                        await self._reload_until(newest)
+                except MeshError as exc:
+                    log.warning("could not refresh the key directory (%s); keeping the last", exc)
 
-        async def on_registry_event(msg: Msg) -> None:
-            try:
-                event = decode(msg.data)
-                key = event.subject_key()
-            except (ContractError, ValueError):
-                log.warning("unreadable registry event on %s; reloading anyway", msg.subject)
-            else:
-                pending[key] = max(event.occurred_at, pending.get(key, event.occurred_at))
+        def poke() -> None:
             changed.set()
             if self._refresh is None or self._refresh.done():
                 self._refresh = asyncio.create_task(reload())
 
+        async def on_registry_event(msg: Msg) -> None:
+            try:
+                decode(msg.data)
+            except ContractError:
+                log.warning("unreadable registry event on %s; reloading anyway", msg.subject)
+            poke()
+
         async def watchdog() -> None:
             # Registry events travel over core NATS: one sent while we were
-            # disconnected is gone. Reload after every reconnect, and now and then.
+            # disconnected is gone. Look again after every reconnect, and now and then.
             reconnects = nc.stats.get("reconnects", 0)
             last = time.monotonic()
             while True:
@@ -194,27 +256,26 @@ class KeyDirectory:
                 now_reconnects = nc.stats.get("reconnects", 0)
                 if now_reconnects != reconnects or time.monotonic() - last > refresh_every:
                     reconnects, last = now_reconnects, time.monotonic()
-                    changed.set()
-                    if self._refresh is None or self._refresh.done():
-                        self._refresh = asyncio.create_task(reload())
+                    poke()
 
+        self._nc = nc
+        self._registry = registry or RegistryClient(nc, subjects)
+        self._registry_stream = topology.registry_stream
+        self._registry_subjects = subjects.family_all("registry")
         try:
             self._subscription = await nc.subscribe(
                 subjects.family_all("registry"), cb=on_registry_event
             )
         except nats.errors.Error as exc:
             raise MeshError(f"cannot follow the registry: {exc!r}") from exc
-        self._registry = registry
-        await self._reload(registry)
+        await self._reload()
         self._watchdog = asyncio.create_task(watchdog())
 
     async def close(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            await asyncio.gather(self._watchdog, return_exceptions=True)
-        if self._refresh is not None:
-            self._refresh.cancel()
-            await asyncio.gather(self._refresh, return_exceptions=True)
+        for task in (self._watchdog, self._refresh):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._subscription is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._subscription.unsubscribe()

@@ -1,6 +1,7 @@
 """Joining a mesh whose broker enforces the registry: register the card over the
-anonymous onboarding user, wait until the agent is active (the registry has then
-granted its nkey user), and connect with the agent's own key.
+anonymous onboarding user (a new agent presents its operator's enrolment grant), wait
+until the agent is active with this card in force (the registry has then granted its
+nkey user), and connect with the agent's own key.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import UTC, datetime
 import msgspec
 from nats.aio.client import Client
 
-from contracts.cards import AgentCard, AgentKey, AgentRecord
+from contracts.cards import AgentCard, AgentKey, AgentRecord, SignedStatement
 from contracts.subjects import Subjects
 from mesh.connection import connect
 from mesh.errors import BrokerError, ConfigurationError
@@ -49,8 +50,10 @@ async def register(
     *,
     wait: float,
     poll: float = 1.0,
+    grant: SignedStatement | None = None,
 ) -> AgentRecord:
-    """Register (idempotently) until the registry says the agent is active."""
+    """Register (idempotently) until the registry says the agent is active with this
+    card in force. A wider card than the one in force waits for an operator's approval."""
     card = card_with_key(card, identity)
     nc = await connect(
         url,
@@ -62,8 +65,9 @@ async def register(
         client = RegistryClient(nc, subjects)
         deadline = time.monotonic() + wait
         while True:
-            record = await client.register(card, identity)
-            if record.status == "active":
+            record = await client.register(card, identity, grant=grant)
+            proposed = record.pending_card is not None and _same_scope(record.pending_card, card)
+            if record.status == "active" and not proposed:
                 return record
             if record.status in ("suspended", "revoked"):
                 raise RegistryRefused(
@@ -71,13 +75,21 @@ async def register(
                 )
             if time.monotonic() >= deadline:
                 raise ConfigurationError(
-                    f"agent {card.agent_id} is registered but not active after {wait:.0f}s: "
-                    f"an operator must run `mesh registry activate {card.agent_id}`"
+                    f"agent {card.agent_id}: its card (version {card.version}) is not in force "
+                    f"after {wait:.0f}s: an operator must approve it "
+                    f"(`mesh registry approve {card.agent_id}`) or grant it"
                 )
-            log.info("agent %s registered; waiting for activation", card.agent_id)
+            log.info("agent %s registered; waiting for an operator", card.agent_id)
             await asyncio.sleep(poll)
     finally:
         await nc.close()
+
+
+def _same_scope(registered: AgentCard, card: AgentCard) -> bool:
+    """The registry normalises status and key times; the rest is what was asked."""
+    return msgspec.structs.replace(registered, status=card.status, keys=[]) == (
+        msgspec.structs.replace(card, keys=[])
+    )
 
 
 async def connect_as(

@@ -220,7 +220,7 @@ async def read_raw(
                 yield found
 
 
-def _broker_time(stamp: str) -> datetime:
+def broker_time(stamp: str) -> datetime:
     """An RFC 3339 `Nats-Time-Stamp` as the same datetime nats-py's message metadata
     gives for it (nanoseconds through a float, as nats-py does), so every reader of a
     message agrees on when it entered the log, to the microsecond."""
@@ -279,7 +279,7 @@ async def read_direct(
                         subject=headers["Nats-Subject"],
                         body=msg.data,
                         headers={k: v for k, v in headers.items() if k not in _DIRECT_HEADERS},
-                        stored_at=_broker_time(headers["Nats-Time-Stamp"]),
+                        stored_at=broker_time(headers["Nats-Time-Stamp"]),
                     )
                 )
                 start = sequence + 1

@@ -11,8 +11,10 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from contracts.cards import AgentCard, AgentRecord
+from contracts.cards import AgentCard, AgentRecord, SignedStatement
 from contracts.registry_api import (
+    GRANT_HEADER,
+    CardApprovalRequest,
     Heartbeat,
     PrincipalKeys,
     RegistryQuery,
@@ -56,11 +58,13 @@ async def request_with_patience(
 
 class RegistryRefused(MeshError):
     """The registry answered, and said no (a forged or invalid card, an unknown agent…).
-    Permanent: the same request will be refused again."""
+    Permanent: the same request will be refused again — unless `retry_after` is set
+    (the registry is busy)."""
 
-    def __init__(self, operation: str, reason: str) -> None:
+    def __init__(self, operation: str, reason: str, retry_after: float | None = None) -> None:
         self.operation = operation
         self.reason = reason
+        self.retry_after = retry_after
         super().__init__(f"registry refused {operation}: {reason}")
 
 
@@ -76,6 +80,7 @@ class RegistryClient:
         body: bytes,
         identity: Identity | None = None,
         proofs: tuple[Identity, ...] = (),
+        grant: SignedStatement | None = None,
     ) -> RegistryReply:
         subject = self.subjects.service("registry", operation)
         headers = identity.signature_headers(subject, body) if identity else None
@@ -83,6 +88,8 @@ class RegistryClient:
             headers[KEY_PROOFS_HEADER] = msgspec.json.encode(
                 {proof.public_key: proof.sign(subject, body) for proof in proofs}
             ).decode()
+        if headers is not None and grant is not None:
+            headers[GRANT_HEADER] = msgspec.json.encode(grant).decode()
         msg = await request_with_patience(
             self.nc,
             subject,
@@ -96,16 +103,45 @@ class RegistryClient:
         except msgspec.DecodeError as exc:
             raise BrokerError(f"registry {operation}", f"unreadable reply: {exc}") from None
         if not reply.ok:
-            raise RegistryRefused(operation, reply.error or "no reason given")
+            raise RegistryRefused(operation, reply.error or "no reason given", reply.retry_after)
         return reply
 
     async def register(
-        self, card: AgentCard, identity: Identity, *new_keys: Identity
+        self,
+        card: AgentCard,
+        identity: Identity,
+        *new_keys: Identity,
+        grant: SignedStatement | None = None,
+        patience: float = 30.0,
     ) -> AgentRecord:
         """Submit the card signed with `identity` (and by every key it adds, e.g. the
-        next key in a rotation); returns the registry's record."""
-        reply = await self._request("register", msgspec.json.encode(card), identity, new_keys)
+        next key in a rotation), with an operator's enrolment grant where one is needed;
+        returns the registry's record. A busy registry is asked again for `patience` s."""
+        deadline = time.monotonic() + patience
+        body = msgspec.json.encode(card)
+        while True:
+            try:
+                reply = await self._request("register", body, identity, new_keys, grant)
+            except RegistryRefused as exc:
+                if exc.retry_after is None or time.monotonic() + exc.retry_after > deadline:
+                    raise
+                await asyncio.sleep(exc.retry_after)
+                continue
+            return reply.records[0]
+
+    async def approve(
+        self, agent_id: str, card_digest: str, reason: str, operator: Identity
+    ) -> AgentRecord:
+        """Put the agent's proposed card (the one with this digest) in force."""
+        body = msgspec.json.encode(
+            CardApprovalRequest(agent_id=agent_id, card_digest=card_digest, reason=reason)
+        )
+        reply = await self._request("approve", body, operator)
         return reply.records[0]
+
+    async def keys_reply(self) -> RegistryReply:
+        """Every principal's keys and cards, and the registry sequence they reflect."""
+        return await self._request("keys", msgspec.json.encode(RegistryQuery()))
 
     async def get(self, agent_id: str) -> AgentRecord:
         reply = await self._request("get", msgspec.json.encode(RegistryQuery(agent_id=agent_id)))

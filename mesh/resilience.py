@@ -4,6 +4,8 @@
   exponential backoff with jitter), for short hiccups such as a publish timeout.
 - `redelivery_delay` is the broker-side schedule: how long a NAK asks JetStream to
   wait before redelivering, growing with each delivery, capped, jittered.
+- `TokenBucket` bounds how often something may happen (say, anonymous registrations),
+  so a flood is answered "later" instead of starving everything else.
 - `CircuitBreaker` stops calling a dependency that keeps failing; each state change
   is handed to `on_change` (the runtime publishes it as a `circuit_state_changed`
   event, so the breaker's history is in the log like everything else).
@@ -60,6 +62,27 @@ def redelivery_delay(
     """Full-jitter-ish exponential delay before delivery number `delivery + 1`."""
     exponential = min(cap, base * (2 ** max(0, delivery - 1)))
     return (rng or random).uniform(exponential / 2, exponential)
+
+
+class TokenBucket:
+    """`rate` events a second on average, bursts of up to `burst`."""
+
+    def __init__(self, *, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self._tokens = burst
+        self._at = clock()
+
+    def take(self) -> float:
+        """0 if one event may happen now (and counts it); else how long until one may."""
+        now = self.clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return 0.0
+        return (1 - self._tokens) / self.rate
 
 
 StateListener = Callable[[CircuitStateChangedPayload], Awaitable[None]]

@@ -84,6 +84,10 @@ class AgentRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self._breakers: dict[str, CircuitBreaker] = {}
 
+    @property
+    def id_key(self) -> bytes:
+        return self.identity.id_key
+
     async def emit(self, event: Event, *, expected_case_sequence: int | None = None) -> Receipt:
         def publish() -> Awaitable[Receipt]:
             return self.publisher.publish(event, expected_case_sequence=expected_case_sequence)
@@ -104,9 +108,8 @@ class AgentRunner:
                 f"{self.agent.card.agent_id} executes actions: it must check signers "
                 "(MESH_CHECK_SIGNERS=1) to prove an approval"
             )
-        return await require_authorization(
-            self.js, self.topology, self.key_directory, case_id=case_id, request_id=request_id
-        )
+        history = await self.history(case_id)
+        return await require_authorization(history, self.key_directory, request_id=request_id)
 
     def breaker(self, name: str) -> CircuitBreaker:
         """The agent's breaker for dependency `name`; its state changes are published

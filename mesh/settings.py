@@ -32,6 +32,11 @@ class MeshSettings(BaseSettings):
         "credentials it grants (implies nkey_auth)",
     )
     onboard_wait: float = Field(default=60.0, gt=0, description="wait for activation")
+    enrolment_grant_file: Path | None = Field(
+        default=None,
+        description="an operator's enrolment grant (mesh registry grant): a new agent "
+        "presents it with its first registration",
+    )
     check_signers: bool = Field(
         default=False,
         description="refuse events whose signer the registry does not vouch for "

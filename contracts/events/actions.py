@@ -1,6 +1,9 @@
 """Actions: an agent asks to do something consequential; policy (and maybe a human)
 decides; the executor reports what happened. `request_id` is always the event_id of
-the `action_requested` event, and doubles as the side effect's idempotency key."""
+the `action_requested` event. A decision and a human's approval also cite the
+`request_digest`: the sha256 of the request's stored subject and bytes
+(mesh.identity.message_digest), so they bind to the exact request they judged — a
+second, different event under the same id is never what was approved."""
 
 from __future__ import annotations
 
@@ -10,10 +13,6 @@ from typing import Any
 import msgspec
 
 from contracts.envelope import Event
-
-# The principal whose decisions count: only the policy service decides on a request
-# (the broker lets no one else publish decisions; auditors check it anyway).
-POLICY_PRINCIPAL = "policy"
 
 
 class ActionRequestedPayload(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,12 +31,28 @@ class PolicyReference(msgspec.Struct, frozen=True, kw_only=True):
     rationale: str = ""
 
 
+class FactSource(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a case fact a decision used came from: the event that stated it, by an
+    agent whose card (in force when that event was stored) made it the authority."""
+
+    name: str
+    value: Any
+    event_id: str
+    actor: str
+    sequence: int
+
+
 class DecisionProvenance(msgspec.Struct, frozen=True, kw_only=True):
-    """What an auditor needs to re-check a decision: the bundle, the rules, the inputs."""
+    """What an auditor needs to re-check a decision: the bundle, the rules, the inputs,
+    and where each case fact came from."""
 
     policy_bundle_hash: str
     determining_policies: list[PolicyReference] = msgspec.field(default_factory=list)
     inputs: dict[str, Any] = msgspec.field(default_factory=dict)
+    # The case facts the policy looked for (its schema's case attributes), and the
+    # authoritative statement of each one found in the log before the request.
+    facts_considered: list[str] = msgspec.field(default_factory=list)
+    facts: list[FactSource] = msgspec.field(default_factory=list)
 
 
 class ActionDecisionPayload(msgspec.Struct, frozen=True, kw_only=True):
@@ -48,6 +63,7 @@ class ActionDecisionPayload(msgspec.Struct, frozen=True, kw_only=True):
     # When a human decided: the approval_granted / approval_rejected event it answers.
     approval_id: str | None = None
     approver: str | None = None
+    request_digest: str = ""  # the exact request decided on
 
 
 class ActionApproved(Event, frozen=True, kw_only=True, tag="action_approved"):
@@ -64,6 +80,7 @@ class ApprovalRequiredPayload(msgspec.Struct, frozen=True, kw_only=True):
     provenance: DecisionProvenance
     approver_role: str
     deadline: datetime
+    request_digest: str = ""  # the exact request a human is asked about
 
 
 class ApprovalRequired(Event, frozen=True, kw_only=True, tag="approval_required"):
@@ -74,6 +91,7 @@ class ApprovalGrantedPayload(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str
     approver: str
     comment: str = ""
+    request_digest: str = ""  # the exact request the human read and approved
 
 
 class ApprovalGranted(Event, frozen=True, kw_only=True, tag="approval_granted"):
@@ -84,6 +102,7 @@ class ApprovalRejectedPayload(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str
     approver: str
     reason: str
+    request_digest: str = ""
 
 
 class ApprovalRejected(Event, frozen=True, kw_only=True, tag="approval_rejected"):

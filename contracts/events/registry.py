@@ -1,10 +1,14 @@
-"""Registry history: agents registered, changed, suspended and revoked."""
+"""Registry history: agents registered, changed, suspended and revoked.
+
+Every change that puts scope in force carries the operator's signature it rests on
+(`grant` / `approval`), so an auditor can check offline that nobody gained scope,
+kind or roles without one."""
 
 from __future__ import annotations
 
 import msgspec
 
-from contracts.cards import AgentCard
+from contracts.cards import AgentCard, SignedStatement
 from contracts.envelope import Event
 
 
@@ -14,6 +18,7 @@ class _RegistryEvent(Event, frozen=True, kw_only=True):
 
 class AgentRegisteredPayload(msgspec.Struct, frozen=True, kw_only=True):
     card: AgentCard
+    grant: SignedStatement | None = None  # the operator's enrolment grant it used
 
 
 class AgentRegistered(_RegistryEvent, frozen=True, kw_only=True, tag="agent_registered"):
@@ -28,10 +33,31 @@ class AgentCardUpdatedPayload(msgspec.Struct, frozen=True, kw_only=True):
     previous_version: str
     changes: list[str] = msgspec.field(default_factory=list)  # readable, for the audit
     keys_retired: list[str] = msgspec.field(default_factory=list)  # rotated-out keys
+    # The operator's signature behind a wider card (a grant, or an approval of the
+    # proposed card); None for a change that widens nothing.
+    approval: SignedStatement | None = None
 
 
 class AgentCardUpdated(_RegistryEvent, frozen=True, kw_only=True, tag="agent_card_updated"):
+    """The card in force changed (from the time this event was stored)."""
+
     payload: AgentCardUpdatedPayload
+
+    def subject_key(self) -> str:
+        return self.payload.card.agent_id
+
+
+class AgentCardProposedPayload(msgspec.Struct, frozen=True, kw_only=True):
+    card: AgentCard
+    previous_version: str
+    changes: list[str] = msgspec.field(default_factory=list)
+
+
+class AgentCardProposed(_RegistryEvent, frozen=True, kw_only=True, tag="agent_card_proposed"):
+    """An agent asked for a wider card; it waits for an operator's approval and the
+    card in force stays as it was."""
+
+    payload: AgentCardProposedPayload
 
     def subject_key(self) -> str:
         return self.payload.card.agent_id
@@ -41,6 +67,7 @@ class AgentStatusChangePayload(msgspec.Struct, frozen=True, kw_only=True):
     agent_id: str
     reason: str
     by: str  # the operator who did it
+    approval: SignedStatement | None = None  # the operator's signed request (or grant)
 
 
 class AgentActivated(_RegistryEvent, frozen=True, kw_only=True, tag="agent_activated"):

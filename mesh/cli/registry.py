@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+from pathlib import Path
 from typing import Annotated
 
 import msgspec
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from contracts.cards import AgentRecord
+from contracts.cards import ActionGrant, AgentCard, AgentRecord, card_digest
 from contracts.registry_api import RegistryQuery
-from mesh.cli._common import operator_identity, run, session
+from mesh.app import load_agent
+from mesh.cli._common import fail, operator_identity, run, session
+from mesh.enrolment import grant_for, sign_grant, write_grant
+from mesh.errors import ConfigurationError
 from mesh.registry_client import RegistryClient
+from mesh.settings import MeshSettings
 
 registry_app = typer.Typer(help="Agents' identities, scopes and lifecycle.", no_args_is_help=True)
 Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
@@ -28,13 +35,18 @@ def _print_records(records: list[AgentRecord], as_json: bool) -> None:
     for record in records:
         card = record.card
         table.add_row(
-            card.agent_id,
-            record.status,
-            card.owner,
-            card.version,
-            ", ".join(card.produces),
-            ", ".join(a.action_type for a in card.actions),
-            "stale" if record.stale else "yes",
+            *(
+                escape(text)  # what an agent wrote on its card must not be read as markup
+                for text in (
+                    card.agent_id,
+                    record.status + (" (card pending)" if record.pending_card else ""),
+                    card.owner,
+                    card.version,
+                    ", ".join(card.produces),
+                    ", ".join(a.action_type for a in card.actions),
+                    "stale" if record.stale else "yes",
+                )
+            )
         )
     Console().print(table)
 
@@ -74,10 +86,26 @@ def show(agent_id: str, as_json: Json = False) -> None:
     typer.echo(f"{card.agent_id}  {card.name} v{card.version}  [{record.status}]")
     typer.echo(f"  owner:    {card.owner}")
     typer.echo(f"  purpose:  {card.purpose}")
+    typer.echo(f"  kind:     {card.kind} {', '.join(card.roles)}".rstrip())
     typer.echo(f"  consumes: {', '.join(card.consumes) or '-'}")
     typer.echo(f"  produces: {', '.join(card.produces) or '-'}")
+    typer.echo(f"  reads:    {', '.join(card.reads) or '-'}")
+    typer.echo(f"  facts:    {', '.join(card.facts) or '-'}")
     for grant in card.actions:
         typer.echo(f"  may request {grant.action_type} {grant.limits or ''}")
+    for period in record.card_history:
+        until = period.valid_until.isoformat() if period.valid_until else "now"
+        signer = f"signed by {period.approval.signer}" if period.approval else "no widening"
+        typer.echo(
+            f"  card v{period.card.version} in force {period.valid_from.isoformat()} .. "
+            f"{until} ({signer})"
+        )
+    if record.pending_card is not None:
+        pending = record.pending_card
+        typer.echo(
+            f"  PENDING card v{pending.version} (digest {card_digest(pending)}): waits for "
+            f"`mesh registry approve {card.agent_id} --digest {card_digest(pending)}`"
+        )
     if record.status_reason:
         typer.echo(f"  status since {record.status_changed_at.isoformat()}: {record.status_reason}")
     for key in record.key_history:
@@ -112,5 +140,102 @@ def revoke(agent_id: str, reason: Reason) -> None:
 
 @registry_app.command("activate")
 def activate(agent_id: str, reason: Reason) -> None:
-    """Activate a registered agent, or reinstate a suspended one."""
+    """Reinstate a suspended agent."""
     _status_command("activate", agent_id, reason)
+
+
+@registry_app.command("approve")
+def approve(
+    agent_id: str,
+    reason: Reason,
+    digest: Annotated[
+        str, typer.Option("--digest", help="the pending card's digest, as `show` prints it")
+    ],
+) -> None:
+    """Put an agent's proposed (wider) card in force: exactly the card with this digest."""
+
+    async def change() -> AgentRecord:
+        async with session() as mesh:
+            operator = operator_identity(mesh.settings)
+            client = RegistryClient(mesh.nc, mesh.topology.subjects)
+            return await client.approve(agent_id, digest, reason, operator)
+
+    record = run(change())
+    typer.echo(f"{record.card.agent_id}: card v{record.card.version} in force")
+
+
+Many = Annotated[list[str] | None, typer.Option(help="repeat for several")]
+
+
+@registry_app.command("grant")
+def grant(
+    agent_id: str,
+    out: Annotated[Path, typer.Option("--out", help="where to write the signed grant")],
+    from_card: Annotated[
+        str | None,
+        typer.Option("--from-card", help="grant exactly the card of an agent module[:attr]"),
+    ] = None,
+    owner: Annotated[str | None, typer.Option(help="the accountable owner")] = None,
+    kind: Annotated[str, typer.Option(help="agent, human or service")] = "agent",
+    role: Many = None,
+    consumes: Many = None,
+    produces: Many = None,
+    reads: Many = None,
+    fact: Many = None,
+    action: Annotated[
+        list[str] | None,
+        typer.Option(help="TYPE or TYPE:max_amount=5000000 (limits as name=number)"),
+    ] = None,
+    valid_hours: Annotated[float, typer.Option(help="expires after this many hours")] = 24.0,
+) -> None:
+    """Issue a one-time enrolment grant for AGENT_ID, signed with your operator key."""
+    settings = MeshSettings()
+    try:
+        card = _granted_card(
+            agent_id,
+            from_card,
+            {
+                "owner": owner,
+                "kind": kind,
+                "roles": role or [],
+                "consumes": consumes or [],
+                "produces": produces or [],
+                "reads": reads or [],
+                "facts": fact or [],
+                "actions": [_action(text) for text in action or []],
+            },
+        )
+        operator = operator_identity(settings)
+    except (ConfigurationError, msgspec.ValidationError) as exc:
+        raise fail(exc) from None
+    statement = sign_grant(
+        grant_for(card, issued_by=settings.operator_name, valid_for=timedelta(hours=valid_hours)),
+        operator,
+    )
+    write_grant(statement, out)
+    typer.echo(f"grant for {agent_id} written to {out} (valid {valid_hours:g} h, usable once)")
+
+
+def _granted_card(agent_id: str, from_card: str | None, scope: dict[str, object]) -> AgentCard:
+    """The card a grant covers: an agent module's own, or one built from the options."""
+    if from_card is not None:
+        card = load_agent(from_card).card
+        if card.agent_id != agent_id:
+            raise ConfigurationError(f"{from_card} is agent {card.agent_id}, not {agent_id}")
+        return card
+    if scope["owner"] is None:
+        raise ConfigurationError("name the owner (--owner) or grant a card (--from-card)")
+    fields = {"agent_id": agent_id, "name": agent_id, "version": "granted", "purpose": "granted"}
+    return msgspec.convert({**fields, **scope}, AgentCard)
+
+
+def _action(text: str) -> ActionGrant:
+    action_type, _, limits = text.partition(":")
+    parsed: dict[str, object] = {}
+    for item in filter(None, limits.split(",")):
+        name, _, value = item.partition("=")
+        try:
+            parsed[name] = int(value)
+        except ValueError:
+            parsed[name] = value
+    return ActionGrant(action_type=action_type, limits=parsed)

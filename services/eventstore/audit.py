@@ -1,25 +1,29 @@
 """Verifying an audit bundle, offline: no NATS, no database, no running service.
 
-Three families of checks, each violation naming the message it is about:
+Four families of checks, each violation naming the message or principal it is about:
 
 1. **signatures** — every message verifies against its signer's key, and that key
-   belonged to the actor and was valid (not revoked, not suspended) when the message
-   entered the log.
+   belonged to the actor, was valid (not revoked, not suspended), and the actor's card
+   then produced this type of event, at the time the store sealed as its storage time.
 2. **integrity** — the event store's signed manifest pages tile the log and name each
-   message (sequence, event id, leaf hash, per-case chain head): a message that is
-   missing, extra, out of place or altered is named. The signed Merkle checkpoints
-   (RFC 9162) must agree: the whole log's roots are recomputed at every checkpoint, or,
-   for one case, each message's inclusion proof is checked against the newest root and
-   every earlier checkpoint is proved a prefix of it.
-3. **policy** — every executed action has an approving decision referencing its
-   request, earlier in the log; where policy required a human, the decision cites a
-   grant by a human holding the role asked; nobody approves their own request.
+   message (sequence, event id, leaf hash, per-case chain head, signature, stored
+   time): a message that is missing, extra, out of place, altered, re-signed or
+   re-timed is named. The signed Merkle checkpoints (RFC 9162) must agree: the whole
+   log's roots are recomputed at every checkpoint, or, for one case, each message's
+   inclusion proof is checked against the newest root and every earlier checkpoint is
+   proved a prefix of it. One event id names one event: a second message under an id,
+   in any case, is named.
+3. **policy** — decisions cite the exact request and re-derive from the log (facts
+   from their authorities only); every executed action was approved before, by a human
+   of the role asked where policy said so; one obligation is executed once
+   (`audit_policy`).
+4. **enrolment** — nobody gained scope, kind or roles without an operator's signature
+   (`audit_cards`).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -34,23 +38,15 @@ from contracts.audit_bundle import (
 )
 from contracts.codec import decode
 from contracts.errors import ContractError
-from contracts.events.actions import (
-    POLICY_PRINCIPAL,
-    ActionApproved,
-    ActionCompleted,
-    ActionFailed,
-    ActionRequested,
-    ApprovalEscalated,
-    ApprovalGranted,
-    ApprovalRequired,
-)
 from contracts.events.operations import LogCheckpointed
 from contracts.subjects import Subjects
 from mesh.errors import SignatureError
 from mesh.identity import SIGNATURE_HEADER, verify_headers
 from mesh.key_directory import KeyDirectory
+from services.eventstore.audit_cards import card_findings
+from services.eventstore.audit_policy import CasePolicyAudit
 from services.eventstore.checking import MessageChecker
-from services.eventstore.domain import DECISIONS, LogRecord
+from services.eventstore.domain import LogRecord
 from services.eventstore.merkle import (
     CHAIN_START,
     MerkleFrontier,
@@ -98,14 +94,8 @@ def _entry_where(entry: ManifestEntry) -> str:
 
 
 class BundleVerifier:
-    def __init__(
-        self,
-        bundle: AuditBundle,
-        store_key: str | None = None,
-        policy_principal: str = POLICY_PRINCIPAL,
-    ) -> None:
+    def __init__(self, bundle: AuditBundle, store_key: str | None = None) -> None:
         self.bundle = bundle
-        self.policy_principal = policy_principal
         self.store_key = store_key  # pin the event store's key instead of trusting the bundle's
         self.keys = KeyDirectory()
         self.principals: dict[str, AuditPrincipal] = {}
@@ -116,19 +106,23 @@ class BundleVerifier:
 
     def verify(self) -> Report:
         entries, tree_size = self._manifest()
-        records = self._signatures()
+        records = self._signatures({e.sequence: e.stored_at for e in entries if e.stored_at})
         roots = self._checkpoints()
         self.report.tree_size = tree_size
         self._against_manifest(records, entries, tree_size)
         self._merkle(records, roots, tree_size)
+        self._duplicates(records, entries)
         self._policy(records)
+        self._cards()
         self.report.events = len(records)
         self.report.cases = len({r.case_id for r in records})
         return self.report
 
     # ------------------------------------------------------------------ signatures
 
-    def _signatures(self) -> list[LogRecord]:
+    def _signatures(self, sealed_times: dict[int, datetime]) -> list[LogRecord]:
+        """Each message checked against the keys and cards valid when the store sealed
+        it as stored: a message's own `stored_at` is under no signature."""
         checker = MessageChecker(Subjects(self.bundle.subject_root), self.keys)
         records: list[LogRecord] = []
         previous = 0
@@ -138,9 +132,21 @@ class BundleVerifier:
             except ValueError:
                 self.violation("integrity", f"sequence {message.sequence}", "body is not base64")
                 continue
+            sealed = sealed_times.get(message.sequence)
             record = checker.check(
-                message.sequence, message.subject, body, message.headers, message.stored_at
+                message.sequence,
+                message.subject,
+                body,
+                message.headers,
+                sealed or message.stored_at,
             )
+            if sealed is not None and sealed != message.stored_at:
+                self.violation(
+                    "integrity",
+                    _where(record),
+                    f"stored at {message.stored_at.isoformat()} says the bundle, but the seal "
+                    f"says {sealed.isoformat()}: its time was moved",
+                )
             if record.problem is not None:
                 self.violation("signature", _where(record), record.problem)
             if message.sequence <= previous:
@@ -252,10 +258,9 @@ class BundleVerifier:
         if sealed is None:
             self.violation("integrity", "principals", "not sealed by the store: nothing to trust")
             sealed = []
-        elif msgspec.to_builtins(sealed) != msgspec.to_builtins(self.bundle.principals):
-            self.violation(
-                "integrity", "principals", "the bundle's list differs from the sealed one"
-            )
+        else:
+            for name, problem in _principal_differences(sealed, self.bundle.principals):
+                self.violation("integrity", f"principal {name}", problem)
         self.keys.load([p.keys for p in sealed])
         self.principals = {p.keys.agent_id: p for p in sealed}
 
@@ -374,97 +379,80 @@ class BundleVerifier:
                     f"the log of size {tree_size} is not proved to extend it: history rewritten",
                 )
 
+    # ------------------------------------------------------------------ ids
+
+    def _duplicates(self, records: list[LogRecord], entries: list[ManifestEntry]) -> None:
+        """One event id names one event in the whole log: a second message under an id
+        (a replay under a fresh Nats-Msg-Id, or another event reusing it, in this case
+        or another) is named, and two different events under one id above all."""
+        first: dict[str, LogRecord] = {}
+        for record in records:
+            if record.event is None:
+                continue
+            earlier = first.setdefault(record.event.event_id, record)
+            if earlier is record:
+                continue
+            same = earlier.body == record.body and earlier.case_id == record.case_id
+            self.violation(
+                "integrity",
+                _where(record),
+                f"a second message under event id {record.event.event_id} (first at sequence "
+                f"{earlier.sequence}, case {earlier.case_id}): "
+                + ("a replayed copy" if same else "a different event reusing the id"),
+            )
+        sealed = {e.sequence: e for e in entries}
+        in_bundle = {r.sequence for r in records}
+        for record in records:
+            entry = sealed.get(record.sequence)
+            if entry is None or entry.duplicate_of is None or entry.duplicate_of in in_bundle:
+                continue  # named above when both copies are here
+            self.violation(
+                "integrity",
+                _where(record),
+                f"the store sealed it as a second message under its event id (first at "
+                f"sequence {entry.duplicate_of}, outside this bundle)",
+            )
+
     # ------------------------------------------------------------------ policy
 
     def _policy(self, records: list[LogRecord]) -> None:
         by_case: dict[str, list[LogRecord]] = defaultdict(list)
+        seen: set[str] = set()
         for record in records:
-            if record.counts:
+            if record.counts and record.event is not None and record.event.event_id not in seen:
+                seen.add(record.event.event_id)
                 by_case[record.case_id].append(record)
+        audit = CasePolicyAudit(
+            self.keys, lambda record, problem: self.violation("policy", _where(record), problem)
+        )
         for case_records in by_case.values():
-            self._case_policy(case_records)
+            audit.check(case_records)
 
-    def _case_policy(self, records: Iterable[LogRecord]) -> None:
-        requests: dict[str, ActionRequested] = {}
-        approved: dict[str, ActionApproved] = {}
-        role_asked: dict[str, str] = {}
-        grants: dict[str, ApprovalGranted] = {}
-        for record in records:
-            event = record.event
-            if isinstance(event, DECISIONS) and event.actor != self.policy_principal:
-                self.violation(
-                    "policy",
-                    _where(record),
-                    f"a decision by {event.actor}: only {self.policy_principal} decides",
-                )
-                continue
-            match event:
-                case ActionRequested():
-                    requests[event.event_id] = event
-                case ApprovalRequired(payload=p):
-                    role_asked[p.request_id] = p.approver_role
-                case ApprovalEscalated(payload=p) if p.escalated_to:
-                    role_asked[p.request_id] = p.escalated_to
-                case ApprovalGranted(payload=p):
-                    grants[event.event_id] = event
-                    self._check_grant(record, event, requests.get(p.request_id))
-                case ActionApproved(payload=p):
-                    approved.setdefault(p.request_id, event)
-                    self._check_approval(record, event, role_asked, grants)
-                case ActionCompleted(payload=p) | ActionFailed(payload=p):
-                    if p.request_id not in requests:
-                        self.violation(
-                            "policy", _where(record), f"executes unknown request {p.request_id}"
-                        )
-                    elif p.request_id not in approved:
-                        self.violation(
-                            "policy",
-                            _where(record),
-                            f"executed request {p.request_id} without an approving decision "
-                            "before it",
-                        )
+    def _cards(self) -> None:
+        for where, problem in card_findings(list(self.principals.values())):
+            self.violation("enrolment", where, problem)
 
-    def _check_grant(
-        self, record: LogRecord, grant: ApprovalGranted, request: ActionRequested | None
-    ) -> None:
-        if grant.payload.approver != grant.actor:
-            self.violation(
-                "policy",
-                _where(record),
-                f"grants in the name of {grant.payload.approver}, signed by {grant.actor}",
-            )
-        if request is not None and request.actor == grant.actor:
-            self.violation(
-                "policy", _where(record), f"{grant.actor} approves its own request (self-approval)"
-            )
 
-    def _check_approval(
-        self,
-        record: LogRecord,
-        decision: ActionApproved,
-        role_asked: dict[str, str],
-        grants: dict[str, ApprovalGranted],
-    ) -> None:
-        request_id = decision.payload.request_id
-        role = role_asked.get(request_id)
-        if role is None:
-            return  # policy allowed it outright
-        grant = grants.get(decision.payload.approval_id or "")
-        if grant is None or grant.payload.request_id != request_id:
-            self.violation(
-                "policy",
-                _where(record),
-                f"approves request {request_id}, which needed a {role}'s approval, without "
-                "citing a grant of it earlier in the log",
-            )
-            return
-        principal = self.principals.get(grant.actor)
-        if principal is None or principal.kind != "human" or role not in principal.roles:
-            self.violation(
-                "policy",
-                _where(record),
-                f"relies on {grant.actor}'s grant, but {grant.actor} is not a human {role}",
-            )
+def _principal_differences(
+    sealed: list[AuditPrincipal], loose: list[AuditPrincipal]
+) -> list[tuple[str, str]]:
+    """Each principal whose copy in the bundle differs from the sealed one, named."""
+    mine = {p.keys.agent_id: msgspec.to_builtins(p) for p in sealed}
+    theirs = {p.keys.agent_id: msgspec.to_builtins(p) for p in loose}
+    found = []
+    for name in sorted(set(mine) | set(theirs)):
+        if name not in theirs:
+            found.append((name, "sealed by the store but missing from the bundle's list"))
+        elif name not in mine:
+            found.append((name, "in the bundle's list but not sealed by the store: added"))
+        elif mine[name] != theirs[name]:
+            fields = sorted(
+                key
+                for key in mine[name]["keys"]
+                if mine[name]["keys"][key] != theirs[name]["keys"].get(key)
+            ) + sorted(k for k in ("kind", "roles") if mine[name][k] != theirs[name].get(k))
+            found.append((name, f"differs from the sealed record in {', '.join(fields)}"))
+    return found
 
 
 def verify_bundle(bundle: AuditBundle, store_key: str | None = None) -> Report:

@@ -110,7 +110,7 @@ class MessageChecker:
             return record(signature_problem or "unsigned", event)
         if self.keys is not None:
             try:
-                self.keys.check(signer, event.actor, stored_at, subject)
+                self.keys.check(signer, event.actor, stored_at, subject, event.event_name())
             except SignatureError as exc:
                 return record(exc.reason, event)
         return record(None, event)

@@ -22,7 +22,6 @@ import msgspec
 
 from contracts.envelope import Event
 from contracts.events.actions import (
-    POLICY_PRINCIPAL,
     ActionApproved,
     ActionCompleted,
     ActionDenied,
@@ -151,8 +150,6 @@ def _apply_to_actions(actions: dict[str, ActionView], event: Event, at: datetime
     action = actions.get(request_id) if isinstance(request_id, str) else None
     if action is None:
         return  # about a request this case never saw: the timeline shows it, state cannot
-    if isinstance(event, DECISIONS) and event.actor != POLICY_PRINCIPAL:
-        return  # only the policy service decides; anyone else's "decision" moves nothing
     status: ActionStatus = action.status
     changes: dict[str, Any] = {}
     match event:
@@ -351,7 +348,8 @@ def count_activity(
 
 def fold_case(records: Iterable[LogRecord]) -> CaseState | None:
     """A case's state from its messages alone, in log order: the auditor's replay. A
-    second copy of an event id is marked as the projector marks it."""
+    second copy of an event id is marked as the projector marks it (a copy whose first
+    is in another case is marked by the store, and carried in `duplicate_of`)."""
     state: CaseState | None = None
     first_copies: dict[str, int] = {}
     for record in records:

@@ -142,7 +142,7 @@ class Projector:
                     if self.keys is not None:
                         # Never judge a message by a registry snapshot older than it:
                         # a revocation (or a registration) just before it must count.
-                        await self.keys.current_as_of(messages[-1].metadata.timestamp)
+                        await self.keys.ensure_current(messages[-1].metadata.timestamp)
                     # In a thread: the event loop keeps reading ahead and answering.
                     self.position = await asyncio.to_thread(
                         self._check_and_apply, messages, results, self.position

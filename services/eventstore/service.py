@@ -56,6 +56,7 @@ from mesh.key_directory import KeyDirectory
 from mesh.provisioning import ensure_stream
 from mesh.publisher import EventPublisher
 from mesh.registry_client import RegistryClient
+from mesh.replies import is_inbox, respond
 from mesh.settings import MeshSettings
 from mesh.tasks import stop_task
 from mesh.topology import Topology
@@ -114,7 +115,7 @@ class EventStoreService:
         if self.store is None:
             dsn = self.store_settings.database_url(self.settings.data_dir)
             self.store = await asyncio.to_thread(ViewStore.open, dsn)
-        await self.keys.follow(self.nc, self.topology.subjects, self.registry)
+        await self.keys.follow(self.nc, self.topology, self.registry)
         self.last_checkpoint = await self._published_checkpoint()
         self.projector = Projector(
             self.js,
@@ -274,6 +275,8 @@ class EventStoreService:
                     r.leaf_hash,
                     r.chain_hash,
                     orjson.loads(r.headers).get(SIGNATURE_HEADER),
+                    datetime.fromisoformat(r.stored_at),
+                    r.duplicate_of,
                 )
                 for r in rows
             ],
@@ -303,7 +306,7 @@ class EventStoreService:
     # ------------------------------------------------------------------ requests
 
     async def _serve(self, msg: Msg) -> None:
-        if not msg.reply.startswith("_INBOX."):
+        if not is_inbox(msg.reply):
             return  # never lend our permissions to a reply subject that is not an inbox
         operation = msg.subject.rsplit(".", 1)[-1]
         handler = self._handlers().get(operation, self._unknown)
@@ -314,10 +317,7 @@ class EventStoreService:
         except (MeshError, DBAPIError) as exc:
             log.warning("eventstore %s failed: %s", operation, exc)
             reply = StoreReply(ok=False, error=f"the event store could not answer: {exc}")
-        try:
-            await msg.respond(_encode_reply(reply))
-        except nats.errors.Error as exc:
-            log.warning("could not reply to %s: %r", operation, exc)
+        await respond(msg, _encode_reply(reply), what=f"eventstore {operation}")
 
     def _handlers(self) -> dict[str, Callable[[bytes], Awaitable[StoreReply]]]:
         return {

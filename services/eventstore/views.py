@@ -304,10 +304,10 @@ class ViewStore:
             if record.event is not None and record.problem is None:
                 # Only a verified copy is "the first": a forged message published
                 # ahead of the genuine one must not make the genuine one a duplicate.
-                key = (record.case_id, record.event.event_id)
-                first = first_copies.get(key)
+                # Across cases too: one event id names one event in the whole log.
+                first = first_copies.get(record.event.event_id)
                 if first is None:
-                    first_copies[key] = record.sequence
+                    first_copies[record.event.event_id] = record.sequence
                 else:
                     record = replace(record, duplicate_of=first)
             state = evolve(states.get(record.case_id), record)
@@ -383,14 +383,12 @@ class ViewStore:
             states[row.case_id].actions[row.request_id] = _from_row(ActionView, row)
         return states
 
-    def _first_copies(
-        self, conn: Connection, records: Sequence[LogRecord]
-    ) -> dict[tuple[str, str], int]:
+    def _first_copies(self, conn: Connection, records: Sequence[LogRecord]) -> dict[str, int]:
         ids = list({r.event.event_id for r in records if r.event is not None})
         if not ids:
             return {}
         query = (
-            select(audit_events.c.case_id, audit_events.c.event_id, audit_events.c.sequence)
+            select(audit_events.c.event_id, audit_events.c.sequence)
             .where(
                 audit_events.c.event_id.in_(ids),
                 audit_events.c.duplicate_of.is_(None),
@@ -398,9 +396,9 @@ class ViewStore:
             )
             .order_by(audit_events.c.sequence)
         )
-        found: dict[tuple[str, str], int] = {}
+        found: dict[str, int] = {}
         for row in conn.execute(query):
-            found.setdefault((row.case_id, row.event_id), row.sequence)
+            found.setdefault(row.event_id, row.sequence)
         return found
 
     def _load_activity(
@@ -501,6 +499,7 @@ class ViewStore:
             audit_events.c.body,
             audit_events.c.leaf_hash,
             audit_events.c.chain_hash,
+            audit_events.c.duplicate_of,
         )
         left = limit
         with self.engine.connect() as conn:

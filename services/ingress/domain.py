@@ -1,30 +1,30 @@
 """Turning another system's request into a case_opened event, or into reasons why not
-(pure)."""
+(pure).
+
+What opens a case is exactly what the published JSON Schema accepts (the request, and
+the data of its kind), within the bounds of `Limits`; see `contracts.ingress`.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import msgspec
 
 from contracts.errors import ContractError
 from contracts.events.case import CaseOpened, CaseOpenedPayload
-from contracts.ingress import CLAIM_KIND, ClaimData, OpenCaseRequest
+from contracts.ingress import CLAIM_KIND, ClaimData, OpenCaseRequest, Problem
 from contracts.subjects import check_token
+from services.ingress.json_body import Limits, read_json
+from services.ingress.problems import Refusal, convert_struct, problem
+
+__all__ = ["DEFAULT_LIMITS", "KINDS", "Limits", "Refusal", "case_id_for", "open_case"]
 
 # Each kind of case the mesh can handle, and the contract of its data.
 KINDS: dict[str, type[msgspec.Struct]] = {CLAIM_KIND: ClaimData}
 
-_request = msgspec.json.Decoder(OpenCaseRequest)
-
-
-@dataclass(frozen=True)
-class Refusal:
-    errors: list[str]
-
-
-_SOURCE = re.compile(r"^[A-Za-z0-9_]{1,60}$")
+DEFAULT_LIMITS = Limits()
+_SOURCE = re.compile(r"[A-Za-z0-9_]{1,60}")
 
 
 def case_id_for(source: str, external_ref: str) -> str:
@@ -34,24 +34,37 @@ def case_id_for(source: str, external_ref: str) -> str:
     return check_token(f"{source}-{external_ref}", "case id")
 
 
-def open_case(source: str, body: bytes, actor: str) -> CaseOpened | Refusal:
+def open_case(
+    source: str,
+    body: bytes,
+    actor: str,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    size: int | None = None,
+) -> CaseOpened | Refusal:
+    """`size` is the whole body's, when `body` is only its start."""
     if not _SOURCE.fullmatch(source):
-        return Refusal([f"source {source!r} must be 1-60 of [A-Za-z0-9_]"])
-    try:
-        request = _request.decode(body)
-    except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
-        return Refusal([f"request: {exc}"])
-    contract = KINDS.get(request.kind)
-    if contract is None:
-        return Refusal([f"kind {request.kind!r} is not handled here; known: {sorted(KINDS)}"])
-    try:
-        data = msgspec.convert(request.data, contract, strict=False)
-    except msgspec.ValidationError as exc:
-        return Refusal([f"data: {exc}"])
+        message = f"source {source!r} must be 1-60 of [A-Za-z0-9_]"
+        return Refusal([problem("$", "invalid_source", message)])
+    document = read_json(body, limits, size=size)
+    if isinstance(document, Refusal):
+        return document
+    request, problems = convert_struct(document.value, OpenCaseRequest, "$")
+    body_value = document.value if isinstance(document.value, dict) else {}
+    kind, data = body_value.get("kind"), body_value.get("data")
+    contract = KINDS.get(kind) if isinstance(kind, str) else None
+    if isinstance(kind, str) and contract is None:
+        problems.append(_unknown_kind(kind))
+    details: msgspec.Struct | None = None
+    if contract is not None and isinstance(data, dict):
+        details, data_problems = convert_struct(data, contract, "$.data")
+        problems += data_problems
+    if problems or request is None or details is None:
+        return Refusal(problems)
     try:
         case_id = case_id_for(source, request.external_ref)
     except ContractError as exc:
-        return Refusal([str(exc)])
+        return Refusal([problem("$.external_ref", "pattern", str(exc))])
     return CaseOpened(
         case_id=case_id,
         actor=actor,
@@ -59,6 +72,11 @@ def open_case(source: str, body: bytes, actor: str) -> CaseOpened | Refusal:
             kind=request.kind,
             source=source,
             external_ref=request.external_ref,
-            data=msgspec.to_builtins(data),
+            data=msgspec.to_builtins(details),
         ),
     )
+
+
+def _unknown_kind(kind: str) -> Problem:
+    message = f"kind {kind!r} is not handled here; known: {sorted(KINDS)}"
+    return problem("$.kind", "unknown_kind", message)

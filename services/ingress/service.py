@@ -2,27 +2,25 @@
 
 - NATS: a request to `<root>.svc.ingress.<source>`. Under registry enforcement an
   external system is a principal that may publish on its own source's subject and
-  nowhere else, so the source is who the broker says it is.
+  nowhere else, so the source is who the broker says it is. The answer goes only to
+  an `_INBOX.` reply subject (`mesh.replies`): never into the log.
 - HTTP: `POST /v1/cases/<source>` with `Authorization: Bearer <token>` (the token is
-  configured per source).
+  configured per source); see `services.ingress.http`.
 
 Valid input becomes a signed `case_opened` (published only if the case is new: the
 same source and reference never open two cases, however often the request is
-retried). Invalid input is answered with the reasons — an error reply, or HTTP 422 —
-and kept in the dead-letter stream with them.
+retried). Every input is answered: refused input with the reasons (an error reply, or
+HTTP 4xx), and kept in the dead-letter stream with them; only a mesh that cannot take
+it now answers "unavailable" (HTTP 503).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-from typing import Any
 
 import msgspec
-import nats.errors
 import uvicorn
-from fastapi import FastAPI, Request, Response
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -34,10 +32,14 @@ from mesh.errors import ConcurrencyConflict, MeshError
 from mesh.identity import Identity
 from mesh.publisher import EventPublisher
 from mesh.reading import read_subject
+from mesh.replies import respond
 from mesh.settings import MeshSettings
 from mesh.tasks import stop_task
 from mesh.topology import Topology
-from services.ingress.domain import Refusal, open_case
+from services.ingress.body import ReceivedBody
+from services.ingress.domain import Limits, Refusal, open_case
+from services.ingress.http import http_app
+from services.ingress.problems import describe, problem
 from services.ingress.settings import IngressSettings
 
 log = logging.getLogger(__name__)
@@ -56,12 +58,15 @@ class IngressService:
         self.nc = nc
         self.settings = settings
         self.ingress = ingress
+        self.limits = Limits(max_body_bytes=ingress.max_body_bytes, max_depth=ingress.max_depth)
         self.topology = topology or Topology(settings.subject_root, settings.stream_replicas)
         self.js = nc.jetstream(timeout=settings.request_timeout)
         self.publisher = EventPublisher(
             self.js, identity, self.topology, timeout=settings.request_timeout, nc=nc
         )
         self.dead_letters = DeadLetterSink(self.js, self.topology, settings.request_timeout)
+        # Everything after this prefix is the source: "a.b" is refused, not read as "b".
+        self._source_prefix = self.topology.subjects.service_all("ingress").removesuffix(">")
         self._subscription: Subscription | None = None
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -86,22 +91,52 @@ class IngressService:
 
     # ------------------------------------------------------------------ the one path
 
-    async def submit(self, source: str, body: bytes, received_on: str) -> IngressReply:
-        """Open a case from `body`, or refuse it with reasons (and keep it)."""
-        outcome = open_case(source, body, self.ingress.service_id)
-        if isinstance(outcome, Refusal):
-            kept = await self.dead_letters.refused_input(
-                received_on=received_on,
-                body=body,
-                reason="; ".join(outcome.errors),
-                source=source,
-                consumer=self.ingress.service_id,
+    async def submit(
+        self, source: str, body: bytes | ReceivedBody, received_on: str
+    ) -> IngressReply:
+        """Open a case from `body`, or refuse it with reasons (and keep it). Always
+        answers: a mesh that cannot take it now is "unavailable", a bug "internal"."""
+        received = body if isinstance(body, ReceivedBody) else ReceivedBody.of(body)
+        try:
+            outcome = open_case(
+                source,
+                received.head,
+                self.ingress.service_id,
+                limits=self.limits,
+                size=received.size,
             )
-            log.info("refused input from %s (dead letter %d): %s", source, kept, outcome.errors)
-            return IngressReply(ok=False, errors=outcome.errors, dead_letter=kept)
-        return await self._open(outcome)
+            if isinstance(outcome, Refusal):
+                return await self._refuse(source, received, received_on, outcome)
+            return await self._open(outcome, source, received, received_on)
+        except MeshError as exc:
+            log.warning("could not take a request from %r: %s", source, exc)
+            return _failed("unavailable", f"the mesh could not take it now: {exc}")
+        except Exception:
+            log.exception("the ingress failed on a request from %r", source)
+            return _failed("internal", "the ingress failed on this request")
 
-    async def _open(self, event: CaseOpened) -> IngressReply:
+    async def _refuse(
+        self, source: str, received: ReceivedBody, received_on: str, refusal: Refusal
+    ) -> IngressReply:
+        body, headers = received.kept(
+            whole_up_to=self.limits.max_body_bytes, prefix=self.ingress.dead_letter_keep_bytes
+        )
+        kept = await self.dead_letters.refused_input(
+            received_on=received_on,
+            body=body,
+            reason="; ".join(refusal.errors),
+            source=source,
+            consumer=self.ingress.service_id,
+            headers=headers,
+        )
+        log.info("refused input from %r (dead letter %d): %s", source, kept, refusal.errors)
+        return IngressReply(
+            ok=False, errors=refusal.errors, problems=refusal.problems, dead_letter=kept
+        )
+
+    async def _open(
+        self, event: CaseOpened, source: str, received: ReceivedBody, received_on: str
+    ) -> IngressReply:
         assert event.case_id is not None
         try:
             # Only if the case has no event yet: a retried request finds it opened.
@@ -118,9 +153,9 @@ class IngressService:
                 and first.payload.source == event.payload.source
                 and first.payload.external_ref == event.payload.external_ref
             ):
-                return IngressReply(
-                    ok=False, errors=[f"case {event.case_id} exists and is not this request's"]
-                )
+                message = f"case {event.case_id} exists and is not this request's"
+                conflict = Refusal([problem("$.external_ref", "conflict", message)])
+                return await self._refuse(source, received, received_on, conflict)
             return IngressReply(
                 ok=True, case_id=event.case_id, event_id=first.event_id, duplicate=True
             )
@@ -129,49 +164,26 @@ class IngressService:
     # ------------------------------------------------------------------ NATS
 
     async def _on_request(self, msg: Msg) -> None:
-        source = msg.subject.rsplit(".", 1)[-1]
-        try:
-            reply = await self.submit(source, msg.data, msg.subject)
-        except MeshError as exc:
-            log.warning("could not take a request from %s: %s", source, exc)
-            reply = IngressReply(ok=False, errors=[f"the mesh could not take it now: {exc}"])
-        if msg.reply:
-            try:
-                await msg.respond(_encode(reply))
-            except nats.errors.Error as exc:
-                log.warning("could not answer %s: %r", source, exc)
+        source = msg.subject.removeprefix(self._source_prefix)
+        reply = await self.submit(source, msg.data, msg.subject)
+        # A request without an inbox to answer still opened its case, if it could.
+        await respond(msg, _encode(reply), what=f"an ingress request from {source!r}")
 
     # ------------------------------------------------------------------ HTTP
 
-    def http_app(self) -> FastAPI:
-        app = FastAPI(title="Agent Mesh ingress", version="1")
+    async def _start_http(self) -> None:
         tokens = {
             source: secret.get_secret_value() for source, secret in self.ingress.http_tokens.items()
         }
-
-        @app.post("/v1/cases/{source}", status_code=201)
-        async def open_case_http(source: str, request: Request) -> Response:
-            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            expected = tokens.get(source)
-            if expected is None or not hmac.compare_digest(given.encode(), expected.encode()):
-                return _json(401, {"ok": False, "errors": [f"not authorized as {source!r}"]})
-            body = await request.body()
-            try:
-                reply = await self.submit(source, body, f"http:/v1/cases/{source}")
-            except MeshError as exc:
-                return _json(503, {"ok": False, "errors": [f"the mesh could not take it: {exc}"]})
-            status = 422 if not reply.ok else 200 if reply.duplicate else 201
-            return _json(status, msgspec.to_builtins(reply))
-
-        @app.get("/healthz")
-        async def health() -> dict[str, bool]:
-            return {"ok": self.nc.is_connected}
-
-        return app
-
-    async def _start_http(self) -> None:
+        app = http_app(
+            self.submit,
+            tokens,
+            max_body_bytes=self.limits.max_body_bytes,
+            drain_bytes=self.ingress.http_drain_bytes,
+            healthy=lambda: self.nc.is_connected,
+        )
         config = uvicorn.Config(
-            self.http_app(),
+            app,
             host=self.ingress.http_host,
             port=self.ingress.http_port or 0,
             log_level="warning",
@@ -188,5 +200,6 @@ class IngressService:
         log.info("ingress HTTP on http://%s:%d", self.ingress.http_host, self.http_port)
 
 
-def _json(status: int, content: Any) -> Response:
-    return Response(_encode(content), status_code=status, media_type="application/json")
+def _failed(code: str, message: str) -> IngressReply:
+    found = problem("$", code, message)
+    return IngressReply(ok=False, errors=[describe(found)], problems=[found])

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -38,6 +38,10 @@ class PendingApproval(msgspec.Struct, frozen=True, kw_only=True):
     # waiting → decided (by an approval) or expired; the record goes once announced.
     state: Literal["waiting", "decided", "expired"] = "waiting"
     closed_by: str | None = None  # the approval event that decided it
+    # The exact request a human is asked about: its digest (an approval must cite it)
+    # and its parameters, read from those very bytes, for the approver to see.
+    request_digest: str = ""
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class ApprovalRefused(Exception):
@@ -55,6 +59,7 @@ def check_approver(
     *,
     case_id: str | None = None,
     named_approver: str | None = None,
+    request_digest: str | None = None,
 ) -> PendingApproval:
     """The pending approval this approver may decide, or ApprovalRefused saying why.
     `written_at` is when the approval entered the log: a grant written in time counts
@@ -65,6 +70,11 @@ def check_approver(
     if case_id is not None and case_id != pending.case_id:
         raise ApprovalRefused(
             f"request {request_id} belongs to case {pending.case_id}, not {case_id}"
+        )
+    if request_digest is not None and request_digest != pending.request_digest:
+        raise ApprovalRefused(
+            f"approves request bytes with digest {request_digest or '(none)'}, but the request "
+            f"waiting is {pending.request_digest}: an approval binds the exact request"
         )
     if named_approver is not None and named_approver != approver_id:
         raise ApprovalRefused(f"signed by {approver_id} but names {named_approver} as approver")

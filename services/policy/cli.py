@@ -13,6 +13,7 @@ import orjson
 import typer
 from nats.aio.client import Client
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from contracts.envelope import Event
@@ -91,10 +92,10 @@ def _approver() -> tuple[str, Identity]:
     return approver_id, Identity.load(Path(seed))
 
 
-async def _pending(nc: Client, topology: Topology) -> list[PendingApproval]:
+async def _pending(nc: Client, topology: Topology, principal: str) -> list[PendingApproval]:
     reply = await request_with_patience(
         nc,
-        topology.subjects.service("policy", "pending"),
+        topology.subjects.service_as("policy", "pending", principal),
         b"",
         timeout=5,
         what="list pending approvals (is the policy service running?)",
@@ -124,23 +125,31 @@ def list_pending(as_json: Json = False) -> None:
     """Requests waiting for a human, with the role and deadline each needs."""
 
     async def read() -> list[PendingApproval]:
-        async with _as_approver() as (nc, topology, _, _):
-            return await _pending(nc, topology)
+        async with _as_approver() as (nc, topology, approver_id, _):
+            return await _pending(nc, topology, approver_id)
 
     pending = run(read())
     if as_json:
         typer.echo(orjson.dumps(msgspec.to_builtins(pending), option=orjson.OPT_INDENT_2).decode())
         return
-    table = Table("request", "case", "action", "requester", "role", "deadline", "escalated")
+    table = Table(
+        "request", "case", "action", "parameters", "requester", "role", "deadline", "digest"
+    )
     for item in pending:
         table.add_row(
-            item.request_id,
-            item.case_id,
-            item.action_type,
-            item.requester,
-            item.approver_role,
-            item.deadline.isoformat(timespec="seconds"),
-            "yes" if item.escalated else "",
+            *(
+                escape(text)  # what an agent wrote must not be read as markup
+                for text in (
+                    item.request_id,
+                    item.case_id,
+                    item.action_type,
+                    ", ".join(f"{k}={v}" for k, v in sorted(item.parameters.items())),
+                    item.requester,
+                    item.approver_role + (" (escalated)" if item.escalated else ""),
+                    item.deadline.isoformat(timespec="seconds"),
+                    item.request_digest[:16],
+                )
+            )
         )
     console.print(table)
 
@@ -148,7 +157,9 @@ def list_pending(as_json: Json = False) -> None:
 def _decide(request_id: str, grant: bool, text: str) -> str:
     async def publish() -> str:
         async with _as_approver() as (nc, topology, approver_id, identity):
-            found = [p for p in await _pending(nc, topology) if p.request_id == request_id]
+            found = [
+                p for p in await _pending(nc, topology, approver_id) if p.request_id == request_id
+            ]
             if not found:
                 raise ConfigurationError(f"no approval is pending for request {request_id}")
             pending = found[0]
@@ -163,14 +174,20 @@ def _decide(request_id: str, grant: bool, text: str) -> str:
                 event = ApprovalGranted(
                     **envelope,
                     payload=ApprovalGrantedPayload(
-                        request_id=request_id, approver=approver_id, comment=text
+                        request_id=request_id,
+                        approver=approver_id,
+                        comment=text,
+                        request_digest=pending.request_digest,
                     ),
                 )
             else:
                 event = ApprovalRejected(
                     **envelope,
                     payload=ApprovalRejectedPayload(
-                        request_id=request_id, approver=approver_id, reason=text
+                        request_id=request_id,
+                        approver=approver_id,
+                        reason=text,
+                        request_digest=pending.request_digest,
                     ),
                 )
             await EventPublisher(nc.jetstream(), identity, topology, nc=nc).publish(event)

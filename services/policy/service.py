@@ -13,7 +13,6 @@ import logging
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import nats.errors
@@ -40,23 +39,21 @@ from contracts.events.actions import (
     ApprovalTimedOutPayload,
     DecisionProvenance,
 )
-from contracts.events.case import CaseStepCompleted
 from contracts.events.operations import PolicyBundleActivated, PolicyBundleActivatedPayload
 from contracts.ids import derived_event_id
 from mesh.agent import Agent, HandlerContext
-from mesh.authorization import signed_actor
 from mesh.errors import (
     BrokerError,
     ConcurrencyConflict,
     MeshError,
     PermanentError,
-    SignatureError,
 )
 from mesh.identity import Identity
 from mesh.key_directory import KeyDirectory
 from mesh.provisioning import ensure_key_value, ensure_stream
-from mesh.reading import read_case, read_subject
+from mesh.reading import read_case
 from mesh.registry_client import RegistryClient, RegistryRefused
+from mesh.replies import respond
 from mesh.runtime import AgentRunner
 from mesh.settings import MeshSettings
 from mesh.tasks import stop_task
@@ -69,6 +66,7 @@ from services.policy.approvals import (
 )
 from services.policy.bundle import PolicyBundle
 from services.policy.domain import ActionRequest, Decision, decide
+from services.policy.evidence import PRIOR_ACTIONS, answers, case_evidence, first_copy
 from services.policy.settings import PolicySettings
 
 log = logging.getLogger(__name__)
@@ -144,10 +142,10 @@ class PolicyService:
             KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE),
         )
         self._approvals = await self.js.key_value(bucket)
-        await self.keys.follow(self.nc, self.topology.subjects, self.registry)
+        await self.keys.follow(self.nc, self.topology, self.registry)
         await self.runner.start()
         self._subscription = await self.nc.subscribe(
-            self.topology.subjects.service("policy", "pending"), cb=self._serve_pending
+            f"{self.topology.subjects.service('policy', 'pending')}.*", cb=self._serve_pending
         )
         await self.nc.flush()
         self._timer = asyncio.create_task(self._deadlines(), name="approval-deadlines")
@@ -186,14 +184,28 @@ class PolicyService:
     async def on_action_requested(self, event: ActionRequested, ctx: HandlerContext) -> None:
         assert self.bundle is not None
         assert event.case_id is not None
-        if ctx.delivery > 1 and await self._decided(event.case_id, event.event_id):
+        assert ctx.message is not None
+        history = await read_case(self.js, self.topology, event.case_id)
+        if history:
+            await self.keys.ensure_current(max(s.stored_at for s in history))
+        first = first_copy(history, event.event_id)
+        if first is not None and first.sequence != ctx.stream_sequence:
+            # A copy (replayed under a fresh Nats-Msg-Id) or another event reusing the
+            # id: one request id is judged once, on the bytes first stored under it.
+            raise PermanentError(
+                f"request {event.event_id} was first stored at #{first.sequence}; "
+                f"#{ctx.stream_sequence} is a second event under its id and is not decided"
+            )
+        if answers(history, event.event_id, self.policy.service_id):
             return  # redelivered after we answered: never decide (or reopen) twice
+        considered = self.bundle.case_attributes - {PRIOR_ACTIONS}
+        evidence = case_evidence(history, self.keys, request=ctx.message, considered=considered)
         request = ActionRequest(
             request_id=event.event_id,
             case_id=event.case_id,
             action_type=event.payload.action_type,
             parameters=event.payload.parameters,
-            case_facts=await self._case_facts(event.case_id, event.actor, ctx.stream_sequence),
+            case_facts=evidence.attributes(self.bundle.case_attributes),
         )
         record = await self._record(event.actor)
         if record is None or record.status != "active":
@@ -207,7 +219,10 @@ class PolicyService:
             policy_bundle_hash=decision.bundle_hash,
             determining_policies=decision.determining,
             inputs=decision.inputs,
+            facts_considered=sorted(considered),
+            facts=sorted(evidence.facts.values(), key=lambda f: f.name),
         )
+        digest = ctx.digest
         if decision.outcome == "require_approval":
             assert decision.approval_sla is not None
             assert decision.approver_role is not None
@@ -220,6 +235,7 @@ class PolicyService:
                     provenance=provenance,
                     approver_role=decision.approver_role,
                     deadline=deadline,
+                    request_digest=digest,
                 ),
             )
             # Kept (create-only) before it is announced: an approval never finds nothing
@@ -238,6 +254,8 @@ class PolicyService:
                     provenance=provenance,
                     required_event_id=receipt_event.event_id,
                     escalate_to=decision.escalate_to,
+                    request_digest=digest,
+                    parameters=event.payload.parameters,
                 )
             )
             await self.runner.emit(receipt_event)
@@ -247,6 +265,7 @@ class PolicyService:
             action_type=request.action_type,
             provenance=provenance,
             reasons=decision.reasons,
+            request_digest=digest,
         )
         await ctx.emit(ActionApproved if decision.outcome == "allow" else ActionDenied, payload)
 
@@ -277,6 +296,7 @@ class PolicyService:
                 reasons=[reason],
                 approval_id=event.event_id,
                 approver=event.actor,
+                request_digest=pending.request_digest,
             ),
         )
         await self._forget(pending.request_id)
@@ -290,11 +310,7 @@ class PolicyService:
         loaded = await self._load(request_id)
         if loaded is not None and loaded[0].closed_by == event.event_id:
             return loaded[0]  # claimed before a crash: announce it (same event id)
-        if (
-            loaded is None
-            and event.case_id
-            and await self._decided(event.case_id, request_id, approval_id=event.event_id)
-        ):
+        if loaded is None and event.case_id and await self._decided_with(event, request_id):
             return None
         approver = await self._record(event.actor)
         try:
@@ -306,6 +322,7 @@ class PolicyService:
                 ctx.written_at,
                 case_id=event.case_id,
                 named_approver=named,
+                request_digest=event.payload.request_digest,
             )
         except ApprovalRefused as exc:
             # Dead-lettered with the reason: the attempt is kept, the request still waits.
@@ -315,58 +332,17 @@ class PolicyService:
         await self._swap(claimed, loaded[1])  # a racing deadline or approval loses
         return claimed
 
-    async def _decided(self, case_id: str, request_id: str, approval_id: str | None = None) -> bool:
-        """Has the policy service already answered this request (with this approval)?"""
-        for stored in await read_case(self.js, self.topology, case_id):
-            answer = stored.event
-            if answer.actor != self.policy.service_id:
-                continue
-            if not isinstance(answer, ActionApproved | ActionDenied | ApprovalRequired):
-                continue
-            if answer.payload.request_id != request_id:
-                continue
-            if approval_id is None:
-                return True
-            if (
-                isinstance(answer, ActionApproved | ActionDenied)
-                and answer.payload.approval_id == approval_id
-            ):
-                return True
-        return False
-
-    async def _case_facts(self, case_id: str, requester: str, before: int) -> dict[str, Any]:
-        """What the log says about the case, for the policy's `resource`: the evidence of
-        its completed steps, later steps overriding earlier ones, limited to the
-        attributes the schema declares. Never the requester's own word: a step it
-        reported, or the evidence attached to its request, does not count, so an agent
-        cannot vouch for the facts that decide its own request. Only steps stored before
-        the request count, so a replay of the log reaches the same decision."""
-        assert self.bundle is not None
-        steps = await read_subject(
-            self.js,
-            self.topology.cases_stream,
-            self.topology.subjects.case_event(case_id, "case_step_completed"),
-            on_unreadable=lambda sequence, _subject, exc: log.warning(
-                "case %s: step #%d is unreadable, not a fact: %s", case_id, sequence, exc
-            ),
+    async def _decided_with(
+        self, event: ApprovalGranted | ApprovalRejected, request_id: str
+    ) -> bool:
+        """Has the policy service already answered this request with this approval?"""
+        assert event.case_id is not None
+        history = await read_case(self.js, self.topology, event.case_id)
+        return any(
+            isinstance(answer, ActionApproved | ActionDenied)
+            and answer.payload.approval_id == event.event_id
+            for answer in answers(history, request_id, self.policy.service_id)
         )
-        facts: dict[str, Any] = {}
-        for stored in steps:
-            if (
-                stored.sequence >= before
-                or stored.event.actor == requester
-                or not isinstance(stored.event, CaseStepCompleted)
-            ):
-                continue
-            try:  # a fact counts only if its author really signed it, with a valid key
-                signed_actor(stored, self.keys)
-            except SignatureError as exc:
-                log.warning(
-                    "case %s: ignoring step #%d as a fact: %s", case_id, stored.sequence, exc.reason
-                )
-                continue
-            facts.update(stored.event.payload.evidence)
-        return {k: v for k, v in facts.items() if k in self.bundle.case_attributes}
 
     # ------------------------------------------------------------------ deadlines
 
@@ -416,7 +392,13 @@ class PolicyService:
         index = 100 + (1 if step == "escalate" else 2)
         await self.runner.emit(
             event_type(  # type: ignore[call-arg]
-                event_id=derived_event_id(pending.required_event_id, self.policy.service_id, index),
+                event_id=derived_event_id(
+                    pending.case_id,
+                    pending.required_event_id,
+                    self.policy.service_id,
+                    index,
+                    self.runner.id_key,
+                ),
                 case_id=pending.case_id,
                 correlation_id=pending.correlation_id,
                 causation_id=pending.required_event_id,
@@ -502,14 +484,27 @@ class PolicyService:
             raise BrokerError(f"forget pending approval {request_id}", repr(exc)) from exc
 
     async def _serve_pending(self, msg: Msg) -> None:
-        """`<root>.svc.policy.pending`: what waits for a human (for `mesh approvals`)."""
-        if not msg.reply.startswith("_INBOX."):
-            return  # never lend our permissions to a reply subject that is not an inbox
+        """`<root>.svc.policy.pending.<principal>`: what waits for a human, for the one
+        asking (the broker lets each principal ask only under its own name): an
+        approver sees what its roles may decide, a requester its own requests, an
+        operator everything."""
+        principal = msg.subject.rsplit(".", 1)[-1]
         try:
-            body = msgspec.json.encode(await self.pending())
+            visible = self.visible_to(principal, await self.pending())
+            body = msgspec.json.encode(visible)
         except MeshError as exc:
             body = msgspec.json.encode({"error": str(exc)})
-        await msg.respond(body)
+        await respond(msg, body, what="pending approvals")
+
+    def visible_to(self, principal: str, pending: list[PendingApproval]) -> list[PendingApproval]:
+        card = self.keys.card_at(principal, datetime.now(UTC))
+        roles = set(card.roles) if card is not None else set()
+        if "operator" in roles:
+            return pending
+        human = card is not None and card.kind == "human"
+        return [
+            p for p in pending if p.requester == principal or (human and p.approver_role in roles)
+        ]
 
     async def pending(self) -> list[PendingApproval]:
         assert self._approvals is not None

@@ -13,7 +13,6 @@ from contracts.cards import AgentCard
 from contracts.catalog import CATALOG
 from contracts.registry_api import OPERATIONS
 from mesh.durables import provision_agent_durables
-from mesh.errors import ConfigurationError
 from mesh.identity import Identity
 from mesh.onboarding import ONBOARDING_ID
 from mesh.provisioning import ensure_stream
@@ -45,11 +44,6 @@ class RegistryService:
         self.registry = registry
         self.topology = topology or Topology(settings.subject_root, settings.stream_replicas)
         self.js = nc.jetstream(timeout=settings.request_timeout)
-        if registry.auto_activate and not registry.known_owners:
-            raise ConfigurationError(
-                "MESH_REGISTRY_AUTO_ACTIVATE needs MESH_REGISTRY_KNOWN_OWNERS: otherwise "
-                "anyone who can reach the broker activates an agent of their own"
-            )
         self.principals = (
             load_principals(registry.principals_file) if registry.principals_file else []
         )
@@ -88,9 +82,9 @@ class RegistryService:
             registry_id=self.registry.service_id,
             catalog=CATALOG,
             known_owners=frozenset(self.registry.known_owners),
-            auto_activate=self.registry.auto_activate,
             reserved_ids=frozenset({ONBOARDING_ID, *(p.name for p in principals)}),
             reserved_keys=frozenset(p.public_key for p in principals),
+            operators={p.public_key: p.name for p in principals if p.role == "operator"},
         )
         self.handlers = RegistryHandlers(
             state,
@@ -101,6 +95,7 @@ class RegistryService:
             stale_after=self.registry.stale_after,
             heartbeats=await self.store.heartbeats(),
             provision=self._provision_durables,
+            registrations_per_second=self.registry.registrations_per_second,
         )
         for record in state.records.values():
             if record.status == "active":

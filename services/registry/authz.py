@@ -13,39 +13,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Literal
 
 from contracts.cards import AgentRecord
 from mesh.onboarding import ONBOARDING_ID, inbox_prefix
 from mesh.topology import Topology
+from services.registry.principals import DECISION_TYPES, StaticPrincipal
 
-PrincipalRole = Literal[
-    "registry", "policy", "eventstore", "ingress", "operator", "service", "external"
-]
-
-# What only the policy service may publish: decisions on requested actions.
-DECISION_EVENTS = (
-    "action_approved",
-    "action_denied",
-    "approval_required",
-    "approval_escalated",
-    "approval_expired",
-)
 ONBOARDING_USER = ONBOARDING_ID
 # Used by registration before an agent has credentials; anyone may know it, and all it
 # allows is one request subject and replies on the onboarding inbox (which carries
 # nothing secret: registration outcomes).
 ONBOARDING_PASSWORD = ONBOARDING_ID
-
-
-@dataclass(frozen=True)
-class StaticPrincipal:
-    """A service or operator with a fixed key (from the principals file)."""
-
-    name: str
-    public_key: str
-    role: PrincipalRole
 
 
 def agent_permissions(record: AgentRecord, topology: Topology) -> dict[str, object]:
@@ -58,13 +36,16 @@ def agent_permissions(record: AgentRecord, topology: Topology) -> dict[str, obje
         f"{topology.root}.ops.*.circuit_state_changed",
         s.dead_letter(cases, agent_id),
         *(s.service("registry", op) for op in ("register", "heartbeat", "get", "list", "keys")),
-        s.service("policy", "pending"),
+        s.service_as("policy", "pending", agent_id),  # what waits for it (and it decides)
         "$JS.API.INFO",
         # its own durables only, which the registry created from its card: inspect,
         # fetch, ack. Never create: a consumer config could filter on anything or
         # push into another principal's inbox.
         *_durable_api(cases, agent_id),
         *_durable_api(dlq, replay_durable),
+        # how far the registry's history goes: a consumer never judges a message with
+        # a key directory older than it (mesh.key_directory.ensure_current)
+        f"$JS.API.DIRECT.GET.{topology.registry_stream}",
         # reading a case's history (optimistic concurrency reads the last sequence)
         f"$JS.API.STREAM.MSG.GET.{cases}",
         f"$JS.API.DIRECT.GET.{cases}",
@@ -147,7 +128,7 @@ def principal_permissions(principal: StaticPrincipal, topology: Topology) -> dic
             },
             "subscribe": {"allow": [s.service_all("ingress"), f"{inbox_prefix(principal.name)}.>"]},
         }
-    decisions = [s.case_events_of_type(t) for t in DECISION_EVENTS]
+    decisions = [s.case_events_of_type(t) for t in DECISION_TYPES]
     if principal.role == "policy":
         return {
             "publish": {

@@ -15,7 +15,8 @@ from contracts.cards import AgentRecord
 from mesh.embedded import reload_server
 from mesh.errors import ConfigurationError, ProvisioningError
 from mesh.topology import Topology
-from services.registry.authz import StaticPrincipal, authorization_config
+from services.registry.authz import authorization_config
+from services.registry.principals import StaticPrincipal
 
 log = logging.getLogger(__name__)
 

@@ -4,35 +4,61 @@ and evolve the registry's state from its history. No I/O, no await.
 The rules:
 - a card names a known owner, only event types the contracts define, and at least one
   well-formed key;
+- nobody gains scope, kind or roles without an operator's signature. A new agent
+  enrols only with an operator's enrolment grant (signed, for this agent id and owner,
+  unexpired, used once) and only within the scope the grant names; it is then active
+  at once, the grant being the operator's activation. A card that widens an active
+  agent's scope (consumes, produces, reads, facts, actions, limits, roles) is only
+  *proposed* until an operator approves exactly that card (or it brings a grant that
+  covers it); meanwhile the card in force stays. A kind never changes;
 - a new agent proves it holds a key on its card by signing the card with it; an
   existing agent signs with a key that is currently valid for it (anyone else's
   signature is a forged card). Every key a card adds must also sign it (proof of
-  possession). A key belongs to one agent only, and never to a static principal;
-- only a registered or active agent may change its card (not a suspended one);
-- an agent may not produce the policy's decisions, humans' approvals or the registry's
-  history; humans, services and any card with roles or approval types are activated by
-  an operator, never automatically;
-- a card that widens scope (consumes, produces, actions, limits, roles) must carry a
-  new version; re-registering an unchanged card changes nothing;
-- keys that leave the card are retired (valid until now), new ones are valid from now;
-- revocation is final: a revoked agent's keys end at the revocation, and its id cannot
-  register again.
+  possession). A key belongs to one agent only, never to a static principal, and a
+  retired key never comes back;
+- only an active agent may change its card (not a suspended or revoked one);
+- an agent may not produce the policy's decisions or the registry's history; only a
+  human with the approver role produces approvals;
+- a card that widens scope must carry a new version; re-registering an unchanged card
+  changes nothing;
+- keys that leave the card are retired (valid until the change), new ones are valid
+  from it;
+- revocation is final: a revoked agent's keys and card end at the revocation, and its
+  id cannot register again.
+
+Every change takes effect at the broker time its event was stored in the registry
+stream (`evolve(..., at=stored_at)`), never at the registry's own clock: a reader that
+has seen every registry event stored before a message judges that message exactly as
+an auditor later will.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
 
-from contracts.cards import AgentCard, AgentKey, AgentRecord, AgentStatus, Period
+from contracts.cards import (
+    GRANT_SUBJECT,
+    AgentCard,
+    AgentKey,
+    AgentRecord,
+    AgentStatus,
+    CardPeriod,
+    EnrolmentGrant,
+    Period,
+    SignedStatement,
+    card_digest,
+)
 from contracts.catalog import EventCatalog
 from contracts.envelope import Event
 from contracts.events.registry import (
     AgentActivated,
+    AgentCardProposed,
+    AgentCardProposedPayload,
     AgentCardUpdated,
     AgentCardUpdatedPayload,
     AgentRegistered,
@@ -41,30 +67,15 @@ from contracts.events.registry import (
     AgentStatusChangePayload,
     AgentSuspended,
 )
+from contracts.scope import beyond_grant, scope_changes
 from contracts.subjects import check_token
+from mesh.errors import SignatureError
+from mesh.identity import verify
+from services.registry.principals import APPROVAL_TYPES, DECISION_TYPES, REGISTRY_TYPES
 
 StatusTarget = Literal["activate", "suspend", "revoke"]
 
-# Event types only the policy service, a human approver or the registry may publish.
-DECISION_TYPES = frozenset(
-    {
-        "action_approved",
-        "action_denied",
-        "approval_required",
-        "approval_escalated",
-        "approval_expired",
-    }
-)
-APPROVAL_TYPES = frozenset({"approval_granted", "approval_rejected"})
-REGISTRY_TYPES = frozenset(
-    {
-        "agent_registered",
-        "agent_card_updated",
-        "agent_activated",
-        "agent_suspended",
-        "agent_revoked",
-    }
-)
+_grant_decoder = msgspec.json.Decoder(EnrolmentGrant)
 
 
 class Refused(Exception):
@@ -80,17 +91,19 @@ class RegistryRules:
     registry_id: str  # the actor of every registry event
     catalog: EventCatalog
     known_owners: frozenset[str] = frozenset()  # empty: any owner is accepted
-    auto_activate: bool = False
     # Ids an agent may not take: static principals and the onboarding user share the
     # inbox and user namespace with agents.
     reserved_ids: frozenset[str] = frozenset()
     reserved_keys: frozenset[str] = frozenset()  # the static principals' keys
+    operators: Mapping[str, str] = field(default_factory=dict)  # public key -> operator id
 
 
 @dataclass
 class RegistryState:
     records: dict[str, AgentRecord] = field(default_factory=dict)
     key_owner: dict[str, str] = field(default_factory=dict)  # public key -> agent id
+    used_grants: dict[str, str] = field(default_factory=dict)  # grant id -> agent id
+    sequence: int = 0  # the registry stream sequence applied last
 
     def current_keys(self, agent_id: str) -> set[str]:
         record = self.records.get(agent_id)
@@ -109,17 +122,13 @@ def decide_registration(
     now: datetime,
     rules: RegistryRules,
     proven: frozenset[str] = frozenset(),
+    grant: SignedStatement | None = None,
 ) -> list[Event]:
     """`signer` signed the request; `proven` are keys that also signed it (proofs of
-    possession for keys the card adds)."""
+    possession for keys the card adds); `grant` is an operator's enrolment grant."""
     _check_card(card, rules)
     existing = state.records.get(card.agent_id)
-    for key in card.keys:
-        if key.public_key in rules.reserved_keys:
-            raise Refused(f"key {key.public_key} belongs to a mesh service or operator")
-        owner = state.key_owner.get(key.public_key)
-        if owner is not None and owner != card.agent_id:
-            raise Refused(f"key {key.public_key} already belongs to agent {owner}")
+    _check_key_ownership(state, card, rules)
     if existing is None:
         if signer not in {k.public_key for k in card.keys}:
             raise Refused(
@@ -127,7 +136,13 @@ def decide_registration(
                 f"(a new agent signs its card with its own key)"
             )
         _check_possession(card, set(), proven | {signer})
-        return _registered(card, now, rules)
+        if grant is None:
+            raise Refused(
+                f"agent {card.agent_id} has no enrolment grant: an operator issues one "
+                f"(`mesh registry grant {card.agent_id} …`) and the agent presents it"
+            )
+        enrolment = check_grant(state, grant, card, now, rules)
+        return _registered(card, grant, enrolment, now, rules)
     if existing.status == "revoked":
         raise Refused(
             f"agent {card.agent_id} was revoked at {existing.status_changed_at.isoformat()}; "
@@ -137,13 +152,35 @@ def decide_registration(
         raise Refused(
             f"forged card: signed by {signer}, which is not a current key of agent {card.agent_id}"
         )
-    if existing.status == "suspended":
+    if existing.status != "active":
         raise Refused(
-            f"agent {card.agent_id} is suspended ({existing.status_reason}); its card "
+            f"agent {card.agent_id} is {existing.status} ({existing.status_reason}); its card "
             "cannot change until an operator reinstates it"
         )
+    _check_not_retired(existing, card)
     _check_possession(card, state.current_keys(card.agent_id), proven | {signer})
-    return _updated(existing, card, now, rules)
+    return _updated(state, existing, card, now, rules, grant)
+
+
+def _check_key_ownership(state: RegistryState, card: AgentCard, rules: RegistryRules) -> None:
+    for key in card.keys:
+        if key.public_key in rules.reserved_keys:
+            raise Refused(f"key {key.public_key} belongs to a mesh service or operator")
+        owner = state.key_owner.get(key.public_key)
+        if owner is not None and owner != card.agent_id:
+            raise Refused(f"key {key.public_key} already belongs to agent {owner}")
+
+
+def _check_not_retired(existing: AgentRecord, card: AgentCard) -> None:
+    retired = {k.public_key: k for k in existing.key_history if k.valid_until is not None}
+    for key in card.keys:
+        old = retired.get(key.public_key)
+        if old is not None:
+            assert old.valid_until is not None
+            raise Refused(
+                f"key {key.public_key} of {card.agent_id} was retired at "
+                f"{old.valid_until.isoformat()}; a retired key never comes back"
+            )
 
 
 def _check_possession(card: AgentCard, current: set[str], proven: frozenset[str]) -> None:
@@ -154,9 +191,64 @@ def _check_possession(card: AgentCard, current: set[str], proven: frozenset[str]
         )
 
 
+def read_grant(statement: SignedStatement) -> EnrolmentGrant:
+    """The grant a signed statement holds (its signature is checked by check_grant)."""
+    if statement.subject != GRANT_SUBJECT:
+        raise Refused(f"not an enrolment grant: signed under {statement.subject!r}")
+    try:
+        return _grant_decoder.decode(statement.body)
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise Refused(f"unreadable enrolment grant: {exc}") from None
+
+
+def grant_id_of(statement: SignedStatement | None) -> str | None:
+    if statement is None or statement.subject != GRANT_SUBJECT:
+        return None
+    try:
+        return _grant_decoder.decode(statement.body).grant_id
+    except (msgspec.DecodeError, ValueError):
+        return None
+
+
+def check_grant(
+    state: RegistryState,
+    statement: SignedStatement,
+    card: AgentCard,
+    now: datetime,
+    rules: RegistryRules,
+) -> EnrolmentGrant:
+    """The grant, if an operator signed it for this very agent and a card within it."""
+    operator = rules.operators.get(statement.signer)
+    if operator is None:
+        raise Refused(f"enrolment grant signed by {statement.signer}, which is not an operator")
+    try:
+        verify(statement.signer, statement.subject, statement.body, statement.signature)
+    except SignatureError as exc:
+        raise Refused(f"enrolment grant: {exc.reason}") from None
+    grant = read_grant(statement)
+    problems = []
+    if grant.issued_by != operator:
+        problems.append(f"names {grant.issued_by} as issuer but {operator} signed it")
+    if grant.expires_at <= now:
+        problems.append(f"expired at {grant.expires_at.isoformat()}")
+    used_by = state.used_grants.get(grant.grant_id)
+    if used_by is not None:
+        problems.append(f"was already used (by {used_by}); a grant is good for one enrolment")
+    if grant.agent_id != card.agent_id:
+        problems.append(f"is for agent {grant.agent_id}, not {card.agent_id}")
+    if grant.owner != card.owner:
+        problems.append(f"is for owner {grant.owner!r}, not {card.owner!r}")
+    problems += beyond_grant(card, grant)
+    if problems:
+        raise Refused(f"enrolment grant {grant.grant_id} " + "; ".join(problems))
+    return grant
+
+
 def needs_operator(card: AgentCard) -> bool:
-    """Cards an operator must activate: privileged kinds, roles, approval types."""
-    return card.kind != "agent" or bool(card.roles) or bool(APPROVAL_TYPES & set(card.produces))
+    """Cards only an operator can have wanted: privileged kinds, roles, approval types."""
+    return (
+        card.kind != "agent" or bool(card.roles) or bool(set(APPROVAL_TYPES) & set(card.produces))
+    )
 
 
 def decide_status_change(
@@ -167,6 +259,7 @@ def decide_status_change(
     by: str,
     now: datetime,
     rules: RegistryRules,
+    approval: SignedStatement | None = None,
 ) -> list[Event]:
     record = state.records.get(agent_id)
     if record is None:
@@ -182,9 +275,37 @@ def decide_status_change(
     }
     if record.status == wanted[target]:
         return []  # already there: asking twice is not an error
-    payload = AgentStatusChangePayload(agent_id=agent_id, reason=reason, by=by)
+    payload = AgentStatusChangePayload(agent_id=agent_id, reason=reason, by=by, approval=approval)
     event_type = {"activate": AgentActivated, "suspend": AgentSuspended, "revoke": AgentRevoked}
     return [event_type[target](actor=rules.registry_id, occurred_at=now, payload=payload)]
+
+
+def decide_card_approval(
+    state: RegistryState,
+    agent_id: str,
+    digest: str,
+    now: datetime,
+    rules: RegistryRules,
+    approval: SignedStatement,
+) -> list[Event]:
+    """An operator puts the proposed card in force: exactly the card it read."""
+    record = state.records.get(agent_id)
+    if record is None:
+        raise Refused(f"no agent {agent_id!r} is registered")
+    if record.status == "revoked":
+        raise Refused(f"agent {agent_id} is revoked; revocation is final")
+    pending = record.pending_card
+    if pending is None:
+        raise Refused(f"no card of agent {agent_id} waits for approval")
+    if card_digest(pending) != digest:
+        raise Refused(
+            f"the card waiting for approval has digest {card_digest(pending)}, not {digest}: "
+            "it changed since you read it; read it again (`mesh registry show`)"
+        )
+    _check_key_ownership(state, pending, rules)
+    _check_not_retired(record, pending)
+    widened, other = scope_changes(record.card, pending)
+    return [_card_updated(record, pending, widened + other, now, rules, approval)]
 
 
 def _check_card(card: AgentCard, rules: RegistryRules) -> None:
@@ -200,22 +321,28 @@ def _check_card(card: AgentCard, rules: RegistryRules) -> None:
             problems.append(f"{name} is empty")
     if rules.known_owners and card.owner not in rules.known_owners:
         problems.append(f"unknown owner {card.owner!r}; known owners: {sorted(rules.known_owners)}")
-    for event_type in (*card.consumes, *card.produces):
+    for event_type in (*card.consumes, *card.produces, *card.reads):
         if event_type not in rules.catalog:
             problems.append(f"unknown event type {event_type!r}")
     produced = set(card.produces)
-    if produced & (DECISION_TYPES | REGISTRY_TYPES):
+    closed = produced & {*DECISION_TYPES, *REGISTRY_TYPES}
+    if closed:
         problems.append(
-            f"no card may produce {sorted(produced & (DECISION_TYPES | REGISTRY_TYPES))}: "
+            f"no card may produce {sorted(closed)}: "
             "decisions come from the policy service, history from the registry"
         )
-    if produced & APPROVAL_TYPES and (card.kind != "human" or "approver" not in card.roles):
+    if produced & set(APPROVAL_TYPES) and (card.kind != "human" or "approver" not in card.roles):
         problems.append("only a human with the approver role may produce approvals")
     if not card.keys:
         problems.append("the card lists no key")
     for key in card.keys:
         if not _is_user_public_key(key.public_key):
             problems.append(f"{key.public_key!r} is not a user public nkey")
+    for fact in card.facts:
+        try:
+            check_token(fact, "fact")
+        except ValueError as exc:
+            problems.append(str(exc))
     if problems:
         raise Refused("invalid card: " + "; ".join(problems))
 
@@ -230,103 +357,114 @@ def _normalised(card: AgentCard) -> AgentCard:
     return msgspec.structs.replace(card, status="registered", keys=keys)
 
 
-def _registered(card: AgentCard, now: datetime, rules: RegistryRules) -> list[Event]:
-    events: list[Event] = [
+def _registered(
+    card: AgentCard,
+    grant: SignedStatement,
+    enrolment: EnrolmentGrant,
+    now: datetime,
+    rules: RegistryRules,
+) -> list[Event]:
+    return [
         AgentRegistered(
             actor=rules.registry_id,
             occurred_at=now,
-            payload=AgentRegisteredPayload(card=_normalised(card)),
-        )
+            payload=AgentRegisteredPayload(card=_normalised(card), grant=grant),
+        ),
+        AgentActivated(
+            actor=rules.registry_id,
+            occurred_at=now,
+            payload=AgentStatusChangePayload(
+                agent_id=card.agent_id,
+                reason=f"enrolled with grant {enrolment.grant_id} of {enrolment.issued_by}",
+                by=enrolment.issued_by,
+                approval=grant,
+            ),
+        ),
     ]
-    if rules.auto_activate and not needs_operator(card):
-        events.append(
-            AgentActivated(
-                actor=rules.registry_id,
-                occurred_at=now,
-                payload=AgentStatusChangePayload(
-                    agent_id=card.agent_id,
-                    reason=f"activated on registration (owner {card.owner} is known)",
-                    by=rules.registry_id,
-                ),
-            )
-        )
-    return events
-
-
-def scope_changes(old: AgentCard, new: AgentCard) -> tuple[list[str], list[str]]:
-    """(widening changes, other changes), each readable by a person."""
-    widened: list[str] = []
-    other: list[str] = []
-
-    def compare(what: str, before: Iterable[str], after: Iterable[str]) -> None:
-        added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
-        if added:
-            widened.append(f"{what} added {added}")
-        if removed:
-            other.append(f"{what} removed {removed}")
-
-    compare("consumes", old.consumes, new.consumes)
-    compare("produces", old.produces, new.produces)
-    compare("roles", old.roles, new.roles)
-    old_actions = {a.action_type: a.limits for a in old.actions}
-    new_actions = {a.action_type: a.limits for a in new.actions}
-    compare("actions", old_actions, new_actions)
-    for action in sorted(set(old_actions) & set(new_actions)):
-        if old_actions[action] != new_actions[action]:
-            # Any change of a limit may widen it (a higher amount, a new currency).
-            widened.append(
-                f"limits of {action} changed {old_actions[action]} -> {new_actions[action]}"
-            )
-    if old.kind != new.kind:
-        widened.append(f"kind changed {old.kind} -> {new.kind}")
-    for name in ("name", "owner", "purpose", "version"):
-        if getattr(old, name) != getattr(new, name):
-            other.append(f"{name} changed {getattr(old, name)!r} -> {getattr(new, name)!r}")
-    return widened, other
 
 
 def _updated(
-    existing: AgentRecord, card: AgentCard, now: datetime, rules: RegistryRules
+    state: RegistryState,
+    existing: AgentRecord,
+    card: AgentCard,
+    now: datetime,
+    rules: RegistryRules,
+    grant: SignedStatement | None,
 ) -> list[Event]:
     old, new = existing.card, _normalised(card)
+    if new.kind != old.kind:
+        raise Refused(
+            f"agent {card.agent_id} is a {old.kind}; a kind never changes "
+            "(a principal of another kind enrols under its own id)"
+        )
     widened, other = scope_changes(old, new)
-    current = {k.public_key for k in existing.key_history if k.valid_until is None}
-    offered = {k.public_key for k in new.keys}
-    retired = sorted(current - offered)
-    added = sorted(offered - current)
-    if added:
-        other.append(f"keys added {added}")
-    if retired:
-        other.append(f"keys retired {retired}")
-    if not widened and not other:
+    keys = _key_changes(existing, new)
+    if not widened and not other and not keys:
         return []  # the same card again: registration is idempotent
     if widened and new.version == old.version:
         raise Refused(
             f"card {card.agent_id} widens its scope ({'; '.join(widened)}) "
             f"without a new version (still {old.version})"
         )
+    if not widened:
+        return [_card_updated(existing, new, other, now, rules, None)]
+    if grant is not None:
+        check_grant(state, grant, new, now, rules)
+        return [_card_updated(existing, new, widened + other, now, rules, grant)]
+    if existing.pending_card == new:
+        return []  # proposed already: it waits for the operator
     return [
-        AgentCardUpdated(
+        AgentCardProposed(
             actor=rules.registry_id,
             occurred_at=now,
-            payload=AgentCardUpdatedPayload(
-                card=new,
-                previous_version=old.version,
-                changes=widened + other,
-                keys_retired=retired,
+            payload=AgentCardProposedPayload(
+                card=new, previous_version=old.version, changes=widened + other + keys
             ),
         )
     ]
 
 
+def _key_changes(existing: AgentRecord, card: AgentCard) -> list[str]:
+    current = {k.public_key for k in existing.key_history if k.valid_until is None}
+    offered = {k.public_key for k in card.keys}
+    changes = []
+    if offered - current:
+        changes.append(f"keys added {sorted(offered - current)}")
+    if current - offered:
+        changes.append(f"keys retired {sorted(current - offered)}")
+    return changes
+
+
+def _card_updated(
+    existing: AgentRecord,
+    card: AgentCard,
+    changes: list[str],
+    now: datetime,
+    rules: RegistryRules,
+    approval: SignedStatement | None,
+) -> AgentCardUpdated:
+    current = {k.public_key for k in existing.key_history if k.valid_until is None}
+    retired = sorted(current - {k.public_key for k in card.keys})
+    return AgentCardUpdated(
+        actor=rules.registry_id,
+        occurred_at=now,
+        payload=AgentCardUpdatedPayload(
+            card=card,
+            previous_version=existing.card.version,
+            changes=changes + _key_changes(existing, card),
+            keys_retired=retired,
+            approval=approval,
+        ),
+    )
+
+
 # ---------------------------------------------------------------------------- evolve
 
 
-def evolve(state: RegistryState, event: Event) -> RegistryState:
-    """Apply one registry event (its occurred_at is when it took effect)."""
-    at = event.occurred_at
+def evolve(state: RegistryState, event: Event, at: datetime, sequence: int = 0) -> RegistryState:
+    """Apply one registry event, in force from `at`: the broker time it was stored."""
     match event:
-        case AgentRegistered(payload=AgentRegisteredPayload(card=card)):
+        case AgentRegistered(payload=AgentRegisteredPayload(card=card, grant=grant)):
             keys = [AgentKey(public_key=k.public_key, valid_from=at) for k in card.keys]
             state.records[card.agent_id] = AgentRecord(
                 card=card,
@@ -338,28 +476,24 @@ def evolve(state: RegistryState, event: Event) -> RegistryState:
             )
             for key in keys:
                 state.key_owner[key.public_key] = card.agent_id
+            _use_grant(state, grant, card.agent_id)
         case AgentCardUpdated(payload=payload):
-            record = state.records[payload.card.agent_id]
-            history = [
-                msgspec.structs.replace(k, valid_until=at)
-                if k.public_key in payload.keys_retired and k.valid_until is None
-                else k
-                for k in record.key_history
-            ]
-            known = {k.public_key for k in history if k.valid_until is None}
-            for key in payload.card.keys:
-                if key.public_key not in known:
-                    history.append(AgentKey(public_key=key.public_key, valid_from=at))
-                    state.key_owner[key.public_key] = payload.card.agent_id
-            state.records[payload.card.agent_id] = msgspec.structs.replace(
-                record, card=payload.card, updated_at=at, key_history=history
+            _apply_card(state, payload, at)
+        case AgentCardProposed(payload=proposal):
+            record = state.records[proposal.card.agent_id]
+            state.records[proposal.card.agent_id] = msgspec.structs.replace(
+                record, pending_card=proposal.card, updated_at=at
             )
         case AgentActivated(payload=change):
             record = state.records[change.agent_id]
             closed = [
                 p if p.end else msgspec.structs.replace(p, end=at) for p in record.suspensions
             ]
-            _set_status(state, change, "active", at, suspensions=closed)
+            cards = record.card_history or [
+                # The first activation puts the registered card in force.
+                CardPeriod(card=record.card, valid_from=at, approval=change.approval)
+            ]
+            _set_status(state, change, "active", at, suspensions=closed, card_history=cards)
         case AgentSuspended(payload=change):
             record = state.records[change.agent_id]
             opened = [*record.suspensions, Period(start=at)]
@@ -370,10 +504,57 @@ def evolve(state: RegistryState, event: Event) -> RegistryState:
                 k if k.valid_until else msgspec.structs.replace(k, valid_until=at)
                 for k in record.key_history
             ]
-            _set_status(state, change, "revoked", at, key_history=ended)
+            _set_status(
+                state,
+                change,
+                "revoked",
+                at,
+                key_history=ended,
+                card_history=_closed(record.card_history, at),
+                pending_card=None,
+            )
         case _:
             raise ValueError(f"not a registry event: {event.event_name()}")
+    state.sequence = max(state.sequence, sequence)
     return state
+
+
+def _apply_card(state: RegistryState, payload: AgentCardUpdatedPayload, at: datetime) -> None:
+    record = state.records[payload.card.agent_id]
+    history = [
+        msgspec.structs.replace(k, valid_until=at)
+        if k.public_key in payload.keys_retired and k.valid_until is None
+        else k
+        for k in record.key_history
+    ]
+    known = {k.public_key for k in history if k.valid_until is None}
+    for key in payload.card.keys:
+        if key.public_key not in known:
+            history.append(AgentKey(public_key=key.public_key, valid_from=at))
+            state.key_owner[key.public_key] = payload.card.agent_id
+    cards = [
+        *_closed(record.card_history, at),
+        CardPeriod(card=payload.card, valid_from=at, approval=payload.approval),
+    ]
+    state.records[payload.card.agent_id] = msgspec.structs.replace(
+        record,
+        card=payload.card,
+        updated_at=at,
+        key_history=history,
+        card_history=cards,
+        pending_card=None,
+    )
+    _use_grant(state, payload.approval, payload.card.agent_id)
+
+
+def _closed(cards: list[CardPeriod], at: datetime) -> list[CardPeriod]:
+    return [c if c.valid_until else msgspec.structs.replace(c, valid_until=at) for c in cards]
+
+
+def _use_grant(state: RegistryState, statement: SignedStatement | None, agent_id: str) -> None:
+    grant_id = grant_id_of(statement)
+    if grant_id is not None:
+        state.used_grants[grant_id] = agent_id
 
 
 def _set_status(
@@ -392,3 +573,20 @@ def _set_status(
         updated_at=at,
         **also,
     )
+
+
+__all__ = [
+    "Refused",
+    "RegistryRules",
+    "RegistryState",
+    "StatusTarget",
+    "beyond_grant",
+    "card_digest",
+    "check_grant",
+    "decide_card_approval",
+    "decide_registration",
+    "decide_status_change",
+    "evolve",
+    "needs_operator",
+    "scope_changes",
+]

@@ -6,9 +6,9 @@ stream one by one (each applied to the state as soon as it is stored), mirrored 
 the KV view, and written to the broker's authorization, whose reload is confirmed
 (when the server's monitoring endpoint is known) before the reply goes out.
 
-Replies go only to `_INBOX.` subjects: a request whose reply subject names anything
-else (a stream subject, the KV view) is served but not answered, or the registry's
-own permissions would write where the requester may not.
+Replies go only to `_INBOX.` subjects (mesh.replies): a request whose reply subject
+names anything else (a stream subject, the KV view) is served but not answered, or the
+registry's own permissions would write where the requester may not.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 from nats.aio.msg import Msg
 
-from contracts.cards import AgentCard, AgentKey, AgentRecord
+from contracts.cards import AgentCard, AgentKey, AgentRecord, SignedStatement
 from contracts.envelope import Event
 from contracts.registry_api import (
+    GRANT_HEADER,
+    CardApprovalRequest,
     Heartbeat,
     PrincipalKeys,
     RegistryQuery,
@@ -31,19 +33,22 @@ from contracts.registry_api import (
     StatusChangeRequest,
 )
 from mesh.errors import ConcurrencyConflict, MeshError, SignatureError
-from mesh.identity import verify, verify_headers
+from mesh.identity import SIGNATURE_HEADER, verify, verify_headers
 from mesh.registry_client import KEY_PROOFS_HEADER
-from services.registry.authz import StaticPrincipal
+from mesh.replies import respond
+from mesh.resilience import TokenBucket
 from services.registry.broker_auth import BrokerAuthorization
 from services.registry.domain import (
     Refused,
     RegistryRules,
     RegistryState,
     StatusTarget,
+    decide_card_approval,
     decide_registration,
     decide_status_change,
     evolve,
 )
+from services.registry.principals import EPOCH, StaticPrincipal, static_cards
 from services.registry.store import RegistryStore
 
 log = logging.getLogger(__name__)
@@ -52,8 +57,9 @@ _card = msgspec.json.Decoder(AgentCard)
 _query = msgspec.json.Decoder(RegistryQuery)
 _status_change = msgspec.json.Decoder(StatusChangeRequest)
 _heartbeat = msgspec.json.Decoder(Heartbeat)
+_approval = msgspec.json.Decoder(CardApprovalRequest)
+_statement = msgspec.json.Decoder(SignedStatement)
 _encoder = msgspec.json.Encoder()
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class RegistryHandlers:
@@ -68,6 +74,7 @@ class RegistryHandlers:
         stale_after: float,
         heartbeats: dict[str, datetime],
         provision: Callable[[AgentCard], Awaitable[object]] | None = None,
+        registrations_per_second: float = 20.0,
     ) -> None:
         """`provision` creates an active agent's durables from its card (under broker
         enforcement agents may not create consumers themselves)."""
@@ -76,11 +83,16 @@ class RegistryHandlers:
         self.store = store
         self.rules = rules
         self.principals = principals
-        self.operators = {p.public_key for p in principals if p.role == "operator"}
+        self.operators = {p.public_key: p.name for p in principals if p.role == "operator"}
         self.authorization = authorization
         self.stale_after = timedelta(seconds=stale_after)
         self.heartbeats = heartbeats
         self._writes = asyncio.Lock()
+        # Registration is open to anonymous connections (the onboarding user): a flood
+        # of them must not keep the registry from serving the mesh.
+        self.registrations = TokenBucket(
+            rate=registrations_per_second, burst=registrations_per_second * 2
+        )
 
     def routes(self) -> dict[str, Callable[[Msg], Awaitable[RegistryReply | None]]]:
         return {
@@ -92,6 +104,7 @@ class RegistryHandlers:
             "activate": self.activate,
             "suspend": self.suspend,
             "revoke": self.revoke,
+            "approve": self.approve,
         }
 
     async def serve(self, msg: Msg, operation: str) -> None:
@@ -105,23 +118,47 @@ class RegistryHandlers:
         except MeshError as exc:
             log.exception("registry %s failed", operation)
             reply = RegistryReply(ok=False, error=f"registry could not {operation}: {exc}")
-        if reply is None or not msg.reply:
-            return
-        if not msg.reply.startswith("_INBOX."):
-            log.warning("registry %s: refusing to reply to %r (not an inbox)", operation, msg.reply)
-            return
-        await msg.respond(_encoder.encode(reply))
+        if reply is not None:
+            await respond(msg, _encoder.encode(reply), what=f"registry {operation}")
 
     # ------------------------------------------------------------------ writes
 
     async def register(self, msg: Msg) -> RegistryReply:
+        wait = self.registrations.take()
+        if wait > 0:
+            return RegistryReply(
+                ok=False,
+                error=f"too many registrations just now; retry in {wait:.2f}s",
+                retry_after=wait,
+            )
         signer = verify_headers(msg.subject, msg.data, msg.headers)
         proven = _key_proofs(msg)
+        grant = _grant(msg)
         card = _card.decode(msg.data)
         return await self._write(
             card.agent_id,
-            lambda now: decide_registration(self.state, card, signer, now, self.rules, proven),
+            lambda now: decide_registration(
+                self.state, card, signer, now, self.rules, proven, grant
+            ),
         )
+
+    async def approve(self, msg: Msg) -> RegistryReply:
+        approval = self._operator_statement(msg, "approve")
+        request = _approval.decode(msg.data)
+        return await self._write(
+            request.agent_id,
+            lambda now: decide_card_approval(
+                self.state, request.agent_id, request.card_digest, now, self.rules, approval
+            ),
+        )
+
+    def _operator_statement(self, msg: Msg, what: str) -> SignedStatement:
+        """The operator's signed request, kept as the evidence of its consent."""
+        signer = verify_headers(msg.subject, msg.data, msg.headers)
+        if signer not in self.operators:
+            raise Refused(f"{what} needs an operator's signature; {signer} is not an operator")
+        signature = (msg.headers or {})[SIGNATURE_HEADER]
+        return SignedStatement.of(msg.subject, msg.data, signer, signature)
 
     async def activate(self, msg: Msg) -> RegistryReply:
         return await self._status_change(msg, "activate")
@@ -133,14 +170,13 @@ class RegistryHandlers:
         return await self._status_change(msg, "revoke")
 
     async def _status_change(self, msg: Msg, target: StatusTarget) -> RegistryReply:
-        signer = verify_headers(msg.subject, msg.data, msg.headers)
-        if signer not in self.operators:
-            raise Refused(f"{target} needs an operator's signature; {signer} is not an operator")
+        approval = self._operator_statement(msg, target)
         request = _status_change.decode(msg.data)
+        by = self.operators[approval.signer]
         return await self._write(
             request.agent_id,
             lambda now: decide_status_change(
-                self.state, request.agent_id, target, request.reason, signer, now, self.rules
+                self.state, request.agent_id, target, request.reason, by, now, self.rules, approval
             ),
         )
 
@@ -152,8 +188,9 @@ class RegistryHandlers:
                 events = decide(datetime.now(UTC))
                 try:
                     for event in events:
-                        await self.store.append(event)
-                        evolve(self.state, event)  # stored: now it is true
+                        sequence, stored_at = await self.store.append(event)
+                        # Stored: now it is true, from the broker time it was stored.
+                        evolve(self.state, event, stored_at, sequence)
                     break
                 except ConcurrencyConflict:
                     # Another registry wrote meanwhile: catch up from the log, decide again.
@@ -202,6 +239,7 @@ class RegistryHandlers:
                 key_history=record.key_history,
                 updated_at=record.updated_at,
                 suspensions=record.suspensions,
+                cards=record.card_history,
             )
             for record in self.state.records.values()
         ]
@@ -211,13 +249,14 @@ class RegistryHandlers:
             PrincipalKeys(
                 agent_id=principal.name,
                 status="active",
-                status_changed_at=_EPOCH,
-                key_history=[AgentKey(public_key=principal.public_key, valid_from=_EPOCH)],
-                updated_at=_EPOCH,
+                status_changed_at=EPOCH,
+                key_history=[AgentKey(public_key=principal.public_key, valid_from=EPOCH)],
+                updated_at=EPOCH,
+                cards=static_cards(principal),
             )
             for principal in self.principals
         ]
-        return RegistryReply(ok=True, keys=agents + static)
+        return RegistryReply(ok=True, keys=agents + static, registry_sequence=self.state.sequence)
 
     async def heartbeat(self, msg: Msg) -> None:
         beat = _heartbeat.decode(msg.data)
@@ -250,6 +289,17 @@ def _matches(record: AgentRecord, query: RegistryQuery) -> bool:
         and (query.role is None or query.role in card.roles)
         and (query.agent_id is None or card.agent_id == query.agent_id)
     )
+
+
+def _grant(msg: Msg) -> SignedStatement | None:
+    """The enrolment grant a registration carries (header Mesh-Enrolment-Grant)."""
+    raw = (msg.headers or {}).get(GRANT_HEADER)
+    if not raw:
+        return None
+    try:
+        return _statement.decode(raw.encode())
+    except msgspec.DecodeError as exc:
+        raise Refused(f"unreadable {GRANT_HEADER} header: {exc}") from None
 
 
 def _key_proofs(msg: Msg) -> frozenset[str]:

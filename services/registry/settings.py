@@ -16,8 +16,10 @@ class RegistrySettings(BaseSettings):
     known_owners: list[str] = Field(
         default_factory=list, description='JSON list; empty accepts any owner, e.g. ["claims"]'
     )
-    auto_activate: bool = Field(
-        default=False, description="activate agents of known owners on registration"
+    registrations_per_second: float = Field(
+        default=20.0,
+        gt=0,
+        description="registration requests served a second (bursts of twice that)",
     )
     principals_file: Path | None = Field(
         default=None, description="JSON list of static principals (services, operators)"

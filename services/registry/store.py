@@ -20,7 +20,7 @@ from mesh.errors import BrokerError, SignatureError
 from mesh.identity import verify_headers
 from mesh.provisioning import ensure_key_value
 from mesh.publisher import EventPublisher
-from mesh.reading import read_subject
+from mesh.reading import broker_time, read_subject
 from mesh.topology import Topology
 from services.registry.domain import RegistryState, evolve
 
@@ -77,6 +77,9 @@ class RegistryStore:
         state = RegistryState()
 
         def unreadable(sequence: int, subject: str, error: Exception) -> None:
+            # Passed over, but counted as read: readers compare the sequence a registry
+            # answer reflects with the stream's newest.
+            state.sequence = max(state.sequence, sequence)
             log.error(
                 "registry history #%d on %s is not an event (%s); ignored", sequence, subject, error
             )
@@ -102,19 +105,28 @@ class RegistryStore:
                     ValueError(f"not a registry event signed by the registry ({signer})"),
                 )
                 continue
-            evolve(state, item.event)
+            evolve(state, item.event, item.stored_at, item.sequence)
         log.info("registry rebuilt from %d events: %d agents", len(stored), len(state.records))
         return state
 
-    async def append(self, event: Event) -> None:
+    async def append(self, event: Event) -> tuple[int, datetime]:
         """Append an event, conditional on the agent's history being where we last saw
         it: a second registry writing at the same time gets a conflict instead of
-        interleaving."""
+        interleaving. Returns its stream sequence and the broker time it was stored,
+        from which it is in force."""
         key = event.subject_key()
         receipt = await self.publisher.publish(
             event, expected_sequence=self.last_sequence.get(key, 0)
         )
         self.last_sequence[key] = receipt.sequence
+        try:
+            stored = await self.js.get_msg(
+                self.topology.registry_stream, seq=receipt.sequence, direct=True
+            )
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            raise BrokerError(f"read back registry event {receipt.sequence}", repr(exc)) from exc
+        # Read as every other reader of the stream reads it, to the microsecond.
+        return receipt.sequence, broker_time((stored.headers or {})["Nats-Time-Stamp"])
 
     async def write_view(self, record: AgentRecord) -> None:
         assert self._view is not None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import random
 import statistics
 import time
@@ -39,13 +40,17 @@ from contracts.cards import AgentCard
 from contracts.eventstore_api import CaseQuery, CaseView
 from contracts.ingress import CLAIM_KIND, IngressReply
 from mesh.dead_letters import read_dead_letters
+from mesh.enrolment import issue_grant
+from mesh.errors import MeshError
 from mesh.identity import Identity
-from mesh.onboarding import card_with_key, register
+from mesh.onboarding import register
 from mesh.publisher import EventPublisher
 from mesh.registry_client import request_with_patience
 from services.eventstore.audit import Report, verify_bundle
 from services.eventstore.export import build_bundle, store_request
 from services.stack.stack import Stack
+
+log = logging.getLogger(__name__)
 
 APPROVER = "dana"
 FINAL = ("closed", "escalated")
@@ -173,7 +178,12 @@ class Demo:
             with Live(self._progress(), console=self.console, refresh_per_second=4) as live:
                 while True:
                     await asyncio.sleep(0.5)
-                    await self._refresh()
+                    try:
+                        await self._refresh()
+                    except MeshError as exc:
+                        # The event store restarting (or killed) is no reason to stop
+                        # watching: the views are read again on the next tick.
+                        log.info("views not readable just now: %s", exc)
                     live.update(self._progress())
                     self.stack.check_processes()
                     for task in (feeding, approving):
@@ -204,12 +214,11 @@ class Demo:
             roles=["approver", "claims_manager", "head_of_claims"],
             produces=["approval_granted", "approval_rejected"],
         )
-        # A human approver is activated by an operator, never automatically.
-        registry = self.stack.registry
-        await registry.register(card_with_key(card, identity), identity)
-        operator = self.stack.layout.identity("operator")
-        await registry.change_status("activate", APPROVER, "demo claims desk", operator)
-        await register(self.stack.url, card, identity, self.stack.topology.subjects, wait=20)
+        # A human approver enrols like anyone else: with an operator's grant.
+        grant = issue_grant(card, self.stack.layout.identity("operator"), "operator")
+        await register(
+            self.stack.url, card, identity, self.stack.topology.subjects, wait=20, grant=grant
+        )
         return await self.stack.connect(APPROVER), identity
 
     async def _feed(self, crm: Client) -> None:
@@ -245,7 +254,11 @@ class Demo:
         while True:
             await asyncio.sleep(0.3)
             reply = await request_with_patience(
-                nc, topology.subjects.service("policy", "pending"), b"", timeout=5, what="pending"
+                nc,
+                topology.subjects.service_as("policy", "pending", APPROVER),
+                b"",
+                timeout=5,
+                what="pending",
             )
             for item in msgspec.json.decode(reply.data):
                 request_id = item["request_id"]
@@ -265,7 +278,10 @@ class Demo:
                         ApprovalGranted(
                             **envelope,
                             payload=ApprovalGrantedPayload(
-                                request_id=request_id, approver=APPROVER, comment="documents ok"
+                                request_id=request_id,
+                                approver=APPROVER,
+                                comment="documents ok",
+                                request_digest=item["request_digest"],
                             ),
                         )
                     )
@@ -274,7 +290,10 @@ class Demo:
                         ApprovalRejected(
                             **envelope,
                             payload=ApprovalRejectedPayload(
-                                request_id=request_id, approver=APPROVER, reason="no receipt"
+                                request_id=request_id,
+                                approver=APPROVER,
+                                reason="no receipt",
+                                request_digest=item["request_digest"],
                             ),
                         )
                     )

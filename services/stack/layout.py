@@ -8,8 +8,9 @@ from pathlib import Path
 
 from mesh.identity import Identity
 from mesh.topology import Topology
-from services.registry.authz import PrincipalRole, StaticPrincipal, authorization_config
+from services.registry.authz import authorization_config
 from services.registry.broker_auth import write_principals
+from services.registry.principals import PrincipalRole, StaticPrincipal
 
 REPO = Path(__file__).resolve().parents[2]
 POLICIES = REPO / "deploy" / "policies"
@@ -48,6 +49,9 @@ class Layout:
     @property
     def logs(self) -> Path:
         return self.data_dir / "logs"
+
+    def grant_file(self, agent_id: str) -> Path:
+        return self.keys / f"{agent_id}.grant.json"
 
     def seed(self, name: str) -> Path:
         return self.keys / f"{name}.nk"

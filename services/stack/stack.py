@@ -17,10 +17,12 @@ from nats.aio.client import Client
 from contracts.registry_api import RegistryQuery
 from mesh.connection import close
 from mesh.embedded import EmbeddedNats
+from mesh.enrolment import issue_grant, write_grant
 from mesh.errors import MeshError
 from mesh.onboarding import connect_as
 from mesh.registry_client import RegistryClient, request_with_patience
 from mesh.topology import Topology
+from services.agents.claims.cards import ADJUDICATION, FRAUD, INTAKE, PAYMENT
 from services.stack.layout import POLICIES, REPO, Layout, bootstrap
 from services.stack.supervisor import ProcessSpec, Supervisor, python_module
 
@@ -32,6 +34,7 @@ AGENT_IDS = {
     "payment": "claims-payment",
 }
 SERVICES = ("registry", "policy", "eventstore", "ingress", "gateway")
+CLAIMS_CARDS = (INTAKE, FRAUD, ADJUDICATION, PAYMENT)
 
 
 def free_port() -> int:
@@ -80,9 +83,13 @@ class Stack:
             await asyncio.sleep(0.2)
 
     async def wait_service(self, operation: str, body: bytes = b"") -> None:
+        """`service.operation`, or `service.operation.principal` for a service that
+        knows who asks from the subject."""
+        service, name, *principal = operation.split(".")
+        subject = self.topology.subjects.service(service, name)
         await request_with_patience(
             self.operator_nc,
-            self.topology.subjects.service(*operation.split(".")),
+            f"{subject}.{principal[0]}" if principal else subject,
             body,
             timeout=5,
             what=operation,
@@ -126,7 +133,6 @@ def process_specs(
                 "MESH_REGISTRY_SERVER_PID_FILE": str(server.pid_path),
                 "MESH_REGISTRY_SERVER_MONITOR_URL": f"http://127.0.0.1:{server.monitor_port}",
                 "MESH_REGISTRY_KNOWN_OWNERS": json.dumps(["claims-team", "claims-desk"]),
-                "MESH_REGISTRY_AUTO_ACTIVATE": "1",
                 "MESH_REGISTRY_STALE_AFTER": "10",
             },
         ),
@@ -178,6 +184,7 @@ def process_specs(
                     **common,
                     "MESH_ONBOARD": "1",
                     "MESH_CHECK_SIGNERS": "1",
+                    "MESH_ENROLMENT_GRANT_FILE": str(layout.grant_file(AGENT_IDS[name])),
                     "MESH_GATEWAY_URL": f"http://127.0.0.1:{ports['gateway']}",
                 },
             )
@@ -208,6 +215,11 @@ async def running_stack(
     layout = Layout(data_dir)
     topology = Topology(root)
     bootstrap(layout, topology)
+    # The stack's operator enrols its own agents as any operator would: a signed,
+    # expiring, one-time grant per agent, of exactly the scope its card asks for.
+    operator = layout.identity("operator")
+    for card in CLAIMS_CARDS:
+        write_grant(issue_grant(card, operator, "operator"), layout.grant_file(card.agent_id))
     server = EmbeddedNats(layout.nats_dir, extra_config='include "auth.conf"')
     await asyncio.to_thread(server.start)
     on_step(f"nats-server on {server.url} (JetStream, fsync always, registry-enforced auth)")
@@ -233,7 +245,7 @@ async def running_stack(
         on_step("registry up")
         for name in ("policy", "eventstore", "ingress", "gateway"):
             supervisor.start(specs[name])
-        await stack.wait_service("policy.pending")
+        await stack.wait_service("policy.pending.operator")
         await stack.wait_service("eventstore.status")
         await _wait_http(f"{stack.ingress_http}/healthz")
         await _wait_http(f"{stack.gateway_http}/v1/ledger")

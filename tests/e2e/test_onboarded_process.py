@@ -1,5 +1,6 @@
-"""`mesh run` with MESH_ONBOARD=1: the agent process registers its card, runs with the
-credentials the registry grants, and stops when the operator revokes it."""
+"""`mesh run` with MESH_ONBOARD=1: the agent process registers its card with the
+operator's enrolment grant, runs with the credentials the registry grants, and stops
+when the operator revokes it."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from contracts import CaseStepCompleted
+from mesh.enrolment import write_grant
 from mesh.onboarding import connect_as
 from mesh.reading import read_case
 from mesh.testing import eventually
+from tests.integration.agents import onboarded
 from tests.integration.registry_fixtures import SecuredMesh, secured_mesh
 from tests.integration.test_registry import open_case
 
@@ -31,6 +34,8 @@ async def test_an_onboarded_agent_process_works_until_revoked(
     mesh: SecuredMesh, tmp_path: Path
 ) -> None:
     log = tmp_path / "agent.log"
+    grant = tmp_path / "onboarded.grant.json"
+    write_grant(mesh.grant(onboarded.card), grant)  # the operator's one-time grant
     env = {
         **os.environ,
         "MESH_NATS_URL": mesh.url,
@@ -40,6 +45,7 @@ async def test_an_onboarded_agent_process_works_until_revoked(
         "MESH_CHECK_SIGNERS": "1",
         "MESH_FETCH_WAIT": "0.2",
         "MESH_HEARTBEAT_INTERVAL": "0.5",
+        "MESH_ENROLMENT_GRANT_FILE": str(grant),
     }
     with log.open("wb") as sink:
         process = subprocess.Popen(  # noqa: ASYNC220  (spawned once; it is the subject)

@@ -29,7 +29,7 @@ from contracts import (
 )
 from contracts.envelope import Event
 from mesh import Agent, HandlerContext, Identity
-from mesh.onboarding import card_with_key, connect_as, register
+from mesh.onboarding import connect_as, register
 from mesh.publisher import EventPublisher
 from mesh.reading import read_case
 from mesh.testing import eventually
@@ -118,17 +118,19 @@ async def start_claims(mesh: SecuredMesh) -> None:
 
 
 async def screen(mesh: SecuredMesh, case_id: str, fraud: int) -> None:
-    """The fraud screening's result, in the log: the fact policy reads (never the
-    requester's own evidence)."""
+    """The fraud screening's result, in the log, signed by the screener whose card makes
+    it the authority for `fraud_score`: the fact policy reads (never the requester's own
+    evidence, nor anyone else's)."""
     assert mesh.harness_nc is not None
+    screener = await mesh.ensure_screener()
     step = CaseStepCompleted(
         case_id=case_id,
-        actor="harness",
+        actor="screener",
         payload=CaseStepCompletedPayload(
             step="fraud_screening", outcome="screened", evidence={"fraud_score": fraud}
         ),
     )
-    await EventPublisher(mesh.harness_nc.jetstream(), mesh.harness, mesh.topology).publish(step)
+    await EventPublisher(mesh.harness_nc.jetstream(), screener, mesh.topology).publish(step)
 
 
 async def open_claim(mesh: SecuredMesh, case_id: str, amount: int, fraud: int = 0) -> None:
@@ -158,7 +160,7 @@ async def wait_for(mesh: SecuredMesh, case_id: str, event_type: type[Event]) -> 
 
 
 async def human(mesh: SecuredMesh, agent_id: str, roles: list[str]) -> tuple[Identity, Client]:
-    """A registered, operator-activated human, connected with its own key."""
+    """A human enrolled on an operator's grant, connected with its own key."""
     identity = Identity.generate()
     card = AgentCard(
         agent_id=agent_id,
@@ -171,10 +173,7 @@ async def human(mesh: SecuredMesh, agent_id: str, roles: list[str]) -> tuple[Ide
         produces=["approval_granted", "approval_rejected", "action_requested"],
         actions=[ActionGrant(action_type="issue_payment")],
     )
-    assert mesh.harness_nc is not None
-    await mesh.client(mesh.harness_nc).register(card_with_key(card, identity), identity)
-    operators = await mesh.operator_client()
-    await operators.change_status("activate", agent_id, "claims desk", mesh.operator)
+    await mesh.enrol(card, identity)  # with the operator's grant: nobody enrols without
     record = await register(mesh.url, card, identity, mesh.topology.subjects, wait=5)
     assert record.status == "active"
     nc = await connect_as(mesh.url, agent_id, identity)
@@ -198,7 +197,10 @@ async def approve(
         causation_id=required.event_id,
         actor=name,
         payload=ApprovalGrantedPayload(
-            request_id=required.payload.request_id, approver=name, comment="documents checked"
+            request_id=required.payload.request_id,
+            approver=name,
+            comment="documents checked",
+            request_digest=required.payload.request_digest,
         ),
     )
     await EventPublisher(nc.jetstream(), identity, mesh.topology, nc=nc).publish(grant)

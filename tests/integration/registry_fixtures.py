@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,12 +13,14 @@ from typing import Any
 
 from nats.aio.client import Client
 
+from contracts.cards import AgentCard, AgentRecord, SignedStatement
 from mesh.agent import Agent
 from mesh.app import StartedAgent, start_agent
 from mesh.connection import close, connect
 from mesh.embedded import EmbeddedNats
+from mesh.enrolment import issue_grant, write_grant
 from mesh.identity import Identity
-from mesh.onboarding import connect_as, inbox_prefix
+from mesh.onboarding import card_with_key, connect_as, inbox_prefix
 from mesh.registry_client import RegistryClient
 from mesh.runtime import AgentRunner
 from mesh.settings import MeshSettings
@@ -28,11 +31,21 @@ from services.eventstore.settings import EventStoreSettings
 from services.policy.service import PolicyService
 from services.policy.settings import PolicySettings
 from services.registry.app import RegistryService
-from services.registry.authz import StaticPrincipal, authorization_config
+from services.registry.authz import authorization_config
 from services.registry.broker_auth import write_principals
+from services.registry.principals import StaticPrincipal
 from services.registry.settings import RegistrySettings
 
 KNOWN_OWNER = "claims-team"
+SCREENER_CARD = AgentCard(
+    agent_id="screener",
+    name="Fraud screening",
+    version="1",
+    owner=KNOWN_OWNER,
+    purpose="scores the fraud risk of a claim",
+    produces=["case_step_completed"],
+    facts=["fraud_score"],  # the one authority for it
+)
 
 
 @dataclass
@@ -54,6 +67,15 @@ class SecuredMesh:
     started: list[StartedAgent] = field(default_factory=list)
     policy_services: list[PolicyService] = field(default_factory=list)
     stores: list[EventStoreService] = field(default_factory=list)
+    # An enrolled fraud screener: the authority for `fraud_score` (see SCREENER_CARD).
+    screener: Identity = field(default_factory=Identity.generate)
+    _screener_enrolled: bool = False
+
+    async def ensure_screener(self) -> Identity:
+        if not self._screener_enrolled:
+            await self.enrol(SCREENER_CARD, self.screener)
+            self._screener_enrolled = True
+        return self.screener
 
     async def start_eventstore(self, dsn: str, **options: Any) -> EventStoreService:
         nc = await connect(
@@ -137,12 +159,30 @@ class SecuredMesh:
     def client(self, nc: Client) -> RegistryClient:
         return RegistryClient(nc, self.topology.subjects)
 
+    def grant(self, card: AgentCard) -> SignedStatement:
+        """The operator's one-time enrolment grant of exactly this card's scope."""
+        return issue_grant(card, self.operator, "operator")
+
+    async def enrol(self, card: AgentCard, identity: Identity) -> AgentRecord:
+        """Register a new agent with a grant the operator issued for its card."""
+        assert self.harness_nc is not None
+        card = card_with_key(card, identity)
+        return await self.client(self.harness_nc).register(card, identity, grant=self.grant(card))
+
     async def run_agent(
         self, agent: Agent, identity: Identity | None = None, *, check_signers: bool = False
     ) -> tuple[AgentRunner, Client]:
-        """What `mesh run` does with MESH_ONBOARD=1, in-process."""
+        """What `mesh run` does with MESH_ONBOARD=1, in-process, with a grant the
+        operator issued for its card."""
+        grant_file = self.directory / f"{agent.card.agent_id}-{uuid.uuid4().hex[:8]}.grant"
+        write_grant(self.grant(agent.card), grant_file)
         settings = self.settings.model_copy(
-            update={"onboard": True, "onboard_wait": 5.0, "check_signers": check_signers}
+            update={
+                "onboard": True,
+                "onboard_wait": 5.0,
+                "check_signers": check_signers,
+                "enrolment_grant_file": grant_file,
+            }
         )
         started = await start_agent(agent, identity or Identity.generate(), self.url, settings)
         self.started.append(started)
@@ -191,7 +231,6 @@ async def secured_mesh(directory: Path) -> AsyncIterator[SecuredMesh]:
         store_identity=store,
         registry_settings=RegistrySettings(
             known_owners=[KNOWN_OWNER],
-            auto_activate=True,
             principals_file=principals_file,
             auth_file=auth_file,
             server_pid_file=server.pid_path,

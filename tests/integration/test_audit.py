@@ -23,6 +23,7 @@ from contracts import (
     ActionRequestedPayload,
     ApprovalGranted,
     ApprovalGrantedPayload,
+    ApprovalRequired,
     CaseClosed,
     CaseClosedPayload,
 )
@@ -30,7 +31,6 @@ from contracts.cards import AgentCard
 from contracts.eventstore_api import CaseRequest
 from mesh import Identity
 from mesh.cli import app
-from mesh.onboarding import card_with_key
 from mesh.publisher import EventPublisher
 from services.eventstore.audit import verify_bundle
 from services.eventstore.export import build_bundle, store_request, write_bundle
@@ -160,7 +160,7 @@ async def test_a_tampered_bundle_is_caught_and_the_event_named(
     (tmp_path / "rekeyed.json").write_text(json.dumps(data))
     code, output = verify_file(tmp_path / "rekeyed.json")
     assert code == 1
-    assert "the bundle's list differs from the sealed one" in output
+    assert f"principal {actor}: differs from the sealed record in key_history" in output
     assert "its signature differs from the one it was stored with: re-signed" in output
 
     # A bundle verified against a pinned key that is not the store's fails.
@@ -203,20 +203,24 @@ async def test_policy_violations_in_the_log_are_named(
     )
     maria = EventPublisher(manager_nc.jetstream(), manager_identity, mesh.topology, nc=manager_nc)
     await maria.publish(own)
+    required = await wait_for(mesh, "selfie", ApprovalRequired)
     await maria.publish(
         ApprovalGranted(
             case_id="selfie",
             actor="maria",
-            payload=ApprovalGrantedPayload(request_id=own.event_id, approver="maria"),
+            payload=ApprovalGrantedPayload(
+                request_id=own.event_id,
+                approver="maria",
+                request_digest=required.payload.request_digest,  # type: ignore[attr-defined]
+            ),
         )
     )
 
     # 3. A revoked agent's key, stolen, signs an event after the revocation.
     stolen = Identity.generate()
     card = idle_card("adjudicator-2")
-    await mesh.client(mesh.harness_nc).register(card_with_key(card, stolen), stolen)
+    await mesh.enrol(card, stolen)
     operators = await mesh.operator_client()
-    await operators.change_status("activate", "adjudicator-2", "in service", mesh.operator)
     await operators.change_status("revoke", "adjudicator-2", "key leaked", mesh.operator)
     injected = CaseClosed(
         case_id="rogue", actor="adjudicator-2", payload=CaseClosedPayload(outcome="forged")

@@ -1,5 +1,7 @@
 """require_authorization on an open broker, where anyone may write anything: only the
-policy service's signed decisions (and a real human's approval) count."""
+decisions of a principal whose card produces them (the policy service), citing the
+exact request's bytes, count — and a log holding two events under one id proves
+nothing."""
 
 from __future__ import annotations
 
@@ -13,17 +15,27 @@ from contracts import (
     ActionDecisionPayload,
     ActionRequested,
     ActionRequestedPayload,
+    AgentCard,
     AgentKey,
     DecisionProvenance,
 )
+from contracts.cards import CardPeriod
+from contracts.codec import encode
 from contracts.registry_api import PrincipalKeys
 from mesh import Identity
 from mesh.authorization import NotAuthorized, require_authorization
+from mesh.identity import message_digest
 from mesh.key_directory import KeyDirectory
 from mesh.publisher import EventPublisher
+from mesh.reading import read_case
 from mesh.topology import Topology
 
 EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
+PRODUCES = {
+    "policy": ["action_approved", "action_denied", "approval_required"],
+    "adjudicator": ["action_requested"],
+    "mallory": ["case_step_completed"],
+}
 
 
 def directory(**identities: Identity) -> KeyDirectory:
@@ -36,6 +48,19 @@ def directory(**identities: Identity) -> KeyDirectory:
                 status_changed_at=EPOCH,
                 updated_at=EPOCH,
                 key_history=[AgentKey(public_key=identity.public_key, valid_from=EPOCH)],
+                cards=[
+                    CardPeriod(
+                        card=AgentCard(
+                            agent_id=name,
+                            name=name,
+                            version="1",
+                            owner="o",
+                            purpose="p",
+                            produces=PRODUCES[name],
+                        ),
+                        valid_from=EPOCH,
+                    )
+                ],
             )
             for name, identity in identities.items()
         ]
@@ -43,7 +68,7 @@ def directory(**identities: Identity) -> KeyDirectory:
     return keys
 
 
-def approval(request_id: str, actor: str) -> ActionApproved:
+def approval(request_id: str, actor: str, digest: str) -> ActionApproved:
     return ActionApproved(
         case_id="c-1",
         actor=actor,
@@ -51,11 +76,12 @@ def approval(request_id: str, actor: str) -> ActionApproved:
             request_id=request_id,
             action_type="issue_payment",
             provenance=DecisionProvenance(policy_bundle_hash="abc"),
+            request_digest=digest,
         ),
     )
 
 
-async def test_only_the_policy_service_s_decision_authorizes(
+async def test_only_the_policy_service_s_decision_of_these_bytes_authorizes(
     nc: Client, provisioned: Topology
 ) -> None:
     policy, agent, mallory = Identity.generate(), Identity.generate(), Identity.generate()
@@ -67,23 +93,75 @@ async def test_only_the_policy_service_s_decision_authorizes(
         payload=ActionRequestedPayload(action_type="issue_payment", parameters={"amount": 1}),
     )
     await EventPublisher(js, agent, provisioned).publish(request)
+    [stored] = await read_case(js, provisioned, "c-1")
+    digest = message_digest(stored.subject, stored.body)
 
-    # Mallory's "decision", and one claiming to be the policy's but signed by Mallory.
-    await EventPublisher(js, mallory, provisioned).publish(approval(request.event_id, "mallory"))
-    await EventPublisher(js, mallory, provisioned).publish(approval(request.event_id, "policy"))
-    with pytest.raises(NotAuthorized, match="no approving decision") as refused:
-        await require_authorization(
-            js, provisioned, keys, case_id="c-1", request_id=request.event_id
+    async def prove(request_id: str = request.event_id) -> object:
+        return await require_authorization(
+            await read_case(js, provisioned, "c-1"), keys, request_id=request_id
         )
-    assert "by mallory" in refused.value.reason
+
+    # Mallory's "decision" (her card produces no decisions), and one claiming to be the
+    # policy's but signed by Mallory.
+    mallorys = EventPublisher(js, mallory, provisioned)
+    await mallorys.publish(approval(request.event_id, "mallory", digest))
+    await mallorys.publish(approval(request.event_id, "policy", digest))
+    with pytest.raises(NotAuthorized, match="no approving decision") as refused:
+        await prove()
+    assert "card in force" in refused.value.reason
     assert "belongs to mallory, not to actor policy" in refused.value.reason
 
-    await EventPublisher(js, policy, provisioned).publish(approval(request.event_id, "policy"))
-    proof = await require_authorization(
-        js, provisioned, keys, case_id="c-1", request_id=request.event_id
-    )
-    assert proof.decision.actor == "policy"
-    assert proof.approval is None
+    # The policy's decision about other bytes does not count either.
+    policys = EventPublisher(js, policy, provisioned)
+    await policys.publish(approval(request.event_id, "policy", "0" * 64))
+    with pytest.raises(NotAuthorized, match="judged other bytes"):
+        await prove()
+
+    await policys.publish(approval(request.event_id, "policy", digest))
+    proof = await prove()
+    assert proof.decision.actor == "policy"  # type: ignore[attr-defined]
+    assert proof.request_digest == digest  # type: ignore[attr-defined]
+    assert proof.approval is None  # type: ignore[attr-defined]
 
     with pytest.raises(NotAuthorized, match="no such action_requested"):
-        await require_authorization(js, provisioned, keys, case_id="c-1", request_id="nope")
+        await prove("nope")
+
+
+async def test_two_events_under_one_id_prove_nothing(nc: Client, provisioned: Topology) -> None:
+    """The requester re-publishes its request under the same event id (a fresh
+    Nats-Msg-Id gets it past de-duplication) with the amount raised and the payee
+    changed, after policy approved the first: nothing is executed."""
+    policy, agent = Identity.generate(), Identity.generate()
+    keys = directory(policy=policy, adjudicator=agent)
+    js = nc.jetstream()
+    request = ActionRequested(
+        case_id="c-1",
+        actor="adjudicator",
+        payload=ActionRequestedPayload(
+            action_type="issue_payment", parameters={"amount": 1, "payee": "A"}
+        ),
+    )
+    publisher = EventPublisher(js, agent, provisioned)
+    await publisher.publish(request)
+    [stored] = await read_case(js, provisioned, "c-1")
+    digest = message_digest(stored.subject, stored.body)
+    await EventPublisher(js, policy, provisioned).publish(
+        approval(request.event_id, "policy", digest)
+    )
+    swapped = ActionRequested(
+        event_id=request.event_id,
+        case_id="c-1",
+        actor="adjudicator",
+        payload=ActionRequestedPayload(
+            action_type="issue_payment", parameters={"amount": 4_900_000, "payee": "B"}
+        ),
+    )
+    subject = provisioned.subjects.for_event(swapped)
+    body = encode(swapped)
+    headers = agent.signature_headers(subject, body)
+    headers["Nats-Msg-Id"] = "fresh"
+    await publisher.publish_raw(subject, body, headers)
+    with pytest.raises(NotAuthorized, match="2 different events under this id"):
+        await require_authorization(
+            await read_case(js, provisioned, "c-1"), keys, request_id=request.event_id
+        )

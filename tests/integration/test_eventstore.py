@@ -115,7 +115,7 @@ async def test_the_store_projects_cases_timelines_and_activity(
     activity = (await store_request(nc, mesh.topology, "activity")).activity
     counts = {(a.actor, a.event_type): a.events for a in activity}
     assert counts[("adjudicator", "action_requested")] == 3
-    assert counts[("harness", "case_step_completed")] == 3
+    assert counts[("screener", "case_step_completed")] == 3
     assert counts[("payer", "action_completed")] == 2
     assert counts[("maria", "approval_granted")] == 1
 

@@ -136,7 +136,10 @@ async def test_a_large_payout_waits_for_a_claims_manager(mesh: SecuredMesh) -> N
         correlation_id=required.correlation_id,
         causation_id=required.event_id,
         payload=ApprovalGrantedPayload(
-            request_id=required.payload.request_id, approver="maria", comment="docs checked"
+            request_id=required.payload.request_id,
+            approver="maria",
+            comment="docs checked",
+            request_digest=required.payload.request_digest,
         ),
     )
     await EventPublisher(manager_nc.jetstream(), manager, mesh.topology).publish(grant)  # type: ignore[attr-defined]
@@ -167,7 +170,11 @@ async def test_nobody_approves_their_own_request(mesh: SecuredMesh) -> None:
         ApprovalGranted(
             case_id="own",
             actor="maria",
-            payload=ApprovalGrantedPayload(request_id=request.event_id, approver="maria"),
+            payload=ApprovalGrantedPayload(
+                request_id=request.event_id,
+                approver="maria",
+                request_digest=required.payload.request_digest,  # type: ignore[attr-defined]
+            ),
         )
     )
     assert mesh.harness_nc is not None
@@ -238,17 +245,15 @@ async def test_the_executor_proves_authorization_from_the_log(mesh: SecuredMesh)
     assert mesh.harness_nc is not None
     js = mesh.harness_nc.jetstream()
     keys = KeyDirectory()
-    await keys.follow(mesh.harness_nc, mesh.topology.subjects, mesh.client(mesh.harness_nc))
+    await keys.follow(mesh.harness_nc, mesh.topology, mesh.client(mesh.harness_nc))
     try:
         await open_claim(mesh, "small", 1_000)
         await open_claim(mesh, "fraud", 1_000, fraud=99)
         await open_claim(mesh, "large", 250_000)
         small = await first(mesh, "small", ActionApproved)
         proof = await require_authorization(
-            js,
-            mesh.topology,
+            await read_case(js, mesh.topology, "small"),
             keys,
-            case_id="small",
             request_id=small.payload.request_id,  # type: ignore[attr-defined]
         )
         assert proof.approval is None
@@ -256,10 +261,8 @@ async def test_the_executor_proves_authorization_from_the_log(mesh: SecuredMesh)
         denied = await first(mesh, "fraud", ActionDenied)
         with pytest.raises(NotAuthorized, match="denied: forbidden by high-fraud-score"):
             await require_authorization(
-                js,
-                mesh.topology,
+                await read_case(js, mesh.topology, "fraud"),
                 keys,
-                case_id="fraud",
                 request_id=denied.payload.request_id,  # type: ignore[attr-defined]
             )
 
@@ -267,7 +270,7 @@ async def test_the_executor_proves_authorization_from_the_log(mesh: SecuredMesh)
         request_id = required.payload.request_id  # type: ignore[attr-defined]
         with pytest.raises(NotAuthorized, match="no approving decision"):
             await require_authorization(
-                js, mesh.topology, keys, case_id="large", request_id=request_id
+                await read_case(js, mesh.topology, "large"), keys, request_id=request_id
             )
         # Another service (with the run of the mesh) cannot write a decision at all.
         forged = ActionApproved(
@@ -286,14 +289,18 @@ async def test_the_executor_proves_authorization_from_the_log(mesh: SecuredMesh)
         grant = ApprovalGranted(
             case_id="large",
             actor="maria",
-            payload=ApprovalGrantedPayload(request_id=request_id, approver="maria"),
+            payload=ApprovalGrantedPayload(
+                request_id=request_id,
+                approver="maria",
+                request_digest=required.payload.request_digest,  # type: ignore[attr-defined]
+            ),
         )
         await EventPublisher(manager_nc.jetstream(), manager, mesh.topology).publish(grant)  # type: ignore[attr-defined]
 
         async def authorized() -> object:
             try:
                 return await require_authorization(
-                    js, mesh.topology, keys, case_id="large", request_id=request_id
+                    await read_case(js, mesh.topology, "large"), keys, request_id=request_id
                 )
             except NotAuthorized:
                 return None
@@ -351,12 +358,19 @@ async def test_a_manager_decides_from_the_command_line(
 
 
 async def _grant(
-    mesh: SecuredMesh, manager: Identity, nc: object, case_id: str, request_id: str
+    mesh: SecuredMesh,
+    manager: Identity,
+    nc: object,
+    case_id: str,
+    request_id: str,
+    digest: str = "",
 ) -> ApprovalGranted:
     grant = ApprovalGranted(
         case_id=case_id,
         actor="maria",
-        payload=ApprovalGrantedPayload(request_id=request_id, approver="maria"),
+        payload=ApprovalGrantedPayload(
+            request_id=request_id, approver="maria", request_digest=digest
+        ),
     )
     await EventPublisher(nc.jetstream(), manager, mesh.topology).publish(grant)  # type: ignore[attr-defined]
     return grant
@@ -375,7 +389,7 @@ async def test_an_approval_filed_in_another_case_is_refused(mesh: SecuredMesh) -
     await open_claim(mesh, "case-a", 250_000)
     required = await first(mesh, "case-a", ApprovalRequired)
     request_id = required.payload.request_id  # type: ignore[attr-defined]
-    await _grant(mesh, manager, manager_nc, "case-b", request_id)
+    await _grant(mesh, manager, manager_nc, "case-b", request_id, required.payload.request_digest)  # type: ignore[attr-defined]
     [letter] = await eventually(lambda: _policy_letters(mesh), what="the misfiled grant refused")
     assert "belongs to case case-a, not case-b" in letter.reason  # type: ignore[attr-defined]
     assert [p.request_id for p in await service.pending()] == [request_id]
@@ -388,13 +402,14 @@ async def test_a_decided_request_is_never_reopened_or_decided_twice(mesh: Secure
     await open_claim(mesh, "once", 250_000)
     required = await first(mesh, "once", ApprovalRequired)
     request_id = required.payload.request_id  # type: ignore[attr-defined]
-    await _grant(mesh, manager, manager_nc, "once", request_id)
+    digest = required.payload.request_digest  # type: ignore[attr-defined]
+    await _grant(mesh, manager, manager_nc, "once", request_id, digest)
     await first(mesh, "once", ActionApproved)
     await eventually(lambda: _no_pending(service), what="the approval closed")
 
     # The deadline passing later announces nothing; a second grant is refused.
     await service.check_deadlines(datetime.now(UTC) + timedelta(days=30))
-    await _grant(mesh, manager, manager_nc, "once", request_id)
+    await _grant(mesh, manager, manager_nc, "once", request_id, digest)
     [letter] = await eventually(lambda: _policy_letters(mesh), what="the second grant refused")
     assert "no approval is pending" in letter.reason  # type: ignore[attr-defined]
 
@@ -409,6 +424,7 @@ async def test_a_decided_request_is_never_reopened_or_decided_twice(mesh: Secure
         stream_sequence=request.sequence,
         services=service.runner,
         written_at=request.stored_at,
+        message=request,
     )
     await service.on_action_requested(request.event, replay)  # type: ignore[arg-type]
     assert await service.pending() == []
@@ -436,7 +452,7 @@ async def test_a_grant_that_loses_the_race_with_the_deadline_is_refused(
     await service.check_deadlines(datetime.now(UTC) + timedelta(hours=5))
     escalated = await first(mesh, "race", ApprovalEscalated)
     assert escalated.payload.escalated_to == "head_of_claims"  # type: ignore[attr-defined]
-    await _grant(mesh, manager, manager_nc, "race", request_id)
+    await _grant(mesh, manager, manager_nc, "race", request_id, required.payload.request_digest)  # type: ignore[attr-defined]
     [letter] = await eventually(lambda: _policy_letters(mesh), what="the late grant refused")
     assert "needs the role 'head_of_claims'" in letter.reason  # type: ignore[attr-defined]
     assert mesh.harness_nc is not None

@@ -22,7 +22,8 @@ from contracts import (
     CaseOpenedPayload,
     CaseStepCompleted,
 )
-from contracts.registry_api import RegistryQuery
+from contracts.cards import card_digest
+from contracts.registry_api import GRANT_HEADER, RegistryQuery
 from mesh import Agent, Identity
 from mesh.connection import connect
 from mesh.errors import BrokerError, PermissionDenied, SignatureError
@@ -127,12 +128,12 @@ async def test_a_forged_card_is_refused_with_a_clear_reason(mesh: SecuredMesh) -
     assert mesh.harness_nc is not None
     client = mesh.client(mesh.harness_nc)
     with pytest.raises(RegistryRefused, match=r"forged card: signed by .* not one of the card's"):
-        await client.register(card, impostor)
-    await client.register(card, owner)
+        await client.register(card, impostor, grant=mesh.grant(card))
+    await mesh.enrol(card, owner)
     # Taking over a registered agent id with another key is forged too.
     hijack = card_with_key(claims_card(), impostor)
     with pytest.raises(RegistryRefused, match="not a current key of agent intake"):
-        await client.register(hijack, impostor)
+        await client.register(hijack, impostor, grant=mesh.grant(hijack))
 
 
 @pytest.mark.parametrize(
@@ -153,20 +154,28 @@ async def test_an_invalid_card_is_refused(
     assert mesh.harness_nc is not None
     card = card_with_key(claims_card(**changes), identity)  # type: ignore[arg-type]
     with pytest.raises(RegistryRefused, match=reason):
-        await mesh.client(mesh.harness_nc).register(card, identity)
+        await mesh.client(mesh.harness_nc).register(card, identity, grant=mesh.grant(card))
 
 
-async def test_widening_scope_needs_a_new_version_and_shows_in_history(
+async def test_widening_scope_needs_a_new_version_and_an_operator(
     mesh: SecuredMesh,
 ) -> None:
     identity = Identity.generate()
     assert mesh.harness_nc is not None
     client = mesh.client(mesh.harness_nc)
-    await client.register(card_with_key(claims_card(), identity), identity)
+    await mesh.enrol(claims_card(), identity)
     wider = card_with_key(claims_card(produces=["case_step_completed", "case_closed"]), identity)
     with pytest.raises(RegistryRefused, match=r"widens its scope .* without a new version"):
         await client.register(wider, identity)
-    record = await client.register(msgspec.structs.replace(wider, version="1.1.0"), identity)
+    wider = msgspec.structs.replace(wider, version="1.1.0")
+    record = await client.register(wider, identity)
+    # Proposed, not in force: the card the operator granted stays until one approves.
+    assert record.card.produces == ["case_step_completed"]
+    assert record.pending_card is not None
+    operators = await mesh.operator_client()
+    record = await operators.approve(
+        "intake", card_digest(record.pending_card), "closing is fine", mesh.operator
+    )
     assert record.card.produces == ["case_step_completed", "case_closed"]
     history = await read_subject(
         mesh.harness_nc.jetstream(),
@@ -174,12 +183,18 @@ async def test_widening_scope_needs_a_new_version_and_shows_in_history(
         mesh.topology.subjects.history("registry", "intake"),
     )
     names = [s.event.event_name() for s in history]
-    assert names == ["agent_registered", "agent_activated", "agent_card_updated"]
+    assert names == [
+        "agent_registered",
+        "agent_activated",
+        "agent_card_proposed",
+        "agent_card_updated",
+    ]
     update = history[-1].event
     assert update.payload.previous_version == "1.0.0"  # type: ignore[attr-defined]
     assert "produces added ['case_closed']" in update.payload.changes  # type: ignore[attr-defined]
+    assert update.payload.approval.signer == mesh.operator.public_key  # type: ignore[attr-defined]
     # The same card again changes nothing.
-    await client.register(msgspec.structs.replace(wider, version="1.1.0"), identity)
+    await client.register(wider, identity)
     assert (
         len(
             await read_subject(
@@ -188,7 +203,7 @@ async def test_widening_scope_needs_a_new_version_and_shows_in_history(
                 mesh.topology.subjects.history("registry", "intake"),
             )
         )
-        == 3
+        == 4
     )
 
 
@@ -229,8 +244,7 @@ async def test_revocation_is_a_kill_switch(mesh: SecuredMesh) -> None:
     directory.load(await mesh.client(mesh.harness_nc).keys())
     stored_before = before  # a StoredEvent
     signer = stored_before.headers["Mesh-Signer"]  # type: ignore[attr-defined]
-    written = stored_before.event.occurred_at  # type: ignore[attr-defined]
-    directory.check(signer, "intake", written)
+    directory.check(signer, "intake", stored_before.stored_at)  # type: ignore[attr-defined]
     # ...and anything signed with its key after the revocation is refused.
     with pytest.raises(SignatureError, match="revoked agent intake after its revocation"):
         directory.check(signer, "intake", datetime.now(UTC))
@@ -316,7 +330,7 @@ async def test_a_rotated_key_stays_valid_for_what_it_signed(mesh: SecuredMesh) -
     old, new = Identity.generate(), Identity.generate()
     assert mesh.harness_nc is not None
     client = mesh.client(mesh.harness_nc)
-    await client.register(card_with_key(claims_card(), old), old)
+    await mesh.enrol(claims_card(), old)
     rotated_card = msgspec.structs.replace(
         claims_card(), keys=[AgentKey(public_key=new.public_key, valid_from=datetime.now(UTC))]
     )
@@ -343,7 +357,7 @@ async def test_the_registry_restarts_without_losing_anything(mesh: SecuredMesh) 
     assert mesh.harness_nc is not None
     client = mesh.client(mesh.harness_nc)
     second = Identity.generate()
-    await client.register(card_with_key(claims_card("fraud"), second), second)
+    await mesh.enrol(claims_card("fraud"), second)
     before = await client.find()
     assert mesh.service is not None
     assert mesh.service.handlers is not None
@@ -386,12 +400,13 @@ async def test_the_registry_replies_only_to_inboxes(mesh: SecuredMesh) -> None:
     )
     mesh.connections.append(onboarding)
     identity = Identity.generate()
-    body = msgspec.json.encode(card_with_key(claims_card(), identity))
+    card = card_with_key(claims_card(), identity)
+    body = msgspec.json.encode(card)
     subject = mesh.topology.subjects.service("registry", "register")
     target = mesh.topology.subjects.family_event("registry", "intake", "agent_registered")
-    await onboarding.publish(
-        subject, body, reply=target, headers=identity.signature_headers(subject, body)
-    )
+    headers = identity.signature_headers(subject, body)
+    headers[GRANT_HEADER] = msgspec.json.encode(mesh.grant(card)).decode()
+    await onboarding.publish(subject, body, reply=target, headers=headers)
     await onboarding.flush()
     assert mesh.harness_nc is not None
     client = mesh.client(mesh.harness_nc)

@@ -14,7 +14,7 @@ from contracts.envelope import Event
 
 def _sample_value(annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
-    if annotation is str:
+    if annotation is str or annotation is Any:
         return "sample"
     if annotation is int:
         return 3

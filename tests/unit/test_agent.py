@@ -61,6 +61,8 @@ def test_two_handlers_for_one_type_are_refused() -> None:
 
 
 class _NoServices:
+    id_key = b"a secret of the agent's"
+
     async def emit(self, event: object, *, expected_case_sequence: int | None = None) -> None:
         raise AssertionError("not used")
 

@@ -67,11 +67,11 @@ def test_a_bad_seed_is_a_configuration_error() -> None:
 def test_direct_get_times_match_consumer_metadata_times() -> None:
     import datetime as dt
 
-    from mesh.reading import _broker_time
+    from mesh.reading import broker_time
 
     nanos = 1_795_999_843_273_014_885
     stamp = dt.datetime.fromtimestamp(nanos // 10**9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
     # what nats-py's Msg.Metadata computes from the ack subject's nanoseconds
     expected = dt.datetime.fromtimestamp(nanos / 1_000_000_000.0, dt.UTC)
-    assert _broker_time(f"{stamp}.{nanos % 10**9:09d}Z") == expected
-    assert _broker_time(f"{stamp}Z") == dt.datetime.fromtimestamp(nanos // 10**9, dt.UTC)
+    assert broker_time(f"{stamp}.{nanos % 10**9:09d}Z") == expected
+    assert broker_time(f"{stamp}Z") == dt.datetime.fromtimestamp(nanos // 10**9, dt.UTC)

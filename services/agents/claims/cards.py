@@ -17,6 +17,8 @@ def card(agent_id: str, name: str, purpose: str, **scope: list[str]) -> AgentCar
         purpose=purpose,
         consumes=scope.get("consumes", []),
         produces=scope.get("produces", []),
+        reads=scope.get("reads", []),
+        facts=scope.get("facts", []),
     )
 
 
@@ -26,6 +28,7 @@ INTAKE = card(
     "checks that a claim is covered and complete",
     consumes=["case_opened"],
     produces=["case_step_completed", "case_closed"],
+    facts=["claim_type", "amount_cents"],
 )
 FRAUD = card(
     "claims-fraud",
@@ -33,6 +36,8 @@ FRAUD = card(
     "scores the fraud risk of an accepted claim",
     consumes=["case_step_completed"],
     produces=["case_step_completed"],
+    reads=["case_opened"],
+    facts=["fraud_score"],  # nobody else's fraud_score counts
 )
 ADJUDICATION = AgentCard(
     agent_id="claims-adjudication",
@@ -42,6 +47,8 @@ ADJUDICATION = AgentCard(
     purpose="decides the payout and asks to pay it",
     consumes=["case_step_completed", "action_denied", "approval_expired"],
     produces=["case_step_completed", "action_requested", "case_closed"],
+    reads=["case_opened"],
+    facts=["payout_cents"],
     # The card's own ceiling, checked before any policy runs.
     actions=[ActionGrant(action_type="issue_payment", limits={"max_amount": 5_000_000})],
 )
@@ -51,4 +58,12 @@ PAYMENT = card(
     "pays approved claims through the payment gateway, exactly once",
     consumes=["action_approved"],
     produces=["action_completed", "action_failed", "case_closed", "case_escalated"],
+    # The approval chain it proves before paying.
+    reads=[
+        "action_requested",
+        "approval_required",
+        "approval_granted",
+        "action_denied",
+        "approval_expired",
+    ],
 )

@@ -53,13 +53,24 @@ def approval(actor: str) -> ActionApproved:
     )
 
 
-def test_only_the_policy_service_decides() -> None:
-    state = fold_case([record(1, OPENED), record(2, REQUEST), record(3, approval("adjudicator"))])
+def test_a_flagged_decision_moves_nothing() -> None:
+    # A "decision" by anyone whose card does not produce decisions fails the checker's
+    # card check (see test_checking); flagged, it moves no state.
+    flagged = record(3, approval("adjudicator"), problem="card does not produce it")
+    state = fold_case([record(1, OPENED), record(2, REQUEST), flagged])
     assert state is not None
     assert state.actions[REQUEST.event_id].status == "requested"
     state = fold_case([record(1, OPENED), record(2, REQUEST), record(3, approval("policy"))])
     assert state is not None
     assert state.actions[REQUEST.event_id].status == "approved"
+
+
+def test_an_event_id_names_one_event_in_the_whole_log() -> None:
+    elsewhere = record(2, REQUEST)
+    copy = LogRecord(**{**elsewhere.__dict__, "sequence": 3, "case_id": "c2"})
+    state = fold_case([record(1, OPENED), elsewhere, copy])
+    assert state is not None
+    assert state.view.flagged_events == 1
 
 
 def test_a_forged_copy_ahead_of_the_genuine_event_does_not_mask_it() -> None:

@@ -11,7 +11,8 @@ from contracts import AgentCard, AgentKey
 from contracts.cards import AgentRecord, AgentStatus
 from mesh.identity import Identity
 from mesh.topology import Topology
-from services.registry.authz import StaticPrincipal, authorization_config
+from services.registry.authz import authorization_config
+from services.registry.principals import StaticPrincipal
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 TOPOLOGY = Topology("mesh")

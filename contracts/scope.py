@@ -1,0 +1,76 @@
+"""Comparing scopes (pure): does a card widen another, does it fit within a grant?
+
+The registry decides with these, and the audit verifier re-checks the registry's
+history with the very same rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from contracts.cards import AgentCard, EnrolmentGrant
+
+# The parts of a card that are scope: adding to any of them widens it.
+SCOPE_LISTS = ("consumes", "produces", "reads", "facts", "roles")
+
+
+def beyond_grant(card: AgentCard, grant: EnrolmentGrant) -> list[str]:
+    """Where the card claims more than the grant allows (empty: it fits)."""
+    problems = []
+    if card.kind != grant.kind:
+        problems.append(f"kind {card.kind} is not the granted {grant.kind}")
+    for what in SCOPE_LISTS:
+        extra = sorted(set(getattr(card, what)) - set(getattr(grant, what)))
+        if extra:
+            problems.append(f"{what} {extra} are not granted")
+    granted = {a.action_type: a.limits for a in grant.actions}
+    for action in card.actions:
+        limits = granted.get(action.action_type)
+        if limits is None:
+            problems.append(f"action {action.action_type} is not granted")
+            continue
+        for name, ceiling in sorted(limits.items()):
+            claimed = action.limits.get(name)
+            if claimed is None:
+                problems.append(f"{action.action_type} drops the granted limit {name}={ceiling}")
+            elif name.startswith("max_") and _number(ceiling) and _number(claimed):
+                if claimed > ceiling:
+                    problems.append(f"{action.action_type} {name}={claimed} exceeds {ceiling}")
+            elif claimed != ceiling:
+                problems.append(f"{action.action_type} {name}={claimed!r} is not {ceiling!r}")
+    return problems
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def scope_changes(old: AgentCard, new: AgentCard) -> tuple[list[str], list[str]]:
+    """(widening changes, other changes), each readable by a person."""
+    widened: list[str] = []
+    other: list[str] = []
+
+    def compare(what: str, before: Iterable[str], after: Iterable[str]) -> None:
+        added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
+        if added:
+            widened.append(f"{what} added {added}")
+        if removed:
+            other.append(f"{what} removed {removed}")
+
+    for what in SCOPE_LISTS:
+        compare(what, getattr(old, what), getattr(new, what))
+    old_actions = {a.action_type: a.limits for a in old.actions}
+    new_actions = {a.action_type: a.limits for a in new.actions}
+    compare("actions", old_actions, new_actions)
+    for action in sorted(set(old_actions) & set(new_actions)):
+        if old_actions[action] != new_actions[action]:
+            # Any change of a limit may widen it (a higher amount, a new currency).
+            widened.append(
+                f"limits of {action} changed {old_actions[action]} -> {new_actions[action]}"
+            )
+    if old.kind != new.kind:
+        widened.append(f"kind changed {old.kind} -> {new.kind}")
+    for name in ("name", "owner", "purpose", "version"):
+        if getattr(old, name) != getattr(new, name):
+            other.append(f"{name} changed {getattr(old, name)!r} -> {getattr(new, name)!r}")
+    return widened, other

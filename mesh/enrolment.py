@@ -1,0 +1,81 @@
+"""Enrolment grants: an operator's signed, expiring, one-time permission for one agent
+to join the mesh with at most a given scope (as a bootstrap token is in Kubernetes or
+SPIFFE). The operator issues it (`mesh registry grant`, or `issue_grant` here); the
+agent presents it with its first registration (`MESH_ENROLMENT_GRANT_FILE`); the
+registry checks the signature, the expiry, the agent id and owner, the scope, and that
+it was never used before.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+
+from contracts.cards import (
+    GRANT_SUBJECT,
+    AgentCard,
+    EnrolmentGrant,
+    SignedStatement,
+)
+from contracts.ids import new_event_id
+from mesh.errors import ConfigurationError
+from mesh.identity import Identity
+
+_statement = msgspec.json.Decoder(SignedStatement)
+
+
+def grant_for(
+    card: AgentCard,
+    *,
+    issued_by: str,
+    valid_for: timedelta = timedelta(hours=24),
+    now: datetime | None = None,
+) -> EnrolmentGrant:
+    """A grant of exactly the scope `card` asks for."""
+    return EnrolmentGrant(
+        grant_id=new_event_id(),
+        agent_id=card.agent_id,
+        owner=card.owner,
+        issued_by=issued_by,
+        expires_at=(now or datetime.now(UTC)) + valid_for,
+        kind=card.kind,
+        roles=list(card.roles),
+        consumes=list(card.consumes),
+        produces=list(card.produces),
+        reads=list(card.reads),
+        facts=list(card.facts),
+        actions=list(card.actions),
+    )
+
+
+def sign_grant(grant: EnrolmentGrant, operator: Identity) -> SignedStatement:
+    body = msgspec.json.encode(grant)
+    return SignedStatement.of(
+        GRANT_SUBJECT, body, operator.public_key, operator.sign(GRANT_SUBJECT, body)
+    )
+
+
+def issue_grant(
+    card: AgentCard,
+    operator: Identity,
+    operator_id: str,
+    valid_for: timedelta = timedelta(hours=24),
+) -> SignedStatement:
+    """What an operator hands an agent's team so it can enrol with `card`."""
+    return sign_grant(grant_for(card, issued_by=operator_id, valid_for=valid_for), operator)
+
+
+def write_grant(statement: SignedStatement, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(msgspec.json.encode(statement) + b"\n")
+
+
+def load_grant(path: Path) -> SignedStatement:
+    try:
+        return _statement.decode(path.read_bytes())
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read enrolment grant {path}: {exc}") from exc
+    except msgspec.DecodeError as exc:
+        raise ConfigurationError(f"{path} is not an enrolment grant: {exc}") from None

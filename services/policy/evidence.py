@@ -1,0 +1,129 @@
+"""What the case log says for a decision: read once per request, never taken from the
+requester.
+
+- the request must be the first event stored under its id in the case (a later copy,
+  replayed under a fresh Nats-Msg-Id or forged with a reused id, is not decided);
+- the case facts come from authoritative statements only (mesh.facts): completed steps
+  signed, with a key and a card valid when stored, by the agent whose card names the
+  fact — never the requester's own word, and only steps stored before the request, so
+  a replay of the log reaches the same decision;
+- `prior_actions`: the action types this case already had approved (or sent to a
+  human) for an earlier request, from the policy service's signed decisions, so a
+  policy can say "one payout per claim" however often an upstream step fires again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from contracts.events.actions import (
+    ActionApproved,
+    ActionDenied,
+    ActionRequested,
+    ApprovalExpired,
+    ApprovalRequired,
+    FactSource,
+)
+from contracts.events.case import CaseStepCompleted
+from mesh.authorization import signed_actor
+from mesh.errors import SignatureError
+from mesh.facts import Statement, authoritative_facts, prior_actions
+from mesh.key_directory import KeyDirectory
+from mesh.reading import StoredEvent
+
+log = logging.getLogger(__name__)
+
+Answer = ActionApproved | ActionDenied | ApprovalRequired | ApprovalExpired
+
+
+# A case attribute the policy service derives itself (from its own decisions), not a
+# fact anyone states; a bundle whose schema declares it gets it.
+PRIOR_ACTIONS = "prior_actions"
+
+
+@dataclass(frozen=True)
+class CaseEvidence:
+    facts: dict[str, FactSource]
+    prior_actions: list[str]
+
+    def attributes(self, declared: frozenset[str]) -> dict[str, Any]:
+        """The case as the policy's `resource` sees it (only what its schema declares)."""
+        attributes: dict[str, Any] = {name: source.value for name, source in self.facts.items()}
+        if PRIOR_ACTIONS in declared:
+            attributes[PRIOR_ACTIONS] = self.prior_actions
+        return attributes
+
+
+def first_copy(history: list[StoredEvent], event_id: str) -> StoredEvent | None:
+    """The first event stored under `event_id` in the case."""
+    return next((s for s in history if s.event.event_id == event_id), None)
+
+
+def answers(history: list[StoredEvent], request_id: str, service_id: str) -> list[Answer]:
+    """The policy service's decisions on one request, as the log holds them."""
+    found: list[Answer] = []
+    for stored in history:
+        event = stored.event
+        if (
+            isinstance(event, ActionApproved | ActionDenied | ApprovalRequired | ApprovalExpired)
+            and event.actor == service_id
+            and event.payload.request_id == request_id
+        ):
+            found.append(event)
+    return found
+
+
+def case_evidence(
+    history: list[StoredEvent],
+    keys: KeyDirectory,
+    *,
+    request: StoredEvent,
+    considered: frozenset[str],
+) -> CaseEvidence:
+    statements = []
+    for stored in history:
+        if stored.sequence >= request.sequence or not isinstance(stored.event, CaseStepCompleted):
+            continue
+        try:  # a fact counts only if its author really signed it, with a valid key and card
+            signed_actor(stored, keys)
+        except SignatureError as exc:
+            log.warning(
+                "case %s: step #%d is not a fact: %s",
+                stored.event.case_id,
+                stored.sequence,
+                exc.reason,
+            )
+            continue
+        statements.append(
+            Statement(
+                sequence=stored.sequence,
+                event_id=stored.event.event_id,
+                actor=stored.event.actor,
+                stored_at=stored.stored_at,
+                evidence=stored.event.payload.evidence,
+            )
+        )
+    facts = authoritative_facts(
+        statements,
+        keys.authoritative,
+        considered=considered,
+        excluded_actor=request.event.actor,
+    )
+    decisions = [
+        (stored.sequence, stored.event)
+        for stored in history
+        if stored.sequence < request.sequence
+        and isinstance(stored.event, ActionRequested | Answer)
+        and _verified(stored, keys)
+    ]
+    return CaseEvidence(facts=facts, prior_actions=prior_actions(decisions, request.sequence))
+
+
+def _verified(stored: StoredEvent, keys: KeyDirectory) -> bool:
+    try:
+        signed_actor(stored, keys)
+    except SignatureError:
+        return False
+    return True

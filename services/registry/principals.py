@@ -1,0 +1,91 @@
+"""The mesh's static principals — its services, operators and outside systems, with
+fixed keys from the principals file — and the scope each role holds.
+
+One home for who may write what: the broker's generated permissions
+(`services/registry/authz.py`) and the cards the registry vouches for in `keys`
+(which every consumer and auditor checks events against) both come from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from contracts.cards import AgentCard, CardPeriod, PrincipalKind
+from contracts.catalog import CATALOG
+
+PrincipalRole = Literal[
+    "registry", "policy", "eventstore", "ingress", "reader", "operator", "service", "external"
+]
+
+# What only the policy service may publish: decisions on requested actions.
+DECISION_TYPES = (
+    "action_approved",
+    "action_denied",
+    "approval_required",
+    "approval_escalated",
+    "approval_expired",
+)
+# What only a human approver may publish.
+APPROVAL_TYPES = ("approval_granted", "approval_rejected")
+# What only the registry may publish: its history.
+REGISTRY_TYPES = tuple(
+    name for name in CATALOG.names() if CATALOG.type_of(name).family == "registry"
+)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class StaticPrincipal:
+    """A service, operator or outside system with a fixed key (the principals file)."""
+
+    name: str
+    public_key: str
+    role: PrincipalRole
+
+
+def role_produces(role: PrincipalRole) -> tuple[str, ...]:
+    """The event types a static principal may sign (and the broker lets it publish)."""
+    match role:
+        case "registry":
+            return REGISTRY_TYPES
+        case "policy":
+            return (*DECISION_TYPES, "policy_bundle_activated", "circuit_state_changed")
+        case "eventstore":
+            return ("log_checkpointed",)
+        case "ingress":
+            return ("case_opened",)
+        case "service":
+            # A generic mesh service (a test harness): any case event but the policy's
+            # decisions, humans' approvals and the registry's history.
+            closed = {*DECISION_TYPES, *APPROVAL_TYPES, *REGISTRY_TYPES}
+            return tuple(name for name in CATALOG.names() if name not in closed)
+        case "operator" | "reader" | "external":
+            # Operators act through the registry and the CLI, outside systems through
+            # the ingress, the reader only answers: none of them writes the log.
+            return ()
+
+
+def role_kind(role: PrincipalRole) -> PrincipalKind:
+    return "human" if role == "operator" else "service"
+
+
+def static_card(principal: StaticPrincipal) -> AgentCard:
+    """The card a static principal holds, from its role."""
+    return AgentCard(
+        agent_id=principal.name,
+        name=principal.name,
+        version="static",
+        owner="mesh operators (principals file)",
+        purpose=f"the mesh's {principal.role}",
+        kind=role_kind(principal.role),
+        roles=[principal.role],
+        produces=list(role_produces(principal.role)),
+        status="active",
+    )
+
+
+def static_cards(principal: StaticPrincipal) -> list[CardPeriod]:
+    return [CardPeriod(card=static_card(principal), valid_from=EPOCH)]
