@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from contracts.cards import AgentCard
 from contracts.catalog import CATALOG, EventCatalog
 from contracts.envelope import Event
+from contracts.events.actions import FactSource
 from contracts.ids import derived_event_id
 from mesh.errors import ConfigurationError, PermanentError
 from mesh.identity import message_digest
 from mesh.publisher import Receipt
-from mesh.reading import StoredEvent
+from mesh.reading import RawMessage, StoredEvent
 from mesh.resilience import CircuitBreaker
 
 if TYPE_CHECKING:
@@ -55,6 +56,10 @@ class Services(Protocol):
     async def history(self, case_id: str) -> list[StoredEvent]: ...
 
     async def authorize(self, case_id: str, request_id: str) -> Authorization: ...
+
+    async def replayed(self, dead_letter_sequence: int) -> RawMessage: ...
+
+    async def facts(self, case_id: str) -> dict[str, FactSource]: ...
 
 
 class HandlerContext:
@@ -136,6 +141,13 @@ class HandlerContext:
         """This case's log so far, in order (read from the stream, not a cache)."""
         assert self.event.case_id is not None
         return await self._services.history(self.event.case_id)
+
+    async def facts(self) -> dict[str, FactSource]:
+        """The case's facts as the log establishes them: each from the latest statement
+        of the agent whose card made it the authority for that fact (mesh.facts);
+        nobody else's say-so."""
+        assert self.event.case_id is not None
+        return await self._services.facts(self.event.case_id)
 
     async def authorization(self, request_id: str) -> Authorization:
         """Before a side effect: prove from the log that policy (and a human, where

@@ -99,6 +99,9 @@ async def start_agent(
     topology = Topology(settings.subject_root, settings.stream_replicas)
     refused = asyncio.Event()
     if settings.onboard:
+        # Under the registry's enforcement every consumer verifies signatures and
+        # signers: what a compromised peer slips into the log must not reach a handler.
+        settings = settings.model_copy(update={"verify_signatures": True, "check_signers": True})
         grant = load_grant(settings.enrolment_grant_file) if settings.enrolment_grant_file else None
         record = await register(
             url, agent.card, identity, topology.subjects, wait=settings.onboard_wait, grant=grant
@@ -116,9 +119,7 @@ async def start_agent(
             connect_timeout=settings.connect_timeout,
             on_credentials_refused=refused.set,
         )
-    # Under the registry's enforcement every consumer checks signers: what a compromised
-    # peer could slip into the log must not reach a handler.
-    directory = KeyDirectory() if settings.check_signers or settings.onboard else None
+    directory = KeyDirectory() if settings.check_signers else None
     try:
         if directory is not None:
             await directory.follow(nc, topology)
@@ -131,6 +132,7 @@ async def start_agent(
             key_directory=directory,
             registry=RegistryClient(nc, topology.subjects) if settings.onboard else None,
             provision=not settings.onboard,  # under enforcement the registry provisions
+            read_through_reader=settings.onboard,
         )
         await runner.start()
     except BaseException:

@@ -1,8 +1,9 @@
 """The dead-letter stream: nothing is dropped, everything is kept with its reason.
 
 A dead letter is the original body, byte for byte, on `<root>.dlq.<stream>.<consumer>`
-(named after the message's original stream and the consumer that gave up on it),
-with the original headers and these added:
+(named after the message's original stream and the consumer that gave up on it: the
+broker lets only that consumer publish there), with the original headers and these
+added:
 
     Mesh-Dlq-Reason            why, readable by a person (one line)
     Mesh-Dlq-Kind              malformed | signature | permanent | exhausted
@@ -10,9 +11,14 @@ with the original headers and these added:
     Mesh-Dlq-Original-Stream / -Sequence   where it is stored (for replay and audit)
     Mesh-Dlq-Consumer          who gave up on it
     Mesh-Dlq-Deliveries        how many times it was tried
+    Mesh-Dlq-Filed-By / -Filing-Signature  the consumer's key and its signature over
+                               `<stream>:<sequence>`: only it can have filed this
 
-Its Nats-Msg-Id is derived from the original's stream and sequence and the consumer,
-so dead-lettering the same delivery twice (a crash before term) keeps one copy.
+Its Nats-Msg-Id is derived from the delivery that gave up, so dead-lettering the same
+delivery twice (a crash before term) keeps one copy. A replay (mesh.replays) sends the
+consumer a pointer to the dead letter, and the consumer takes the message from the
+log by sequence: what a dead letter's headers say is for people to read, never what
+is delivered.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from mesh.errors import BrokerError, PublishFailed
+from mesh.identity import Identity
+from mesh.reading import RawMessage
 from mesh.topology import Topology
 
 REASON = "Mesh-Dlq-Reason"
@@ -39,6 +47,10 @@ DELIVERIES = "Mesh-Dlq-Deliveries"
 DEAD_LETTERED_AT = "Mesh-Dlq-At"
 ORIGINAL_TIME = "Mesh-Dlq-Original-Time"  # when the original entered its stream
 SOURCE = "Mesh-Dlq-Source"  # the external system that sent refused input
+FILED_BY = "Mesh-Dlq-Filed-By"
+FILING_SIGNATURE = "Mesh-Dlq-Filing-Signature"
+# On a replay message: the sequence of the dead letter it replays (see mesh.replays).
+REPLAY_OF = "Mesh-Replay-Of"
 
 # Control headers that must not travel: they would make the DLQ publish conditional
 # or de-duplicate it against the original.
@@ -85,7 +97,13 @@ class DeadLetter:
 
     @property
     def consumer(self) -> str:
-        return self.headers.get(CONSUMER, "")
+        """Who filed it: the last token of its subject, which the broker binds."""
+        return self.subject.rsplit(".", 1)[-1]
+
+
+def filing_statement(stream: str, sequence: int) -> bytes:
+    """What the consumer that files a dead letter signs (under the dead letter's subject)."""
+    return f"{stream}:{sequence}".encode()
 
 
 def _one_line(text: str) -> str:
@@ -94,44 +112,51 @@ def _one_line(text: str) -> str:
 
 
 class DeadLetterSink:
-    def __init__(self, js: JetStreamContext, topology: Topology, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        topology: Topology,
+        timeout: float = 5.0,
+        *,
+        identity: Identity | None = None,
+        consumer: str | None = None,
+    ) -> None:
+        """`identity` and `consumer`: who files dead letters (a consumer's runtime); the
+        ingress, which only keeps refused input, needs neither."""
         self.js = js
         self.topology = topology
         self.timeout = timeout
+        self.identity = identity
+        self.consumer = consumer
 
-    async def dead_letter(self, msg: Msg, kind: DeadLetterKind, reason: str) -> int:
+    async def dead_letter(
+        self, msg: Msg, original: RawMessage, kind: DeadLetterKind, reason: str
+    ) -> int:
+        """File `original` (a message of the case log) as given up by this consumer;
+        `msg` is the delivery that gave up (the original itself, or a replay of it)."""
+        assert self.identity is not None, "only a consumer's runtime files dead letters"
+        assert self.consumer is not None
         meta = msg.metadata
-        received = dict(msg.headers or {})
-        if msg.subject.startswith(self.topology.subjects.replay_prefix()):
-            # A replay failed again: it is still the original message of the original
-            # consumer, and is filed (and replayable) as such.
-            origin = {
-                key: received[key]
-                for key in (
-                    ORIGINAL_SUBJECT,
-                    ORIGINAL_STREAM,
-                    ORIGINAL_SEQUENCE,
-                    ORIGINAL_TIME,
-                    CONSUMER,
-                )
-                if key in received
-            }
-        else:
-            origin = {
-                ORIGINAL_SUBJECT: msg.subject,
-                ORIGINAL_STREAM: meta.stream,
-                ORIGINAL_SEQUENCE: str(meta.sequence.stream),
-                ORIGINAL_TIME: meta.timestamp.isoformat(),
-                CONSUMER: meta.consumer,
-            }
+        stream = self.topology.cases_stream
+        subject = self.topology.subjects.dead_letter(stream, self.consumer)
         headers = {
-            key: value for key, value in received.items() if not key.startswith(_DROPPED_HEADERS)
+            key: value
+            for key, value in original.headers.items()
+            if not key.startswith(_DROPPED_HEADERS)
         }
-        headers.update(origin)
         headers.update(
             {
-                # Unique per delivery source: dead-lettering the same delivery twice
-                # (a crash before term) keeps one copy.
+                ORIGINAL_SUBJECT: original.subject,
+                ORIGINAL_STREAM: stream,
+                ORIGINAL_SEQUENCE: str(original.sequence),
+                ORIGINAL_TIME: original.stored_at.isoformat(),
+                CONSUMER: self.consumer,
+                FILED_BY: self.identity.public_key,
+                FILING_SIGNATURE: self.identity.sign(
+                    subject, filing_statement(stream, original.sequence)
+                ),
+                # Unique per delivery: dead-lettering the same delivery twice (a crash
+                # before term) keeps one copy; a replay that fails again is filed anew.
                 "Nats-Msg-Id": f"dlq:{meta.stream}:{meta.sequence.stream}:{meta.consumer}",
                 REASON: _one_line(reason),
                 KIND: kind.value,
@@ -139,9 +164,10 @@ class DeadLetterSink:
                 DEAD_LETTERED_AT: datetime.now(UTC).isoformat(),
             }
         )
-        subject = self.topology.subjects.dead_letter(origin[ORIGINAL_STREAM], origin[CONSUMER])
         try:
-            ack = await self.js.publish(subject, msg.data, timeout=self.timeout, headers=headers)
+            ack = await self.js.publish(
+                subject, original.body, timeout=self.timeout, headers=headers
+            )
         except nats.js.errors.APIError as exc:
             raise PublishFailed(subject, f"{exc.description} (code {exc.err_code})") from exc
         except (nats.errors.Error, TimeoutError) as exc:
@@ -227,20 +253,26 @@ async def read_dead_letters(
 
 
 async def replay_dead_letter(js: JetStreamContext, topology: Topology, letter: DeadLetter) -> int:
-    """Send a dead letter back to the one consumer that gave up on it (once its cause is
-    fixed). It is not re-published to the case log: every other consumer has already
-    handled it, and the audit log must not hold the same event twice. Its bytes and
-    signature headers travel unchanged, so it still verifies against its original subject.
-    """
-    if not letter.original_stream or not letter.consumer:
-        raise PublishFailed(letter.subject, "dead letter lacks its origin headers")
-    subject = topology.subjects.replay(letter.original_stream, letter.consumer)
+    """Ask the one consumer that filed a dead letter (the last token of its subject,
+    which the broker binds) to handle its message again, once the cause is fixed. What
+    goes is a pointer to the dead letter; the consumer takes the message itself from
+    the case log by sequence (mesh.replays). Nothing is re-published to the case log:
+    every other consumer has already handled it, and the log must not hold an event
+    twice."""
+    _, _, stream, consumer = letter.subject.rsplit(".", 3)
+    if stream != topology.cases_stream:
+        raise PublishFailed(
+            letter.subject, "only messages of the case log are replayed (this is refused input)"
+        )
+    subject = topology.subjects.replay(stream, consumer)
     headers = {
-        key: value for key, value in letter.headers.items() if not key.startswith(_DROPPED_HEADERS)
+        REPLAY_OF: str(letter.sequence),
+        # For ordering the consumer's replays by case only; nothing is taken from it.
+        ORIGINAL_SUBJECT: letter.original_subject,
+        "Nats-Msg-Id": f"replay:{letter.sequence}",
     }
-    headers["Nats-Msg-Id"] = f"replay:{letter.sequence}"
     try:
-        ack = await js.publish(subject, letter.body, headers=headers)
+        ack = await js.publish(subject, b"", headers=headers)
     except (nats.errors.Error, nats.js.errors.APIError, TimeoutError) as exc:
         raise PublishFailed(subject, repr(exc)) from exc
     return int(ack.seq)

@@ -37,7 +37,6 @@ import asyncio
 import logging
 import random
 import traceback
-from datetime import datetime
 
 from nats.aio.msg import Msg
 
@@ -47,7 +46,7 @@ from contracts.errors import ContractError
 from contracts.subjects import Subjects
 from mesh.agent import Agent, HandlerContext, Services
 from mesh.consumer import settle
-from mesh.dead_letters import ORIGINAL_SUBJECT, ORIGINAL_TIME, DeadLetterKind, DeadLetterSink
+from mesh.dead_letters import REPLAY_OF, DeadLetterKind, DeadLetterSink
 from mesh.errors import (
     CircuitOpen,
     MeshError,
@@ -57,7 +56,8 @@ from mesh.errors import (
 )
 from mesh.identity import SIGNER_HEADER, verify_headers
 from mesh.key_directory import KeyDirectory
-from mesh.reading import StoredEvent
+from mesh.reading import RawMessage, StoredEvent
+from mesh.replays import ReplayRefused
 from mesh.resilience import redelivery_delay
 
 log = logging.getLogger(__name__)
@@ -95,9 +95,20 @@ class EventDispatcher:
 
     async def __call__(self, msg: Msg) -> float | None:
         delivery = msg.metadata.num_delivered
+        try:
+            original = await self._original(msg)
+        except ReplayRefused as exc:
+            # A pointer to nothing this consumer may handle: the replay message stays in
+            # the dead-letter stream, where it was published; nothing is delivered.
+            log.warning("%s: %s", self.agent_id, exc)
+            await settle(msg.term())
+            return None
+        except MeshError as exc:
+            return await self._retry_or_give_up(msg, None, exc)
         if delivery > self.max_deliver:
             return await self._dead_letter(
                 msg,
+                original,
                 DeadLetterKind.EXHAUSTED,
                 f"delivered {delivery} times and never settled: the handler crashed or "
                 f"hung the agent each time (limit {self.max_deliver})",
@@ -106,19 +117,20 @@ class EventDispatcher:
             try:
                 # Never judge a message by a directory older than it: a revocation (or
                 # a registration) stored just before it must count.
-                await self.key_directory.ensure_current(self._written_at(msg))
+                await self.key_directory.ensure_current(original.stored_at)
             except MeshError as exc:
-                return await self._retry_or_give_up(msg, exc)
+                return await self._retry_or_give_up(msg, original, exc)
         try:
-            event = self._read(msg)
+            event = self._read(original)
         except ContractError as exc:
-            return await self._dead_letter(msg, DeadLetterKind.MALFORMED, str(exc))
+            return await self._dead_letter(msg, original, DeadLetterKind.MALFORMED, str(exc))
         except SignatureError as exc:
-            return await self._dead_letter(msg, DeadLetterKind.SIGNATURE, str(exc))
+            return await self._dead_letter(msg, original, DeadLetterKind.SIGNATURE, str(exc))
         handler = self.agent.handlers.get(event.event_name())
         if handler is None:
             return await self._dead_letter(
                 msg,
+                original,
                 DeadLetterKind.PERMANENT,
                 f"agent {self.agent_id} has no handler for {event.event_name()}",
             )
@@ -126,73 +138,79 @@ class EventDispatcher:
             agent=self.agent,
             event=event,
             delivery=delivery,
-            stream_sequence=msg.metadata.sequence.stream,
+            stream_sequence=original.sequence,
             services=self.services,
-            written_at=self._written_at(msg),
+            written_at=original.stored_at,
             max_deliver=self.max_deliver,
             message=StoredEvent(
-                sequence=msg.metadata.sequence.stream,
-                subject=self.original_subject(msg),
-                body=msg.data,
-                headers=msg.headers or {},
+                sequence=original.sequence,
+                subject=original.subject,
+                body=original.body,
+                headers=original.headers,
                 event=event,
-                stored_at=self._written_at(msg),
+                stored_at=original.stored_at,
             ),
         )
         try:
             async with asyncio.timeout(self.handler_timeout):
                 await handler(event, ctx)
         except (PermanentError, PermissionDenied, ContractError) as exc:
-            return await self._dead_letter(msg, DeadLetterKind.PERMANENT, _describe(exc))
+            return await self._dead_letter(msg, original, DeadLetterKind.PERMANENT, _describe(exc))
         except TimeoutError as exc:
             failure = TimeoutError(f"handler ran longer than {self.handler_timeout}s")
             failure.__traceback__ = exc.__traceback__
-            return await self._retry_or_give_up(msg, failure)
+            return await self._retry_or_give_up(msg, original, failure)
         except Exception as exc:
-            return await self._retry_or_give_up(msg, exc)
+            return await self._retry_or_give_up(msg, original, exc)
         await settle(msg.ack())
         return None
 
-    def original_subject(self, msg: Msg) -> str:
-        """A replayed dead letter travels on a replay subject; it is checked (and its
-        signature verified) against the subject it was first published on."""
-        if msg.subject.startswith(self.subjects.replay_prefix()):
-            return (msg.headers or {}).get(ORIGINAL_SUBJECT, msg.subject)
-        return msg.subject
+    async def _original(self, msg: Msg) -> RawMessage:
+        """The case-log message this delivery carries: the delivery itself, or — for a
+        replay, which only points at a dead letter — the message the dead letter names,
+        read from the log by sequence (its subject, bytes and broker time)."""
+        if not msg.subject.startswith(self.subjects.replay_prefix()):
+            meta = msg.metadata
+            return RawMessage(
+                sequence=meta.sequence.stream,
+                subject=msg.subject,
+                body=msg.data,
+                headers=msg.headers or {},
+                stored_at=meta.timestamp,
+            )
+        pointer = (msg.headers or {}).get(REPLAY_OF, "")
+        if not pointer.isdigit():
+            raise ReplayRefused(0, f"{msg.subject} carries no dead-letter sequence")
+        return await self.services.replayed(int(pointer))
 
-    def _read(self, msg: Msg) -> Event:
-        subject = self.original_subject(msg)
-        event = self.decoder.decode(msg.data)
+    def _read(self, original: RawMessage) -> Event:
+        subject = original.subject
+        event = self.decoder.decode(original.body)
         parsed = self.subjects.parse(subject)
         if parsed.event_type != event.event_name():
             raise _EnvelopeMismatch(subject, f"body is a {event.event_name()!r}")
         if parsed.family == "case" and parsed.key != event.case_id:
             raise _EnvelopeMismatch(subject, f"body belongs to case {event.case_id!r}")
         if self.verify_signatures:
-            verify_headers(subject, msg.data, msg.headers)
+            verify_headers(subject, original.body, original.headers)
         if self.key_directory is not None:
-            signer = (msg.headers or {}).get(SIGNER_HEADER)
+            signer = original.headers.get(SIGNER_HEADER)
             if not signer:
                 raise SignatureError(subject, "unsigned: no Mesh-Signer header")
             self.key_directory.check(
-                signer, event.actor, self._written_at(msg), subject, event.event_name()
+                signer, event.actor, original.stored_at, subject, event.event_name()
             )
         return event
 
-    def _written_at(self, msg: Msg) -> datetime:
-        """When the event entered the log (the broker's clock, not the signer's claim);
-        for a replayed dead letter, when the original did."""
-        if msg.subject.startswith(self.subjects.replay_prefix()):
-            original = (msg.headers or {}).get(ORIGINAL_TIME)
-            if original:
-                return datetime.fromisoformat(original)
-        return msg.metadata.timestamp
-
-    async def _retry_or_give_up(self, msg: Msg, exc: BaseException) -> float | None:
+    async def _retry_or_give_up(
+        self, msg: Msg, original: RawMessage | None, exc: BaseException
+    ) -> float | None:
+        """`original` None: what the delivery carries is not known yet (a replay whose
+        dead letter could not be read); it is never dead-lettered without it."""
         delivery = msg.metadata.num_delivered
-        if delivery >= self.max_deliver:
+        if delivery >= self.max_deliver and original is not None:
             reason = f"gave up after {delivery} deliveries: {_describe(exc)}"
-            return await self._dead_letter(msg, DeadLetterKind.EXHAUSTED, reason)
+            return await self._dead_letter(msg, original, DeadLetterKind.EXHAUSTED, reason)
         delay = redelivery_delay(
             delivery, base=self.retry_base_delay, cap=self.retry_max_delay, rng=self._rng
         )
@@ -213,10 +231,12 @@ class EventDispatcher:
         await settle(msg.nak(delay=delay))
         return delay
 
-    async def _dead_letter(self, msg: Msg, kind: DeadLetterKind, reason: str) -> float | None:
-        log.warning("%s: dead-lettering %s: %s", self.agent_id, msg.subject, reason)
+    async def _dead_letter(
+        self, msg: Msg, original: RawMessage, kind: DeadLetterKind, reason: str
+    ) -> float | None:
+        log.warning("%s: dead-lettering %s: %s", self.agent_id, original.subject, reason)
         try:
-            await self.dead_letters.dead_letter(msg, kind, reason)
+            await self.dead_letters.dead_letter(msg, original, kind, reason)
         except MeshError:
             log.exception("%s: dead-letter publish failed; will see it again", self.agent_id)
             await settle(msg.nak(delay=self.retry_base_delay))

@@ -294,6 +294,53 @@ async def read_direct(
             await subscription.unsubscribe()
 
 
+async def read_one(
+    nc: Client, stream: str, sequence: int, *, timeout: float = 5.0
+) -> RawMessage | None:
+    """The message stored at `sequence` (a direct get), None if there is none."""
+    try:
+        msg = await nc.request(
+            f"$JS.API.DIRECT.GET.{stream}", json.dumps({"seq": sequence}).encode(), timeout=timeout
+        )
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise BrokerError(f"read {stream} #{sequence}", repr(exc)) from exc
+    headers = dict(msg.headers or {})
+    status = headers.get(Header.STATUS)
+    if status == "404":
+        return None
+    if status is not None:
+        raise BrokerError(f"read {stream} #{sequence}", f"direct get answered status {status}")
+    return RawMessage(
+        sequence=int(headers["Nats-Sequence"]),
+        subject=headers["Nats-Subject"],
+        body=msg.data,
+        headers={k: v for k, v in headers.items() if k not in _DIRECT_HEADERS},
+        stored_at=broker_time(headers["Nats-Time-Stamp"]),
+    )
+
+
+def decoded(messages: list[RawMessage], decoder: EventDecoder | None = None) -> list[StoredEvent]:
+    """The messages that are events, decoded (what is not is left out)."""
+    decoder = decoder or EventDecoder()
+    events = []
+    for message in messages:
+        try:
+            event = decoder.decode(message.body)
+        except ContractError:
+            continue
+        events.append(
+            StoredEvent(
+                sequence=message.sequence,
+                subject=message.subject,
+                body=message.body,
+                headers=message.headers,
+                event=event,
+                stored_at=message.stored_at,
+            )
+        )
+    return events
+
+
 async def read_subject(
     js: JetStreamContext,
     stream: str,

@@ -12,10 +12,13 @@ from nats.js.api import ConsumerConfig
 from nats.js.client import JetStreamContext
 
 from contracts.envelope import Event
+from contracts.events.actions import FactSource
+from contracts.events.case import CaseStepCompleted
 from contracts.events.operations import CircuitStateChanged, CircuitStateChangedPayload
 from contracts.subjects import check_token
 from mesh.agent import Agent
-from mesh.authorization import Authorization, require_authorization
+from mesh.authorization import Authorization, require_authorization, signed_actor
+from mesh.case_reader import CaseReader
 from mesh.consumer import OrderingKey, PullConsumerLoop, case_ordering_key
 from mesh.dead_letters import ORIGINAL_SUBJECT, DeadLetterSink
 from mesh.dispatch import EventDispatcher
@@ -25,13 +28,15 @@ from mesh.durables import (
     provision_agent_durables,
     replay_durable,
 )
-from mesh.errors import BrokerError, ConfigurationError, MeshError
+from mesh.errors import BrokerError, ConfigurationError, MeshError, SignatureError
+from mesh.facts import Statement, authoritative_facts
 from mesh.identity import Identity
 from mesh.key_directory import KeyDirectory
 from mesh.provisioning import ProvisionReport, ensure_stream
 from mesh.publisher import EventPublisher, Receipt
-from mesh.reading import StoredEvent, read_case
+from mesh.reading import RawMessage, StoredEvent, decoded, read_case
 from mesh.registry_client import RegistryClient
+from mesh.replays import resolve_replay
 from mesh.resilience import CircuitBreaker, retry_transient
 from mesh.settings import MeshSettings
 from mesh.topology import Topology
@@ -61,9 +66,12 @@ class AgentRunner:
         key_directory: KeyDirectory | None = None,
         registry: RegistryClient | None = None,
         provision: bool = True,
+        read_through_reader: bool = False,
     ) -> None:
         """`provision=False` under registry enforcement: the registry owns streams and
-        durables; the runner binds to them and checks they match the card."""
+        durables; the runner binds to them and checks they match the card.
+        `read_through_reader`: read cases through the case reader (an agent under
+        enforcement may not read the stream itself)."""
         agent.check()
         self.provision = provision
         self.key_directory = key_directory
@@ -77,7 +85,20 @@ class AgentRunner:
         self.publisher = EventPublisher(
             self.js, identity, self.topology, timeout=settings.request_timeout, nc=nc
         )
-        self.dead_letters = DeadLetterSink(self.js, self.topology, settings.request_timeout)
+        self.dead_letters = DeadLetterSink(
+            self.js,
+            self.topology,
+            settings.request_timeout,
+            identity=identity,
+            consumer=agent.card.agent_id,
+        )
+        # Under the registry's enforcement an agent reads cases through the reader, which
+        # hands out only what its card reads of the cases it works on.
+        self.reader = (
+            CaseReader(nc, self.topology, agent.card.agent_id, timeout=settings.request_timeout)
+            if read_through_reader
+            else None
+        )
         self.reports: list[ProvisionReport] = []
         self._loop: PullConsumerLoop | None = None
         self._replay_loop: PullConsumerLoop | None = None
@@ -100,7 +121,55 @@ class AgentRunner:
             return await retry_transient(publish, retry_on=lambda e: isinstance(e, BrokerError))
 
     async def history(self, case_id: str) -> list[StoredEvent]:
-        return await read_case(self.js, self.topology, case_id)
+        """The case as the agent may read it. With a key directory, only what verifies
+        (signature, key, and the author's card producing the type, when stored): a
+        handler never builds on an event a peer forged."""
+        if self.reader is not None:
+            events = decoded(await self.reader.history(case_id))
+        else:
+            events = await read_case(self.js, self.topology, case_id)
+        if self.key_directory is None or not events:
+            return events
+        await self.key_directory.ensure_current(events[-1].stored_at)
+        verified = []
+        for stored in events:
+            try:
+                signed_actor(stored, self.key_directory)
+            except SignatureError as exc:
+                log.warning("case %s: #%d left out: %s", case_id, stored.sequence, exc.reason)
+                continue
+            verified.append(stored)
+        return verified
+
+    async def facts(self, case_id: str) -> dict[str, FactSource]:
+        if self.key_directory is None:
+            raise ConfigurationError(
+                f"{self.agent.card.agent_id} reads case facts: it must check signers "
+                "(MESH_CHECK_SIGNERS=1) to know who is the authority for what"
+            )
+        statements = [
+            Statement(
+                sequence=stored.sequence,
+                event_id=stored.event.event_id,
+                actor=stored.event.actor,
+                stored_at=stored.stored_at,
+                evidence=stored.event.payload.evidence,
+            )
+            for stored in await self.history(case_id)  # verified events only
+            if isinstance(stored.event, CaseStepCompleted)
+        ]
+        return authoritative_facts(statements, self.key_directory.authoritative)
+
+    async def replayed(self, dead_letter_sequence: int) -> RawMessage:
+        if self.reader is not None:
+            return await self.reader.replayed(dead_letter_sequence)
+        return await resolve_replay(
+            self.nc,
+            self.topology,
+            self.agent.card.agent_id,
+            dead_letter_sequence,
+            self.key_directory,
+        )
 
     async def authorize(self, case_id: str, request_id: str) -> Authorization:
         if self.key_directory is None:
@@ -108,7 +177,11 @@ class AgentRunner:
                 f"{self.agent.card.agent_id} executes actions: it must check signers "
                 "(MESH_CHECK_SIGNERS=1) to prove an approval"
             )
-        history = await self.history(case_id)
+        if self.reader is not None:
+            history = decoded(await self.reader.history(case_id))
+        else:
+            history = await read_case(self.js, self.topology, case_id)
+        # Every event of the chain is verified there, and the copies under one id counted.
         return await require_authorization(history, self.key_directory, request_id=request_id)
 
     def breaker(self, name: str) -> CircuitBreaker:

@@ -12,6 +12,7 @@ from typing import Annotated
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from contracts import schema_export
@@ -123,8 +124,8 @@ def dlq_list(
     limit: Annotated[int, typer.Option()] = 50,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """List dead letters with their reasons."""
-    columns = ("sequence", "kind", "original_subject", "original_sequence", "reason")
+    """List dead letters with who filed them (the consumer that gave up) and why."""
+    columns = ("sequence", "consumer", "kind", "original_subject", "original_sequence", "reason")
 
     async def read() -> list[dict[str, object]]:
         async with session() as mesh:
@@ -137,13 +138,15 @@ def dlq_list(
         return
     table = Table(*columns)
     for row in rows:
-        table.add_row(*(str(row[column]) for column in columns))
+        # A reason or subject can carry what a sender wrote: never read it as markup.
+        table.add_row(*(escape(str(row[column])) for column in columns))
     Console().print(table)
 
 
 @dlq_app.command("replay")
 def dlq_replay(sequence: Annotated[int, typer.Argument(help="DLQ sequence to replay")]) -> None:
-    """Send a dead letter back to the consumer that gave up on it."""
+    """Send a dead letter back to the consumer that filed it; it takes the message from
+    the case log by sequence."""
 
     async def replay() -> int:
         async with session() as mesh:

@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable
 
 from contracts.cards import AgentRecord
+from contracts.reader_api import READER_OPERATIONS
 from mesh.onboarding import ONBOARDING_ID, inbox_prefix
 from mesh.topology import Topology
 from services.registry.principals import DECISION_TYPES, StaticPrincipal
@@ -37,6 +38,9 @@ def agent_permissions(record: AgentRecord, topology: Topology) -> dict[str, obje
         s.dead_letter(cases, agent_id),
         *(s.service("registry", op) for op in ("register", "heartbeat", "get", "list", "keys")),
         s.service_as("policy", "pending", agent_id),  # what waits for it (and it decides)
+        # Reading a case goes through the reader, under its own name: only the cases it
+        # works on, only the types its card reads. No direct reads of the case stream.
+        *(s.service_as("reader", op, agent_id) for op in READER_OPERATIONS),
         "$JS.API.INFO",
         # its own durables only, which the registry created from its card: inspect,
         # fetch, ack. Never create: a consumer config could filter on anything or
@@ -46,10 +50,6 @@ def agent_permissions(record: AgentRecord, topology: Topology) -> dict[str, obje
         # how far the registry's history goes: a consumer never judges a message with
         # a key directory older than it (mesh.key_directory.ensure_current)
         f"$JS.API.DIRECT.GET.{topology.registry_stream}",
-        # reading a case's history (optimistic concurrency reads the last sequence)
-        f"$JS.API.STREAM.MSG.GET.{cases}",
-        f"$JS.API.DIRECT.GET.{cases}",
-        f"$JS.API.DIRECT.GET.{cases}.>",
     ]
     subscribe = [f"{inbox_prefix(agent_id)}.>", s.family_all("registry")]
     return {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
@@ -93,6 +93,32 @@ def principal_permissions(principal: StaticPrincipal, topology: Topology) -> dic
             "subscribe": {"allow": [f"{inbox_prefix(principal.name)}.>"]},
         }
     registry_reads = [s.service("registry", op) for op in ("get", "list", "keys")]
+    if principal.role == "reader":
+        # Reads the case log and the dead letters for the agents that ask, and answers
+        # on their inboxes; writes nothing.
+        return {
+            "publish": {
+                "allow": [
+                    *registry_reads,
+                    *(
+                        f"$JS.API.DIRECT.GET.{stream}"
+                        for stream in (
+                            topology.cases_stream,
+                            topology.dead_letter_stream,
+                            topology.registry_stream,
+                        )
+                    ),
+                    "_INBOX.>",
+                ]
+            },
+            "subscribe": {
+                "allow": [
+                    s.service_all("reader"),
+                    s.family_all("registry"),
+                    f"{inbox_prefix(principal.name)}.>",
+                ]
+            },
+        }
     if principal.role == "eventstore":
         # Reads the logs, writes only its own checkpoints and its replies.
         return {

@@ -359,7 +359,7 @@ class Demo:
             self.stack.operator_nc.jetstream(), self.stack.topology, limit=10_000
         )
         dead = Counter(letter.kind for letter in letters)
-        async with httpx.AsyncClient(base_url=self.stack.gateway_http, timeout=10) as http:
+        async with self.stack.gateway_client() as http:
             ledger = (await http.get("/v1/ledger")).json()["payments"]
         bundle = await build_bundle(self.stack.operator_nc, self.stack.topology, None)
         report = verify_bundle(

@@ -22,6 +22,7 @@ STATIC_PRINCIPALS: tuple[tuple[str, PrincipalRole], ...] = (
     ("policy", "policy"),
     ("eventstore", "eventstore"),
     ("ingress", "ingress"),
+    ("reader", "reader"),  # the case reader agents read cases through
     ("crm", "external"),  # the claims system that opens cases
 )
 

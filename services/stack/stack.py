@@ -33,7 +33,7 @@ AGENT_IDS = {
     "adjudication": "claims-adjudication",
     "payment": "claims-payment",
 }
-SERVICES = ("registry", "policy", "eventstore", "ingress", "gateway")
+SERVICES = ("registry", "policy", "eventstore", "ingress", "reader", "gateway")
 CLAIMS_CARDS = (INTAKE, FRAUD, ADJUDICATION, PAYMENT)
 
 
@@ -58,6 +58,13 @@ class Stack:
     @property
     def url(self) -> str:
         return self.server.url
+
+    def gateway_client(self) -> httpx.AsyncClient:
+        """The payment gateway, with its credential (for reconciliation)."""
+        token = self.layout.http_token("gateway")
+        return httpx.AsyncClient(
+            base_url=self.gateway_http, timeout=10, headers={"Authorization": f"Bearer {token}"}
+        )
 
     @property
     def registry(self) -> RegistryClient:
@@ -166,10 +173,16 @@ def process_specs(
             },
         ),
         ProcessSpec(
+            "reader",
+            python_module("services.reader"),
+            {**common, "MESH_READER_SEED_FILE": str(layout.seed("reader"))},
+        ),
+        ProcessSpec(
             "gateway",
             python_module("services.agents.claims.gateway"),
             {
                 "MESH_GATEWAY_PORT": str(ports["gateway"]),
+                "MESH_GATEWAY_TOKEN": layout.http_token("gateway"),
                 "MESH_GATEWAY_LEDGER": str(layout.data_dir / "gateway.db"),
                 "PYTHONUNBUFFERED": "1",
             },
@@ -186,6 +199,12 @@ def process_specs(
                     "MESH_CHECK_SIGNERS": "1",
                     "MESH_ENROLMENT_GRANT_FILE": str(layout.grant_file(AGENT_IDS[name])),
                     "MESH_GATEWAY_URL": f"http://127.0.0.1:{ports['gateway']}",
+                    # Only the payment agent is given the gateway's credential.
+                    **(
+                        {"MESH_GATEWAY_TOKEN": layout.http_token("gateway")}
+                        if name == "payment"
+                        else {}
+                    ),
                 },
             )
         )
@@ -243,13 +262,14 @@ async def running_stack(
         )
         await stack.wait_service("registry.keys")
         on_step("registry up")
-        for name in ("policy", "eventstore", "ingress", "gateway"):
+        for name in ("policy", "eventstore", "ingress", "reader", "gateway"):
             supervisor.start(specs[name])
         await stack.wait_service("policy.pending.operator")
+        await stack.wait_service("reader.history.operator", b'{"case_id": "none"}')
         await stack.wait_service("eventstore.status")
         await _wait_http(f"{stack.ingress_http}/healthz")
         await _wait_http(f"{stack.gateway_http}/v1/ledger")
-        on_step("policy, event store, ingress (NATS + HTTP) and payment gateway up")
+        on_step("policy, event store, ingress (NATS + HTTP), case reader and payment gateway up")
         for name in AGENTS:
             supervisor.start(specs[name])
         await stack.wait_agents()

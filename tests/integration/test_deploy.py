@@ -20,6 +20,7 @@ from services.agents.claims.gateway import GatewaySettings
 from services.eventstore.settings import EventStoreSettings
 from services.ingress.settings import IngressSettings
 from services.policy.settings import PolicySettings
+from services.reader.settings import ReaderSettings
 from services.registry.settings import RegistrySettings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -29,6 +30,7 @@ SETTINGS: list[type[BaseSettings]] = [
     PolicySettings,
     EventStoreSettings,
     IngressSettings,
+    ReaderSettings,
     GatewaySettings,
 ]
 
@@ -49,7 +51,9 @@ def compose() -> dict[str, Any]:
 
 def test_every_container_runs_a_module_that_exists(compose: dict[str, Any]) -> None:
     mesh_services = {name: spec for name, spec in compose["services"].items() if "build" in spec}
-    assert {"registry", "policy", "eventstore", "ingress", "gateway"} <= set(mesh_services)
+    assert {"registry", "policy", "eventstore", "ingress", "reader", "gateway"} <= set(
+        mesh_services
+    )
     agents = set()
     for name, spec in mesh_services.items():
         command = spec["command"]

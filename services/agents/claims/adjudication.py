@@ -27,7 +27,17 @@ agent = Agent(ADJUDICATION)
 async def adjudicate(event: CaseStepCompleted, ctx: HandlerContext) -> None:
     if event.payload.step != "fraud_screening":
         return
-    opened = next((s.event for s in await ctx.history() if isinstance(s.event, CaseOpened)), None)
+    history = await ctx.history()
+    if any(
+        s.event.actor == ctx.agent.card.agent_id
+        and isinstance(s.event, ActionRequested | CaseClosed)
+        for s in history
+    ):
+        return  # adjudicated already: once per case, however often a step fires again
+    if "fraud_score" not in await ctx.facts():
+        # A "screening" by anyone but the fraud screening's authority decides nothing.
+        raise PermanentError(f"no authoritative fraud_score in case {event.case_id} yet")
+    opened = next((s.event for s in history if isinstance(s.event, CaseOpened)), None)
     if opened is None:
         raise PermanentError("a screened claim without a case_opened in the log")
     claim = read_claim(opened.payload.data)

@@ -23,6 +23,13 @@ class IntakeResult:
     reasons: list[str]
 
 
+def obligation_key(case_id: str, action_type: str) -> str:
+    """The business obligation a side effect discharges: one payout per claim. It is the
+    gateway's idempotency key, so however often an approval arrives — redelivered,
+    replayed, or a second request's — the claim is paid once."""
+    return f"{case_id}:{action_type}"
+
+
 def read_claim(data: dict[str, Any]) -> ClaimData:
     """The claim carried by case_opened (already validated by the ingress)."""
     return msgspec.convert(data, ClaimData, strict=False)

@@ -15,7 +15,15 @@ agent = Agent(FRAUD)
 async def screen(event: CaseStepCompleted, ctx: HandlerContext) -> None:
     if event.payload.step != "intake" or event.payload.outcome != "accepted":
         return
-    opened = next((s.event for s in await ctx.history() if isinstance(s.event, CaseOpened)), None)
+    history = await ctx.history()
+    if any(
+        isinstance(s.event, CaseStepCompleted)
+        and s.event.actor == ctx.agent.card.agent_id
+        and s.event.payload.step == "fraud_screening"
+        for s in history
+    ):
+        return  # screened already: once per case, however often intake reports again
+    opened = next((s.event for s in history if isinstance(s.event, CaseOpened)), None)
     if opened is None:
         raise PermanentError("an accepted intake without a case_opened in the log")
     score, signals = fraud_score(read_claim(opened.payload.data))

@@ -3,13 +3,17 @@
 
     POST /v1/payments                 authorize: {idempotency_key, amount_cents,
                                       currency, payee_account} -> {payment_ref, status}
+                                      (409 if the key was used with other details)
     POST /v1/payments/{ref}/capture   move the money
     POST /v1/payments/{ref}/void      release an authorization that will not be captured
     GET  /v1/ledger                   every payment, for reconciliation
 
 Idempotent like a real one: the same idempotency key always answers with the same
-payment, so a retried or redelivered request never pays twice. The ledger is a SQLite
-file, so a gateway restart forgets nothing.
+payment, so a retried or redelivered request never pays twice; the same key with
+other details (amount, currency, payee) is refused. Every call needs the gateway's
+credential (`Authorization: Bearer <MESH_GATEWAY_TOKEN>`), as a real acquirer's would:
+nothing else on the host can move money. The ledger is a SQLite file, so a gateway
+restart forgets nothing.
 
 Misbehaviour, by the payee account's prefix (and a random share of plain failures):
     FAIL…    503 on every attempt: an outage that outlasts the retries
@@ -21,6 +25,7 @@ Misbehaviour, by the payee account's prefix (and a random share of plain failure
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import random
 import sqlite3
@@ -31,8 +36,8 @@ from typing import Any
 
 import msgspec
 import uvicorn
-from fastapi import FastAPI, Response
-from pydantic import Field
+from fastapi import FastAPI, Request, Response
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -45,6 +50,9 @@ class GatewaySettings(BaseSettings):
     port: int = Field(default=8099, ge=0, le=65535)
     ledger: Path = Field(default=Path(".mesh/gateway.db"))
     failure_rate: float = Field(default=0.05, ge=0, le=1, description="random 503s")
+    token: SecretStr | None = Field(
+        default=None, description="the bearer token every caller must present (unset: none)"
+    )
     stall_seconds: float = Field(default=2.5, ge=0)
 
 
@@ -67,13 +75,21 @@ class Ledger:
             " status TEXT, attempts INTEGER, captures INTEGER DEFAULT 0)"
         )
 
-    def attempt(self, request: PaymentRequest) -> tuple[dict[str, Any], int]:
-        """The payment for this key (created on first sight) and the attempt number."""
+    def attempt(self, request: PaymentRequest) -> tuple[dict[str, Any], int] | None:
+        """The payment for this key (created on first sight) and the attempt number;
+        None if the key was used for another payment (other amount, currency or payee)."""
         with self._lock:
             row = self._db.execute(
-                "SELECT payment_ref, status, attempts FROM payments WHERE idempotency_key=?",
+                "SELECT payment_ref, status, attempts, amount_cents, currency, payee"
+                " FROM payments WHERE idempotency_key=?",
                 (request.idempotency_key,),
             ).fetchone()
+            if row is not None and tuple(row[3:]) != (
+                request.amount_cents,
+                request.currency,
+                request.payee_account,
+            ):
+                return None
             if row is None:
                 ref = f"pay-{uuid.uuid4().hex[:12]}"
                 self._db.execute(
@@ -139,6 +155,17 @@ def gateway_app(
 ) -> FastAPI:
     app = FastAPI(title="Simulated payment gateway")
     chance = rng or random.Random()
+    token = settings.token.get_secret_value() if settings.token else None
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next: Any) -> Response:
+        given = request.headers.get("authorization", "")
+        if token is not None and not hmac.compare_digest(
+            given.encode(), f"Bearer {token}".encode()
+        ):
+            return answer(401, {"error": "the gateway's credential is required"})
+        response: Response = await call_next(request)
+        return response
 
     def answer(status: int, body: dict[str, Any]) -> Response:
         return Response(
@@ -151,7 +178,16 @@ def gateway_app(
             request = msgspec.convert(request_body, PaymentRequest)
         except msgspec.ValidationError as exc:
             return answer(400, {"error": str(exc)})
-        payment, attempt = ledger.attempt(request)
+        attempted = ledger.attempt(request)
+        if attempted is None:
+            return answer(
+                409,
+                {
+                    "error": f"idempotency key {request.idempotency_key} was used for "
+                    "another payment"
+                },
+            )
+        payment, attempt = attempted
         payee = request.payee_account
         if payee.startswith("FAIL"):
             return answer(503, {"error": "acquirer unreachable"})

@@ -21,8 +21,9 @@ class GatewayRefused(PermanentError):
 
 
 class GatewayClient:
-    def __init__(self, base_url: str, timeout: float = 1.0) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout)
+    def __init__(self, base_url: str, timeout: float = 1.0, token: str | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=headers)
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -4,8 +4,12 @@ once. (`mesh run services.agents.claims.payment`, with MESH_GATEWAY_URL.)
 - Before anything, the approval chain is proved from the log (policy's decision, and a
   human's grant where policy asked for one, every signature checked). A request that
   is not authorized is recorded as failed and escalated; the gateway is never called.
-- The gateway is called with the request id as idempotency key: a retry, a
-  redelivery or a crash between the call and the ack never pays twice.
+- The gateway is called with the business obligation as idempotency key (one payout
+  per claim: `<case>:issue_payment`), never the request: a retry, a redelivery, a crash
+  between the call and the ack, a replayed approval or a second request's approval
+  never pays twice. A claim the log already shows paid is not paid again; the attempt
+  is recorded as failed.
+- What is paid is the request the approval chain proved, byte for byte.
 - Transient failures are retried with exponential backoff and jitter; a circuit
   breaker stops calling a gateway that keeps failing (its state changes are events).
   When retries are exhausted the case escalates to a human.
@@ -36,6 +40,7 @@ from mesh.authorization import NotAuthorized
 from mesh.errors import CircuitOpen
 from mesh.resilience import retry_transient
 from services.agents.claims.cards import PAYMENT
+from services.agents.claims.domain import obligation_key
 from services.agents.claims.gateway_client import (
     GatewayClient,
     GatewayRefused,
@@ -53,7 +58,11 @@ _gateway: GatewayClient | None = None
 def gateway() -> GatewayClient:
     global _gateway
     if _gateway is None:
-        _gateway = GatewayClient(os.environ.get("MESH_GATEWAY_URL", "http://127.0.0.1:8099"))
+        # The gateway's credential, as a real acquirer would issue one.
+        _gateway = GatewayClient(
+            os.environ.get("MESH_GATEWAY_URL", "http://127.0.0.1:8099"),
+            token=os.environ.get("MESH_GATEWAY_TOKEN"),
+        )
     return _gateway
 
 
@@ -96,6 +105,24 @@ async def pay(event: ActionApproved, ctx: HandlerContext) -> None:
     except NotAuthorized as exc:
         await _give_up(ctx, event, f"not executed: {exc.reason}", attempts=0)
         return
+    paid = next(
+        (
+            s.event.payload.request_id
+            for s in await ctx.history()
+            if isinstance(s.event, ActionCompleted)
+            and s.event.payload.action_type == event.payload.action_type
+            and s.event.payload.request_id != request_id
+        ),
+        None,
+    )
+    if paid is not None:
+        await _give_up(
+            ctx,
+            event,
+            f"not executed: request {paid} already paid this claim (one payout per claim)",
+            attempts=0,
+        )
+        return
     progress: dict[str, str] = {}
     try:
         await _execute(ctx, event, authorization.request.payload.parameters, progress)
@@ -119,13 +146,14 @@ async def _execute(
     parameters: dict[str, Any],
     progress: dict[str, str],
 ) -> None:
-    request_id = event.payload.request_id
+    assert event.case_id is not None
+    key = obligation_key(event.case_id, event.payload.action_type)
     client = gateway()
     try:
         payment = await _call(
             ctx,
             lambda: client.authorize(
-                request_id,
+                key,
                 int(parameters["amount"]),
                 str(parameters["currency"]),
                 str(parameters["payee_account"]),

@@ -1,0 +1,75 @@
+"""How an agent reads the case log under the registry's enforcement: through the case
+reader (services/reader), asking under its own name, which hands out only what its
+card reads of the cases it works on (contracts.reader_api). Without enforcement the
+runtime reads the stream itself.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from nats.aio.client import Client
+
+from contracts.audit_bundle import StoredMessage
+from contracts.reader_api import HistoryRequest, ReaderReply, ReplayRequest
+from mesh.errors import BrokerError, MeshError
+from mesh.reading import RawMessage
+from mesh.registry_client import request_with_patience
+from mesh.topology import Topology
+
+_reply = msgspec.json.Decoder(ReaderReply)
+
+
+class ReadRefused(MeshError):
+    """The reader said no: the case is not one the agent works on, or the type is not
+    on its card. Permanent for this request."""
+
+    def __init__(self, operation: str, reason: str) -> None:
+        self.operation = operation
+        self.reason = reason
+        super().__init__(f"reader refused {operation}: {reason}")
+
+
+class CaseReader:
+    def __init__(
+        self, nc: Client, topology: Topology, principal: str, *, timeout: float = 5.0
+    ) -> None:
+        self.nc = nc
+        self.topology = topology
+        self.principal = principal
+        self.timeout = timeout
+
+    async def _ask(self, operation: str, request: object) -> ReaderReply:
+        subject = self.topology.subjects.service_as("reader", operation, self.principal)
+        msg = await request_with_patience(
+            self.nc,
+            subject,
+            msgspec.json.encode(request),
+            timeout=self.timeout,
+            what=f"reader {operation} (is the case reader running?)",
+        )
+        try:
+            reply = _reply.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            raise BrokerError(f"reader {operation}", f"unreadable reply: {exc}") from None
+        if not reply.ok:
+            raise ReadRefused(operation, reply.error or "no reason given")
+        return reply
+
+    async def history(self, case_id: str) -> list[RawMessage]:
+        reply = await self._ask("history", HistoryRequest(case_id=case_id))
+        return [_raw(m) for m in reply.messages]
+
+    async def replayed(self, dead_letter_sequence: int) -> RawMessage:
+        reply = await self._ask("replay", ReplayRequest(dead_letter_sequence=dead_letter_sequence))
+        [message] = reply.messages
+        return _raw(message)
+
+
+def _raw(message: StoredMessage) -> RawMessage:
+    return RawMessage(
+        sequence=message.sequence,
+        subject=message.subject,
+        body=message.body,
+        headers=message.headers,
+        stored_at=message.stored_at,
+    )

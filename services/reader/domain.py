@@ -1,0 +1,44 @@
+"""What a principal may read of a case (pure).
+
+Least privilege for reads as for writes: an agent reads only the cases it works on —
+those holding an event of a type its card consumes, i.e. that were delivered to it —
+and of those only the event types its card in force reads (what it consumes, what it
+produces, and its `reads`). Anything else is refused with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from contracts.cards import AgentCard
+
+
+class ReadRefused(Exception):
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+def readable_history(
+    card: AgentCard | None, principal: str, case_id: str, event_types: Iterable[str]
+) -> frozenset[str]:
+    """The event types of this case `principal` may read; ReadRefused if none."""
+    if card is None:
+        raise ReadRefused(f"{principal} holds no card in force")
+    present = set(event_types)
+    if not present:
+        raise ReadRefused(f"no case {case_id!r} in the log")
+    if not present & set(card.consumes):
+        raise ReadRefused(
+            f"{principal} does not work on case {case_id}: it holds no event of a type "
+            f"{principal} consumes ({sorted(card.consumes)})"
+        )
+    return card.readable
+
+
+def replayable(card: AgentCard | None, principal: str, event_type: str) -> None:
+    """A replay delivers only what the consumer consumes."""
+    if card is None:
+        raise ReadRefused(f"{principal} holds no card in force")
+    if event_type not in card.consumes:
+        raise ReadRefused(f"{principal} does not consume {event_type}")
