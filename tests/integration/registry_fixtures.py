@@ -30,6 +30,7 @@ from services.eventstore.service import EventStoreService
 from services.eventstore.settings import EventStoreSettings
 from services.policy.service import PolicyService
 from services.policy.settings import PolicySettings
+from services.reader.service import ReaderService
 from services.registry.app import RegistryService
 from services.registry.authz import authorization_config
 from services.registry.broker_auth import write_principals
@@ -67,6 +68,8 @@ class SecuredMesh:
     started: list[StartedAgent] = field(default_factory=list)
     policy_services: list[PolicyService] = field(default_factory=list)
     stores: list[EventStoreService] = field(default_factory=list)
+    reader_identity: Identity = field(default_factory=Identity.generate)
+    readers: list[ReaderService] = field(default_factory=list)
     # An enrolled fraud screener: the authority for `fraud_score` (see SCREENER_CARD).
     screener: Identity = field(default_factory=Identity.generate)
     _screener_enrolled: bool = False
@@ -188,7 +191,23 @@ class SecuredMesh:
         self.started.append(started)
         return started.runner, started.nc
 
+    async def start_reader(self) -> ReaderService:
+        """The case reader agents read cases through under enforcement."""
+        nc = await connect(
+            self.url,
+            name="reader",
+            identity=self.reader_identity,
+            inbox_prefix=inbox_prefix("reader"),
+        )
+        self.connections.append(nc)
+        reader = ReaderService(nc, self.settings, self.topology)
+        await reader.start()
+        self.readers.append(reader)
+        return reader
+
     async def close(self) -> None:
+        for reader in self.readers:
+            await reader.stop()
         for store in self.stores:
             await store.stop()
         for service in self.policy_services:
@@ -206,13 +225,16 @@ class SecuredMesh:
 @contextlib.asynccontextmanager
 async def secured_mesh(directory: Path) -> AsyncIterator[SecuredMesh]:
     topology = Topology(unique_root())
-    registry_identity, operator, harness, policy, store = (Identity.generate() for _ in range(5))
+    registry_identity, operator, harness, policy, store, reader = (
+        Identity.generate() for _ in range(6)
+    )
     principals = [
         StaticPrincipal("registry", registry_identity.public_key, "registry"),
         StaticPrincipal("operator", operator.public_key, "operator"),
         StaticPrincipal("harness", harness.public_key, "service"),
         StaticPrincipal("policy", policy.public_key, "policy"),
         StaticPrincipal("eventstore", store.public_key, "eventstore"),
+        StaticPrincipal("reader", reader.public_key, "reader"),
     ]
     principals_file = directory / "principals.json"
     write_principals(principals_file, principals)
@@ -229,6 +251,7 @@ async def secured_mesh(directory: Path) -> AsyncIterator[SecuredMesh]:
         harness=harness,
         policy_identity=policy,
         store_identity=store,
+        reader_identity=reader,
         registry_settings=RegistrySettings(
             known_owners=[KNOWN_OWNER],
             principals_file=principals_file,
@@ -250,6 +273,7 @@ async def secured_mesh(directory: Path) -> AsyncIterator[SecuredMesh]:
     )
     try:
         await mesh.start_registry()
+        await mesh.start_reader()
         mesh.harness_nc = await connect(
             mesh.url, name="harness", identity=harness, inbox_prefix=inbox_prefix("harness")
         )

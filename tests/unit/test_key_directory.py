@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from contracts.cards import AgentKey, Period
+from contracts.cards import AgentCard, AgentKey, CardPeriod, Period
 from contracts.registry_api import PrincipalKeys
 from mesh.errors import SignatureError
 from mesh.key_directory import KeyDirectory
@@ -62,3 +62,53 @@ def test_revocation_ends_everything_after_it() -> None:
     keys.check(NEW, "fraud", T0 + 5 * HOUR)
     with pytest.raises(SignatureError, match="after its revocation"):
         keys.check(NEW, "fraud", T0 + 7 * HOUR)
+
+
+def _card(version: str, produces: list[str], facts: list[str]) -> AgentCard:
+    return AgentCard(
+        agent_id="fraud",
+        name="Fraud",
+        version=version,
+        owner="claims-team",
+        purpose="scores",
+        produces=produces,
+        facts=facts,
+    )
+
+
+def carded() -> KeyDirectory:
+    """A fraud agent whose card widened at T0 + 3h (to produce case_closed and vouch
+    for fraud_score)."""
+    return directory(
+        cards=[
+            CardPeriod(
+                card=_card("1", ["case_step_completed"], []),
+                valid_from=T0 + HOUR / 2,  # activated a while after the key was registered
+                valid_until=T0 + 3 * HOUR,
+            ),
+            CardPeriod(
+                card=_card("2", ["case_step_completed", "case_closed"], ["fraud_score"]),
+                valid_from=T0 + 3 * HOUR,
+            ),
+        ]
+    )
+
+
+def test_an_event_type_counts_only_if_the_card_in_force_then_produced_it() -> None:
+    keys = carded()
+    keys.check(OLD, "fraud", T0 + HOUR, event_type="case_step_completed")
+    with pytest.raises(SignatureError, match=r"\(version 1\) does not produce case_closed"):
+        keys.check(OLD, "fraud", T0 + HOUR, event_type="case_closed")
+    keys.check(NEW, "fraud", T0 + 4 * HOUR, event_type="case_closed")
+    with pytest.raises(SignatureError, match="no card of fraud was in force"):
+        keys.check(OLD, "fraud", T0 + HOUR / 4, event_type="case_step_completed")
+
+
+def test_a_fact_counts_only_from_its_authority_at_the_time() -> None:
+    keys = carded()
+    assert not keys.authoritative("fraud", "fraud_score", T0 + HOUR)
+    assert keys.authoritative("fraud", "fraud_score", T0 + 4 * HOUR)
+    assert not keys.authoritative("intake", "fraud_score", T0 + 4 * HOUR)
+    card = keys.card_at("fraud", T0 + 4 * HOUR)
+    assert card is not None
+    assert card.version == "2"
