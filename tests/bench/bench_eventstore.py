@@ -40,6 +40,8 @@ from contracts import (
     CaseStepCompleted,
     CaseStepCompletedPayload,
 )
+from contracts.cards import AgentCard, CardPeriod
+from contracts.catalog import CATALOG
 from contracts.envelope import Event
 from contracts.registry_api import PrincipalKeys
 from mesh import Identity, Topology
@@ -143,6 +145,20 @@ async def rebuild(url: str, topology: Topology, total: int, dsn: str, public_key
                 status_changed_at=epoch,
                 key_history=[AgentKey(public_key=public_key, valid_from=epoch)],
                 updated_at=epoch,
+                # The card the events are checked against: it produces every type here.
+                cards=[
+                    CardPeriod(
+                        card=AgentCard(
+                            agent_id=ACTOR,
+                            name=ACTOR,
+                            version="1",
+                            owner="bench",
+                            purpose="writes the benchmark's log",
+                            produces=CATALOG.names(),
+                        ),
+                        valid_from=epoch,
+                    )
+                ],
             )
         ]
     )

@@ -151,6 +151,7 @@ async def run_raw(url: str, count: int, window: int) -> Result:
     js = nc.jetstream()
     topology = await fresh_topology(js, count)
     identity = Identity.generate()
+    id_key = identity.id_key
     decoder = EventDecoder()
     settings = MeshSettings(fetch_batch=window, subject_root=topology.root)
     agent = Agent(card())
@@ -166,7 +167,7 @@ async def run_raw(url: str, count: int, window: int) -> Result:
         event = decoder.decode(msg.data)
         assert isinstance(event, CaseOpened)
         derived = CaseStepCompleted(
-            event_id=derived_event_id(event.event_id, "hop", 0),
+            event_id=derived_event_id(event.case_id, event.event_id, "hop", 0, id_key),
             case_id=event.case_id,
             correlation_id=event.correlation_id,
             causation_id=event.event_id,

@@ -47,7 +47,7 @@ from services.policy.domain import ActionRequest, decide
 from services.policy.service import PolicyService, policy_card
 from services.policy.settings import PolicySettings
 from services.registry.app import RegistryService
-from services.registry.settings import RegistrySettings
+from tests.bench._enrol import BenchOperator
 
 REFERENCE = Path(__file__).resolve().parents[2] / "deploy" / "policies"
 DECISIONS = {"action_approved", "action_denied", "approval_required"}
@@ -169,6 +169,7 @@ async def raw_decider(url: str, topology: Topology, stop: asyncio.Event) -> None
     nc = await connect(url, name="bench-raw-policy")
     js = nc.jetstream()
     identity = Identity.generate()
+    key = identity.id_key
     bundle = PolicyBundle.load(REFERENCE)
     card = adjudicator_card(Identity.generate())
     decoder = EventDecoder()
@@ -193,7 +194,7 @@ async def raw_decider(url: str, topology: Topology, stop: asyncio.Event) -> None
             ),
         )
         out = ActionApproved(
-            event_id=derived_event_id(event.event_id, "rawpolicy", 0),
+            event_id=derived_event_id(event.case_id, event.event_id, "rawpolicy", 0, key),
             case_id=event.case_id,
             correlation_id=event.correlation_id,
             causation_id=event.event_id,
@@ -276,15 +277,11 @@ async def one_run(url: str, name: str, count: int, rate: float) -> list[float]:
             stop.set()
             await task
             await nc.close()
-    registry = RegistryService(
-        nc,
-        Identity.generate(),
-        settings,
-        RegistrySettings(auto_activate=True, known_owners=["bench"]),
-        topology,
-    )
+    operator = BenchOperator(settings.data_dir, ["bench"])
+    registry = RegistryService(nc, Identity.generate(), settings, operator.settings, topology)
     await registry.start()
-    await RegistryClient(nc, topology.subjects).register(adjudicator_card(agent), agent)
+    card = adjudicator_card(agent)
+    await RegistryClient(nc, topology.subjects).register(card, agent, grant=operator.grant(card))
     service = PolicyService(
         nc, Identity.generate(), settings, PolicySettings(bundle_dir=REFERENCE), topology
     )

@@ -27,7 +27,7 @@ from mesh.embedded import EmbeddedNats
 from mesh.registry_client import RegistryClient
 from mesh.testing import unique_root
 from services.registry.app import RegistryService
-from services.registry.settings import RegistrySettings
+from tests.bench._enrol import BenchOperator
 
 
 def card(n: int, identity: Identity) -> AgentCard:
@@ -71,19 +71,17 @@ async def main(agents: int, lookups: int, concurrency: int, rounds: int) -> None
             topology = Topology(unique_root("b"))
             settings = MeshSettings(subject_root=topology.root, data_dir=Path(directory))
             service_nc = await connect(server.url, name="registry")
+            operator = BenchOperator(Path(directory), ["bench"])
             service = RegistryService(
-                service_nc,
-                Identity.generate(),
-                settings,
-                RegistrySettings(auto_activate=True, known_owners=["bench"]),
-                topology,
+                service_nc, Identity.generate(), settings, operator.settings, topology
             )
             await service.start()
             client_nc = await connect(server.url, name="client")
             client = RegistryClient(client_nc, topology.subjects)
             for n in range(agents):
                 identity = Identity.generate()
-                await client.register(card(n, identity), identity)
+                enrolled = card(n, identity)
+                await client.register(enrolled, identity, grant=operator.grant(enrolled))
 
             # The raw baseline: same records, same encoding, a plain responder.
             assert service.handlers is not None
