@@ -13,6 +13,7 @@ import typer
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 from rich.console import Console
+from rich.markup import escape
 
 from mesh.app import nats_url
 from mesh.connection import close, connect
@@ -35,7 +36,7 @@ def configure_logging(level: str) -> None:
 
 
 def fail(exc: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}")
+    console.print(f"[red]error:[/red] {escape(str(exc))}")  # an error can quote what a peer wrote
     return typer.Exit(2)
 
 

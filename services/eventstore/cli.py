@@ -15,6 +15,7 @@ import msgspec
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from contracts.eventstore_api import (
@@ -54,26 +55,37 @@ def _time(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value else ""
 
 
+def _escaped(*values: str) -> list[str]:
+    """What the log holds, as text: never read as markup."""
+    return [escape(value) for value in values]
+
+
 def _print_detail(detail: CaseDetail, title: str) -> None:
     case = detail.case
-    console.print(f"[bold]{title}[/bold] {case.case_id}  ({case.kind or 'kind unknown'})")
     console.print(
-        f"status {case.status} · step {case.step or '-'} · outcome {case.outcome or '-'} · "
-        f"{case.event_count} events ({case.flagged_events} flagged) · "
-        f"opened {_time(case.opened_at)} · updated {_time(case.updated_at)}",
+        f"[bold]{title}[/bold] {escape(case.case_id)}  ({escape(case.kind or 'kind unknown')})"
+    )
+    console.print(
+        escape(
+            f"status {case.status} · step {case.step or '-'} · outcome {case.outcome or '-'} · "
+            f"{case.event_count} events ({case.flagged_events} flagged) · "
+            f"opened {_time(case.opened_at)} · updated {_time(case.updated_at)}"
+        ),
         highlight=False,
     )
     if detail.actions:
         table = Table("request", "action", "by", "status", "approver", "policy", "outcome")
         for action in detail.actions:
             table.add_row(
-                action.request_id,
-                action.action_type,
-                action.requested_by,
-                action.status,
-                action.approver or "",
-                (action.policy_bundle_hash or "")[:12],
-                action.outcome or "",
+                *_escaped(
+                    action.request_id,
+                    action.action_type,
+                    action.requested_by,
+                    action.status,
+                    action.approver or "",
+                    (action.policy_bundle_hash or "")[:12],
+                    action.outcome or "",
+                )
             )
         console.print(table)
 
@@ -107,14 +119,16 @@ def list_cases(
     )
     for case in cases:
         table.add_row(
-            case.case_id,
-            case.kind or "",
-            case.status,
-            case.step or "",
-            case.outcome or "",
-            str(case.open_actions),
-            str(case.pending_approvals),
-            str(case.flagged_events),
+            *_escaped(
+                case.case_id,
+                case.kind or "",
+                case.status,
+                case.step or "",
+                case.outcome or "",
+                str(case.open_actions),
+                str(case.pending_approvals),
+                str(case.flagged_events),
+            )
         )
     console.print(table)
 
@@ -148,7 +162,7 @@ def _print_timeline(entries: list[TimelineEntry]) -> None:
         )
         console.print(
             f"{mark} #{entry.sequence} {_time(entry.stored_at)} "
-            f"[bold]{entry.actor or '?'}[/bold] {entry.summary}",
+            f"[bold]{escape(entry.actor or '?')}[/bold] {escape(entry.summary)}",
             highlight=False,
         )
         details = []
@@ -163,8 +177,9 @@ def _print_timeline(entries: list[TimelineEntry]) -> None:
             details.append(f"policy {entry.policy_bundle_hash[:12]} ({rules})")
         if entry.approver:
             details.append(f"approver: {entry.approver}")
+        details = [escape(line) for line in details]
         if entry.problem:
-            details.append(f"[red]flagged: {entry.problem}[/red]")
+            details.append(f"[red]flagged: {escape(entry.problem)}[/red]")
         if entry.duplicate_of is not None:
             details.append(f"[red]a second copy of #{entry.duplicate_of}[/red]")
         for line in details:
@@ -185,7 +200,7 @@ def show_timeline(case_id: str, as_json: Json = False) -> None:
     if as_json:
         _echo_json(timeline)
         return
-    console.print(f"[bold]timeline of case {case_id}[/bold]")
+    console.print(f"[bold]timeline of case {escape(case_id)}[/bold]")
     _print_timeline(timeline)
 
 
@@ -245,7 +260,9 @@ def _print_report(report: Report, as_json: bool) -> None:
         )
         return
     for violation in report.violations:
-        console.print(f"[red]✗[/red] {violation}", highlight=False)
+        # Subjects, ids and reasons come from the log: whatever they hold is shown as
+        # text, never read as markup (a "[/b]" in a subject must not break the report).
+        console.print(f"[red]✗[/red] {escape(str(violation))}", highlight=False)
     verdict = "[green]verified[/green]" if report.ok else "[red]FAILED[/red]"
     console.print(
         f"{verdict}: {report.events} events in {report.cases} cases, "
@@ -273,7 +290,7 @@ def verify(
         try:
             loaded = read_bundle(bundle)
         except MeshError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            console.print(f"[red]error:[/red] {escape(str(exc))}")
             raise typer.Exit(2) from None
     else:
 
@@ -392,7 +409,7 @@ def rebuild(
     try:
         applied, elapsed = run(rebuild_views())
     except ConfigurationError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     rate = applied / elapsed if elapsed > 0 else 0.0
     console.print(f"rebuilt {applied} events in {elapsed:.1f}s ({rate:,.0f}/s) into {target}")

@@ -1,0 +1,26 @@
+"""What the log holds is printed as text: a subject or reason carrying Rich markup
+neither breaks the audit report nor hides the check's name."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+import mesh.cli  # noqa: F401  (loads the CLI's plug-ins in order, as `mesh` does)
+from services.eventstore import cli
+from services.eventstore.audit import Report, Violation
+
+
+def test_markup_in_the_log_is_printed_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    output = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=output, width=300))
+    report = Report(scope="*", events=1)
+    report.violations.append(
+        Violation("signature", "sequence 7 (on mesh.case.[/b].x)", "forged [bold]x[/bold]")
+    )
+    cli._print_report(report, as_json=False)
+    text = output.getvalue()
+    assert "[signature] sequence 7 (on mesh.case.[/b].x): forged [bold]x[/bold]" in text
+    assert "FAILED" in text
