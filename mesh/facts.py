@@ -28,6 +28,7 @@ from contracts.events.actions import (
     ApprovalRequired,
     FactSource,
 )
+from contracts.events.case import CaseStepCompleted
 
 # (actor, fact, when stored) -> was the actor's card then authoritative for the fact?
 Authority = Callable[[str, str, datetime], bool]
@@ -42,6 +43,16 @@ class Statement:
     actor: str
     stored_at: datetime
     evidence: dict[str, Any]
+
+    @classmethod
+    def of(cls, sequence: int, stored_at: datetime, step: CaseStepCompleted) -> Statement:
+        return cls(
+            sequence=sequence,
+            event_id=step.event_id,
+            actor=step.actor,
+            stored_at=stored_at,
+            evidence=step.payload.evidence,
+        )
 
 
 def authoritative_facts(

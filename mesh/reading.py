@@ -319,14 +319,21 @@ async def read_one(
     )
 
 
-def decoded(messages: list[RawMessage], decoder: EventDecoder | None = None) -> list[StoredEvent]:
-    """The messages that are events, decoded (what is not is left out)."""
+def decoded(
+    messages: list[RawMessage],
+    decoder: EventDecoder | None = None,
+    on_unreadable: Callable[[int, str, ContractError], None] | None = None,
+) -> list[StoredEvent]:
+    """The messages that are events, decoded. A message that is not a valid event is
+    left out and reported to `on_unreadable` (left out silently without one)."""
     decoder = decoder or EventDecoder()
     events = []
     for message in messages:
         try:
             event = decoder.decode(message.body)
-        except ContractError:
+        except ContractError as exc:
+            if on_unreadable is not None:
+                on_unreadable(message.sequence, message.subject, exc)
             continue
         events.append(
             StoredEvent(
@@ -341,6 +348,10 @@ def decoded(messages: list[RawMessage], decoder: EventDecoder | None = None) -> 
     return events
 
 
+def _raise(_sequence: int, _subject: str, error: ContractError) -> None:
+    raise error
+
+
 async def read_subject(
     js: JetStreamContext,
     stream: str,
@@ -352,27 +363,8 @@ async def read_subject(
 ) -> list[StoredEvent]:
     """Every event on `subject`, in stream order. A message that is not a valid event
     raises, unless `on_unreadable` is given: then it is reported there and skipped."""
-    decoder = decoder or EventDecoder()
-    stored: list[StoredEvent] = []
-    for msg in await read_direct(js._nc, stream, subject, batch=batch):  # the context's client
-        try:
-            event = decoder.decode(msg.body)
-        except ContractError as exc:
-            if on_unreadable is None:
-                raise
-            on_unreadable(msg.sequence, msg.subject, exc)
-            continue
-        stored.append(
-            StoredEvent(
-                sequence=msg.sequence,
-                subject=msg.subject,
-                body=msg.body,
-                headers=msg.headers,
-                event=event,
-                stored_at=msg.stored_at,
-            )
-        )
-    return stored
+    messages = await read_direct(js._nc, stream, subject, batch=batch)  # the context's client
+    return decoded(messages, decoder, on_unreadable or _raise)
 
 
 async def read_case(js: JetStreamContext, topology: Topology, case_id: str) -> list[StoredEvent]:

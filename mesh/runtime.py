@@ -148,13 +148,7 @@ class AgentRunner:
                 "(MESH_CHECK_SIGNERS=1) to know who is the authority for what"
             )
         statements = [
-            Statement(
-                sequence=stored.sequence,
-                event_id=stored.event.event_id,
-                actor=stored.event.actor,
-                stored_at=stored.stored_at,
-                evidence=stored.event.payload.evidence,
-            )
+            Statement.of(stored.sequence, stored.stored_at, stored.event)
             for stored in await self.history(case_id)  # verified events only
             if isinstance(stored.event, CaseStepCompleted)
         ]

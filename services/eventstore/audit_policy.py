@@ -131,13 +131,7 @@ class CasePolicyAudit:
         requested: ActionRequested,
     ) -> list[str]:
         statements = [
-            Statement(
-                sequence=r.sequence,
-                event_id=r.event.event_id,
-                actor=r.event.actor,
-                stored_at=r.stored_at,
-                evidence=r.event.payload.evidence,
-            )
+            Statement.of(r.sequence, r.stored_at, r.event)
             for r in earlier
             if isinstance(r.event, CaseStepCompleted)
         ]

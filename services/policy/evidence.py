@@ -96,15 +96,7 @@ def case_evidence(
                 exc.reason,
             )
             continue
-        statements.append(
-            Statement(
-                sequence=stored.sequence,
-                event_id=stored.event.event_id,
-                actor=stored.event.actor,
-                stored_at=stored.stored_at,
-                evidence=stored.event.payload.evidence,
-            )
-        )
+        statements.append(Statement.of(stored.sequence, stored.stored_at, stored.event))
     facts = authoritative_facts(
         statements,
         keys.authoritative,
