@@ -14,6 +14,7 @@ from contracts.reader_api import HistoryRequest, ReaderReply, ReplayRequest
 from mesh.errors import BrokerError, MeshError
 from mesh.reading import RawMessage
 from mesh.registry_client import request_with_patience
+from mesh.replays import ReplayRefused
 from mesh.topology import Topology
 
 _reply = msgspec.json.Decoder(ReaderReply)
@@ -60,7 +61,13 @@ class CaseReader:
         return [_raw(m) for m in reply.messages]
 
     async def replayed(self, dead_letter_sequence: int) -> RawMessage:
-        reply = await self._ask("replay", ReplayRequest(dead_letter_sequence=dead_letter_sequence))
+        """The message a dead letter of ours points to; ReplayRefused if the reader
+        refuses it (a refusal is permanent: the same replay will be refused again)."""
+        request = ReplayRequest(dead_letter_sequence=dead_letter_sequence)
+        try:
+            reply = await self._ask("replay", request)
+        except ReadRefused as exc:
+            raise ReplayRefused(dead_letter_sequence, exc.reason) from None
         [message] = reply.messages
         return _raw(message)
 

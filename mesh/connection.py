@@ -33,7 +33,8 @@ def refused(nc: Client, subject: str) -> str | None:
     """The broker's refusal of `subject` on this connection, if one arrived recently."""
     now = time.monotonic()
     for at, operation, refused_subject in reversed(_refusals.get(nc, ())):
-        if now - at <= _REFUSAL_MEMORY and refused_subject == subject:
+        # nats-py lower-cases the server's error text, subject included.
+        if now - at <= _REFUSAL_MEMORY and refused_subject.lower() == subject.lower():
             return f"permissions violation for {operation} to {subject!r}"
     return None
 

@@ -26,6 +26,9 @@ from mesh.topology import Topology
 def _durable(
     name: str, description: str, filters: list[str], settings: MeshSettings
 ) -> ConsumerConfig:
+    if not filters:
+        # A consumer without a filter reads the whole stream: never create one.
+        raise ConfigurationError(f"durable {name} would filter nothing, so read everything")
     return ConsumerConfig(
         durable_name=name,
         description=description,
@@ -68,7 +71,10 @@ def replay_durable(card: AgentCard, topology: Topology, settings: MeshSettings) 
 def agent_durables(
     card: AgentCard, topology: Topology, settings: MeshSettings
 ) -> list[tuple[str, ConsumerConfig]]:
-    """(stream, config) of every durable the agent consumes from."""
+    """(stream, config) of every durable the agent consumes from: none for a card that
+    consumes nothing (a human approver, a producer-only agent)."""
+    if not card.consumes:
+        return []
     return [
         (topology.cases_stream, case_durable(card, topology, settings)),
         (topology.dead_letter_stream, replay_durable(card, topology, settings)),
@@ -78,11 +84,23 @@ def agent_durables(
 async def provision_agent_durables(
     js: JetStreamContext, card: AgentCard, topology: Topology, settings: MeshSettings
 ) -> list[ProvisionReport]:
-    """Create or bring in line the agent's durables (the agent's or registry's job)."""
-    return [
-        await ensure_consumer(js, stream, config, update=True)
-        for stream, config in agent_durables(card, topology, settings)
-    ]
+    """Create or bring in line the agent's durables (the agent's or registry's job); a
+    card that no longer consumes anything loses the durables it had."""
+    declared = agent_durables(card, topology, settings)
+    if not declared:
+        agent_id = check_token(card.agent_id, "agent id")
+        for stream, name in (
+            (topology.cases_stream, agent_id),
+            (topology.dead_letter_stream, f"{agent_id}_replay"),
+        ):
+            try:
+                await js.delete_consumer(stream, name)
+            except nats.js.errors.NotFoundError:
+                continue
+            except nats.errors.Error as exc:
+                raise BrokerError(f"remove durable {stream}/{name}", repr(exc)) from exc
+        return []
+    return [await ensure_consumer(js, stream, config, update=True) for stream, config in declared]
 
 
 async def check_agent_durables(

@@ -97,6 +97,12 @@ class KeyDirectory:
         card = self.card_at(actor, at)
         return card is not None and fact in card.facts
 
+    def authorities(self, fact: str, at: datetime) -> list[str]:
+        """Who held a card naming them the authority for `fact` at `at`."""
+        return sorted(
+            agent_id for agent_id in self._principals if self.authoritative(agent_id, fact, at)
+        )
+
     def check(
         self,
         signer: str,

@@ -8,7 +8,9 @@
 - every executed action has an approving decision before it; where policy required a
   human, the decision cites a grant, earlier in the log, of the same request digest,
   by a human whose card then held the role asked, who is not the requester;
-- one obligation (an action type in a case) is executed at most once.
+- one obligation (an action type in a case) is executed at most once;
+- a step stating a fact that another agent is the authority for is named (readers
+  ignore it; its presence shows someone tried to speak for another).
 
 Messages that failed their signature, key or card check do not get here: they are
 reported as such and count for nothing (a decision by anyone but a principal whose
@@ -58,6 +60,8 @@ class CasePolicyAudit:
         for record in records:
             event = record.event
             match event:
+                case CaseStepCompleted():
+                    self._check_statement(record, event)
                 case ActionRequested():
                     requests[event.event_id] = (
                         record,
@@ -99,6 +103,22 @@ class CasePolicyAudit:
                                 f"(request {p.request_id}; request {first} executed it "
                                 "already): one obligation, one execution",
                             )
+
+    # ------------------------------------------------------------------ facts
+
+    def _check_statement(self, record: LogRecord, step: CaseStepCompleted) -> None:
+        """A step that states a fact another agent is the authority for speaks out of
+        turn: it counts for nothing (readers ignore it), and it is named."""
+        for fact in sorted(step.payload.evidence):
+            if self.keys.authoritative(step.actor, fact, record.stored_at):
+                continue
+            others = self.keys.authorities(fact, record.stored_at)
+            if others:
+                self.report(
+                    record,
+                    f"states fact {fact}, for which {', '.join(others)} (not {step.actor}) "
+                    "is the authority: ignored by every reader",
+                )
 
     # ------------------------------------------------------------------ decisions
 

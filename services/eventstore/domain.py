@@ -125,6 +125,8 @@ def _case_changes(view: CaseView, event: Event, at: datetime) -> dict[str, Any]:
         case CaseOpened(payload=p):
             return {"kind": p.kind, "source": p.source, "opened_at": at}
         case CaseStepCompleted(payload=p):
+            if view.status == "closed":
+                return {}  # a step reported after the end (again?) does not reopen the outcome
             return {"step": p.step, "outcome": p.outcome}
         case CaseEscalated(payload=p):
             return {"status": "escalated", "step": p.step, "outcome": f"escalated: {p.reason}"}

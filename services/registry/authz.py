@@ -44,9 +44,12 @@ def agent_permissions(record: AgentRecord, topology: Topology) -> dict[str, obje
         "$JS.API.INFO",
         # its own durables only, which the registry created from its card: inspect,
         # fetch, ack. Never create: a consumer config could filter on anything or
-        # push into another principal's inbox.
-        *_durable_api(cases, agent_id),
-        *_durable_api(dlq, replay_durable),
+        # push into another principal's inbox. A card that consumes nothing has none.
+        *(
+            [*_durable_api(cases, agent_id), *_durable_api(dlq, replay_durable)]
+            if record.card.consumes
+            else []
+        ),
         # how far the registry's history goes: a consumer never judges a message with
         # a key directory older than it (mesh.key_directory.ensure_current)
         f"$JS.API.DIRECT.GET.{topology.registry_stream}",

@@ -28,6 +28,7 @@ import msgspec
 from nats.aio.client import Client
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from contracts import (
@@ -408,7 +409,7 @@ def print_summary(result: DemoResult, console: Console) -> None:
         counts = result.outcomes.get(kind, Counter())
         if counts:
             detail = ", ".join(f"{k} {v}" for k, v in counts.most_common())
-            table.add_row(kind, str(sum(counts.values())), detail)
+            table.add_row(kind, str(sum(counts.values())), escape(detail))
     console.print(table)
     final = latencies(result)
     escalated = sum(1 for v in result.views.values() if v.status == "escalated")
@@ -440,7 +441,7 @@ def print_summary(result: DemoResult, console: Console) -> None:
     )
     report = result.report
     for violation in report.violations[:20]:
-        console.print(f"[red]✗[/red] {violation}", highlight=False)
+        console.print(f"[red]✗[/red] {escape(str(violation))}", highlight=False)  # log text
     verdict = "[green]passed[/green]" if report.ok else "[red]FAILED[/red]"
     console.print(
         f"mesh audit verify --all: {verdict} — {report.events} events in {report.cases} "

@@ -32,6 +32,7 @@ from mesh.dead_letters import (
 )
 from mesh.errors import BrokerError, PermanentError
 from mesh.publisher import EventPublisher
+from mesh.replays import ReplayRefused
 from mesh.testing import eventually
 from tests.integration.registry_fixtures import KNOWN_OWNER, SecuredMesh, secured_mesh
 
@@ -166,7 +167,7 @@ async def test_a_dead_letter_goes_back_only_to_its_consumer_with_the_logged_mess
         headers={"Mesh-Replay-Of": str(forged.sequence), "Nats-Msg-Id": "sneaky"},
     )
     reader = CaseReader(mesh.started[0].nc, mesh.topology, "victim")
-    with pytest.raises(ReadRefused, match="not by victim"):
+    with pytest.raises(ReplayRefused, match="not by victim"):
         await reader.replayed(forged.sequence)
     assert handled == []
 
