@@ -1,6 +1,7 @@
 """Human approvals, as pure logic: who may approve, and what a missed deadline means.
 
-- Only a registered human holding the role the policy names may approve or reject.
+- Only a human whose card, in force when the approval was stored, holds the role the
+  policy names may approve or reject.
 - The requesting agent can never approve (or reject) its own request. The approval's
   signature is checked against the registry's keys before it gets here, so its actor
   is who signed it: nobody can act for the requester.
@@ -15,7 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from contracts.cards import AgentRecord
+from contracts.cards import AgentCard
 from contracts.events.actions import DecisionProvenance
 
 
@@ -54,7 +55,7 @@ def check_approver(
     pending: PendingApproval | None,
     request_id: str,
     approver_id: str,
-    approver: AgentRecord | None,
+    approver: AgentCard | None,
     written_at: datetime,
     *,
     case_id: str | None = None,
@@ -83,15 +84,13 @@ def check_approver(
             f"{approver_id} requested {pending.action_type} itself and cannot decide it"
         )
     if approver is None:
-        raise ApprovalRefused(f"{approver_id} is not registered")
-    if approver.status != "active":
-        raise ApprovalRefused(f"{approver_id} is {approver.status}")
-    if approver.card.kind != "human":
-        raise ApprovalRefused(f"{approver_id} is a {approver.card.kind}; only a human approves")
-    if pending.approver_role not in approver.card.roles:
+        raise ApprovalRefused(f"{approver_id} held no card in force when it approved")
+    if approver.kind != "human":
+        raise ApprovalRefused(f"{approver_id} is a {approver.kind}; only a human approves")
+    if pending.approver_role not in approver.roles:
         raise ApprovalRefused(
             f"deciding this needs the role {pending.approver_role!r}; "
-            f"{approver_id} has {approver.card.roles}"
+            f"{approver_id} has {approver.roles}"
         )
     if written_at > pending.deadline:
         raise ApprovalRefused(f"the approval deadline {pending.deadline.isoformat()} had passed")

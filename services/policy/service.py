@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
-from contracts.cards import AgentCard, AgentRecord
+from contracts.cards import AgentCard
 from contracts.envelope import Event
 from contracts.events.actions import (
     ActionApproved,
@@ -52,7 +51,7 @@ from mesh.identity import Identity
 from mesh.key_directory import KeyDirectory
 from mesh.provisioning import ensure_key_value, ensure_stream
 from mesh.reading import read_case
-from mesh.registry_client import RegistryClient, RegistryRefused
+from mesh.registry_client import RegistryClient
 from mesh.replies import respond
 from mesh.runtime import AgentRunner
 from mesh.settings import MeshSettings
@@ -124,7 +123,6 @@ class PolicyService:
             topology=self.topology,
             key_directory=self.keys,  # forged or revoked approvals never reach a handler
         )
-        self._cards: dict[str, tuple[float, AgentRecord]] = {}
         self._approvals: KeyValue | None = None
         self._timer: asyncio.Task[None] | None = None
         self._subscription: Subscription | None = None
@@ -207,14 +205,14 @@ class PolicyService:
             parameters=event.payload.parameters,
             case_facts=evidence.attributes(self.bundle.case_attributes),
         )
-        record = await self._record(event.actor)
-        if record is None or record.status != "active":
-            state = "not registered" if record is None else record.status
-            decision = Decision(
-                "deny", self.bundle.hash, [], [f"requester {event.actor} is {state}"], {}
-            )
+        # The card the requester held when its request was stored: its scope then is what
+        # counts (its signature, key and lifecycle then were checked on delivery).
+        card = self.keys.card_at(event.actor, ctx.written_at)
+        if card is None:
+            reasons = [f"requester {event.actor} held no card in force when it asked"]
+            decision = Decision("deny", self.bundle.hash, [], reasons, {})
         else:
-            decision = decide(self.bundle, record.card, request)
+            decision = decide(self.bundle, card, request)
         provenance = DecisionProvenance(
             policy_bundle_hash=decision.bundle_hash,
             determining_policies=decision.determining,
@@ -312,7 +310,9 @@ class PolicyService:
             return loaded[0]  # claimed before a crash: announce it (same event id)
         if loaded is None and event.case_id and await self._decided_with(event, request_id):
             return None
-        approver = await self._record(event.actor)
+        # The card the approver held when the approval was stored (the dispatcher has
+        # checked its signature, key and lifecycle at that time already).
+        approver = self.keys.card_at(event.actor, ctx.written_at)
         try:
             pending = check_approver(
                 loaded[0] if loaded else None,
@@ -410,17 +410,6 @@ class PolicyService:
             await self._forget(pending.request_id)
 
     # ------------------------------------------------------------------ state
-
-    async def _record(self, agent_id: str) -> AgentRecord | None:
-        cached = self._cards.get(agent_id)
-        if cached and time.monotonic() - cached[0] < self.policy.card_cache_seconds:
-            return cached[1]
-        try:
-            record = await self.registry.get(agent_id)
-        except RegistryRefused:
-            return None
-        self._cards[agent_id] = (time.monotonic(), record)
-        return record
 
     @property
     def _bucket(self) -> str:

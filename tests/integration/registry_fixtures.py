@@ -115,7 +115,7 @@ class SecuredMesh:
             nc,
             self.policy_identity,
             self.settings,
-            PolicySettings(bundle_dir=bundle_dir, card_cache_seconds=0, deadline_check_every=0.1),
+            PolicySettings(bundle_dir=bundle_dir, deadline_check_every=0.1),
             self.topology,
         )
         await service.start()
