@@ -32,12 +32,17 @@ class EventDecoder:
 
     def decode(self, body: bytes) -> Event:
         try:
-            event: Event = self._typed.decode(body)
-        except msgspec.DecodeError:
+            try:
+                event: Event = self._typed.decode(body)
+            except msgspec.DecodeError:
+                return self._decode_slow(body)
+            if event.schema_version == self._current[event.event_name()]:
+                return event
             return self._decode_slow(body)
-        if event.schema_version == self._current[event.event_name()]:
-            return event
-        return self._decode_slow(body)
+        except RecursionError:
+            # JSON nested deeper than any parser's stack: malformed, like any other
+            # unreadable body (never an error that stops whoever reads the log).
+            raise MalformedEvent("nested too deeply to read") from None
 
     def _decode_slow(self, body: bytes) -> Event:
         try:

@@ -108,3 +108,8 @@ class IngressReply(msgspec.Struct, frozen=True, kw_only=True):
     errors: list[str] = msgspec.field(default_factory=list)
     dead_letter: int | None = None  # where the refused input is kept (DLQ sequence)
     problems: list[Problem] = msgspec.field(default_factory=list)  # `errors`, structured
+
+
+# The facts a case's opening states: what the outside system sent. Their authority is
+# the ingress, which opens cases (services/registry/principals.py), and no agent.
+OPENING_FACTS: tuple[str, ...] = ClaimData.__struct_fields__

@@ -44,6 +44,7 @@ class RegistryQuery(msgspec.Struct, frozen=True, kw_only=True):
     event_type: str | None = None  # agents that consume or produce it
     action_type: str | None = None  # agents that may request it
     role: str | None = None
+    after: str | None = None  # `list` and `keys` answer in pages: the page after this id
 
 
 class StatusChangeRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,3 +87,6 @@ class RegistryReply(msgspec.Struct, frozen=True, kw_only=True):
     # With `keys`: the registry stream sequence the answer reflects (every registry
     # event up to it is applied), so a reader knows how current it is.
     registry_sequence: int = 0
+    # `list` and `keys` answer in pages that fit a message: ask again with
+    # `after=next_after` while it is set.
+    next_after: str | None = None

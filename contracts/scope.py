@@ -70,7 +70,10 @@ def scope_changes(old: AgentCard, new: AgentCard) -> tuple[list[str], list[str]]
             )
     if old.kind != new.kind:
         widened.append(f"kind changed {old.kind} -> {new.kind}")
-    for name in ("name", "owner", "purpose", "version"):
+    if old.owner != new.owner:
+        # Who answers for an agent is what its grant bound and what policies see.
+        widened.append(f"owner changed {old.owner!r} -> {new.owner!r}")
+    for name in ("name", "purpose", "version"):
         if getattr(old, name) != getattr(new, name):
             other.append(f"{name} changed {getattr(old, name)!r} -> {getattr(new, name)!r}")
     return widened, other

@@ -1,6 +1,8 @@
 """Case facts, and who may state them (pure).
 
-A fact is a key of a completed step's `evidence` (say `fraud_score`). It counts only
+A fact is a key of a completed step's `evidence` (say `fraud_score`), or of the data a
+case was opened with (say the claim's `amount_cents` and `payee_account`, whose
+authority is the ingress: it states what the outside system sent). It counts only
 when the agent that stated it held, when its event was stored, a card naming it
 authoritative for that fact (`AgentCard.facts`); anyone else's say-so is ignored, so a
 compromised peer cannot supply the facts a decision rests on. Of several authoritative
@@ -20,15 +22,8 @@ from datetime import datetime
 from typing import Any
 
 from contracts.envelope import Event
-from contracts.events.actions import (
-    ActionApproved,
-    ActionDenied,
-    ActionRequested,
-    ApprovalExpired,
-    ApprovalRequired,
-    FactSource,
-)
-from contracts.events.case import CaseStepCompleted
+from contracts.events.actions import ActionRequested, FactSource
+from contracts.events.case import CaseOpened, CaseStepCompleted
 
 # (actor, fact, when stored) -> was the actor's card then authoritative for the fact?
 Authority = Callable[[str, str, datetime], bool]
@@ -45,13 +40,23 @@ class Statement:
     evidence: dict[str, Any]
 
     @classmethod
-    def of(cls, sequence: int, stored_at: datetime, step: CaseStepCompleted) -> Statement:
+    def of(cls, sequence: int, stored_at: datetime, event: Event) -> Statement | None:
+        """What an event states as facts: a completed step its evidence, a case's
+        opening the data the outside system sent (the ingress is their authority);
+        None for an event that states no facts."""
+        match event:
+            case CaseStepCompleted(payload=step):
+                evidence = step.evidence
+            case CaseOpened(payload=opening):
+                evidence = opening.data
+            case _:
+                return None
         return cls(
             sequence=sequence,
-            event_id=step.event_id,
-            actor=step.actor,
+            event_id=event.event_id,
+            actor=event.actor,
             stored_at=stored_at,
-            evidence=step.payload.evidence,
+            evidence=evidence,
         )
 
 
@@ -88,19 +93,15 @@ def authoritative_facts(
 
 
 def prior_actions(events: Iterable[tuple[int, Event]], before: int) -> list[str]:
-    """Action types of a case's requests stored before sequence `before` that policy
-    approved or sent to a human, and did not deny or let expire since — what "one
-    payout per claim" is judged by. `events` are (sequence, event) in any order, each
-    already verified (only the policy service's card produces decisions)."""
-    types: dict[str, str] = {}
-    live: dict[str, bool] = {}
-    for sequence, event in sorted(events, key=lambda item: item[0]):
-        if sequence >= before:
-            continue
-        if isinstance(event, ActionRequested):
-            types[event.event_id] = event.payload.action_type
-        elif isinstance(event, ActionApproved | ApprovalRequired):
-            live[event.payload.request_id] = True
-        elif isinstance(event, ActionDenied | ApprovalExpired):
-            live[event.payload.request_id] = False
-    return sorted({types[r] for r, alive in live.items() if alive and r in types})
+    """Action types already requested in a case before sequence `before`, whatever
+    became of those requests (approved, waiting, denied, rejected, expired): what "one
+    payout per claim" is judged by, so that neither a step firing again nor a smaller
+    second request after a refusal gets a second answer. `events` are (sequence,
+    event) in any order, each already verified."""
+    return sorted(
+        {
+            event.payload.action_type
+            for sequence, event in events
+            if sequence < before and isinstance(event, ActionRequested)
+        }
+    )

@@ -61,10 +61,12 @@ class EventPublisher:
         *,
         expected_case_sequence: int | None = None,
         expected_sequence: int | None = None,
+        expected_scope: str | None = None,
     ) -> Receipt:
         """Publish, signed and de-duplicated. With `expected_sequence` (for case events
         also spelled `expected_case_sequence`), store it only if the newest event under
-        the same key (the case, the agent…) still has that stream sequence."""
+        the same key (the case, the agent…) — or on `expected_scope`, a narrower subject
+        such as the case's opening — still has that stream sequence."""
         subject = self.topology.subjects.for_event(event)
         body = encode(event)
         headers = self.identity.signature_headers(subject, body)
@@ -72,7 +74,7 @@ class EventPublisher:
         expected = expected_sequence if expected_sequence is not None else expected_case_sequence
         if expected is None:
             return await self.publish_raw(subject, body, headers)
-        scope = self.topology.subjects.history(event.family, event.subject_key())
+        scope = expected_scope or self.topology.subjects.history(event.family, event.subject_key())
         headers[EXPECTED_SUBJECT_SEQUENCE] = str(expected)
         headers[EXPECTED_SUBJECT_SEQUENCE_SUBJECT] = scope
         try:

@@ -140,20 +140,36 @@ class RegistryClient:
         return reply.records[0]
 
     async def keys_reply(self) -> RegistryReply:
-        """Every principal's keys and cards, and the registry sequence they reflect."""
-        return await self._request("keys", msgspec.json.encode(RegistryQuery()))
+        """Every principal's keys and cards, and the registry sequence they reflect,
+        read page by page; if the registry moves meanwhile, read again from the start."""
+        for _ in range(5):
+            pages = await self._pages("keys", RegistryQuery())
+            sequences = {page.registry_sequence for page in pages}
+            if len(sequences) == 1:
+                return RegistryReply(
+                    ok=True,
+                    keys=[k for page in pages for k in page.keys],
+                    registry_sequence=sequences.pop(),
+                )
+        raise BrokerError("registry keys", "the registry kept moving while it was read")
+
+    async def _pages(self, operation: str, query: RegistryQuery) -> list[RegistryReply]:
+        pages = [await self._request(operation, msgspec.json.encode(query))]
+        while pages[-1].next_after is not None:
+            query = msgspec.structs.replace(query, after=pages[-1].next_after)
+            pages.append(await self._request(operation, msgspec.json.encode(query)))
+        return pages
 
     async def get(self, agent_id: str) -> AgentRecord:
         reply = await self._request("get", msgspec.json.encode(RegistryQuery(agent_id=agent_id)))
         return reply.records[0]
 
     async def find(self, query: RegistryQuery | None = None) -> list[AgentRecord]:
-        reply = await self._request("list", msgspec.json.encode(query or RegistryQuery()))
-        return reply.records
+        pages = await self._pages("list", query or RegistryQuery())
+        return [record for page in pages for record in page.records]
 
     async def keys(self) -> list[PrincipalKeys]:
-        reply = await self._request("keys", msgspec.json.encode(RegistryQuery()))
-        return reply.keys
+        return (await self.keys_reply()).keys
 
     async def change_status(
         self, operation: str, agent_id: str, reason: str, operator: Identity

@@ -13,7 +13,6 @@ from nats.js.client import JetStreamContext
 
 from contracts.envelope import Event
 from contracts.events.actions import FactSource
-from contracts.events.case import CaseStepCompleted
 from contracts.events.operations import CircuitStateChanged, CircuitStateChangedPayload
 from contracts.subjects import check_token
 from mesh.agent import Agent
@@ -148,9 +147,9 @@ class AgentRunner:
                 "(MESH_CHECK_SIGNERS=1) to know who is the authority for what"
             )
         statements = [
-            Statement.of(stored.sequence, stored.stored_at, stored.event)
+            statement
             for stored in await self.history(case_id)  # verified events only
-            if isinstance(stored.event, CaseStepCompleted)
+            if (statement := Statement.of(stored.sequence, stored.stored_at, stored.event))
         ]
         return authoritative_facts(statements, self.key_directory.authoritative)
 

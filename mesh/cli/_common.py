@@ -13,7 +13,6 @@ import typer
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 from rich.console import Console
-from rich.markup import escape
 
 from mesh.app import nats_url
 from mesh.connection import close, connect
@@ -21,6 +20,7 @@ from mesh.errors import ConfigurationError, MeshError
 from mesh.identity import Identity
 from mesh.onboarding import inbox_prefix
 from mesh.settings import MeshSettings
+from mesh.text import shown
 from mesh.topology import Topology
 
 T = TypeVar("T")
@@ -36,7 +36,7 @@ def configure_logging(level: str) -> None:
 
 
 def fail(exc: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {escape(str(exc))}")  # an error can quote what a peer wrote
+    console.print(f"[red]error:[/red] {shown(str(exc))}")  # an error can quote what a peer wrote
     return typer.Exit(2)
 
 

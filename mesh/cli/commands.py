@@ -12,7 +12,6 @@ from typing import Annotated
 import orjson
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from contracts import schema_export
@@ -25,6 +24,7 @@ from mesh.errors import ConfigurationError, MeshError
 from mesh.identity import Identity
 from mesh.provisioning import Outcome, ensure_stream
 from mesh.settings import MeshSettings
+from mesh.text import shown
 
 app = typer.Typer(
     help="Agent Mesh: event-sourced agents over NATS JetStream.", no_args_is_help=True
@@ -139,7 +139,7 @@ def dlq_list(
     table = Table(*columns)
     for row in rows:
         # A reason or subject can carry what a sender wrote: never read it as markup.
-        table.add_row(*(escape(str(row[column])) for column in columns))
+        table.add_row(*(shown(str(row[column])) for column in columns))
     Console().print(table)
 
 

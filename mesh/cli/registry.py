@@ -10,7 +10,6 @@ import msgspec
 import orjson
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from contracts.cards import ActionGrant, AgentCard, AgentRecord, card_digest
@@ -21,6 +20,7 @@ from mesh.enrolment import grant_for, sign_grant, write_grant
 from mesh.errors import ConfigurationError
 from mesh.registry_client import RegistryClient
 from mesh.settings import MeshSettings
+from mesh.text import shown
 
 registry_app = typer.Typer(help="Agents' identities, scopes and lifecycle.", no_args_is_help=True)
 Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]
@@ -36,7 +36,7 @@ def _print_records(records: list[AgentRecord], as_json: bool) -> None:
         card = record.card
         table.add_row(
             *(
-                escape(text)  # what an agent wrote on its card must not be read as markup
+                shown(text)  # what an agent wrote on its card must not be read as markup
                 for text in (
                     card.agent_id,
                     record.status + (" (card pending)" if record.pending_card else ""),

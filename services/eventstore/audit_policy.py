@@ -10,7 +10,8 @@
   by a human whose card then held the role asked, who is not the requester;
 - one obligation (an action type in a case) is executed at most once;
 - a step stating a fact that another agent is the authority for is named (readers
-  ignore it; its presence shows someone tried to speak for another).
+  ignore it; its presence shows someone tried to speak for another);
+- a case is opened before anything else happens in it, and closed once.
 
 Messages that failed their signature, key or card check do not get here: they are
 reported as such and count for nothing (a decision by anyone but a principal whose
@@ -34,7 +35,7 @@ from contracts.events.actions import (
     ApprovalRequired,
     DecisionProvenance,
 )
-from contracts.events.case import CaseStepCompleted
+from contracts.events.case import CaseClosed, CaseOpened, CaseStepCompleted
 from mesh.facts import Statement, authoritative_facts, prior_actions
 from mesh.identity import message_digest
 from mesh.key_directory import KeyDirectory
@@ -57,8 +58,20 @@ class CasePolicyAudit:
         grants: dict[str, tuple[LogRecord, ApprovalGranted]] = {}
         approved: set[str] = set()
         executed: dict[str, str] = {}  # action type -> the request that executed it
+        opened: LogRecord | None = None
+        closed: LogRecord | None = None
         for record in records:
             event = record.event
+            if isinstance(event, CaseOpened):
+                opened = opened or record
+            elif opened is None:
+                self.report(record, "comes before the case was opened: it squats the case id")
+            if isinstance(event, CaseClosed):
+                if closed is not None:
+                    self.report(
+                        record, f"closes the case again (closed at sequence {closed.sequence})"
+                    )
+                closed = closed or record
             match event:
                 case CaseStepCompleted():
                     self._check_statement(record, event)
@@ -151,9 +164,9 @@ class CasePolicyAudit:
         requested: ActionRequested,
     ) -> list[str]:
         statements = [
-            Statement.of(r.sequence, r.stored_at, r.event)
+            statement
             for r in earlier
-            if isinstance(r.event, CaseStepCompleted)
+            if r.event is not None and (statement := Statement.of(r.sequence, r.stored_at, r.event))
         ]
         derived = authoritative_facts(
             statements,

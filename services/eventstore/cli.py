@@ -15,7 +15,6 @@ import msgspec
 import orjson
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from contracts.eventstore_api import (
@@ -31,6 +30,7 @@ from mesh.errors import ConfigurationError, MeshError
 from mesh.key_directory import KeyDirectory
 from mesh.registry_client import RegistryClient
 from mesh.settings import MeshSettings
+from mesh.text import shown
 from services.eventstore.audit import Report, verify_bundle
 from services.eventstore.export import build_bundle, read_bundle, store_request, write_bundle
 from services.eventstore.projector import Projector
@@ -57,16 +57,16 @@ def _time(value: datetime | None) -> str:
 
 def _escaped(*values: str) -> list[str]:
     """What the log holds, as text: never read as markup."""
-    return [escape(value) for value in values]
+    return [shown(value) for value in values]
 
 
 def _print_detail(detail: CaseDetail, title: str) -> None:
     case = detail.case
     console.print(
-        f"[bold]{title}[/bold] {escape(case.case_id)}  ({escape(case.kind or 'kind unknown')})"
+        f"[bold]{title}[/bold] {shown(case.case_id)}  ({shown(case.kind or 'kind unknown')})"
     )
     console.print(
-        escape(
+        shown(
             f"status {case.status} · step {case.step or '-'} · outcome {case.outcome or '-'} · "
             f"{case.event_count} events ({case.flagged_events} flagged) · "
             f"opened {_time(case.opened_at)} · updated {_time(case.updated_at)}"
@@ -162,7 +162,7 @@ def _print_timeline(entries: list[TimelineEntry]) -> None:
         )
         console.print(
             f"{mark} #{entry.sequence} {_time(entry.stored_at)} "
-            f"[bold]{escape(entry.actor or '?')}[/bold] {escape(entry.summary)}",
+            f"[bold]{shown(entry.actor or '?')}[/bold] {shown(entry.summary)}",
             highlight=False,
         )
         details = []
@@ -177,9 +177,9 @@ def _print_timeline(entries: list[TimelineEntry]) -> None:
             details.append(f"policy {entry.policy_bundle_hash[:12]} ({rules})")
         if entry.approver:
             details.append(f"approver: {entry.approver}")
-        details = [escape(line) for line in details]
+        details = [shown(line) for line in details]
         if entry.problem:
-            details.append(f"[red]flagged: {escape(entry.problem)}[/red]")
+            details.append(f"[red]flagged: {shown(entry.problem)}[/red]")
         if entry.duplicate_of is not None:
             details.append(f"[red]a second copy of #{entry.duplicate_of}[/red]")
         for line in details:
@@ -200,7 +200,7 @@ def show_timeline(case_id: str, as_json: Json = False) -> None:
     if as_json:
         _echo_json(timeline)
         return
-    console.print(f"[bold]timeline of case {escape(case_id)}[/bold]")
+    console.print(f"[bold]timeline of case {shown(case_id)}[/bold]")
     _print_timeline(timeline)
 
 
@@ -262,7 +262,7 @@ def _print_report(report: Report, as_json: bool) -> None:
     for violation in report.violations:
         # Subjects, ids and reasons come from the log: whatever they hold is shown as
         # text, never read as markup (a "[/b]" in a subject must not break the report).
-        console.print(f"[red]✗[/red] {escape(str(violation))}", highlight=False)
+        console.print(f"[red]✗[/red] {shown(str(violation))}", highlight=False)
     verdict = "[green]verified[/green]" if report.ok else "[red]FAILED[/red]"
     console.print(
         f"{verdict}: {report.events} events in {report.cases} cases, "
@@ -290,7 +290,7 @@ def verify(
         try:
             loaded = read_bundle(bundle)
         except MeshError as exc:
-            console.print(f"[red]error:[/red] {escape(str(exc))}")
+            console.print(f"[red]error:[/red] {shown(str(exc))}")
             raise typer.Exit(2) from None
     else:
 
@@ -409,7 +409,7 @@ def rebuild(
     try:
         applied, elapsed = run(rebuild_views())
     except ConfigurationError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        console.print(f"[red]error:[/red] {shown(str(exc))}")
         raise typer.Exit(2) from None
     rate = applied / elapsed if elapsed > 0 else 0.0
     console.print(f"rebuilt {applied} events in {elapsed:.1f}s ({rate:,.0f}/s) into {target}")

@@ -129,8 +129,12 @@ def _case_changes(view: CaseView, event: Event, at: datetime) -> dict[str, Any]:
                 return {}  # a step reported after the end (again?) does not reopen the outcome
             return {"step": p.step, "outcome": p.outcome}
         case CaseEscalated(payload=p):
+            if view.status == "closed":
+                return {}  # a closed case stays as it was closed
             return {"status": "escalated", "step": p.step, "outcome": f"escalated: {p.reason}"}
         case CaseClosed(payload=p):
+            if view.status == "closed":
+                return {}  # the first close stands: a later one rewrites nothing
             return {"status": "closed", "outcome": p.outcome, "closed_at": at}
     return {}
 

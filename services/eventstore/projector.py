@@ -105,6 +105,13 @@ class Projector:
                 log.warning("projection paused: %s", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+            except Exception:
+                # A bug met on some message: say so loudly and try again, never stop
+                # projecting silently (the position has not moved past it).
+                log.exception("projection failed; retrying from the stored position")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                self.position = await asyncio.to_thread(self.store.position)
             else:
                 return self.position
 

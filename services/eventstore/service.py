@@ -39,7 +39,6 @@ from contracts.audit_bundle import (
     Proofs,
     SignedDocument,
 )
-from contracts.codec import decode
 from contracts.errors import ContractError
 from contracts.events.operations import LogCheckpointed, LogCheckpointedPayload
 from contracts.eventstore_api import (
@@ -50,11 +49,12 @@ from contracts.eventstore_api import (
     StoreReply,
     StoreStatus,
 )
-from mesh.errors import BrokerError, MeshError
-from mesh.identity import SIGNATURE_HEADER, Identity
+from mesh.errors import BrokerError, MeshError, SignatureError
+from mesh.identity import SIGNATURE_HEADER, Identity, verify_headers
 from mesh.key_directory import KeyDirectory
 from mesh.provisioning import ensure_stream
 from mesh.publisher import EventPublisher
+from mesh.reading import read_subject
 from mesh.registry_client import RegistryClient
 from mesh.replies import is_inbox, respond
 from mesh.settings import MeshSettings
@@ -143,20 +143,30 @@ class EventStoreService:
     # ------------------------------------------------------------------ checkpoints
 
     async def _published_checkpoint(self) -> int:
-        try:
-            msg = await self.js.get_last_msg(
-                self.topology.ops_stream, checkpoint_subject(self.topology)
-            )
-        except nats.js.errors.NotFoundError:
-            return 0
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise BrokerError("read the last checkpoint", repr(exc)) from exc
-        try:
-            event = decode(msg.data or b"")
-        except ContractError as exc:
-            raise MeshError(f"the last checkpoint on the ops stream is unreadable: {exc}") from exc
-        assert isinstance(event, LogCheckpointed)
-        return event.payload.tree_size
+        """The largest log size this store has signed a checkpoint of. Only its own
+        signature counts: anything else on the subject (written by someone allowed to
+        publish there) is named in the log and passed over."""
+
+        def unreadable(sequence: int, subject: str, exc: ContractError) -> None:
+            log.warning("ops stream #%d on %s is not a checkpoint: %s", sequence, subject, exc)
+
+        signed = 0
+        for stored in await read_subject(
+            self.js,
+            self.topology.ops_stream,
+            checkpoint_subject(self.topology),
+            on_unreadable=unreadable,
+        ):
+            try:
+                signer = verify_headers(stored.subject, stored.body, stored.headers)
+            except SignatureError as exc:
+                log.warning("checkpoint #%d does not verify: %s", stored.sequence, exc.reason)
+                continue
+            if signer != self.identity.public_key or not isinstance(stored.event, LogCheckpointed):
+                log.warning("checkpoint #%d is not this store's; passed over", stored.sequence)
+                continue
+            signed = max(signed, stored.event.payload.tree_size)
+        return signed
 
     async def _after_batch(self, position: Position, caught_up: bool) -> None:
         grown = position.tree_size - self.last_checkpoint

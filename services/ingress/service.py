@@ -138,15 +138,14 @@ class IngressService:
         self, event: CaseOpened, source: str, received: ReceivedBody, received_on: str
     ) -> IngressReply:
         assert event.case_id is not None
+        opening = self.topology.subjects.case_event(event.case_id, "case_opened")
         try:
-            # Only if the case has no event yet: a retried request finds it opened.
-            await self.publisher.publish(event, expected_case_sequence=0)
+            # Only if the case was never opened: a retried request finds it opened. The
+            # condition is on its opening alone, so nobody can squat a case id by
+            # writing something else into it first (the verifier names such events).
+            await self.publisher.publish(event, expected_sequence=0, expected_scope=opening)
         except ConcurrencyConflict:
-            existing = await read_subject(
-                self.js,
-                self.topology.cases_stream,
-                self.topology.subjects.case_event(event.case_id, "case_opened"),
-            )
+            existing = await read_subject(self.js, self.topology.cases_stream, opening)
             first = existing[0].event if existing else None
             if not (
                 isinstance(first, CaseOpened)

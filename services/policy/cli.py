@@ -13,7 +13,6 @@ import orjson
 import typer
 from nats.aio.client import Client
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from contracts.envelope import Event
@@ -31,6 +30,7 @@ from mesh.onboarding import connect_as
 from mesh.publisher import EventPublisher
 from mesh.registry_client import request_with_patience
 from mesh.settings import MeshSettings
+from mesh.text import shown
 from mesh.topology import Topology
 from services.policy.approvals import PendingApproval
 from services.policy.bundle import PolicyBundle, PolicyBundleInvalid
@@ -138,7 +138,7 @@ def list_pending(as_json: Json = False) -> None:
     for item in pending:
         table.add_row(
             *(
-                escape(text)  # what an agent wrote must not be read as markup
+                shown(text)  # what an agent wrote must not be read as markup
                 for text in (
                     item.request_id,
                     item.case_id,

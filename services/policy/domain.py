@@ -1,5 +1,6 @@
 """Deciding one requested action, as pure logic: the card first, then Cedar.
 
+    parameters larger than MAX_PARAMETERS_BYTES ► deny (no policy runs)
     action not on the agent's card ─────────────► deny (no policy runs)
     a parameter over a card limit (max_<name>) ─► deny
     Cedar: a forbid matches ────────────────────► deny        (forbid wins)
@@ -19,6 +20,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 import cedarpy
+import msgspec
 
 from contracts.cards import AgentCard
 from contracts.events.actions import PolicyReference
@@ -30,6 +32,9 @@ from services.policy.bundle import (
 )
 
 Outcome = Literal["allow", "deny", "require_approval"]
+# A request's parameters are a few fields: whatever bigger is not a request but a load
+# on everyone who must read it (the approvers' list above all).
+MAX_PARAMETERS_BYTES = 2048
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,9 @@ def decide(bundle: PolicyBundle, card: AgentCard, request: ActionRequest) -> Dec
     def refuse(reasons: list[str], determining: list[PolicyReference] | None = None) -> Decision:
         return Decision("deny", bundle.hash, determining or [], reasons, inputs)
 
+    size = len(msgspec.json.encode(request.parameters))
+    if size > MAX_PARAMETERS_BYTES:
+        return refuse([f"parameters of {size} bytes; at most {MAX_PARAMETERS_BYTES}"])
     grant = next((a for a in card.actions if a.action_type == request.action_type), None)
     if grant is None:
         return refuse([f"{request.action_type} is not on agent {card.agent_id}'s card"])

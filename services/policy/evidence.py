@@ -3,13 +3,14 @@ requester.
 
 - the request must be the first event stored under its id in the case (a later copy,
   replayed under a fresh Nats-Msg-Id or forged with a reused id, is not decided);
-- the case facts come from authoritative statements only (mesh.facts): completed steps
-  signed, with a key and a card valid when stored, by the agent whose card names the
-  fact — never the requester's own word, and only steps stored before the request, so
-  a replay of the log reaches the same decision;
-- `prior_actions`: the action types this case already had approved (or sent to a
-  human) for an earlier request, from the policy service's signed decisions, so a
-  policy can say "one payout per claim" however often an upstream step fires again.
+- the case facts come from authoritative statements only (mesh.facts): the claim as
+  the ingress opened the case with it, and completed steps, each signed with a key and
+  a card valid when stored by the principal whose card names the fact — never the
+  requester's own word, and only what was stored before the request, so a replay of
+  the log reaches the same decision;
+- `prior_actions`: the action types already requested in this case, whatever became
+  of those requests, so a policy can say "one payout per claim" however often an
+  upstream step fires again or a refused request comes back smaller.
 """
 
 from __future__ import annotations
@@ -21,12 +22,10 @@ from typing import Any
 from contracts.events.actions import (
     ActionApproved,
     ActionDenied,
-    ActionRequested,
     ApprovalExpired,
     ApprovalRequired,
     FactSource,
 )
-from contracts.events.case import CaseStepCompleted
 from mesh.authorization import signed_actor
 from mesh.errors import SignatureError
 from mesh.facts import Statement, authoritative_facts, prior_actions
@@ -82,40 +81,29 @@ def case_evidence(
     request: StoredEvent,
     considered: frozenset[str],
 ) -> CaseEvidence:
-    statements = []
-    for stored in history:
-        if stored.sequence >= request.sequence or not isinstance(stored.event, CaseStepCompleted):
-            continue
-        try:  # a fact counts only if its author really signed it, with a valid key and card
-            signed_actor(stored, keys)
-        except SignatureError as exc:
-            log.warning(
-                "case %s: step #%d is not a fact: %s",
-                stored.event.case_id,
-                stored.sequence,
-                exc.reason,
-            )
-            continue
-        statements.append(Statement.of(stored.sequence, stored.stored_at, stored.event))
+    # Only what its author really signed, with a key and a card valid when stored.
+    earlier = [s for s in history if s.sequence < request.sequence and _verified(s, keys)]
+    statements = [
+        statement
+        for stored in earlier
+        if (statement := Statement.of(stored.sequence, stored.stored_at, stored.event))
+    ]
     facts = authoritative_facts(
         statements,
         keys.authoritative,
         considered=considered,
         excluded_actor=request.event.actor,
     )
-    decisions = [
-        (stored.sequence, stored.event)
-        for stored in history
-        if stored.sequence < request.sequence
-        and isinstance(stored.event, ActionRequested | Answer)
-        and _verified(stored, keys)
-    ]
-    return CaseEvidence(facts=facts, prior_actions=prior_actions(decisions, request.sequence))
+    requested = [(stored.sequence, stored.event) for stored in earlier]
+    return CaseEvidence(facts=facts, prior_actions=prior_actions(requested, request.sequence))
 
 
 def _verified(stored: StoredEvent, keys: KeyDirectory) -> bool:
     try:
         signed_actor(stored, keys)
-    except SignatureError:
+    except SignatureError as exc:
+        log.warning(
+            "case %s: #%d does not count: %s", stored.event.case_id, stored.sequence, exc.reason
+        )
         return False
     return True

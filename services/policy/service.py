@@ -246,7 +246,7 @@ class PolicyService:
                     action_type=request.action_type,
                     requester=event.actor,
                     approver_role=decision.approver_role,
-                    requested_at=event.occurred_at,
+                    requested_at=ctx.written_at,  # the broker's time, not the requester's
                     deadline=deadline,
                     sla_seconds=decision.approval_sla.total_seconds(),
                     provenance=provenance,
@@ -480,7 +480,7 @@ class PolicyService:
         principal = msg.subject.rsplit(".", 1)[-1]
         try:
             visible = self.visible_to(principal, await self.pending())
-            body = msgspec.json.encode(visible)
+            body = _fitting(sorted(visible, key=lambda p: p.deadline), principal)
         except MeshError as exc:
             body = msgspec.json.encode({"error": str(exc)})
         await respond(msg, body, what="pending approvals")
@@ -500,6 +500,26 @@ class PolicyService:
         keys = await self._keys()
         found = [await self._pending(key) for key in keys]
         return [p for p in found if p is not None and p.state == "waiting"]
+
+
+# The answer must fit one message whatever waits: the earliest deadlines first.
+PENDING_REPLY_BYTES = 512 * 1024
+
+
+def _fitting(pending: list[PendingApproval], principal: str) -> bytes:
+    shown = pending
+    body = msgspec.json.encode(shown)
+    while len(body) > PENDING_REPLY_BYTES and shown:
+        shown = shown[: len(shown) // 2]
+        body = msgspec.json.encode(shown)
+    if len(shown) < len(pending):
+        log.warning(
+            "pending approvals for %s: %d of %d fit one answer (earliest deadlines first)",
+            principal,
+            len(shown),
+            len(pending),
+        )
+    return body
 
 
 __all__ = ["PolicyService", "policy_card"]

@@ -19,6 +19,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from contracts.audit_bundle import StoredMessage
+from contracts.errors import ContractError
 from contracts.reader_api import HistoryRequest, ReaderReply, ReplayRequest
 from mesh.errors import MeshError
 from mesh.key_directory import KeyDirectory
@@ -76,11 +77,15 @@ class ReaderService:
                 reply = ReaderReply(ok=False, error="ask <root>.svc.reader.<history|replay>.<you>")
         except (ReadRefused, ReplayRefused) as exc:
             reply = ReaderReply(ok=False, error=exc.reason)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, ContractError, RecursionError) as exc:
             reply = ReaderReply(ok=False, error=f"malformed {operation} request: {exc}")
         except MeshError as exc:
             log.warning("reader %s for %s failed: %s", operation, principal, exc)
             reply = ReaderReply(ok=False, error=f"the reader could not answer now: {exc}")
+        except Exception as exc:
+            # A bug must not leave the asker waiting for an answer that never comes.
+            log.exception("reader %s for %s failed unexpectedly", operation, principal)
+            reply = ReaderReply(ok=False, error=f"the reader could not answer: {exc!r}")
         await respond(msg, _encode(reply), what=f"reader {operation} for {principal}")
 
     async def history(self, principal: str, request: HistoryRequest) -> ReaderReply:

@@ -224,11 +224,15 @@ def authorization_config(
                 "permissions": principal_permissions(principal, topology),
             }
         )
+    granted = {principal.public_key for principal in principals}
     for record in sorted(records, key=lambda r: r.card.agent_id):
         if record.status != "active":
             continue  # registered-but-not-activated, suspended, revoked: no credentials
         for key in record.key_history:
-            if key.valid_until is None:
+            # One user per key: nats-server refuses a file naming a key twice, and would
+            # then keep the old authorization — revocations included — in force.
+            if key.valid_until is None and key.public_key not in granted:
+                granted.add(key.public_key)
                 users.append(
                     {"nkey": key.public_key, "permissions": agent_permissions(record, topology)}
                 )

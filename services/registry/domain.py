@@ -157,6 +157,11 @@ def decide_registration(
             f"agent {card.agent_id} is {existing.status} ({existing.status_reason}); its card "
             "cannot change until an operator reinstates it"
         )
+    if len(existing.card_history) >= MAX_CARD_PERIODS:
+        raise Refused(
+            f"agent {card.agent_id} has had {len(existing.card_history)} cards; enrol a new "
+            "agent id (with a new grant) rather than change this one again"
+        )
     _check_not_retired(existing, card)
     _check_possession(card, state.current_keys(card.agent_id), proven | {signer})
     return _updated(state, existing, card, now, rules, grant)
@@ -225,6 +230,8 @@ def check_grant(
         verify(statement.signer, statement.subject, statement.body, statement.signature)
     except SignatureError as exc:
         raise Refused(f"enrolment grant: {exc.reason}") from None
+    except ValueError as exc:  # a body that is not base64
+        raise Refused(f"unreadable enrolment grant: {exc}") from None
     grant = read_grant(statement)
     problems = []
     if grant.issued_by != operator:
@@ -338,6 +345,10 @@ def _check_card(card: AgentCard, rules: RegistryRules) -> None:
     for key in card.keys:
         if not _is_user_public_key(key.public_key):
             problems.append(f"{key.public_key!r} is not a user public nkey")
+    listed = [k.public_key for k in card.keys]
+    if len(set(listed)) != len(listed):
+        problems.append("a key is listed twice")
+    problems += _bounds(card)
     for fact in card.facts:
         try:
             check_token(fact, "fact")
@@ -345,6 +356,35 @@ def _check_card(card: AgentCard, rules: RegistryRules) -> None:
             problems.append(str(exc))
     if problems:
         raise Refused("invalid card: " + "; ".join(problems))
+
+
+# A card is a small document: everything about an agent that every reader holds (and
+# the registry answers in one reply) must stay small whatever an agent writes.
+MAX_CARD_BYTES = 4 * 1024
+MAX_CARD_PERIODS = 32  # cards in force over an agent's life; re-enrol beyond that
+_TEXT_LIMITS = {"name": 200, "version": 64, "owner": 200, "purpose": 1000}
+_LIST_LIMITS = {"keys": 4, "roles": 16, "facts": 32, "actions": 16}
+
+
+def _bounds(card: AgentCard) -> list[str]:
+    problems = [
+        f"{name} is longer than {limit} characters"
+        for name, limit in _TEXT_LIMITS.items()
+        if len(getattr(card, name)) > limit
+    ]
+    problems += [
+        f"more than {limit} {name}"
+        for name, limit in _LIST_LIMITS.items()
+        if len(getattr(card, name)) > limit
+    ]
+    for what in ("consumes", "produces", "reads", "roles", "facts"):
+        values = getattr(card, what)
+        if len(set(values)) != len(values):
+            problems.append(f"{what} lists an entry twice")
+    size = len(msgspec.json.encode(card))
+    if size > MAX_CARD_BYTES:
+        problems.append(f"the card is {size} bytes; at most {MAX_CARD_BYTES}")
+    return problems
 
 
 def _is_user_public_key(value: str) -> bool:
@@ -530,6 +570,7 @@ def _apply_card(state: RegistryState, payload: AgentCardUpdatedPayload, at: date
     known = {k.public_key for k in history if k.valid_until is None}
     for key in payload.card.keys:
         if key.public_key not in known:
+            known.add(key.public_key)  # a key listed twice is still one key
             history.append(AgentKey(public_key=key.public_key, valid_from=at))
             state.key_owner[key.public_key] = payload.card.agent_id
     cards = [

@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import msgspec
 from nats.aio.msg import Msg
@@ -113,11 +114,15 @@ class RegistryHandlers:
             reply = await handler(msg)
         except (Refused, SignatureError) as exc:
             reply = RegistryReply(ok=False, error=_reason(exc))
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, ValueError) as exc:
             reply = RegistryReply(ok=False, error=f"malformed {operation} request: {exc}")
         except MeshError as exc:
             log.exception("registry %s failed", operation)
             reply = RegistryReply(ok=False, error=f"registry could not {operation}: {exc}")
+        except Exception as exc:
+            # A bug must not leave a requester waiting for an answer that never comes.
+            log.exception("registry %s failed unexpectedly", operation)
+            reply = RegistryReply(ok=False, error=f"registry could not {operation}: {exc!r}")
         if reply is not None:
             await respond(msg, _encoder.encode(reply), what=f"registry {operation}")
 
@@ -224,13 +229,19 @@ class RegistryHandlers:
     async def list(self, msg: Msg) -> RegistryReply:
         query = _query.decode(msg.data) if msg.data else RegistryQuery()
         records = [
-            self._with_liveness(record)
-            for _, record in sorted(self.state.records.items())
-            if _matches(record, query)
+            (agent_id, record)
+            for agent_id, record in sorted(self.state.records.items())
+            if _matches(record, query) and (query.after is None or agent_id > query.after)
         ]
-        return RegistryReply(ok=True, records=records)
+        page, next_after = _page(records)
+        return RegistryReply(
+            ok=True,
+            records=[self._with_liveness(record) for record in page],
+            next_after=next_after,
+        )
 
     async def keys(self, msg: Msg) -> RegistryReply:
+        query = _query.decode(msg.data) if msg.data else RegistryQuery()
         agents = [
             PrincipalKeys(
                 agent_id=record.card.agent_id,
@@ -256,7 +267,15 @@ class RegistryHandlers:
             )
             for principal in self.principals
         ]
-        return RegistryReply(ok=True, keys=agents + static, registry_sequence=self.state.sequence)
+        everyone = sorted(
+            (p.agent_id, p)
+            for p in agents + static
+            if query.after is None or p.agent_id > query.after
+        )
+        page, next_after = _page(everyone)
+        return RegistryReply(
+            ok=True, keys=page, registry_sequence=self.state.sequence, next_after=next_after
+        )
 
     async def heartbeat(self, msg: Msg) -> None:
         beat = _heartbeat.decode(msg.data)
@@ -271,6 +290,25 @@ class RegistryHandlers:
         seen = self.heartbeats.get(record.card.agent_id)
         stale = seen is None or datetime.now(UTC) - seen > self.stale_after
         return msgspec.structs.replace(record, last_heartbeat=seen, stale=stale)
+
+
+# A reply must fit in one NATS message (1 MiB by default): pages stay well below it. A
+# card is at most 4 KiB and an agent holds at most 32, so one principal always fits.
+PAGE_BYTES = 256 * 1024
+
+T = TypeVar("T")
+
+
+def _page(items: list[tuple[str, T]]) -> tuple[list[T], str | None]:
+    """The first items (sorted by id) that fit a page, and the id to continue after."""
+    page: list[T] = []
+    size = 0
+    for index, (_, item) in enumerate(items):
+        size += len(_encoder.encode(item))
+        if page and size > PAGE_BYTES:
+            return page, items[index - 1][0]
+        page.append(item)
+    return page, None
 
 
 def _matches(record: AgentRecord, query: RegistryQuery) -> bool:

@@ -14,6 +14,7 @@ from typing import Literal
 
 from contracts.cards import AgentCard, CardPeriod, PrincipalKind
 from contracts.catalog import CATALOG
+from contracts.ingress import OPENING_FACTS
 
 PrincipalRole = Literal[
     "registry", "policy", "eventstore", "ingress", "reader", "operator", "service", "external"
@@ -83,6 +84,8 @@ def static_card(principal: StaticPrincipal) -> AgentCard:
         kind=role_kind(principal.role),
         roles=[principal.role],
         produces=list(role_produces(principal.role)),
+        # The ingress states what outside systems sent when it opens their cases.
+        facts=list(OPENING_FACTS) if principal.role == "ingress" else [],
         status="active",
     )
 

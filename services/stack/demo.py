@@ -28,7 +28,6 @@ import msgspec
 from nats.aio.client import Client
 from rich.console import Console
 from rich.live import Live
-from rich.markup import escape
 from rich.table import Table
 
 from contracts import (
@@ -47,6 +46,7 @@ from mesh.identity import Identity
 from mesh.onboarding import register
 from mesh.publisher import EventPublisher
 from mesh.registry_client import request_with_patience
+from mesh.text import shown
 from services.eventstore.audit import Report, verify_bundle
 from services.eventstore.export import build_bundle, store_request
 from services.stack.stack import Stack
@@ -409,7 +409,7 @@ def print_summary(result: DemoResult, console: Console) -> None:
         counts = result.outcomes.get(kind, Counter())
         if counts:
             detail = ", ".join(f"{k} {v}" for k, v in counts.most_common())
-            table.add_row(kind, str(sum(counts.values())), escape(detail))
+            table.add_row(kind, str(sum(counts.values())), shown(detail))
     console.print(table)
     final = latencies(result)
     escalated = sum(1 for v in result.views.values() if v.status == "escalated")
@@ -441,7 +441,7 @@ def print_summary(result: DemoResult, console: Console) -> None:
     )
     report = result.report
     for violation in report.violations[:20]:
-        console.print(f"[red]✗[/red] {escape(str(violation))}", highlight=False)  # log text
+        console.print(f"[red]✗[/red] {shown(str(violation))}", highlight=False)  # log text
     verdict = "[green]passed[/green]" if report.ok else "[red]FAILED[/red]"
     console.print(
         f"mesh audit verify --all: {verdict} — {report.events} events in {report.cases} "

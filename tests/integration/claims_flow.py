@@ -39,6 +39,8 @@ REFERENCE_POLICIES = Path(__file__).resolve().parents[2] / "deploy" / "policies"
 
 
 def adjudicator() -> Agent:
+    """Asks to pay a screened claim its amount (from the claim, as the case was opened
+    with it), to the claim's payee."""
     agent = Agent(
         AgentCard(
             agent_id="adjudicator",
@@ -46,30 +48,38 @@ def adjudicator() -> Agent:
             version="1",
             owner=KNOWN_OWNER,
             purpose="decides payouts",
-            consumes=["case_opened"],
+            consumes=["case_step_completed"],
             produces=["case_step_completed", "action_requested"],
+            reads=["case_opened"],
             actions=[ActionGrant(action_type="issue_payment", limits={"max_amount": 10_000_000})],
         )
     )
 
-    @agent.on(CaseOpened)
-    async def decide(event: CaseOpened, ctx: HandlerContext) -> None:
-        amount = event.payload.data["amount"]
+    @agent.on(CaseStepCompleted)
+    async def decide(event: CaseStepCompleted, ctx: HandlerContext) -> None:
+        if event.payload.step != "fraud_screening":
+            return
+        opened = next(s.event for s in await ctx.history() if isinstance(s.event, CaseOpened))
+        claim = opened.payload.data
         await ctx.emit(
             CaseStepCompleted,
             CaseStepCompletedPayload(
                 step="adjudication",
                 outcome="payout",
                 rationale="the policy covers the loss",
-                evidence={"amount": amount},
+                evidence={"payout": claim["amount_cents"]},
             ),
         )
         await ctx.emit(
             ActionRequested,
             ActionRequestedPayload(
                 action_type="issue_payment",
-                parameters={"amount": amount, "currency": "EUR"},
-                evidence={"fraud_score": event.payload.data.get("fraud_score", 0)},
+                parameters={
+                    "amount": claim["amount_cents"],
+                    "currency": claim["currency"],
+                    "payee_account": claim["payee_account"],
+                },
+                evidence={"fraud_score": 0},  # its own word: never a fact for policy
                 rationale="claim covered",
             ),
         )
@@ -117,7 +127,9 @@ async def start_claims(mesh: SecuredMesh) -> None:
     await mesh.run_agent(payer())
 
 
-async def screen(mesh: SecuredMesh, case_id: str, fraud: int) -> None:
+async def screen(
+    mesh: SecuredMesh, case_id: str, fraud: int, step: str = "fraud_screening"
+) -> None:
     """The fraud screening's result, in the log, signed by the screener whose card makes
     it the authority for `fraud_score`: the fact policy reads (never the requester's own
     evidence, nor anyone else's)."""
@@ -127,23 +139,33 @@ async def screen(mesh: SecuredMesh, case_id: str, fraud: int) -> None:
         case_id=case_id,
         actor="screener",
         payload=CaseStepCompletedPayload(
-            step="fraud_screening", outcome="screened", evidence={"fraud_score": fraud}
+            step=step, outcome="screened", evidence={"fraud_score": fraud}
         ),
     )
     await EventPublisher(mesh.harness_nc.jetstream(), screener, mesh.topology).publish(step)
 
 
 async def open_claim(mesh: SecuredMesh, case_id: str, amount: int, fraud: int = 0) -> None:
-    assert mesh.harness_nc is not None
+    """The claim as the ingress opens a case (its data are the claim's facts), then the
+    screening the adjudicator waits for."""
+    await open_case(mesh, case_id, amount)
     await screen(mesh, case_id, fraud)
+
+
+async def open_case(mesh: SecuredMesh, case_id: str, amount: int) -> None:
+    """The claim as the ingress opens a case: its data are the claim's facts."""
+    assert mesh.harness_nc is not None
     opened = CaseOpened(
         case_id=case_id,
-        actor="harness",
+        actor="ingress",
         payload=CaseOpenedPayload(
-            kind="claim", source="crm", data={"amount": amount, "fraud_score": fraud}
+            kind="claim",
+            source="crm",
+            data={"amount_cents": amount, "currency": "EUR", "payee_account": "DE89-0001"},
         ),
     )
-    await EventPublisher(mesh.harness_nc.jetstream(), mesh.harness, mesh.topology).publish(opened)
+    js = mesh.harness_nc.jetstream()
+    await EventPublisher(js, mesh.ingress_identity, mesh.topology).publish(opened)
 
 
 async def wait_for(mesh: SecuredMesh, case_id: str, event_type: type[Event]) -> Event:

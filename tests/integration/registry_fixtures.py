@@ -69,6 +69,8 @@ class SecuredMesh:
     policy_services: list[PolicyService] = field(default_factory=list)
     stores: list[EventStoreService] = field(default_factory=list)
     reader_identity: Identity = field(default_factory=Identity.generate)
+    # The ingress's key: cases opened with it state the claim's facts with authority.
+    ingress_identity: Identity = field(default_factory=Identity.generate)
     readers: list[ReaderService] = field(default_factory=list)
     # An enrolled fraud screener: the authority for `fraud_score` (see SCREENER_CARD).
     screener: Identity = field(default_factory=Identity.generate)
@@ -225,8 +227,8 @@ class SecuredMesh:
 @contextlib.asynccontextmanager
 async def secured_mesh(directory: Path) -> AsyncIterator[SecuredMesh]:
     topology = Topology(unique_root())
-    registry_identity, operator, harness, policy, store, reader = (
-        Identity.generate() for _ in range(6)
+    registry_identity, operator, harness, policy, store, reader, ingress = (
+        Identity.generate() for _ in range(7)
     )
     principals = [
         StaticPrincipal("registry", registry_identity.public_key, "registry"),
@@ -235,6 +237,7 @@ async def secured_mesh(directory: Path) -> AsyncIterator[SecuredMesh]:
         StaticPrincipal("policy", policy.public_key, "policy"),
         StaticPrincipal("eventstore", store.public_key, "eventstore"),
         StaticPrincipal("reader", reader.public_key, "reader"),
+        StaticPrincipal("ingress", ingress.public_key, "ingress"),
     ]
     principals_file = directory / "principals.json"
     write_principals(principals_file, principals)
@@ -252,6 +255,7 @@ async def secured_mesh(directory: Path) -> AsyncIterator[SecuredMesh]:
         policy_identity=policy,
         store_identity=store,
         reader_identity=reader,
+        ingress_identity=ingress,
         registry_settings=RegistrySettings(
             known_owners=[KNOWN_OWNER],
             principals_file=principals_file,

@@ -37,6 +37,7 @@ from services.eventstore.export import build_bundle, store_request, write_bundle
 from tests.integration.claims_flow import (
     approve,
     claims_manager,
+    open_case,
     open_claim,
     screen,
     start_claims,
@@ -191,13 +192,15 @@ async def test_policy_violations_in_the_log_are_named(
     )
 
     # 2. A manager asks for a payment and grants it herself.
-    await screen(mesh, "selfie", 1)
+    # A claim and its screening, but no adjudication (the step is named otherwise).
+    await open_case(mesh, "selfie", 500_000)
+    await screen(mesh, "selfie", 1, step="fraud_check")
     own = ActionRequested(
         case_id="selfie",
         actor="maria",
         payload=ActionRequestedPayload(
             action_type="issue_payment",
-            parameters={"amount": 250_000, "currency": "EUR"},
+            parameters={"amount": 250_000, "currency": "EUR", "payee_account": "DE89-0001"},
             evidence={"fraud_score": 1},
         ),
     )

@@ -87,8 +87,8 @@ async def test_the_store_projects_cases_timelines_and_activity(
     ).timeline
     kinds = [entry.event_type for entry in timeline]
     assert kinds == [
+        "case_opened",  # the claim: its facts, stated by the ingress
         "case_step_completed",  # the fraud screening, which policy reads
-        "case_opened",
         "case_step_completed",
         "action_requested",
         "approval_required",

@@ -16,20 +16,17 @@ from contracts import (
     ActionApproved,
     ActionDecisionPayload,
     ActionDenied,
-    ActionGrant,
     ActionRequested,
     ActionRequestedPayload,
-    AgentCard,
     ApprovalEscalated,
     ApprovalExpired,
     ApprovalGranted,
     ApprovalGrantedPayload,
     ApprovalRequired,
-    CaseOpened,
     DecisionProvenance,
     PolicyBundleActivated,
 )
-from mesh import Agent, HandlerContext, Identity
+from mesh import HandlerContext, Identity
 from mesh.authorization import NotAuthorized, require_authorization
 from mesh.cli import app
 from mesh.dead_letters import read_dead_letters
@@ -39,9 +36,9 @@ from mesh.publisher import EventPublisher
 from mesh.reading import read_case, read_subject
 from mesh.testing import eventually
 from services.policy.bundle import PolicyBundleInvalid
-from tests.integration.claims_flow import human, open_claim, screen
+from tests.integration.claims_flow import adjudicator, human, open_case, open_claim, screen
 from tests.integration.claims_flow import wait_for as first
-from tests.integration.registry_fixtures import KNOWN_OWNER, SecuredMesh, secured_mesh
+from tests.integration.registry_fixtures import SecuredMesh, secured_mesh
 
 cli = CliRunner()
 REFERENCE = Path(__file__).resolve().parents[2] / "deploy" / "policies"
@@ -52,36 +49,6 @@ async def mesh(tmp_path: Path) -> AsyncIterator[SecuredMesh]:
     (tmp_path / "mesh").mkdir()
     async with secured_mesh(tmp_path / "mesh") as secured:
         yield secured
-
-
-def adjudicator() -> Agent:
-    """Requests a payment for every opened case, with the amount from the case."""
-    agent = Agent(
-        AgentCard(
-            agent_id="adjudicator",
-            name="Adjudication",
-            version="1",
-            owner=KNOWN_OWNER,
-            purpose="decides payouts",
-            consumes=["case_opened"],
-            produces=["action_requested"],
-            actions=[ActionGrant(action_type="issue_payment", limits={"max_amount": 10_000_000})],
-        )
-    )
-
-    @agent.on(CaseOpened)
-    async def request_payment(event: CaseOpened, ctx: HandlerContext) -> None:
-        await ctx.emit(
-            ActionRequested,
-            ActionRequestedPayload(
-                action_type="issue_payment",
-                parameters={"amount": event.payload.data["amount"], "currency": "EUR"},
-                evidence={"fraud_score": event.payload.data.get("fraud_score", 0)},
-                rationale="claim covered",
-            ),
-        )
-
-    return agent
 
 
 async def test_allow_and_deny_carry_their_provenance(mesh: SecuredMesh) -> None:
@@ -154,13 +121,15 @@ async def test_nobody_approves_their_own_request(mesh: SecuredMesh) -> None:
     service = await mesh.start_policy(REFERENCE)
     manager, manager_nc = await human(mesh, "maria", ["approver", "claims_manager"])
     publisher = EventPublisher(manager_nc.jetstream(), manager, mesh.topology)  # type: ignore[attr-defined]
-    await screen(mesh, "own", 1)
+    # A claim and its screening, but no adjudication (the step is named otherwise).
+    await open_case(mesh, "own", 500_000)
+    await screen(mesh, "own", 1, step="fraud_check")
     request = ActionRequested(
         case_id="own",
         actor="maria",
         payload=ActionRequestedPayload(
             action_type="issue_payment",
-            parameters={"amount": 500_000, "currency": "EUR"},
+            parameters={"amount": 500_000, "currency": "EUR", "payee_account": "DE89-0001"},
             evidence={"fraud_score": 1},
         ),
     )

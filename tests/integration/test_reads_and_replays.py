@@ -89,7 +89,7 @@ async def test_an_agent_reads_only_the_cases_it_works_on_and_what_its_card_reads
         CaseClosed(case_id="theirs", actor="harness", payload=CaseClosedPayload(outcome="x"))
     )
     reader = CaseReader(nc, mesh.topology, "screen")
-    with pytest.raises(ReadRefused, match="does not work on case theirs"):
+    with pytest.raises(ReadRefused, match="works on no case 'theirs'"):
         await reader.history("theirs")
     # Nor does it read the stream itself, by subject or by sequence.
     for request in ({"seq": 1}, {"last_by_subj": mesh.topology.subjects.case_history("theirs")}):

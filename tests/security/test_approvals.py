@@ -15,6 +15,7 @@ from contracts import (
     ActionRequestedPayload,
     ApprovalRequired,
     CaseClosed,
+    CaseStepCompleted,
 )
 from contracts.cards import ActionGrant
 from tests.security.kit import Mesh, claim, events, new_ref, signed, store
@@ -23,9 +24,10 @@ pytestmark = [pytest.mark.asyncio(loop_scope="package"), pytest.mark.security]
 
 
 async def test_a_requester_cannot_approve_its_own_request(mesh: Mesh) -> None:
-    """A claims manager who may also request payments asks to pay a claim that
-    adjudication found within the deductible, above the amount that needs a human,
-    and approves it himself (citing the digest the pending list shows him)."""
+    """A claims manager who may also request payments asks — before adjudication does
+    (held still meanwhile) — to pay a large claim within what was claimed, to the
+    claim's payee, so that policy asks a human; and approves it himself (citing the
+    digest the pending list shows him)."""
     sam_id = f"sam-{uuid.uuid4().hex[:6]}"
     sam = await mesh.human(
         sam_id,
@@ -34,26 +36,31 @@ async def test_a_requester_cannot_approve_its_own_request(mesh: Mesh) -> None:
         actions=[ActionGrant(action_type="issue_payment")],
     )
     assert sam.identity is not None
-    case_id = await mesh.open(claim(new_ref("selfapprove"), amount=5_001))
-    _, closed = await mesh.wait_for_event(case_id, CaseClosed)
-    assert closed.payload.outcome == "no payout"
-    opened = (await mesh.history(case_id))[0].event
-
-    request = ActionRequested(
-        case_id=case_id,
-        correlation_id=opened.correlation_id,
-        causation_id=opened.event_id,
-        actor=sam_id,
-        payload=ActionRequestedPayload(
-            action_type="issue_payment",
-            parameters={"amount": 250_000, "currency": "EUR", "payee_account": "XX-77777777"},
-        ),
-    )
-    subject = mesh.subjects.for_event(request)
-    await store(sam, subject, *signed(request, sam.identity, subject))
-    await mesh.wait_for_event(
-        case_id, ApprovalRequired, lambda e: e.payload.request_id == request.event_id
-    )
+    body = claim(new_ref("selfapprove"), amount=250_000)
+    async with mesh.paused("adjudication"):
+        case_id = await mesh.open(body)
+        _, screened = await mesh.wait_for_event(
+            case_id, CaseStepCompleted, lambda e: e.payload.step == "fraud_screening"
+        )
+        request = ActionRequested(
+            case_id=case_id,
+            correlation_id=screened.correlation_id,
+            causation_id=screened.event_id,
+            actor=sam_id,
+            payload=ActionRequestedPayload(
+                action_type="issue_payment",
+                parameters={
+                    "amount": 200_000,
+                    "currency": "EUR",
+                    "payee_account": body["data"]["payee_account"],
+                },
+            ),
+        )
+        subject = mesh.subjects.for_event(request)
+        await store(sam, subject, *signed(request, sam.identity, subject))
+        await mesh.wait_for_event(
+            case_id, ApprovalRequired, lambda e: e.payload.request_id == request.event_id
+        )
     [item] = [i for i in await mesh.pending(sam) if i["request_id"] == request.event_id]
     assert item["requester"] == sam_id
     mark = await mesh.dead_letter_mark()

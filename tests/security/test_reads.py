@@ -78,7 +78,7 @@ async def test_an_agent_cannot_read_a_case_it_does_not_work_on(mesh: Mesh) -> No
         mesh.subjects.service_as("reader", "history", "claims-payment"),
         json.dumps({"case_id": case_id}).encode(),
     )
-    assert f"claims-payment does not work on case {case_id}" in str(answer["error"])
+    assert f"claims-payment works on no case '{case_id}'" in str(answer["error"])
     assert not answer.get("messages")
 
 

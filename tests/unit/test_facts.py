@@ -79,13 +79,14 @@ def _decided(kind: type[ActionApproved] | type[ActionDenied], request_id: str) -
     )
 
 
-def test_earlier_actions_are_what_policy_approved_before_and_did_not_take_back() -> None:
+def test_earlier_actions_are_every_request_before_whatever_became_of_it() -> None:
     r1, r2 = (
         _request("01933b5e-0000-7000-8000-000000000001"),
         _request("01933b5e-0000-7000-8000-000000000002"),
     )
     approved = [(1, r1), (2, _decided(ActionApproved, r1.event_id)), (3, r2)]
     assert prior_actions(approved, before=3) == ["issue_payment"]
-    assert prior_actions(approved, before=2) == []  # not yet decided then
-    denied = [(1, r1), (2, _decided(ActionDenied, r1.event_id))]
-    assert prior_actions(denied, before=9) == []
+    assert prior_actions(approved, before=1) == []
+    # A refusal is an answer too: a smaller second request does not get another one.
+    denied = [(1, r1), (2, _decided(ActionDenied, r1.event_id)), (3, r2)]
+    assert prior_actions(denied, before=3) == ["issue_payment"]

@@ -28,7 +28,6 @@ INTAKE = card(
     "checks that a claim is covered and complete",
     consumes=["case_opened"],
     produces=["case_step_completed", "case_closed"],
-    facts=["claim_type", "amount_cents"],
 )
 FRAUD = card(
     "claims-fraud",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -28,6 +28,24 @@ def obligation_key(case_id: str, action_type: str) -> str:
     gateway's idempotency key, so however often an approval arrives — redelivered,
     replayed, or a second request's — the claim is paid once."""
     return f"{case_id}:{action_type}"
+
+
+class PaymentInstruction(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What an approved `issue_payment` must carry to be paid: a positive amount in
+    cents, a currency and a payee account — checked again right before the gateway,
+    whatever the policy said."""
+
+    amount: Annotated[int, msgspec.Meta(gt=0)]
+    currency: Annotated[str, msgspec.Meta(min_length=3, max_length=3)]
+    payee_account: Annotated[str, msgspec.Meta(min_length=4, max_length=64)]
+
+
+def payment_instruction(parameters: dict[str, Any]) -> PaymentInstruction | str:
+    """The instruction, or why these parameters cannot be paid."""
+    try:
+        return msgspec.convert(parameters, PaymentInstruction, strict=True)
+    except msgspec.ValidationError as exc:
+        return f"the approved parameters cannot be paid: {exc}"
 
 
 def read_claim(data: dict[str, Any]) -> ClaimData:

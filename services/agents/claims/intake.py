@@ -35,8 +35,8 @@ async def check_claim(event: CaseOpened, ctx: HandlerContext) -> None:
                 CaseStepCompletedPayload(
                     step="intake",
                     outcome="accepted",
+                    # No evidence: the claim's own facts are the ingress's to state.
                     rationale=f"policy {claim.policy_number} in force; claim within cover",
-                    evidence={"claim_type": claim.claim_type, "amount_cents": claim.amount_cents},
                 ),
             )
             return

@@ -40,7 +40,7 @@ from mesh.authorization import NotAuthorized
 from mesh.errors import CircuitOpen
 from mesh.resilience import retry_transient
 from services.agents.claims.cards import PAYMENT
-from services.agents.claims.domain import obligation_key
+from services.agents.claims.domain import PaymentInstruction, obligation_key, payment_instruction
 from services.agents.claims.gateway_client import (
     GatewayClient,
     GatewayRefused,
@@ -123,9 +123,13 @@ async def pay(event: ActionApproved, ctx: HandlerContext) -> None:
             attempts=0,
         )
         return
+    instruction = payment_instruction(authorization.request.payload.parameters)
+    if isinstance(instruction, str):
+        await _give_up(ctx, event, f"not executed: {instruction}", attempts=0)
+        return
     progress: dict[str, str] = {}
     try:
-        await _execute(ctx, event, authorization.request.payload.parameters, progress)
+        await _execute(ctx, event, instruction, progress)
     except CircuitOpen as exc:
         if not ctx.last_delivery:
             raise  # the runtime redelivers after the breaker's delay
@@ -143,7 +147,7 @@ async def pay(event: ActionApproved, ctx: HandlerContext) -> None:
 async def _execute(
     ctx: HandlerContext,
     event: ActionApproved,
-    parameters: dict[str, Any],
+    instruction: PaymentInstruction,
     progress: dict[str, str],
 ) -> None:
     assert event.case_id is not None
@@ -153,10 +157,7 @@ async def _execute(
         payment = await _call(
             ctx,
             lambda: client.authorize(
-                key,
-                int(parameters["amount"]),
-                str(parameters["currency"]),
-                str(parameters["payee_account"]),
+                key, instruction.amount, instruction.currency, instruction.payee_account
             ),
         )
     except (GatewayUnavailable, GatewayRefused) as exc:
@@ -174,7 +175,7 @@ async def _execute(
             if refused.status != 409:
                 raise
             # "captured": the capture went through after all (its answer was lost).
-            await _completed(ctx, event, reference, parameters)
+            await _completed(ctx, event, reference, instruction)
             return
         except GatewayUnavailable as unavailable:
             # Not voided yet: try the whole payment again later (every step is
@@ -197,18 +198,18 @@ async def _execute(
             attempts=ATTEMPTS,
         )
         return
-    await _completed(ctx, event, reference, parameters)
+    await _completed(ctx, event, reference, instruction)
 
 
 async def _completed(
-    ctx: HandlerContext, event: ActionApproved, reference: str, parameters: dict[str, Any]
+    ctx: HandlerContext, event: ActionApproved, reference: str, instruction: PaymentInstruction
 ) -> None:
     await ctx.emit(
         ActionCompleted,
         ActionCompletedPayload(
             request_id=event.payload.request_id,
             action_type="issue_payment",
-            result={"payment_ref": reference, "amount": parameters["amount"], "status": "paid"},
+            result={"payment_ref": reference, "amount": instruction.amount, "status": "paid"},
         ),
     )
     await ctx.emit(CaseClosed, CaseClosedPayload(outcome="paid", summary=f"payment {reference}"))

@@ -37,13 +37,22 @@ def adjudicator(**limits: int) -> AgentCard:
     )
 
 
+PAYEE = "DE89-0001"
+
+
 def payment(amount: int, fraud_score: int = 0) -> ActionRequest:
+    """A payout of a claim of 5,000,000 cents to its payee, screened `fraud_score`."""
     return ActionRequest(
         request_id="r-1",
         case_id="c-1",
         action_type="issue_payment",
-        parameters={"amount": amount, "currency": "EUR"},
-        case_facts={"fraud_score": fraud_score},
+        parameters={"amount": amount, "currency": "EUR", "payee_account": PAYEE},
+        case_facts={
+            "fraud_score": fraud_score,
+            "amount_cents": 5_000_000,
+            "currency": "EUR",
+            "payee_account": PAYEE,
+        },
     )
 
 
@@ -67,7 +76,11 @@ def test_a_decision_records_its_provenance() -> None:
     assert decision.approver_role == "claims_manager"
     assert decision.approval_sla is not None
     assert decision.approval_sla.total_seconds() == 4 * 3600
-    assert decision.inputs["context"] == {"amount": 250000, "currency": "EUR"}
+    assert decision.inputs["context"] == {
+        "amount": 250000,
+        "currency": "EUR",
+        "payee_account": PAYEE,
+    }
     assert decision.inputs["resource"]["fraud_score"] == 0
 
 

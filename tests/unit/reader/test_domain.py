@@ -26,10 +26,12 @@ def test_an_agent_reads_what_its_card_reads_of_a_case_it_works_on() -> None:
 
 
 def test_a_case_the_agent_never_worked_on_is_refused() -> None:
-    with pytest.raises(ReadRefused, match="does not work on case c2"):
+    with pytest.raises(ReadRefused, match="works on no case 'c2'") as elsewhere:
         readable_history(FRAUD, "fraud", "c2", ["case_opened"])
-    with pytest.raises(ReadRefused, match="no case 'c3'"):
+    with pytest.raises(ReadRefused) as nowhere:
         readable_history(FRAUD, "fraud", "c3", [])
+    # The same answer whether the case exists or not: no oracle of which cases exist.
+    assert elsewhere.value.reason.replace("c2", "c3") == nowhere.value.reason
     with pytest.raises(ReadRefused, match="holds no card in force"):
         readable_history(None, "ghost", "c1", ["case_step_completed"])
 
