@@ -59,7 +59,9 @@ class Services(Protocol):
 
     async def replayed(self, dead_letter_sequence: int) -> RawMessage: ...
 
-    async def facts(self, case_id: str) -> dict[str, FactSource]: ...
+    async def facts(
+        self, case_id: str, history: list[StoredEvent] | None = None
+    ) -> dict[str, FactSource]: ...
 
 
 class HandlerContext:
@@ -142,12 +144,12 @@ class HandlerContext:
         assert self.event.case_id is not None
         return await self._services.history(self.event.case_id)
 
-    async def facts(self) -> dict[str, FactSource]:
+    async def facts(self, history: list[StoredEvent] | None = None) -> dict[str, FactSource]:
         """The case's facts as the log establishes them: each from the latest statement
         of the agent whose card made it the authority for that fact (mesh.facts);
-        nobody else's say-so."""
+        nobody else's say-so. From `history` (as `history()` returned it) if given."""
         assert self.event.case_id is not None
-        return await self._services.facts(self.event.case_id)
+        return await self._services.facts(self.event.case_id, history)
 
     async def authorization(self, request_id: str) -> Authorization:
         """Before a side effect: prove from the log that policy (and a human, where

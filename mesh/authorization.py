@@ -17,7 +17,7 @@ the executor then runs is `Authorization.request`: byte for byte what was approv
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from contracts.events.actions import (
     ActionApproved,
@@ -48,6 +48,8 @@ class Authorization:
     request_digest: str
     decision: ActionApproved
     approval: ApprovalGranted | None
+    # The case's verified events as read for the proof (for the executor's own checks).
+    history: list[StoredEvent] = field(default_factory=list)
 
 
 def signed_actor(stored: StoredEvent, keys: KeyDirectory) -> str:

@@ -12,6 +12,7 @@ import base64
 import functools
 import hashlib
 import os
+import threading
 from pathlib import Path
 
 import nacl.exceptions
@@ -107,8 +108,19 @@ def _verify_key(public_key: str) -> nacl.signing.VerifyKey:
     return nacl.signing.VerifyKey(bytes(body[1:]))
 
 
+# Signatures already verified in this process: a case's events are checked by every hop
+# that reads the case, and an ed25519 verify costs ~55 µs against ~2 µs to hash the
+# body. Keyed by everything the verdict depends on; only successes are kept; bounded.
+_VERIFIED: dict[tuple[str, str, str, bytes], None] = {}
+_VERIFIED_MAX = 16_384
+_VERIFIED_LOCK = threading.Lock()  # verifying may run in worker threads too
+
+
 def verify(public_key: str, subject: str, body: bytes, signature: str) -> None:
     """Raise SignatureError unless `signature` is `public_key`'s over subject + body."""
+    seen = (public_key, signature, subject, hashlib.blake2b(body, digest_size=20).digest())
+    if seen in _VERIFIED:
+        return
     try:
         key = _verify_key(public_key)
     except ValueError as exc:
@@ -118,6 +130,10 @@ def verify(public_key: str, subject: str, body: bytes, signature: str) -> None:
         key.verify(signed_bytes(subject, body), raw_signature)
     except (ValueError, TypeError, nacl.exceptions.BadSignatureError):
         raise SignatureError(subject, f"signature does not match signer {public_key}") from None
+    with _VERIFIED_LOCK:
+        if len(_VERIFIED) >= _VERIFIED_MAX:
+            _VERIFIED.pop(next(iter(_VERIFIED)))  # the oldest: dicts keep insertion order
+        _VERIFIED[seen] = None
 
 
 def verify_headers(subject: str, body: bytes, headers: dict[str, str] | None) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable
 
@@ -119,14 +120,16 @@ class AgentRunner:
             # A conflict is not retried here: the handler must re-read and decide again.
             return await retry_transient(publish, retry_on=lambda e: isinstance(e, BrokerError))
 
-    async def history(self, case_id: str) -> list[StoredEvent]:
-        """The case as the agent may read it. With a key directory, only what verifies
-        (signature, key, and the author's card producing the type, when stored): a
-        handler never builds on an event a peer forged."""
+    async def _read(self, case_id: str) -> list[StoredEvent]:
+        """The case as stored (through the reader under enforcement), not yet checked."""
         if self.reader is not None:
-            events = decoded(await self.reader.history(case_id))
-        else:
-            events = await read_case(self.js, self.topology, case_id)
+            return decoded(await self.reader.history(case_id))
+        return await read_case(self.js, self.topology, case_id)
+
+    async def _verified(self, events: list[StoredEvent]) -> list[StoredEvent]:
+        """With a key directory, only what verifies (signature, key, and the author's
+        card producing the type, when stored): a handler never builds on an event a
+        peer forged."""
         if self.key_directory is None or not events:
             return events
         await self.key_directory.ensure_current(events[-1].stored_at)
@@ -135,20 +138,39 @@ class AgentRunner:
             try:
                 signed_actor(stored, self.key_directory)
             except SignatureError as exc:
-                log.warning("case %s: #%d left out: %s", case_id, stored.sequence, exc.reason)
+                log.warning(
+                    "case %s: #%d left out: %s", stored.event.case_id, stored.sequence, exc.reason
+                )
                 continue
             verified.append(stored)
         return verified
 
-    async def facts(self, case_id: str) -> dict[str, FactSource]:
+    async def history(self, case_id: str) -> list[StoredEvent]:
+        return await self._verified(await self._read(case_id))
+
+    async def authorize(self, case_id: str, request_id: str) -> Authorization:
+        if self.key_directory is None:
+            raise ConfigurationError(
+                f"{self.agent.card.agent_id} executes actions: it must check signers "
+                "(MESH_CHECK_SIGNERS=1) to prove an approval"
+            )
+        stored = await self._read(case_id)
+        # Every event of the chain is verified there, and the copies under one id counted.
+        proof = await require_authorization(stored, self.key_directory, request_id=request_id)
+        return dataclasses.replace(proof, history=await self._verified(stored))
+
+    async def facts(
+        self, case_id: str, history: list[StoredEvent] | None = None
+    ) -> dict[str, FactSource]:
         if self.key_directory is None:
             raise ConfigurationError(
                 f"{self.agent.card.agent_id} reads case facts: it must check signers "
                 "(MESH_CHECK_SIGNERS=1) to know who is the authority for what"
             )
+        events = history if history is not None else await self.history(case_id)
         statements = [
             statement
-            for stored in await self.history(case_id)  # verified events only
+            for stored in events  # verified events only
             if (statement := Statement.of(stored.sequence, stored.stored_at, stored.event))
         ]
         return authoritative_facts(statements, self.key_directory.authoritative)
@@ -163,19 +185,6 @@ class AgentRunner:
             dead_letter_sequence,
             self.key_directory,
         )
-
-    async def authorize(self, case_id: str, request_id: str) -> Authorization:
-        if self.key_directory is None:
-            raise ConfigurationError(
-                f"{self.agent.card.agent_id} executes actions: it must check signers "
-                "(MESH_CHECK_SIGNERS=1) to prove an approval"
-            )
-        if self.reader is not None:
-            history = decoded(await self.reader.history(case_id))
-        else:
-            history = await read_case(self.js, self.topology, case_id)
-        # Every event of the chain is verified there, and the copies under one id counted.
-        return await require_authorization(history, self.key_directory, request_id=request_id)
 
     def breaker(self, name: str) -> CircuitBreaker:
         """The agent's breaker for dependency `name`; its state changes are published

@@ -34,7 +34,7 @@ async def adjudicate(event: CaseStepCompleted, ctx: HandlerContext) -> None:
         for s in history
     ):
         return  # adjudicated already: once per case, however often a step fires again
-    if "fraud_score" not in await ctx.facts():
+    if "fraud_score" not in await ctx.facts(history):
         # A "screening" by anyone but the fraud screening's authority decides nothing.
         raise PermanentError(f"no authoritative fraud_score in case {event.case_id} yet")
     opened = next((s.event for s in history if isinstance(s.event, CaseOpened)), None)

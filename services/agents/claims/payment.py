@@ -108,7 +108,7 @@ async def pay(event: ActionApproved, ctx: HandlerContext) -> None:
     paid = next(
         (
             s.event.payload.request_id
-            for s in await ctx.history()
+            for s in authorization.history
             if isinstance(s.event, ActionCompleted)
             and s.event.payload.action_type == event.payload.action_type
             and s.event.payload.request_id != request_id
