@@ -19,6 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import datetime
@@ -72,7 +75,10 @@ class Projector:
         """Project until cancelled, or until the views hold sequence `stop_at`."""
         if self.verify_processes > 0:
             self._verifiers = ProcessPoolExecutor(
-                self.verify_processes, mp_context=multiprocessing.get_context("spawn")
+                self.verify_processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=die_with_parent,
+                initargs=(os.getpid(),),
             )
         else:
             self._verifiers = ThreadPoolExecutor(1, thread_name_prefix="verify")
@@ -220,6 +226,19 @@ class Projector:
                 )
             )
         return self.store.apply(records, position)
+
+
+def die_with_parent(parent: int) -> None:
+    """In a verifier process: exit as soon as the event store that started it is gone.
+    A pool's workers outlive a parent killed with SIGKILL (nobody tells them), and would
+    stay behind, orphaned, holding memory."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def _sequence_and_time(msg: Msg) -> tuple[int, datetime]:

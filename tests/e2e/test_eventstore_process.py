@@ -27,6 +27,7 @@ from contracts import (
 from contracts.envelope import Event
 from mesh.key_directory import KeyDirectory
 from mesh.publisher import EventPublisher
+from mesh.testing import eventually
 from services.eventstore.projector import Projector
 from services.eventstore.views import ViewStore
 from tests.integration.databases import Databases
@@ -97,6 +98,27 @@ def start_store(mesh: SecuredMesh, dsn: str, tmp_path: Path, log: Path) -> subpr
         )
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 async def applied(store: ViewStore) -> int:
     return (await asyncio.to_thread(store.position)).last_sequence
 
@@ -128,9 +150,16 @@ async def test_kill_9_mid_batch_loses_nothing_and_doubles_nothing(
             # Kill it while it works through the backlog, at varying depths into it.
             before = await applied(view)
             await wait_until(view, before + (1, 137, 411)[round_], timeout=30, log=log)
+            workers = children(process.pid)  # its signature verifiers
+            assert workers, "the store verifies signatures in worker processes"
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=10)
             kills.append(await applied(view))
+            # Nothing of it stays behind, orphaned.
+            await eventually(
+                lambda: not any(alive(pid) for pid in workers),  # noqa: B023
+                what="the killed store's workers to exit",
+            )
             # More of the log arrives while the store is down.
             await publish_cases(mesh, 600 + round_ * 100, 100)
             total += 300
