@@ -82,9 +82,6 @@ class KeyDirectory:
         self.registry_sequence = registry_sequence
         self.loaded.set()
 
-    def knows(self, signer: str) -> bool:
-        return signer in self._keys
-
     def card_at(self, actor: str, at: datetime) -> AgentCard | None:
         """The card `actor` held at `at`, if any was in force."""
         principal = self._principals.get(actor)

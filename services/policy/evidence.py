@@ -60,18 +60,19 @@ def first_copy(history: list[StoredEvent], event_id: str) -> StoredEvent | None:
     return next((s for s in history if s.event.event_id == event_id), None)
 
 
-def answers(history: list[StoredEvent], request_id: str, service_id: str) -> list[Answer]:
-    """The policy service's decisions on one request, as the log holds them."""
-    found: list[Answer] = []
-    for stored in history:
-        event = stored.event
-        if (
-            isinstance(event, ActionApproved | ActionDenied | ApprovalRequired | ApprovalExpired)
-            and event.actor == service_id
-            and event.payload.request_id == request_id
-        ):
-            found.append(event)
-    return found
+def answers(
+    history: list[StoredEvent], request_id: str, service_id: str, keys: KeyDirectory
+) -> list[Answer]:
+    """The policy service's decisions on one request, as the log holds them (only those
+    that verify: a forged "answer" must not make the service skip a request)."""
+    return [
+        stored.event
+        for stored in history
+        if isinstance(stored.event, Answer)
+        and stored.event.actor == service_id
+        and stored.event.payload.request_id == request_id
+        and _verified(stored, keys)
+    ]
 
 
 def case_evidence(

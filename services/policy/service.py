@@ -194,7 +194,7 @@ class PolicyService:
                 f"request {event.event_id} was first stored at #{first.sequence}; "
                 f"#{ctx.stream_sequence} is a second event under its id and is not decided"
             )
-        if answers(history, event.event_id, self.policy.service_id):
+        if answers(history, event.event_id, self.policy.service_id, self.keys):
             return  # redelivered after we answered: never decide (or reopen) twice
         considered = self.bundle.case_attributes - {PRIOR_ACTIONS}
         evidence = case_evidence(history, self.keys, request=ctx.message, considered=considered)
@@ -341,7 +341,7 @@ class PolicyService:
         return any(
             isinstance(answer, ActionApproved | ActionDenied)
             and answer.payload.approval_id == event.event_id
-            for answer in answers(history, request_id, self.policy.service_id)
+            for answer in answers(history, request_id, self.policy.service_id, self.keys)
         )
 
     # ------------------------------------------------------------------ deadlines

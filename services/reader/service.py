@@ -56,7 +56,7 @@ class ReaderService:
     async def start(self) -> None:
         await self.keys.follow(self.nc, self.topology)
         self._subscription = await self.nc.subscribe(
-            f"{self.topology.subjects.service_all('reader')}", queue="reader", cb=self._serve
+            self.topology.subjects.service_all("reader"), queue="reader", cb=self._serve
         )
         await self.nc.flush()
 

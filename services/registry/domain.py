@@ -251,13 +251,6 @@ def check_grant(
     return grant
 
 
-def needs_operator(card: AgentCard) -> bool:
-    """Cards only an operator can have wanted: privileged kinds, roles, approval types."""
-    return (
-        card.kind != "agent" or bool(card.roles) or bool(set(APPROVAL_TYPES) & set(card.produces))
-    )
-
-
 def decide_status_change(
     state: RegistryState,
     agent_id: str,
@@ -628,6 +621,5 @@ __all__ = [
     "decide_registration",
     "decide_status_change",
     "evolve",
-    "needs_operator",
     "scope_changes",
 ]

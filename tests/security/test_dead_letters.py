@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -102,12 +103,11 @@ async def still_paid_once(mesh: Mesh, case_id: str) -> None:
     assert (await mesh.view(case_id)).outcome == "paid"
 
 
-async def test_a_crafted_dead_letter_does_not_reach_another_consumer(mesh: Mesh) -> None:
-    """Intake writes a fraud screening of a paid claim that is nowhere in the case log
-    (a fresh event, its own key: intake may publish steps) and files it as a dead letter
-    naming adjudication as the consumer that gave up on it. Replayed the routine way,
-    it would make adjudication adjudicate the claim again and ask to pay it again."""
-    case_id, history = await paid_claim(mesh, "dlqpay")
+def crafted_screening(
+    mesh: Mesh, case_id: str, history: list[Any]
+) -> tuple[str, bytes, dict[str, str]]:
+    """A fraud screening intake signs itself (it may publish steps), that is nowhere in
+    the case log, dressed as a dead letter of adjudication's."""
     [(_, fraud_screening)] = [
         (s, e) for s, e in events(history, CaseStepCompleted) if e.payload.step == "fraud_screening"
     ]
@@ -116,10 +116,20 @@ async def test_a_crafted_dead_letter_does_not_reach_another_consumer(mesh: Mesh)
     body, signature = signed(crafted, mesh.key("claims-intake"), subject)
     headers = {**signature, **crafted_headers(mesh, subject, history[-1].sequence + 1)}
     del headers["Nats-Msg-Id"]
+    return crafted.event_id, body, headers
+
+
+async def test_a_crafted_dead_letter_does_not_reach_another_consumer(mesh: Mesh) -> None:
+    """Intake writes a fraud screening of a paid claim that is nowhere in the case log
+    (a fresh event, its own key: intake may publish steps) and files it as a dead letter
+    naming adjudication as the consumer that gave up on it. Replayed the routine way,
+    it would make adjudication adjudicate the claim again and ask to pay it again."""
+    case_id, history = await paid_claim(mesh, "dlqpay")
+    crafted_id, body, headers = crafted_screening(mesh, case_id, history)
     intake = await mesh.connect("claims-intake")
     sequence = await file_and_replay(mesh, intake, body, headers)
     await still_paid_once(mesh, case_id)
-    assert crafted.event_id not in {s.event.event_id for s in await mesh.history(case_id)}
+    assert crafted_id not in {s.event.event_id for s in await mesh.history(case_id)}
     assert await listed_consumer(mesh, sequence) == "claims-intake"  # not whom it names
 
 
@@ -201,14 +211,7 @@ async def test_a_replay_the_reader_refuses_is_settled_not_retried_forever(mesh: 
     to file, it can never dead-letter it either. A replay that resolves to nothing must
     be settled, as it is when a service resolves it in-process."""
     case_id, history = await paid_claim(mesh, "dlqpoison")
-    [(_, fraud_screening)] = [
-        (s, e) for s, e in events(history, CaseStepCompleted) if e.payload.step == "fraud_screening"
-    ]
-    crafted = screening(case_id, fraud_screening, "claims-intake")
-    subject = mesh.subjects.for_event(crafted)
-    body, signature = signed(crafted, mesh.key("claims-intake"), subject)
-    headers = {**signature, **crafted_headers(mesh, subject, history[-1].sequence + 1)}
-    del headers["Nats-Msg-Id"]
+    _, body, headers = crafted_screening(mesh, case_id, history)
     intake = await mesh.connect("claims-intake")
     await file_and_replay(mesh, intake, body, headers)
     # MESH_MAX_DELIVER is 10 in the stack, with redelivery delays of at most 3 s: even

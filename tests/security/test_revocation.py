@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import pytest
 
@@ -31,15 +32,8 @@ pytestmark = [pytest.mark.asyncio(loop_scope="package"), pytest.mark.security]
 BURST = 6
 
 
-async def test_events_signed_after_a_revocation_are_refused_by_every_consumer(
-    mesh: Mesh,
-) -> None:
-    """An enrolled screener, authority for `fraud_score`, is revoked by an operator. At
-    once a burst of screenings signed with its key arrives in a case that intake
-    rejected (published over another agent's connection that may publish steps, as an
-    attacker holding both would): had one been taken, adjudication would have asked to
-    pay the rejected claim. Both consumers dead-letter every one as signed by a revoked
-    agent, the store flags them all, and nothing follows."""
+async def enrol_second_screener(mesh: Mesh) -> tuple[str, Any]:
+    """A second agent the operator made an authority for `fraud_score`."""
     rogue_id = f"rogue-screener-{uuid.uuid4().hex[:8]}"
     rogue = await mesh.enrol(
         AgentCard(
@@ -52,6 +46,19 @@ async def test_events_signed_after_a_revocation_are_refused_by_every_consumer(
             facts=["fraud_score"],
         )
     )
+    return rogue_id, rogue
+
+
+async def test_events_signed_after_a_revocation_are_refused_by_every_consumer(
+    mesh: Mesh,
+) -> None:
+    """An enrolled screener, authority for `fraud_score`, is revoked by an operator. At
+    once a burst of screenings signed with its key arrives in a case that intake
+    rejected (published over another agent's connection that may publish steps, as an
+    attacker holding both would): had one been taken, adjudication would have asked to
+    pay the rejected claim. Both consumers dead-letter every one as signed by a revoked
+    agent, the store flags them all, and nothing follows."""
+    rogue_id, rogue = await enrol_second_screener(mesh)
     assert rogue.identity is not None
     case_id = await mesh.open(lapsed(new_ref("revoked")))
     _, rejected = await mesh.wait_for_event(
@@ -109,18 +116,7 @@ async def test_the_policy_takes_no_fact_from_a_key_revoked_before_it_was_stored(
     after the fraud agent's and before adjudication (held still meanwhile) asks to pay.
     Had the policy service judged it with a key directory older than the message, the
     later authoritative 0 would have counted and the claim been paid."""
-    rogue_id = f"rogue-screener-{uuid.uuid4().hex[:8]}"
-    rogue = await mesh.enrol(
-        AgentCard(
-            agent_id=rogue_id,
-            name="Second fraud screener",
-            version="1",
-            owner="claims-team",
-            purpose="scores the fraud risk of claims",
-            produces=["case_step_completed"],
-            facts=["fraud_score"],
-        )
-    )
+    rogue_id, rogue = await enrol_second_screener(mesh)
     assert rogue.identity is not None
     accomplice = await mesh.connect("claims-intake")
     async with mesh.paused("adjudication"):
