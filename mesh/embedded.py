@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -132,10 +133,8 @@ class EmbeddedNats:
         attempts = 1 if self.requested_port else 3
         last_error: EmbeddedServerError | None = None
         for _ in range(attempts):
-            self.port = self.requested_port or free_port()
-            self.monitor_port = free_port()
             try:
-                self._launch()
+                self._launch(self.configure())
             except EmbeddedServerError as exc:
                 last_error = exc
                 self.stop()
@@ -145,7 +144,13 @@ class EmbeddedNats:
         assert last_error is not None
         raise last_error
 
-    def _launch(self) -> None:
+    def configure(self) -> list[str]:
+        """Choose the ports and write the config file; the command that runs the
+        server. Running that command again (a restart) keeps the same ports and store:
+        what a supervisor that owns the process does."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.requested_port or free_port()
+        self.monitor_port = free_port()
         self.config_path.write_text(
             server_config(
                 port=self.port,
@@ -156,25 +161,27 @@ class EmbeddedNats:
                 pid_file=self.pid_path,
             )
         )
+        return [str(self.binary), "-c", str(self.config_path)]
+
+    def _launch(self, command: list[str]) -> None:
         with self.log_path.open("ab") as log_file:
             self._process = subprocess.Popen(
-                [str(self.binary), "-c", str(self.config_path)],
+                command,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C in a terminal reaches us, not the server
             )
-        self._wait_ready()
+        self.wait_ready(self._process.poll)
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self, exit_code: Callable[[], int | None]) -> None:
+        """Until the server answers its health check with JetStream enabled; fails
+        at once if `exit_code()` says the process has exited."""
         deadline = time.monotonic() + self.ready_timeout
         health = f"http://127.0.0.1:{self.monitor_port}/healthz?js-enabled-only=true"
         while time.monotonic() < deadline:
-            assert self._process is not None
-            if self._process.poll() is not None:
-                raise EmbeddedServerError(
-                    f"exited with code {self._process.returncode}", self.log_tail()
-                )
+            if (code := exit_code()) is not None:
+                raise EmbeddedServerError(f"exited with code {code}", self.log_tail())
             try:
                 with urllib.request.urlopen(health, timeout=1) as response:
                     if response.status == 200:

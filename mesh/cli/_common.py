@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -16,6 +18,7 @@ from rich.console import Console
 
 from mesh.app import nats_url
 from mesh.connection import close, connect
+from mesh.discovery import HINT, find_running
 from mesh.errors import ConfigurationError, MeshError
 from mesh.identity import Identity
 from mesh.onboarding import inbox_prefix
@@ -70,13 +73,31 @@ class Session:
         return self.nc.jetstream(timeout=self.settings.request_timeout)
 
 
+def running_mesh_settings(settings: MeshSettings) -> MeshSettings:
+    """Settings for the `mesh up` found running (see mesh.discovery): its NATS URL,
+    subject root and keys; MESH_DATA_DIR, when set, says which one."""
+    chosen = settings.data_dir if "MESH_DATA_DIR" in os.environ else None
+    found = find_running(chosen)
+    if found is None:
+        where = f" in {chosen}" if chosen is not None else ""
+        raise ConfigurationError(f"no running mesh found{where}: {HINT}")
+    return settings.model_copy(
+        update={
+            "nats_url": found.nats_url,
+            "subject_root": found.subject_root,
+            "data_dir": Path(found.data_dir),
+            "nkey_auth": True,
+        }
+    )
+
+
 @contextlib.asynccontextmanager
 async def session(*, embedded: bool = False) -> AsyncIterator[Session]:
     """A connection to the mesh's NATS. Commands that inspect a running mesh need
     MESH_NATS_URL; only those that may bootstrap one (`embedded=True`) start a server."""
     settings = MeshSettings()
     if not settings.nats_url and not embedded:
-        raise ConfigurationError("set MESH_NATS_URL to the mesh's NATS server")
+        settings = running_mesh_settings(settings)
     async with nats_url(settings) as url:
         if settings.nkey_auth:
             # A broker enforcing the registry: the CLI is the operator principal.

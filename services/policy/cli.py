@@ -22,7 +22,7 @@ from contracts.events.actions import (
     ApprovalRejected,
     ApprovalRejectedPayload,
 )
-from mesh.cli._common import run
+from mesh.cli._common import run, running_mesh_settings
 from mesh.connection import close, connect
 from mesh.errors import ConfigurationError
 from mesh.identity import Identity
@@ -107,7 +107,8 @@ async def _pending(nc: Client, topology: Topology, principal: str) -> list[Pendi
 async def _as_approver() -> AsyncIterator[tuple[Client, Topology, str, Identity]]:
     settings = MeshSettings()
     if not settings.nats_url:
-        raise ConfigurationError("set MESH_NATS_URL to the mesh's NATS server")
+        settings = running_mesh_settings(settings)
+    assert settings.nats_url is not None
     approver_id, identity = _approver()
     topology = Topology(settings.subject_root, settings.stream_replicas)
     if settings.nkey_auth:

@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import time
 from pathlib import Path
 from typing import Annotated
 
+import msgspec
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from mesh.cli._common import configure_logging, run
+from mesh.discovery import HINT, RunningMesh, announce, find_running, withdraw
+from mesh.text import shown
 from services.stack.demo import Demo, make_cases, print_summary
+from services.stack.layout import Layout
 from services.stack.stack import running_stack
+from services.stack.supervisor import read_status
 
 console = Console()
 up_app = typer.Typer(help="Run the whole mesh as processes, until Ctrl-C.")
+status_app = typer.Typer(help="The processes of the running `mesh up`.")
 demo_app = typer.Typer(help="Run the mesh and feed it reference claims.")
 DataDir = Annotated[Path, typer.Option(help="keys, logs, the NATS store, the views")]
 
@@ -25,30 +33,89 @@ DataDir = Annotated[Path, typer.Option(help="keys, logs, the NATS store, the vie
 @up_app.callback(invoke_without_command=True)
 def up(data_dir: DataDir = Path(".mesh/up"), log_level: str = "WARNING") -> None:
     """Start nats-server, registry, policy, event store, ingress, the payment gateway
-    and the four claims agents, each its own process with its own key; stop them all
-    cleanly on Ctrl-C."""
+    and the four claims agents, each its own process with its own key, and keep them
+    running: a process that exits is started again (with a growing back-off; after
+    repeated crashes it is given up on, loudly). `mesh status` shows each one.
+    Ctrl-C stops everything cleanly."""
     configure_logging(log_level)
+    data_dir = data_dir.resolve()
+
+    def event(line: str) -> None:
+        colour = "red" if "FAILED" in line else "yellow"
+        console.print(f"[{colour}]! {shown(line)}[/{colour}]", highlight=False)
 
     async def serve() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        async with running_stack(data_dir, on_step=lambda s: console.print(f"· {s}")) as stack:
-            console.print(
-                f"[bold]mesh up[/bold]: NATS {stack.url} · ingress HTTP {stack.ingress_http}"
-                f" · logs in {stack.layout.logs}\n"
-                f"  open a case: POST {stack.ingress_http}/v1/cases/crm "
-                f"(token in {stack.layout.keys / 'crm.http-token'})\n"
-                "  Ctrl-C stops everything.",
-                highlight=False,
+        async with running_stack(
+            data_dir, on_step=lambda s: console.print(f"· {s}"), on_event=event
+        ) as stack:
+            running = RunningMesh(
+                nats_url=stack.url,
+                subject_root=stack.topology.root,
+                data_dir=str(data_dir),
+                supervisor_pid=os.getpid(),
+                ingress_http=stack.ingress_http,
             )
-            while not stop.is_set():
-                stack.check_processes()
-                await asyncio.wait([asyncio.ensure_future(stop.wait())], timeout=1.0)
+            announce(running)
+            try:
+                console.print(
+                    f"[bold]mesh up[/bold]: NATS {stack.url} · ingress HTTP {stack.ingress_http}"
+                    f" · logs in {stack.layout.logs}\n"
+                    f"  open a case: POST {stack.ingress_http}/v1/cases/crm "
+                    f"(token in {stack.layout.keys / 'crm.http-token'})\n"
+                    "  `mesh status` shows every process; other `mesh` commands find this"
+                    " mesh on their own.\n"
+                    "  Ctrl-C stops everything.",
+                    highlight=False,
+                )
+                await stop.wait()
+            finally:
+                withdraw(running)
         console.print("stopped.")
 
     run(serve())
+
+
+@status_app.callback(invoke_without_command=True)
+def status(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="the mesh's data dir; found on its own if omitted")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Each process of the running `mesh up`: state, pid, restarts, last exit and why.
+    Exits 1 if the mesh is not running or a process was given up on."""
+    if data_dir is None and "MESH_DATA_DIR" in os.environ:
+        data_dir = Path(os.environ["MESH_DATA_DIR"])
+    found = find_running(data_dir)
+    if found is None:
+        console.print(f"[red]no running mesh found[/red]: {HINT}", highlight=False)
+        raise typer.Exit(1)
+    report = read_status(Layout(Path(found.data_dir)).status_file)
+    if as_json:
+        typer.echo(msgspec.json.encode(report).decode())
+    else:
+        table = Table(title=f"mesh up (pid {found.supervisor_pid}) · NATS {found.nats_url}")
+        for column in ("process", "state", "pid", "restarts", "last exit", "since", "why"):
+            table.add_column(column)
+        now = time.time()
+        for child in report.processes:
+            colour = {"running": "green", "backoff": "yellow"}.get(child.state, "red")
+            table.add_row(
+                child.name,
+                f"[{colour}]{child.state}[/{colour}]",
+                str(child.pid or "-"),
+                str(child.restarts),
+                "-" if child.last_exit is None else str(child.last_exit),
+                f"{now - child.since:.0f}s ago",
+                shown(child.reason),
+            )
+        Console().print(table)
+    if any(child.state == "failed" for child in report.processes):
+        raise typer.Exit(1)
 
 
 @demo_app.callback(invoke_without_command=True)
@@ -62,6 +129,7 @@ def demo(
     """Bring the mesh up, feed it claims of mixed kinds, approve a share of what waits
     for a human, show the progress, and end with a summary and the audit verification."""
     configure_logging(log_level)
+    data_dir = data_dir.resolve()
     shutil.rmtree(data_dir, ignore_errors=True)  # a demo starts from an empty log
 
     async def go() -> bool:

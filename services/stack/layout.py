@@ -48,6 +48,11 @@ class Layout:
         return self.data_dir / "principals.json"
 
     @property
+    def status_file(self) -> Path:
+        """What the supervisor says of each process (`mesh status` reads it)."""
+        return self.data_dir / "processes.json"
+
+    @property
     def logs(self) -> Path:
         return self.data_dir / "logs"
 

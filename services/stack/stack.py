@@ -33,6 +33,7 @@ AGENT_IDS = {
     "adjudication": "claims-adjudication",
     "payment": "claims-payment",
 }
+SERVER = "nats-server"
 SERVICES = ("registry", "policy", "eventstore", "ingress", "reader", "gateway")
 CLAIMS_CARDS = (INTAKE, FRAUD, ADJUDICATION, PAYMENT)
 
@@ -104,10 +105,12 @@ class Stack:
         )
 
     def check_processes(self) -> None:
-        exited = self.supervisor.exited()
-        if exited:
-            name, code = next(iter(exited.items()))
-            raise MeshError(f"{name} exited with {code}:\n{self.supervisor.log_tail(name)}")
+        """Fails once the supervisor has given up on a process (a crash or two is
+        its business: it brings the process back)."""
+        failed = self.supervisor.failed()
+        if failed:
+            name, why = next(iter(failed.items()))
+            raise MeshError(f"{name} keeps failing ({why}):\n{self.supervisor.log_tail(name)}")
 
 
 def process_specs(
@@ -223,15 +226,45 @@ async def _wait_http(url: str, timeout: float = 30.0) -> None:
             await asyncio.sleep(0.1)
 
 
+async def _start_server(supervisor: Supervisor, server: EmbeddedNats) -> None:
+    """nats-server as one of the supervised processes (so that it is brought back like
+    any other), on ports chosen once: a restart reuses the same config."""
+    last_error: MeshError | None = None
+    for _ in range(3):  # a free port can be taken between probing and binding
+        supervisor.start(ProcessSpec(SERVER, server.configure()))
+        try:
+            await asyncio.to_thread(server.wait_ready, supervisor.children[SERVER].exit_code)
+        except MeshError as exc:
+            last_error = exc
+            supervisor.stop(SERVER)
+        else:
+            return
+    assert last_error is not None
+    raise last_error
+
+
+async def _watch(supervisor: Supervisor, on_event: Callable[[str], None]) -> None:
+    while True:
+        for line in supervisor.tick():
+            on_event(line)
+        await asyncio.sleep(0.1)
+
+
 @contextlib.asynccontextmanager
 async def running_stack(
     data_dir: Path,
     root: str = "mesh",
     on_step: Callable[[str], None] = lambda _: None,
     env: dict[str, dict[str, str]] | None = None,
+    argv: dict[str, list[str]] | None = None,
+    on_event: Callable[[str], None] = lambda _: None,
 ) -> AsyncIterator[Stack]:
-    """The whole mesh, up and ready (every agent active), until the block ends."""
-    layout = Layout(data_dir)
+    """The whole mesh, up and ready (every agent active), until the block ends. Every
+    process, nats-server included, is supervised: one that exits is started again
+    (`on_event` hears of it)."""
+    # Resolved once, here: every child gets absolute paths, whatever its working
+    # directory (they run from the checkout, the user may not).
+    layout = Layout(await asyncio.to_thread(Path(data_dir).resolve))
     topology = Topology(root)
     bootstrap(layout, topology)
     # The stack's operator enrols its own agents as any operator would: a signed,
@@ -240,15 +273,19 @@ async def running_stack(
     for card in CLAIMS_CARDS:
         write_grant(issue_grant(card, operator, "operator"), layout.grant_file(card.agent_id))
     server = EmbeddedNats(layout.nats_dir, extra_config='include "auth.conf"')
-    await asyncio.to_thread(server.start)
-    on_step(f"nats-server on {server.url} (JetStream, fsync always, registry-enforced auth)")
-    supervisor = Supervisor(layout.logs, REPO)
-    ports = {"ingress": free_port(), "gateway": free_port()}
+    supervisor = Supervisor(layout.logs, REPO, status_file=layout.status_file)
+    watching: asyncio.Task[None] | None = None
     stack: Stack | None = None
     try:
+        await _start_server(supervisor, server)
+        on_step(f"nats-server on {server.url} (JetStream, fsync always, registry-enforced auth)")
+        watching = asyncio.create_task(_watch(supervisor, on_event), name="supervise")
+        ports = {"ingress": free_port(), "gateway": free_port()}
         specs = {spec.name: spec for spec in process_specs(layout, topology, server, ports)}
         for name, extra in (env or {}).items():  # per-process overrides (tests, benchmarks)
             specs[name] = ProcessSpec(name, specs[name].argv, {**specs[name].env, **extra})
+        for name, command in (argv or {}).items():  # another program in a process's place
+            specs[name] = ProcessSpec(name, command, specs[name].env)
         supervisor.start(specs["registry"])
         operator_nc = await connect_as(server.url, "operator", layout.identity("operator"))
         stack = Stack(
@@ -276,9 +313,12 @@ async def running_stack(
         on_step("claims agents registered, active and consuming: " + ", ".join(AGENTS))
         yield stack
     finally:
+        if watching is not None:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
         if stack is not None:
             for nc in stack.extra_connections:
                 await close(nc)
             await close(stack.operator_nc)
+        # In reverse order of starting: the agents first, nats-server last.
         await asyncio.to_thread(supervisor.stop_all)
-        await asyncio.to_thread(server.stop)
