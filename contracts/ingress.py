@@ -25,11 +25,25 @@ and is not this request's, 413 the body is over the limit, 422 it breaks the con
 503 the mesh could not take it (retry later). A refusal lists its reasons twice:
 `problems` for machines, `errors` (one line each) for people; `dead_letter` says where
 the refused input is kept.
+
+A system reads the status of a case it opened. Over NATS: a request to
+`<root>.svc.ingress.status.<source>` (again only its own: the broker lets it publish
+there and nowhere else) with a `CaseStatusRequest` as JSON
+(`ingress_case_status_request.json`). Over HTTP: `GET /v1/cases/<source>/<external_ref>`
+with the same bearer token. The answer is a `CaseStatusReply`
+(`ingress_case_status_reply.json`): the case's status, its closing outcome, when it was
+opened and last changed, and nothing of what the mesh's agents found or decided on the
+way. A case is the source's when the ingress opened it for that source and reference;
+any other reference, whether no case or another source's case has it, is `not_found`
+(HTTP 404), the same answer either way. Over HTTP: 200 the status, 401 the bearer token
+is missing or wrong, 404 not found, 422 the reference is not a valid one, 503 the mesh
+could not answer now (retry later). A status request changes nothing, so a refused one
+is answered but not kept.
 """
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -56,6 +70,8 @@ PROBLEM_CODES: dict[str, str] = {
     "invalid_source": "the source named by the subject or URL is not a valid name",
     "unauthorized": "over HTTP, the bearer token is missing or not the source's",
     "conflict": "the case exists and was not opened by this source and reference",
+    "not_found": "no case this source opened has this reference (another source's case "
+    "is not found either)",
     "unavailable": "the mesh could not take the request now: retry later",
     "internal": "the ingress failed: a bug, please report it",
 }
@@ -107,6 +123,49 @@ class IngressReply(msgspec.Struct, frozen=True, kw_only=True):
     duplicate: bool = False  # this external_ref had opened the case already
     errors: list[str] = msgspec.field(default_factory=list)
     dead_letter: int | None = None  # where the refused input is kept (DLQ sequence)
+    problems: list[Problem] = msgspec.field(default_factory=list)  # `errors`, structured
+
+
+CaseState = Literal["open", "awaiting_approval", "escalated", "closed"]
+# What `CaseStatusReply.status` can say, and what it means.
+CASE_STATES: dict[str, str] = {
+    "open": "the mesh is working on the case",
+    "awaiting_approval": "a step waits for a person's approval",
+    "escalated": "the case was handed to a person to finish",
+    "closed": "the case is finished; `outcome` says how",
+}
+
+
+class CaseStatusRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    external_ref: Token  # the reference the case was opened with
+
+
+class CaseStatusReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a case this system opened stands, or why there is no answer."""
+
+    ok: bool
+    case_id: str | None = None
+    external_ref: str | None = None
+    kind: str | None = None
+    status: Annotated[
+        CaseState | None,
+        msgspec.Meta(
+            description="; ".join(f"{state}: {meaning}" for state, meaning in CASE_STATES.items())
+        ),
+    ] = None
+    outcome: Annotated[
+        str | None,
+        msgspec.Meta(description='how a closed case ended, e.g. "paid", "denied", "rejected"'),
+    ] = None
+    opened_at: Annotated[
+        datetime | None,
+        msgspec.Meta(description="when the log took the case's opening (RFC 3339, UTC)"),
+    ] = None
+    updated_at: Annotated[
+        datetime | None,
+        msgspec.Meta(description="when the log last took an event of the case (RFC 3339, UTC)"),
+    ] = None
+    errors: list[str] = msgspec.field(default_factory=list)
     problems: list[Problem] = msgspec.field(default_factory=list)  # `errors`, structured
 
 

@@ -15,7 +15,13 @@ from typing import Any
 import msgspec
 
 from contracts.catalog import CATALOG, EventCatalog
-from contracts.ingress import ClaimData, IngressReply, OpenCaseRequest
+from contracts.ingress import (
+    CaseStatusReply,
+    CaseStatusRequest,
+    ClaimData,
+    IngressReply,
+    OpenCaseRequest,
+)
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
 
@@ -37,6 +43,8 @@ def event_schemas(catalog: EventCatalog = CATALOG) -> dict[str, dict[str, Any]]:
         ("ingress_open_case_request", OpenCaseRequest),
         ("ingress_claim_data", ClaimData),
         ("ingress_reply", IngressReply),
+        ("ingress_case_status_request", CaseStatusRequest),
+        ("ingress_case_status_reply", CaseStatusReply),
     ):
         documents[f"{title}.json"] = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -45,10 +45,18 @@ def pointer_file() -> Path:
     return Path(state) / "agent-mesh" / "current"
 
 
+def write_running(mesh: RunningMesh) -> None:
+    """Once the mesh is up: what runs from its data dir, and where it listens."""
+    (Path(mesh.data_dir) / RUNNING_FILE).write_bytes(msgspec.json.encode(mesh))
+
+
+def remove_running(mesh: RunningMesh) -> None:
+    with contextlib.suppress(OSError):
+        (Path(mesh.data_dir) / RUNNING_FILE).unlink()
+
+
 def announce(mesh: RunningMesh) -> None:
-    """Called by `mesh up` once everything is up."""
-    directory = Path(mesh.data_dir)
-    (directory / RUNNING_FILE).write_bytes(msgspec.json.encode(mesh))
+    """`mesh up`: point the user's CLI at this mesh, from any directory."""
     pointer = pointer_file()
     with contextlib.suppress(OSError):  # a read-only home only costs the shortcut
         pointer.parent.mkdir(parents=True, exist_ok=True)
@@ -56,9 +64,7 @@ def announce(mesh: RunningMesh) -> None:
 
 
 def withdraw(mesh: RunningMesh) -> None:
-    """Called by `mesh up` as it stops."""
-    with contextlib.suppress(OSError):
-        (Path(mesh.data_dir) / RUNNING_FILE).unlink()
+    """`mesh up`, as it stops: the pointer goes, if it still names this mesh."""
     with contextlib.suppress(OSError):
         pointer = pointer_file()
         if pointer.read_text().strip() == mesh.data_dir:

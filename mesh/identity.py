@@ -108,6 +108,15 @@ def _verify_key(public_key: str) -> nacl.signing.VerifyKey:
     return nacl.signing.VerifyKey(bytes(body[1:]))
 
 
+def is_user_public_key(value: str) -> bool:
+    """An nkey user public key ("U…") whose checksum holds."""
+    try:
+        _verify_key(value)
+    except ValueError:
+        return False
+    return True
+
+
 # Signatures already verified in this process: a case's events are checked by every hop
 # that reads the case, and an ed25519 verify costs ~55 µs against ~2 µs to hash the
 # body. Keyed by everything the verdict depends on; only successes are kept; bounded.

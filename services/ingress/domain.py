@@ -18,7 +18,15 @@ from contracts.subjects import check_token
 from services.ingress.json_body import Limits, read_json
 from services.ingress.problems import Refusal, convert_struct, problem
 
-__all__ = ["DEFAULT_LIMITS", "KINDS", "Limits", "Refusal", "case_id_for", "open_case"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "KINDS",
+    "Limits",
+    "Refusal",
+    "case_id_for",
+    "open_case",
+    "source_problem",
+]
 
 # Each kind of case the mesh can handle, and the contract of its data.
 KINDS: dict[str, type[msgspec.Struct]] = {CLAIM_KIND: ClaimData}
@@ -34,6 +42,13 @@ def case_id_for(source: str, external_ref: str) -> str:
     return check_token(f"{source}-{external_ref}", "case id")
 
 
+def source_problem(source: str) -> Problem | None:
+    """Why `source` (the subject's or URL's last token) names no source, if it does not."""
+    if _SOURCE.fullmatch(source):
+        return None
+    return problem("$", "invalid_source", f"source {source!r} must be 1-60 of [A-Za-z0-9_]")
+
+
 def open_case(
     source: str,
     body: bytes,
@@ -43,9 +58,8 @@ def open_case(
     size: int | None = None,
 ) -> CaseOpened | Refusal:
     """`size` is the whole body's, when `body` is only its start."""
-    if not _SOURCE.fullmatch(source):
-        message = f"source {source!r} must be 1-60 of [A-Za-z0-9_]"
-        return Refusal([problem("$", "invalid_source", message)])
+    if (bad_source := source_problem(source)) is not None:
+        return Refusal([bad_source])
     document = read_json(body, limits, size=size)
     if isinstance(document, Refusal):
         return document

@@ -1,5 +1,6 @@
 """The ingress over HTTP: `POST /v1/cases/<source>` with `Authorization: Bearer <token>`
-(a token per source, from the settings).
+(a token per source, from the settings) opens a case; `GET /v1/cases/<source>/<ref>`
+with the same token says where the source's case with that reference stands.
 
 The body is read in chunks: the start of it is held (up to one byte over the limit, to
 tell that it is over), the rest only counted and hashed, so a huge body never sits in
@@ -10,7 +11,6 @@ memory, and yet it is read to the end (up to a bound) so that the sender can rea
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,10 +18,12 @@ import msgspec
 from fastapi import FastAPI, Request, Response
 from starlette.requests import ClientDisconnect
 
-from contracts.ingress import IngressReply, Problem
+from contracts.ingress import CaseStatusReply, IngressReply, Problem
 from services.ingress.body import ReceivedBody
+from services.ingress.tokens import BearerTokens
 
 Submit = Callable[[str, ReceivedBody, str], Awaitable[IngressReply]]
+Status = Callable[[str, str], Awaitable[CaseStatusReply]]  # (source, external_ref)
 
 _encode = msgspec.json.Encoder().encode
 # The first code found decides the status; below these, a refusal is 422.
@@ -33,30 +35,33 @@ _STATUS_BY_CODE = (
     ("not_json", 400),
     ("too_deep", 400),
     ("duplicate_key", 400),
+    ("not_found", 404),
 )
 
 
 def http_app(
     submit: Submit,
-    tokens: dict[str, str],
+    tokens: BearerTokens,
     *,
+    status: Status | None = None,
     max_body_bytes: int,
     drain_bytes: int,
     healthy: Callable[[], bool],
 ) -> FastAPI:
     app = FastAPI(title="Agent Mesh ingress", version="1")
 
+    def refused(source: str, request: Request) -> Problem | None:
+        """Why the request may not act as `source`, if it may not."""
+        scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+        # The scheme is case-insensitive (RFC 9110).
+        if scheme.lower() != "bearer" or not tokens.allows(source, given.strip()):
+            return Problem(path="$", code="unauthorized", message=f"not authorized as {source!r}")
+        return None
+
     @app.post("/v1/cases/{source}", status_code=201)
     async def open_case_http(source: str, request: Request) -> Response:
-        scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
-        expected = tokens.get(source)
-        if (
-            expected is None
-            or scheme.lower() != "bearer"  # the scheme is case-insensitive (RFC 9110)
-            or not hmac.compare_digest(given.strip().encode(), expected.encode())
-        ):
+        if (found := refused(source, request)) is not None:
             # Not kept: what a stranger sends is not another system's input.
-            found = Problem(path="$", code="unauthorized", message=f"not authorized as {source!r}")
             return _json(401, IngressReply(ok=False, errors=[found.message], problems=[found]))
         try:
             body = await read_body(request, hold=max_body_bytes + 1, drain=drain_bytes)
@@ -64,6 +69,17 @@ def http_app(
             return Response(status_code=400)  # nobody is left to read an answer
         reply = await submit(source, body, f"http:/v1/cases/{source}")
         return _json(status_of(reply), reply)
+
+    if status is not None:
+        answer_status = status
+
+        @app.get("/v1/cases/{source}/{external_ref}")
+        async def case_status_http(source: str, external_ref: str, request: Request) -> Response:
+            if (found := refused(source, request)) is not None:
+                reply = CaseStatusReply(ok=False, errors=[found.message], problems=[found])
+                return _json(401, reply)
+            reply = await answer_status(source, external_ref)
+            return _json(200 if reply.ok else _refusal_status(reply.problems), reply)
 
     @app.get("/healthz")
     async def health() -> dict[str, bool]:
@@ -91,7 +107,11 @@ async def read_body(request: Request, *, hold: int, drain: int) -> ReceivedBody:
 def status_of(reply: IngressReply) -> int:
     if reply.ok:
         return 200 if reply.duplicate else 201
-    codes = {found.code for found in reply.problems}
+    return _refusal_status(reply.problems)
+
+
+def _refusal_status(problems: list[Problem]) -> int:
+    codes = {found.code for found in problems}
     return next((status for code, status in _STATUS_BY_CODE if code in codes), 422)
 
 

@@ -6,6 +6,11 @@
   an `_INBOX.` reply subject (`mesh.replies`): never into the log.
 - HTTP: `POST /v1/cases/<source>` with `Authorization: Bearer <token>` (the token is
   configured per source); see `services.ingress.http`.
+- The status of a case the source opened: a request to
+  `<root>.svc.ingress.status.<source>`, or `GET /v1/cases/<source>/<external_ref>`.
+  It is read from the case log with the ingress's own rights (direct gets on the case
+  stream, which it needs anyway to recognise a retried opening); see
+  `services.ingress.status`.
 
 Valid input becomes a signed `case_opened` (published only if the case is new: the
 same source and reference never open two cases, however often the request is
@@ -26,21 +31,23 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from contracts.events.case import CaseOpened
-from contracts.ingress import IngressReply
+from contracts.ingress import CaseStatusReply, IngressReply
 from mesh.dead_letters import DeadLetterSink
 from mesh.errors import ConcurrencyConflict, MeshError
 from mesh.identity import Identity
 from mesh.publisher import EventPublisher
-from mesh.reading import read_subject
+from mesh.reading import read_direct, read_subject
 from mesh.replies import respond
 from mesh.settings import MeshSettings
 from mesh.tasks import stop_task
 from mesh.topology import Topology
 from services.ingress.body import ReceivedBody
-from services.ingress.domain import Limits, Refusal, open_case
+from services.ingress.domain import Limits, Refusal, case_id_for, open_case
 from services.ingress.http import http_app
 from services.ingress.problems import describe, problem
 from services.ingress.settings import IngressSettings
+from services.ingress.status import case_status, status_request
+from services.ingress.tokens import BearerTokens
 
 log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder().encode
@@ -67,12 +74,24 @@ class IngressService:
         self.dead_letters = DeadLetterSink(self.js, self.topology, settings.request_timeout)
         # Everything after this prefix is the source: "a.b" is refused, not read as "b".
         self._source_prefix = self.topology.subjects.service_all("ingress").removesuffix(">")
+        # `<root>.svc.ingress.status.<source>`: a source named "status" opens its cases on
+        # `<root>.svc.ingress.status`, a subject of one token less.
+        self._status_prefix = self.topology.subjects.service("ingress", "status") + "."
+        self.tokens = BearerTokens(
+            {source: secret.get_secret_value() for source, secret in ingress.http_tokens.items()},
+            ingress.http_tokens_file,
+        )
         self._subscription: Subscription | None = None
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self.http_port: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
+
+    async def reload_tokens(self) -> None:
+        """SIGHUP: the HTTP tokens file changed (`mesh principals add|remove`)."""
+        await asyncio.to_thread(self.tokens.reload)
+        log.info("HTTP tokens reloaded: %d source(s)", len(self.tokens.digests))
 
     async def start(self) -> None:
         self._subscription = await self.nc.subscribe(
@@ -160,9 +179,39 @@ class IngressService:
             )
         return IngressReply(ok=True, case_id=event.case_id, event_id=event.event_id)
 
+    # ------------------------------------------------------------------ status
+
+    async def status(self, source: str, asked: bytes | dict[str, str]) -> CaseStatusReply:
+        """Where a case `source` opened stands (`asked`: the JSON body of a request, or
+        an HTTP request's members). Always answers; a refused request is not kept, since
+        it asked for nothing to change."""
+        try:
+            request = status_request(source, asked, self.limits)
+            if isinstance(request, Refusal):
+                return CaseStatusReply(ok=False, errors=request.errors, problems=request.problems)
+            case_id = case_id_for(source, request.external_ref)
+            messages = await read_direct(
+                self.nc,
+                self.topology.cases_stream,
+                self.topology.subjects.case_history(case_id),
+                timeout=self.settings.request_timeout,
+            )
+            return case_status(source, request.external_ref, messages, self.ingress.service_id)
+        except MeshError as exc:
+            log.warning("could not read a case's status for %r: %s", source, exc)
+            return _status_failed("unavailable", f"the mesh could not answer now: {exc}")
+        except Exception:
+            log.exception("the ingress failed on a status request from %r", source)
+            return _status_failed("internal", "the ingress failed on this request")
+
     # ------------------------------------------------------------------ NATS
 
     async def _on_request(self, msg: Msg) -> None:
+        if msg.subject.startswith(self._status_prefix):
+            source = msg.subject.removeprefix(self._status_prefix)
+            status = await self.status(source, msg.data)
+            await respond(msg, _encode(status), what=f"a status request from {source!r}")
+            return
         source = msg.subject.removeprefix(self._source_prefix)
         reply = await self.submit(source, msg.data, msg.subject)
         # A request without an inbox to answer still opened its case, if it could.
@@ -171,12 +220,10 @@ class IngressService:
     # ------------------------------------------------------------------ HTTP
 
     async def _start_http(self) -> None:
-        tokens = {
-            source: secret.get_secret_value() for source, secret in self.ingress.http_tokens.items()
-        }
         app = http_app(
             self.submit,
-            tokens,
+            self.tokens,
+            status=lambda source, ref: self.status(source, {"external_ref": ref}),
             max_body_bytes=self.limits.max_body_bytes,
             drain_bytes=self.ingress.http_drain_bytes,
             healthy=lambda: self.nc.is_connected,
@@ -202,3 +249,8 @@ class IngressService:
 def _failed(code: str, message: str) -> IngressReply:
     found = problem("$", code, message)
     return IngressReply(ok=False, errors=[describe(found)], problems=[found])
+
+
+def _status_failed(code: str, message: str) -> CaseStatusReply:
+    found = problem("$", code, message)
+    return CaseStatusReply(ok=False, errors=[describe(found)], problems=[found])

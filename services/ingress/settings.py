@@ -24,6 +24,11 @@ class IngressSettings(BaseSettings):
         default_factory=dict,
         description='JSON {"<source>": "<bearer token>"}: who may POST, as which source',
     )
+    http_tokens_file: Path | None = Field(
+        default=None,
+        description='JSON {"<source>": "sha256:<hex of the token>"}, re-read on SIGHUP '
+        "(what `mesh principals add|remove` writes)",
+    )
     max_body_bytes: int = Field(
         default=64 * KIB,
         ge=KIB,

@@ -13,16 +13,18 @@ from contracts.cards import AgentCard
 from contracts.catalog import CATALOG
 from contracts.registry_api import OPERATIONS
 from mesh.durables import provision_agent_durables
+from mesh.errors import ConfigurationError
 from mesh.identity import Identity
 from mesh.onboarding import ONBOARDING_ID
 from mesh.provisioning import ensure_stream
 from mesh.publisher import EventPublisher
-from mesh.service_process import service_main
+from mesh.service_process import Service, service_main
 from mesh.settings import MeshSettings
 from mesh.topology import Topology
 from services.registry.broker_auth import BrokerAuthorization, load_principals
 from services.registry.domain import RegistryRules
 from services.registry.handlers import RegistryHandlers
+from services.registry.principals import StaticPrincipal
 from services.registry.settings import RegistrySettings
 from services.registry.store import RegistryStore
 
@@ -78,18 +80,10 @@ class RegistryService:
                 monitor_url=self.registry.server_monitor_url,
             )
             await asyncio.to_thread(authorization.apply, list(state.records.values()))
-        rules = RegistryRules(
-            registry_id=self.registry.service_id,
-            catalog=CATALOG,
-            known_owners=frozenset(self.registry.known_owners),
-            reserved_ids=frozenset({ONBOARDING_ID, *(p.name for p in principals)}),
-            reserved_keys=frozenset(p.public_key for p in principals),
-            operators={p.public_key: p.name for p in principals if p.role == "operator"},
-        )
         self.handlers = RegistryHandlers(
             state,
             self.store,
-            rules,
+            self._rules(principals),
             principals=principals,
             authorization=authorization,
             stale_after=self.registry.stale_after,
@@ -108,6 +102,38 @@ class RegistryService:
         await self.nc.flush()  # the subscriptions are live on the server before we say so
         log.info("registry serving %d agents as %s", len(state.records), self.identity.public_key)
 
+    def _rules(self, principals: list[StaticPrincipal]) -> RegistryRules:
+        return RegistryRules(
+            registry_id=self.registry.service_id,
+            catalog=CATALOG,
+            known_owners=frozenset(self.registry.known_owners),
+            # A removed principal's name and key stay taken: what it signed still
+            # verifies as its own.
+            reserved_ids=frozenset({ONBOARDING_ID, *(p.name for p in principals)}),
+            reserved_keys=frozenset(p.public_key for p in principals),
+            operators={
+                p.public_key: p.name for p in principals if p.role == "operator" and p.active
+            },
+        )
+
+    async def reload_principals(self) -> None:
+        """SIGHUP: re-read the principals file (`mesh principals add|remove` wrote it)
+        and regenerate the broker's authorization from it. A file that does not load
+        changes nothing: the principals in force stay."""
+        if self.registry.principals_file is None or self.handlers is None:
+            return
+        try:
+            principals = load_principals(self.registry.principals_file)
+        except ConfigurationError as exc:
+            log.error("principals not reloaded, the ones in force stay: %s", exc)  # noqa: TRY400
+            return
+        async with self.handlers.writes:  # never in the middle of a registration
+            self.principals = principals
+            await asyncio.to_thread(
+                self.handlers.reload_principals, principals, self._rules(principals)
+            )
+        log.info("principals reloaded: %d in force", sum(p.active for p in principals))
+
     async def _provision_durables(self, card: AgentCard) -> None:
         await provision_agent_durables(self.js, card, self.topology, self.settings)
 
@@ -124,9 +150,18 @@ class RegistryService:
         self._subscriptions.clear()
 
 
+async def _reload_principals(service: Service) -> None:
+    assert isinstance(service, RegistryService)
+    await service.reload_principals()
+
+
 def main() -> None:
     own = RegistrySettings()
-    service_main(own, lambda nc, identity, settings: RegistryService(nc, identity, settings, own))
+    service_main(
+        own,
+        lambda nc, identity, settings: RegistryService(nc, identity, settings, own),
+        reload=_reload_principals,
+    )
 
 
 if __name__ == "__main__":

@@ -89,10 +89,16 @@ def principal_permissions(principal: StaticPrincipal, topology: Topology) -> dic
         }
     s = topology.subjects
     if principal.role == "external":
-        # Another system: it may open cases through the ingress, as itself, and read
-        # the answers. Nothing else of the mesh.
+        # Another system: it may open cases through the ingress, as itself, ask the
+        # status of the cases it opened (the ingress checks that they are its own), and
+        # read the answers. Nothing else of the mesh.
         return {
-            "publish": {"allow": [s.service("ingress", principal.name)]},
+            "publish": {
+                "allow": [
+                    s.service("ingress", principal.name),
+                    s.service_as("ingress", "status", principal.name),
+                ]
+            },
             "subscribe": {"allow": [f"{inbox_prefix(principal.name)}.>"]},
         }
     registry_reads = [s.service("registry", op) for op in ("get", "list", "keys")]

@@ -9,6 +9,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 
 from contracts.cards import AgentRecord
@@ -16,23 +17,48 @@ from mesh.embedded import reload_server
 from mesh.errors import ConfigurationError, ProvisioningError
 from mesh.topology import Topology
 from services.registry.authz import authorization_config
-from services.registry.principals import StaticPrincipal
+from services.registry.principals import EPOCH, StaticPrincipal
 
 log = logging.getLogger(__name__)
 
 
 def load_principals(path: Path) -> list[StaticPrincipal]:
-    """The static principals file: a JSON list of {name, public_key, role}."""
+    """The static principals file: a JSON list of {name, public_key, role}, with
+    `added_at` / `removed_at` (RFC 3339) for those added to or removed from a running
+    mesh."""
     try:
         rows = json.loads(path.read_text())
-        return [StaticPrincipal(r["name"], r["public_key"], r["role"]) for r in rows]
+        return [
+            StaticPrincipal(
+                r["name"],
+                r["public_key"],
+                r["role"],
+                valid_from=_time(r.get("added_at")) or EPOCH,
+                valid_until=_time(r.get("removed_at")),
+            )
+            for r in rows
+        ]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigurationError(f"principals file {path}: {exc!r}") from exc
 
 
+def _time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
 def write_principals(path: Path, principals: Iterable[StaticPrincipal]) -> None:
-    rows = [{"name": p.name, "public_key": p.public_key, "role": p.role} for p in principals]
-    path.write_text(json.dumps(rows, indent=2) + "\n")
+    rows: list[dict[str, str]] = []
+    for p in principals:
+        row = {"name": p.name, "public_key": p.public_key, "role": p.role}
+        if p.valid_from != EPOCH:
+            row["added_at"] = p.valid_from.isoformat()
+        if p.valid_until is not None:
+            row["removed_at"] = p.valid_until.isoformat()
+        rows.append(row)
+    # Atomic: the registry may re-read it at any moment.
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(rows, indent=2) + "\n")
+    partial.replace(path)
 
 
 class BrokerAuthorization:
@@ -55,7 +81,9 @@ class BrokerAuthorization:
         self.monitor_url = monitor_url
 
     def apply(self, records: Iterable[AgentRecord]) -> bool:
-        text = authorization_config(records, self.principals, self.topology)
+        # A removed principal keeps its entry (its past signatures) but not its user.
+        active = [p for p in self.principals if p.active]
+        text = authorization_config(records, active, self.topology)
         if self.auth_file.exists() and self.auth_file.read_text() == text:
             return False
         # Atomic replace: the server never reads a half-written file.

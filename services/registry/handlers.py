@@ -49,7 +49,7 @@ from services.registry.domain import (
     decide_status_change,
     evolve,
 )
-from services.registry.principals import EPOCH, StaticPrincipal, static_cards
+from services.registry.principals import StaticPrincipal, static_cards
 from services.registry.store import RegistryStore
 
 log = logging.getLogger(__name__)
@@ -84,16 +84,27 @@ class RegistryHandlers:
         self.store = store
         self.rules = rules
         self.principals = principals
-        self.operators = {p.public_key: p.name for p in principals if p.role == "operator"}
         self.authorization = authorization
         self.stale_after = timedelta(seconds=stale_after)
         self.heartbeats = heartbeats
-        self._writes = asyncio.Lock()
+        self.writes = asyncio.Lock()
         # Registration is open to anonymous connections (the onboarding user): a flood
         # of them must not keep the registry from serving the mesh.
         self.registrations = TokenBucket(
             rate=registrations_per_second, burst=registrations_per_second * 2
         )
+
+    @property
+    def operators(self) -> dict[str, str]:
+        """The operators whose signature counts now: public key -> operator id."""
+        return {p.public_key: p.name for p in self.principals if p.role == "operator" and p.active}
+
+    def reload_principals(self, principals: list[StaticPrincipal], rules: RegistryRules) -> None:
+        self.principals = principals
+        self.rules = rules
+        if self.authorization is not None:
+            self.authorization.principals = principals
+            self.authorization.apply(list(self.state.records.values()))
 
     def routes(self) -> dict[str, Callable[[Msg], Awaitable[RegistryReply | None]]]:
         return {
@@ -188,7 +199,7 @@ class RegistryHandlers:
     async def _write(
         self, agent_id: str, decide: Callable[[datetime], list[Event]]
     ) -> RegistryReply:
-        async with self._writes:
+        async with self.writes:
             for attempt in (1, 2):
                 events = decide(datetime.now(UTC))
                 try:
@@ -259,10 +270,16 @@ class RegistryHandlers:
         static = [
             PrincipalKeys(
                 agent_id=principal.name,
-                status="active",
-                status_changed_at=EPOCH,
-                key_history=[AgentKey(public_key=principal.public_key, valid_from=EPOCH)],
-                updated_at=EPOCH,
+                status="active" if principal.active else "revoked",
+                status_changed_at=principal.valid_until or principal.valid_from,
+                key_history=[
+                    AgentKey(
+                        public_key=principal.public_key,
+                        valid_from=principal.valid_from,
+                        valid_until=principal.valid_until,
+                    )
+                ],
+                updated_at=principal.valid_until or principal.valid_from,
                 cards=static_cards(principal),
             )
             for principal in self.principals

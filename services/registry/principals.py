@@ -40,11 +40,20 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 @dataclass(frozen=True)
 class StaticPrincipal:
-    """A service, operator or outside system with a fixed key (the principals file)."""
+    """A service, operator or outside system with a fixed key (the principals file).
+    One added to a running mesh holds its scope from `valid_from`; one removed keeps
+    its entry, ended at `valid_until`, so that what it signed before still verifies
+    and its name and key are never given to anyone else."""
 
     name: str
     public_key: str
     role: PrincipalRole
+    valid_from: datetime = EPOCH
+    valid_until: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.valid_until is None
 
 
 def role_produces(role: PrincipalRole) -> tuple[str, ...]:
@@ -91,4 +100,10 @@ def static_card(principal: StaticPrincipal) -> AgentCard:
 
 
 def static_cards(principal: StaticPrincipal) -> list[CardPeriod]:
-    return [CardPeriod(card=static_card(principal), valid_from=EPOCH)]
+    return [
+        CardPeriod(
+            card=static_card(principal),
+            valid_from=principal.valid_from,
+            valid_until=principal.valid_until,
+        )
+    ]

@@ -3,30 +3,47 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from mesh.cli._common import configure_logging, run
+from mesh.cli._common import configure_logging, fail, run
 from mesh.discovery import HINT, RunningMesh, announce, find_running, withdraw
+from mesh.errors import MeshError
 from mesh.text import shown
+from mesh.topology import Topology
 from services.stack.demo import Demo, make_cases, print_summary
 from services.stack.layout import Layout
+from services.stack.principals import (
+    add_principal,
+    list_principals,
+    reload_services,
+    remove_principal,
+)
 from services.stack.stack import running_stack
 from services.stack.supervisor import read_status
 
 console = Console()
 up_app = typer.Typer(help="Run the whole mesh as processes, until Ctrl-C.")
 status_app = typer.Typer(help="The processes of the running `mesh up`.")
+principals_app = typer.Typer(
+    help="The mesh's static principals: outside systems and operators.", no_args_is_help=True
+)
 demo_app = typer.Typer(help="Run the mesh and feed it reference claims.")
+T = TypeVar("T")
+FoundDataDir = Annotated[
+    Path | None, typer.Option(help="the mesh's data dir; the running mesh's if omitted")
+]
 DataDir = Annotated[Path, typer.Option(help="keys, logs, the NATS store, the views")]
 
 
@@ -143,3 +160,117 @@ def demo(
 
     if not run(go()):
         raise typer.Exit(1)
+
+
+@principals_app.command("list")
+def principals_list(
+    data_dir: FoundDataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """The mesh's static principals: services, operators and outside systems."""
+    layout = Layout(_mesh_dir(data_dir))
+    principals = _or_fail(lambda: list_principals(layout))
+    if as_json:
+        rows = [
+            {
+                "name": p.name,
+                "role": p.role,
+                "public_key": p.public_key,
+                "added_at": p.valid_from.isoformat(),
+                "removed_at": p.valid_until.isoformat() if p.valid_until else None,
+            }
+            for p in principals
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"principals of {layout.data_dir}")
+    for column in ("name", "role", "public key", "in force"):
+        table.add_column(column)
+    for p in principals:
+        since = (
+            "from the start" if p.valid_from.year == 1970 else f"from {p.valid_from:%Y-%m-%d %H:%M}"
+        )
+        span = f"removed {p.valid_until:%Y-%m-%d %H:%M}" if p.valid_until else since
+        table.add_row(p.name, p.role, p.public_key, span)
+    Console().print(table)
+
+
+@principals_app.command("add")
+def principals_add(
+    name: Annotated[str, typer.Argument(help="the principal's id: 1-60 of [A-Za-z0-9_]")],
+    role: Annotated[str, typer.Option(help="external (opens cases) or operator")] = "external",
+    public_key: Annotated[
+        str | None,
+        typer.Option(help="its nkey user public key (U…), if its team keeps its own seed"),
+    ] = None,
+    data_dir: FoundDataDir = None,
+) -> None:
+    """Add an outside system or an operator, write what its team needs (an nkey seed
+    file unless --public-key, an HTTP token, a connection file), and reload the
+    registry and the ingress of the running mesh."""
+    layout = Layout(_mesh_dir(data_dir))
+    found = find_running(layout.data_dir)
+    credentials = _or_fail(
+        lambda: add_principal(
+            layout,
+            Topology(found.subject_root if found else "mesh"),
+            name,
+            role,  # type: ignore[arg-type]  # checked inside, with a clear message
+            public_key=public_key,
+            nats_url=found.nats_url if found else "",
+            ingress_http=found.ingress_http if found else "",
+        )
+    )
+    console.print(f"added {credentials.principal.role} [bold]{shown(name)}[/bold]")
+    for label, path in (
+        ("NATS credential (nkey seed; hand over securely)", credentials.seed_file),
+        ("HTTP bearer token", credentials.http_token_file),
+        ("connection details (subjects, inbox prefix, schemas)", credentials.connection_file),
+    ):
+        if path is not None:
+            console.print(f"  {label}: {path}", highlight=False)
+    _reload(layout)
+
+
+@principals_app.command("remove")
+def principals_remove(
+    name: Annotated[str, typer.Argument(help="the principal to remove")],
+    data_dir: FoundDataDir = None,
+) -> None:
+    """End an outside system's or an operator's access now. Its entry stays (ended),
+    so that what it signed before still verifies and its name is never reused."""
+    layout = Layout(_mesh_dir(data_dir))
+    ended = _or_fail(lambda: remove_principal(layout, name))
+    console.print(f"removed {shown(name)} at {ended.valid_until:%Y-%m-%d %H:%M:%S} UTC")
+    _reload(layout)
+
+
+def _mesh_dir(data_dir: Path | None) -> Path:
+    """The data dir given, else the running `mesh up`'s."""
+    if data_dir is not None:
+        return data_dir.resolve()
+    if "MESH_DATA_DIR" in os.environ:
+        return Path(os.environ["MESH_DATA_DIR"]).resolve()
+    found = find_running()
+    if found is None:
+        console.print(f"[red]no running mesh found[/red] (or pass --data-dir): {HINT}")
+        raise typer.Exit(2)
+    return Path(found.data_dir)
+
+
+def _or_fail(action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except MeshError as exc:
+        raise fail(exc) from None
+
+
+def _reload(layout: Layout) -> None:
+    signalled = reload_services(layout)
+    if signalled:
+        console.print(f"  reloaded: {', '.join(signalled)} (SIGHUP); in force within a second")
+    else:
+        console.print(
+            "  no mesh runs from this data dir: it takes effect when the mesh starts "
+            "(or on SIGHUP to its registry and ingress)"
+        )

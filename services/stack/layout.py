@@ -8,8 +8,9 @@ from pathlib import Path
 
 from mesh.identity import Identity
 from mesh.topology import Topology
+from services.ingress.tokens import token_digest, write_token_digests
 from services.registry.authz import authorization_config
-from services.registry.broker_auth import write_principals
+from services.registry.broker_auth import load_principals, write_principals
 from services.registry.principals import PrincipalRole, StaticPrincipal
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,8 +66,16 @@ class Layout:
     def identity(self, name: str) -> Identity:
         return Identity.load_or_create(self.seed(name))
 
+    @property
+    def http_tokens_file(self) -> Path:
+        """The ingress's: a digest of each outside system's HTTP token."""
+        return self.data_dir / "http-tokens.json"
+
+    def http_token_file(self, source: str) -> Path:
+        return self.keys / f"{source}.http-token"
+
     def http_token(self, source: str) -> str:
-        path = self.keys / f"{source}.http-token"
+        path = self.http_token_file(source)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(secrets.token_urlsafe(24))
@@ -74,16 +83,32 @@ class Layout:
         return path.read_text().strip()
 
 
+def write_http_tokens(layout: Layout, principals: list[StaticPrincipal]) -> None:
+    """The ingress's tokens file: a digest per outside system in force."""
+    digests = {
+        p.name: token_digest(layout.http_token(p.name))
+        for p in principals
+        if p.role == "external" and p.active
+    }
+    write_token_digests(layout.http_tokens_file, digests)
+
+
 def bootstrap(layout: Layout, topology: Topology) -> list[StaticPrincipal]:
     """Keys for every static principal (kept across restarts), the principals file,
     and a first authorization config for the server (the registry rewrites it)."""
     for directory in (layout.keys, layout.nats_dir, layout.logs):
         directory.mkdir(parents=True, exist_ok=True)
-    principals = [
+    # Those an operator added to (or removed from) this mesh earlier stay as they are.
+    principals = load_principals(layout.principals_file) if layout.principals_file.exists() else []
+    named = {p.name for p in principals}
+    principals += [
         StaticPrincipal(name, layout.identity(name).public_key, role)
         for name, role in STATIC_PRINCIPALS
+        if name not in named
     ]
     write_principals(layout.principals_file, principals)
+    write_http_tokens(layout, principals)
     if not layout.auth_file.exists():
-        layout.auth_file.write_text(authorization_config([], principals, topology))
+        active = [p for p in principals if p.active]
+        layout.auth_file.write_text(authorization_config([], active, topology))
     return principals

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
@@ -16,6 +17,7 @@ from nats.aio.client import Client
 
 from contracts.registry_api import RegistryQuery
 from mesh.connection import close
+from mesh.discovery import RunningMesh, remove_running, write_running
 from mesh.embedded import EmbeddedNats
 from mesh.enrolment import issue_grant, write_grant
 from mesh.errors import MeshError
@@ -172,7 +174,7 @@ def process_specs(
                 **common,
                 "MESH_INGRESS_SEED_FILE": str(layout.seed("ingress")),
                 "MESH_INGRESS_HTTP_PORT": str(ports["ingress"]),
-                "MESH_INGRESS_HTTP_TOKENS": json.dumps({"crm": layout.http_token("crm")}),
+                "MESH_INGRESS_HTTP_TOKENS_FILE": str(layout.http_tokens_file),
             },
         ),
         ProcessSpec(
@@ -276,6 +278,7 @@ async def running_stack(
     supervisor = Supervisor(layout.logs, REPO, status_file=layout.status_file)
     watching: asyncio.Task[None] | None = None
     stack: Stack | None = None
+    running: RunningMesh | None = None
     try:
         await _start_server(supervisor, server)
         on_step(f"nats-server on {server.url} (JetStream, fsync always, registry-enforced auth)")
@@ -311,8 +314,19 @@ async def running_stack(
             supervisor.start(specs[name])
         await stack.wait_agents()
         on_step("claims agents registered, active and consuming: " + ", ".join(AGENTS))
+        # Where this mesh listens, for the CLI (`mesh status`, `mesh principals`…).
+        running = RunningMesh(
+            nats_url=server.url,
+            subject_root=topology.root,
+            data_dir=str(layout.data_dir),
+            supervisor_pid=os.getpid(),
+            ingress_http=stack.ingress_http,
+        )
+        write_running(running)
         yield stack
     finally:
+        if running is not None:
+            remove_running(running)
         if watching is not None:
             watching.cancel()
             await asyncio.gather(watching, return_exceptions=True)

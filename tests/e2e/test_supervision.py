@@ -79,7 +79,7 @@ async def test_a_process_that_keeps_crashing_is_given_up_on_loudly(tmp_path: Pat
             if crash < 2:
                 await _back(supervisor, "reader", old, timeout=10)
         deadline = time.monotonic() + 5
-        while "reader" not in supervisor.failed():  # noqa: ASYNC110
+        while "reader" not in supervisor.failed():
             assert time.monotonic() < deadline, events
             await asyncio.sleep(0.05)
         assert any("reader FAILED" in line and "gave up" in line for line in events), events
@@ -143,12 +143,14 @@ def test_mesh_up_is_found_by_the_cli_and_leaves_nothing_behind_when_killed(
         processes = json.loads(status.stdout)["processes"]
         assert {p["state"] for p in processes} == {"running"}
         pids = [p["pid"] for p in processes]
-        assert len(pids) == 11 and all(pids)
+        assert len(pids) == 11
+        assert all(pids)
         listed = _mesh("registry", "list", "--json", cwd=elsewhere, env=env)
         assert listed.returncode == 0, listed.stdout + listed.stderr
         assert "claims-payment" in listed.stdout
         table = _mesh("status", cwd=elsewhere, env=env)
-        assert "nats-server" in table.stdout and "running" in table.stdout
+        assert "nats-server" in table.stdout
+        assert "running" in table.stdout
 
         up.send_signal(signal.SIGKILL)
         up.wait(timeout=10)

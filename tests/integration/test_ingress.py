@@ -3,28 +3,40 @@ is answered and kept, valid input opens its case once."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
+import nats.errors
 import pytest
 from nats.aio.client import Client
 
-from contracts.ingress import IngressReply
-from mesh.connection import connect
+from contracts.events.case import CaseClosed, CaseClosedPayload, CaseOpened, CaseOpenedPayload
+from contracts.ingress import CaseStatusReply, IngressReply
+from mesh.connection import close, connect, refused
 from mesh.dead_letters import DeadLetter, read_dead_letters
+from mesh.embedded import EmbeddedNats
 from mesh.identity import Identity
+from mesh.onboarding import inbox_prefix
+from mesh.provisioning import ensure_stream
+from mesh.publisher import EventPublisher
 from mesh.reading import read_case
 from mesh.replies import is_inbox
 from mesh.settings import MeshSettings
+from mesh.testing import eventually, unique_root
 from mesh.topology import Topology
 from services.ingress.body import CUT_OFF, DIGEST, SIZE, TRUNCATED
 from services.ingress.service import IngressService
 from services.ingress.settings import IngressSettings
+from services.registry.authz import authorization_config
+from services.registry.principals import PrincipalRole, StaticPrincipal
 
 TOKEN = "crm-token-1"
 MIB = 1024 * 1024
@@ -248,3 +260,187 @@ async def test_only_a_mesh_that_cannot_store_is_503(
     reply = await ask(nc, provisioned, b"{not json")
     assert [p.code for p in reply.problems] == ["unavailable"]
     assert (await post(ingress, claim("O-1"))).status_code == 201  # the log still takes cases
+
+
+# ---------------------------------------------------------------- the status of a case
+# Under the registry's authorization, as an outside system meets the mesh: its own nkey,
+# its own subjects, replies only under `_INBOX.<source>.`.
+
+ERP_TOKEN = "erp-token-1"
+
+
+@dataclass
+class SecuredIngress:
+    server: EmbeddedNats
+    topology: Topology
+    service: IngressService
+    harness: Client  # a mesh service: may write any case event but decisions
+    harness_identity: Identity
+    systems: dict[str, Client]  # outside systems, by source
+
+    async def status(self, source: str, external_ref: str) -> CaseStatusReply:
+        subject = self.topology.subjects.service_as("ingress", "status", source)
+        body = json.dumps({"external_ref": external_ref}).encode()
+        msg = await self.systems[source].request(subject, body, timeout=10)
+        return msgspec.json.decode(msg.data, type=CaseStatusReply)
+
+    async def get(self, path: str, token: str | None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.service.http_port}") as http:
+            return await http.get(path, headers=headers, timeout=30)
+
+
+@pytest.fixture
+async def secured(tmp_path: Path) -> AsyncIterator[SecuredIngress]:
+    topology = Topology(unique_root())
+    identities = {name: Identity.generate() for name in ("ingress", "harness", "crm", "erp")}
+    roles: dict[str, PrincipalRole] = {
+        "ingress": "ingress",
+        "harness": "service",
+        "crm": "external",
+        "erp": "external",
+    }
+    principals = [
+        StaticPrincipal(name, identities[name].public_key, role) for name, role in roles.items()
+    ]
+    (tmp_path / "auth.conf").write_text(authorization_config([], principals, topology))
+    server = EmbeddedNats(tmp_path, extra_config='include "auth.conf"')
+    await asyncio.to_thread(server.start)
+    connections: list[Client] = []
+    service: IngressService | None = None
+    try:
+
+        async def connect_as(name: str) -> Client:
+            nc = await connect(
+                server.url, name=name, identity=identities[name], inbox_prefix=inbox_prefix(name)
+            )
+            connections.append(nc)
+            return nc
+
+        harness = await connect_as("harness")
+        for config in topology.streams():
+            await ensure_stream(harness.jetstream(), config)
+        settings = MeshSettings(subject_root=topology.root, request_timeout=5.0)
+        service = IngressService(
+            await connect_as("ingress"),
+            identities["ingress"],
+            settings,
+            IngressSettings(http_port=0, http_tokens={"crm": TOKEN, "erp": ERP_TOKEN}),
+            topology,
+        )
+        await service.start()
+        systems = {source: await connect_as(source) for source in ("crm", "erp")}
+        yield SecuredIngress(server, topology, service, harness, identities["harness"], systems)
+    finally:
+        if service is not None:
+            await service.stop()
+        for nc in connections:
+            await close(nc)
+        await asyncio.to_thread(server.stop)
+
+
+async def test_a_system_reads_the_status_of_its_own_case_and_no_other(
+    secured: SecuredIngress,
+) -> None:
+    crm, erp = secured.systems["crm"], secured.systems["erp"]
+    opening = await crm.request(
+        secured.topology.subjects.service("ingress", "crm"), claim("ST-1"), timeout=10
+    )
+    assert msgspec.json.decode(opening.data, type=IngressReply).case_id == "crm-ST-1"
+
+    reply = await secured.status("crm", "ST-1")
+    assert reply.ok, reply.errors
+    assert (reply.case_id, reply.kind, reply.status, reply.outcome) == (
+        "crm-ST-1",
+        "insurance_claim",
+        "open",
+        None,
+    )
+    assert reply.opened_at is not None
+    assert reply.opened_at == reply.updated_at
+
+    # The mesh works the case and closes it.
+    publisher = EventPublisher(
+        secured.harness.jetstream(), secured.harness_identity, secured.topology, timeout=5
+    )
+    await publisher.publish(
+        CaseClosed(
+            case_id="crm-ST-1",
+            actor="harness",
+            payload=CaseClosedPayload(outcome="paid", summary="payment PAY-1"),
+        )
+    )
+    reply = await secured.status("crm", "ST-1")
+    assert (reply.status, reply.outcome) == ("closed", "paid")
+    assert reply.updated_at is not None
+    assert reply.opened_at is not None
+    assert reply.updated_at > reply.opened_at
+
+    # erp names only itself: crm's reference is no case of erp's, and a case that only
+    # claims to be erp's (not opened by the ingress) is not either — the same answer as
+    # a reference nobody used.
+    await publisher.publish(
+        CaseOpened(
+            case_id="erp-F-1",
+            actor="harness",
+            payload=CaseOpenedPayload(kind="insurance_claim", source="erp", external_ref="F-1"),
+        )
+    )
+    unknown = await secured.status("erp", "NEVER-1")
+    assert not unknown.ok
+    assert [(p.path, p.code) for p in unknown.problems] == [("$.external_ref", "not_found")]
+    for external_ref in ("ST-1", "F-1"):
+        foreign = await secured.status("erp", external_ref)
+        assert foreign.problems == [
+            msgspec.structs.replace(unknown.problems[0], message=foreign.problems[0].message)
+        ]
+        assert foreign.problems[0].message == unknown.problems[0].message.replace(
+            "NEVER-1", external_ref
+        )
+        assert (foreign.case_id, foreign.status, foreign.updated_at) == (None, None, None)
+
+    # The broker refuses erp the subject of crm's statuses: it cannot ask as crm.
+    as_crm = secured.topology.subjects.service_as("ingress", "status", "crm")
+    with pytest.raises(nats.errors.Error):
+        await erp.request(as_crm, b'{"external_ref": "ST-1"}', timeout=1)
+    await eventually(lambda: refused(erp, as_crm), what="the broker's refusal", timeout=5)
+
+    # A malformed request is answered with where and what is wrong, and is not kept.
+    malformed = await erp.request(
+        secured.topology.subjects.service_as("ingress", "status", "erp"), b"{}", timeout=10
+    )
+    answer = msgspec.json.decode(malformed.data, type=CaseStatusReply)
+    assert [(p.path, p.code) for p in answer.problems] == [("$.external_ref", "required")]
+    assert await dead_letter_count(secured.harness, secured.topology) == 0
+
+
+async def test_over_http_a_system_reads_only_its_own_case_with_its_token(
+    secured: SecuredIngress,
+) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{secured.service.http_port}") as http:
+        opened = await http.post(
+            "/v1/cases/crm", content=claim("HT-1"), headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+    assert opened.status_code == 201
+
+    found = await secured.get("/v1/cases/crm/HT-1", TOKEN)
+    assert found.status_code == 200
+    reply = msgspec.json.decode(found.content, type=CaseStatusReply)
+    assert (reply.case_id, reply.status) == ("crm-HT-1", "open")
+    assert reply == await secured.status("crm", "HT-1")  # one answer over NATS and HTTP
+
+    assert (await secured.get("/v1/cases/crm/HT-1", None)).status_code == 401
+    assert (await secured.get("/v1/cases/crm/HT-1", "guess")).status_code == 401
+    assert (await secured.get("/v1/cases/crm/HT-1", ERP_TOKEN)).status_code == 401
+    foreign, unknown = (
+        await secured.get("/v1/cases/erp/HT-1", ERP_TOKEN),
+        await secured.get("/v1/cases/erp/NOPE-1", ERP_TOKEN),
+    )
+    assert foreign.status_code == unknown.status_code == 404
+    assert foreign.json()["problems"][0]["code"] == unknown.json()["problems"][0]["code"]
+    assert foreign.json()["problems"][0]["code"] == "not_found"
+    invalid = await secured.get("/v1/cases/crm/a%20b", TOKEN)
+    assert invalid.status_code == 422
+    assert [(p["path"], p["code"]) for p in invalid.json()["problems"]] == [
+        ("$.external_ref", "pattern")
+    ]

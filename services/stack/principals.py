@@ -1,0 +1,160 @@
+"""Adding and removing the mesh's static principals (`mesh principals add|list|remove`):
+outside systems that open cases, and operators.
+
+The principals file is the registry's configuration; the HTTP tokens file the
+ingress's. Both are rewritten here and re-read by their service on SIGHUP (sent to the
+processes of the running `mesh up`), so a change takes effect without a restart. A
+removed principal keeps its entry, ended: its name and key are never handed out again,
+and what it signed before still verifies.
+
+Services are not added here: a service signs the log, and every consumer must know
+its key from the first event on — it is part of the deployment (`STATIC_PRINCIPALS`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from mesh.errors import ConfigurationError
+from mesh.identity import is_user_public_key
+from mesh.onboarding import inbox_prefix
+from mesh.topology import Topology
+from services.ingress.domain import source_problem
+from services.registry.broker_auth import load_principals, write_principals
+from services.registry.principals import StaticPrincipal
+from services.stack.layout import Layout, write_http_tokens
+from services.stack.supervisor import read_status
+
+AddableRole = Literal["external", "operator"]
+ADDABLE_ROLES: tuple[AddableRole, ...] = ("external", "operator")
+RELOADED = ("registry", "ingress")  # the services that read what is written here
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What an operator hands to the principal's team (the seed only if generated)."""
+
+    principal: StaticPrincipal
+    seed_file: Path | None
+    http_token_file: Path | None
+    connection_file: Path
+
+
+def list_principals(layout: Layout) -> list[StaticPrincipal]:
+    return load_principals(layout.principals_file)
+
+
+def add_principal(
+    layout: Layout,
+    topology: Topology,
+    name: str,
+    role: AddableRole,
+    *,
+    public_key: str | None = None,
+    nats_url: str = "",
+    ingress_http: str = "",
+) -> Credentials:
+    """Adds `name`; with no `public_key` a key pair is made and its seed written (to
+    hand over), else the principal's team keeps its seed and gives only the key."""
+    if role not in ADDABLE_ROLES:
+        raise ConfigurationError(f"role {role!r}: only {', '.join(ADDABLE_ROLES)} can be added")
+    if (found := source_problem(name)) is not None:
+        raise ConfigurationError(f"name {name!r}: {found.message}")
+    principals = list_principals(layout)
+    if any(p.name == name for p in principals):
+        raise ConfigurationError(f"{name!r} is taken (names are never reused, even removed)")
+    seed_file: Path | None = None
+    if public_key is None:
+        seed_file = layout.seed(name)
+        if seed_file.exists():
+            raise ConfigurationError(f"{seed_file} exists: a key of an earlier principal")
+        public_key = layout.identity(name).public_key
+    elif not is_user_public_key(public_key):
+        raise ConfigurationError(f"{public_key!r} is not an nkey user public key (U…)")
+    if any(p.public_key == public_key for p in principals):
+        raise ConfigurationError("that key belongs to another principal")
+    principal = StaticPrincipal(name, public_key, role, valid_from=datetime.now(UTC))
+    write_principals(layout.principals_file, [*principals, principal])
+    token_file: Path | None = None
+    if role == "external":
+        layout.http_token(name)
+        token_file = layout.http_token_file(name)
+    write_http_tokens(layout, list_principals(layout))
+    connection = layout.keys / f"{name}.connection.json"
+    connection.write_text(
+        json.dumps(connection_details(principal, topology, nats_url, ingress_http), indent=2) + "\n"
+    )
+    return Credentials(principal, seed_file, token_file, connection)
+
+
+def remove_principal(layout: Layout, name: str) -> StaticPrincipal:
+    principals = list_principals(layout)
+    found = next((p for p in principals if p.name == name), None)
+    if found is None:
+        raise ConfigurationError(f"no principal {name!r}")
+    if found.role not in ADDABLE_ROLES:
+        raise ConfigurationError(f"{name!r} is the mesh's {found.role}: part of the deployment")
+    if not found.active:
+        raise ConfigurationError(f"{name!r} was removed at {found.valid_until}")
+    ended = replace(found, valid_until=datetime.now(UTC))
+    write_principals(layout.principals_file, [ended if p is found else p for p in principals])
+    layout.http_token_file(name).unlink(missing_ok=True)
+    write_http_tokens(layout, list_principals(layout))
+    return ended
+
+
+def reload_services(layout: Layout) -> list[str]:
+    """SIGHUP to the registry and the ingress of the `mesh up` running from `layout`;
+    the names of those signalled (none if no mesh runs there)."""
+    try:
+        status = read_status(layout.status_file)
+    except (OSError, ValueError):
+        return []
+    signalled = []
+    for child in status.processes:
+        if child.name in RELOADED and child.state == "running" and child.pid is not None:
+            try:
+                os.kill(child.pid, signal.SIGHUP)
+            except ProcessLookupError:
+                continue
+            signalled.append(child.name)
+    return signalled
+
+
+def connection_details(
+    principal: StaticPrincipal, topology: Topology, nats_url: str, ingress_http: str
+) -> dict[str, object]:
+    """Everything the principal's team needs besides its secrets, in one file."""
+    subjects = topology.subjects
+    details: dict[str, object] = {
+        "principal": principal.name,
+        "role": principal.role,
+        "public_key": principal.public_key,
+        "nats_url": nats_url,
+        "credential": f"{principal.name}.nk: an nkey seed file (nats-py: nkeys_seed=…, "
+        "nats CLI: --nkey …, Go: nats.NkeyOptionFromSeed(…))",
+        "inbox_prefix": inbox_prefix(principal.name),
+    }
+    if principal.role == "external":
+        details |= {
+            "open_a_case": {
+                "nats_request": subjects.service("ingress", principal.name),
+                "http_post": f"{ingress_http}/v1/cases/{principal.name}",
+                "request_schema": "contracts/schema/ingress_open_case_request.json",
+                "reply_schema": "contracts/schema/ingress_reply.json",
+            },
+            "case_status": {
+                "nats_request": f"{subjects.service('ingress', 'status')}.{principal.name}",
+                "http_get": f"{ingress_http}/v1/cases/{principal.name}/<external_ref>",
+                "request_schema": "contracts/schema/ingress_case_status_request.json",
+                "reply_schema": "contracts/schema/ingress_case_status_reply.json",
+            },
+            "http_token": f"{principal.name}.http-token (Authorization: Bearer …)",
+        }
+    return details
