@@ -3,7 +3,10 @@
 - `retry_transient` retries a coroutine on retryable errors in-process (tenacity:
   exponential backoff with jitter), for short hiccups such as a publish timeout.
 - `redelivery_delay` is the broker-side schedule: how long a NAK asks JetStream to
-  wait before redelivering, growing with each delivery, capped, jittered.
+  wait before redelivering, growing with each delivery, capped, jittered;
+  `redelivery_span` is about how long that schedule takes to run out.
+- `RetryBudget` says when something that keeps failing transiently has been failing
+  for too long: a handler redelivers until then, and takes its last resort after.
 - `TokenBucket` bounds how often something may happen (say, anonymous registrations),
   so a flood is answered "later" instead of starving everything else.
 - `CircuitBreaker` stops calling a dependency that keeps failing; each state change
@@ -62,6 +65,45 @@ def redelivery_delay(
     """Full-jitter-ish exponential delay before delivery number `delivery + 1`."""
     exponential = min(cap, base * (2 ** max(0, delivery - 1)))
     return (rng or random).uniform(exponential / 2, exponential)
+
+
+def redelivery_span(max_deliver: int, *, base: float, cap: float) -> float:
+    """How long `redelivery_delay`'s backoff typically lasts (jitter at its mean) from
+    the first delivery to delivery number `max_deliver`, the last: about how long an
+    outage redelivery alone can ride out (an open breaker's delay can only add to it)."""
+    return sum(0.75 * min(cap, base * 2.0 ** (delivery - 1)) for delivery in range(1, max_deliver))
+
+
+class RetryBudget:
+    """How long each piece of work (by key) may go on failing before its owner gives
+    up: the clock starts at the key's first failure and stops at `settled`. Kept in
+    the process: a restart starts every clock again (the runtime's max_deliver still
+    bounds the retries). At most `limit` keys are tracked; the oldest go first."""
+
+    def __init__(
+        self, seconds: float, *, limit: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.seconds = seconds
+        self.limit = limit
+        self.clock = clock
+        self._since: dict[str, float] = {}
+
+    def failed(self, key: str) -> float:
+        """Record a failure of `key`; how long it has been failing (0 at the first)."""
+        now = self.clock()
+        if key not in self._since:
+            while len(self._since) >= self.limit:
+                del self._since[next(iter(self._since))]
+            self._since[key] = now
+        return now - self._since[key]
+
+    def spent(self, key: str) -> bool:
+        """Record a failure of `key`; True once it has been failing for the budget."""
+        return self.failed(key) >= self.seconds
+
+    def settled(self, key: str) -> None:
+        """`key` succeeded or was given up: its next failure starts a new clock."""
+        self._since.pop(key, None)
 
 
 class TokenBucket:

@@ -31,11 +31,15 @@ from rich.live import Live
 from rich.table import Table
 
 from contracts import (
+    ActionCompleted,
     ApprovalGranted,
     ApprovalGrantedPayload,
     ApprovalRejected,
     ApprovalRejectedPayload,
+    ContractError,
+    decode,
 )
+from contracts.audit_bundle import AuditBundle
 from contracts.cards import AgentCard
 from contracts.eventstore_api import CaseQuery, CaseView
 from contracts.ingress import CLAIM_KIND, IngressReply
@@ -47,6 +51,7 @@ from mesh.onboarding import register
 from mesh.publisher import EventPublisher
 from mesh.registry_client import request_with_patience
 from mesh.text import shown
+from services.agents.claims.domain import obligation_key
 from services.eventstore.audit import Report, verify_bundle
 from services.eventstore.export import build_bundle, store_request
 from services.stack.stack import Stack
@@ -97,6 +102,8 @@ class DemoResult:
     report: Report
     timed_out: bool
     outcomes: dict[str, Counter[str]] = field(default_factory=dict)
+    # request id -> the action_completed events the log holds for it (distinct ids)
+    completions: Counter[str] = field(default_factory=Counter)
 
     @property
     def accepted(self) -> list[DemoCase]:
@@ -111,10 +118,36 @@ class DemoResult:
         )
 
     @property
+    def payment_problems(self) -> list[str]:
+        """Whatever shows a claim paid other than exactly once. Counted where a double
+        payment would show: the gateway's journal of captures that moved money (per
+        idempotency key, which is the claim's obligation), the action_completed events
+        in the log (per request), and paid cases against keys whose money moved."""
+        problems = [
+            f"{p['idempotency_key']}: money moved {p['captures']} times ({p['payment_ref']})"
+            for p in self.ledger
+            if p["captures"] > 1
+        ]
+        problems += [
+            f"request {request}: completed {count} times"
+            for request, count in sorted(self.completions.items())
+            if count > 1
+        ]
+        moved = {p["idempotency_key"] for p in self.ledger if p["captures"] > 0}
+        paid = {
+            obligation_key(view.case_id, "issue_payment")
+            for view in self.views.values()
+            if view.status == "closed" and view.outcome == "paid"
+        }
+        problems += [
+            f"{key}: money moved, but the case is not paid" for key in sorted(moved - paid)
+        ]
+        problems += [f"{key}: the case is paid, but no money moved" for key in sorted(paid - moved)]
+        return problems
+
+    @property
     def paid_once(self) -> bool:
-        captured = [p for p in self.ledger if p["status"] == "captured"]
-        paid = [v for v in self.views.values() if v.outcome == "paid"]
-        return all(p["captures"] == 1 for p in captured) and len(captured) == len(paid)
+        return not self.payment_problems
 
 
 def make_cases(count: int, seed: int) -> list[DemoCase]:
@@ -363,6 +396,7 @@ class Demo:
         async with self.stack.gateway_client() as http:
             ledger = (await http.get("/v1/ledger")).json()["payments"]
         bundle = await build_bundle(self.stack.operator_nc, self.stack.topology, None)
+        completions = completions_in(bundle)
         report = verify_bundle(
             bundle, store_key=self.stack.layout.identity("eventstore").public_key
         )
@@ -388,7 +422,26 @@ class Demo:
             report=report,
             timed_out=timed_out,
             outcomes=dict(outcomes),
+            completions=completions,
         )
+
+
+def completions_in(bundle: AuditBundle) -> Counter[str]:
+    """request id -> how many distinct action_completed events the log holds for it."""
+    name = ActionCompleted.event_name()
+    seen: set[str] = set()
+    completions: Counter[str] = Counter()
+    for stored in bundle.events:
+        if stored.subject.rsplit(".", 1)[-1] != name:
+            continue
+        try:
+            event = decode(stored.body)
+        except ContractError:
+            continue  # the verification names it
+        if isinstance(event, ActionCompleted) and event.event_id not in seen:
+            seen.add(event.event_id)
+            completions[event.payload.request_id] += 1
+    return completions
 
 
 def latencies(result: DemoResult) -> list[float]:
@@ -433,12 +486,17 @@ def print_summary(result: DemoResult, console: Console) -> None:
             highlight=False,
         )
     captured = sum(1 for p in result.ledger if p["status"] == "captured")
+    moved = sum(p["captures"] for p in result.ledger)
     voided = sum(1 for p in result.ledger if p["status"] == "voided")
+    problems = result.payment_problems
     console.print(
-        f"payments: {captured} captured, {voided} voided by compensation; "
-        f"each exactly once: {'yes' if result.paid_once else 'NO'}",
+        f"payments: {captured} captured ({moved} captures moved money, "
+        f"{sum(result.completions.values())} completions logged), {voided} voided by "
+        f"compensation; each exactly once: {'yes' if not problems else 'NO'}",
         highlight=False,
     )
+    for problem in problems[:20]:
+        console.print(f"[red]✗[/red] {shown(problem)}", highlight=False)
     report = result.report
     for violation in report.violations[:20]:
         console.print(f"[red]✗[/red] {shown(str(violation))}", highlight=False)  # log text

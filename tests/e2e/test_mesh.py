@@ -34,6 +34,12 @@ def check(result: DemoResult) -> None:
     assert not result.timed_out, output.getvalue()
     assert result.all_final, output.getvalue()
     assert result.paid_once, output.getvalue()
+    # Not vacuous: claims were paid, each completion is in the log, each capture in the
+    # gateway's journal (tests/e2e/test_exactly_once.py shows the check failing).
+    paid = sum(1 for view in result.views.values() if view.outcome == "paid")
+    assert paid > 0, output.getvalue()
+    assert sum(result.completions.values()) == paid, output.getvalue()
+    assert sum(p["captures"] for p in result.ledger) == paid, output.getvalue()
     assert result.report.ok, output.getvalue()
     assert result.outcomes["malformed"]["refused at ingress"] >= 1, output.getvalue()
 

@@ -466,12 +466,13 @@ class Mesh:
     async def paused(self, process: str) -> AsyncIterator[None]:
         """Hold one of the mesh's processes still (SIGSTOP) for the block, as a slow or
         busy one would be: what reaches it meanwhile waits in its durable."""
-        held = self.stack.supervisor.processes[process]
-        held.send_signal(signal.SIGSTOP)
+        pid = self.stack.supervisor.pid(process)
+        assert pid is not None, f"{process} is not running"
+        os.kill(pid, signal.SIGSTOP)
         try:
             yield
         finally:
-            held.send_signal(signal.SIGCONT)
+            os.kill(pid, signal.SIGCONT)
 
     async def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """`mesh ARGS…` as an operator runs it against this mesh (its operator key)."""

@@ -6,11 +6,15 @@
                                       (409 if the key was used with other details)
     POST /v1/payments/{ref}/capture   move the money
     POST /v1/payments/{ref}/void      release an authorization that will not be captured
-    GET  /v1/ledger                   every payment, for reconciliation
+    GET  /v1/ledger                   every payment, and every capture that moved money,
+                                      for reconciliation
 
 Idempotent like a real one: the same idempotency key always answers with the same
 payment, so a retried or redelivered request never pays twice; the same key with
-other details (amount, currency, payee) is refused. Every call needs the gateway's
+other details (amount, currency, payee) is refused. Every capture that moved money is
+written to a journal of its own (the acquirer's settlement record), apart from the
+guard that stops a second capture: reconciliation counts the journal, so a gateway
+whose guard failed would show the same key paid twice. Every call needs the gateway's
 credential (`Authorization: Bearer <MESH_GATEWAY_TOKEN>`), as a real acquirer's would:
 nothing else on the host can move money. The ledger is a SQLite file, so a gateway
 restart forgets nothing.
@@ -74,6 +78,24 @@ class Ledger:
             " payment_ref TEXT UNIQUE, amount_cents INTEGER, currency TEXT, payee TEXT,"
             " status TEXT, attempts INTEGER, captures INTEGER DEFAULT 0)"
         )
+        # One row per capture that moved money; `payments.captures` above is no longer
+        # written (kept so that an older ledger file still opens).
+        journaled = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='captures'"
+        ).fetchone()
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS captures (capture_id INTEGER PRIMARY KEY,"
+            " idempotency_key TEXT, payment_ref TEXT, amount_cents INTEGER, currency TEXT,"
+            " payee TEXT, captured_at TEXT DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ')))"
+        )
+        if journaled is None:
+            # A ledger written before the journal existed: its captured payments moved
+            # money once each (its guard counted them), so the journal starts from those.
+            self._db.execute(
+                "INSERT INTO captures (idempotency_key, payment_ref, amount_cents, currency,"
+                " payee) SELECT idempotency_key, payment_ref, amount_cents, currency, payee"
+                " FROM payments WHERE captures > 0"
+            )
 
     def attempt(self, request: PaymentRequest) -> tuple[dict[str, Any], int] | None:
         """The payment for this key (created on first sight) and the attempt number;
@@ -110,14 +132,28 @@ class Ledger:
             )
             return {"payment_ref": row[0], "status": row[1]}, attempts
 
-    def capture(self, ref: str) -> None:
-        """Idempotent: capturing a captured payment moves no more money."""
+    # The idempotency guard: a captured payment is not captured again.
+    CAPTURE = "UPDATE payments SET status='captured' WHERE payment_ref=? AND status != 'captured'"
+
+    def capture(self, ref: str) -> bool:
+        """Move the money: True if this call moved it (and journaled it), False if the
+        payment was captured already (a retry or a redelivery moves no more money)."""
         with self._lock:
-            self._db.execute(
-                "UPDATE payments SET status='captured', captures = captures + 1"
-                " WHERE payment_ref=? AND status != 'captured'",
-                (ref,),
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                moved = self._db.execute(self.CAPTURE, (ref,)).rowcount > 0
+                if moved:
+                    self._db.execute(
+                        "INSERT INTO captures (idempotency_key, payment_ref, amount_cents,"
+                        " currency, payee) SELECT idempotency_key, payment_ref, amount_cents,"
+                        " currency, payee FROM payments WHERE payment_ref=?",
+                        (ref,),
+                    )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return moved
 
     def void(self, ref: str) -> None:
         with self._lock:
@@ -136,16 +172,31 @@ class Ledger:
             ).fetchone()
             return str(row[0])
 
+    # A payment's `captures`: how many captures of it moved money (from the journal).
+    _PAYMENTS = (
+        "SELECT p.idempotency_key, p.payment_ref, p.amount_cents, p.currency, p.payee,"
+        " p.status, p.attempts, (SELECT COUNT(*) FROM captures c"
+        " WHERE c.idempotency_key = p.idempotency_key) AS captures FROM payments p"
+    )
+
     def payment(self, ref: str) -> dict[str, Any] | None:
-        with self._lock:
-            cursor = self._db.execute("SELECT * FROM payments WHERE payment_ref=?", (ref,))
-            row = cursor.fetchone()
-            names = [c[0] for c in cursor.description]
-        return None if row is None else dict(zip(names, row, strict=True))
+        rows = self._select(f"{self._PAYMENTS} WHERE p.payment_ref=?", (ref,))
+        return rows[0] if rows else None
 
     def rows(self) -> list[dict[str, Any]]:
+        return self._select(f"{self._PAYMENTS} ORDER BY p.idempotency_key")
+
+    def captures(self) -> list[dict[str, Any]]:
+        """Every capture that moved money, in order."""
+        return self._select("SELECT * FROM captures ORDER BY capture_id")
+
+    def close(self) -> None:
         with self._lock:
-            cursor = self._db.execute("SELECT * FROM payments ORDER BY idempotency_key")
+            self._db.close()
+
+    def _select(self, query: str, parameters: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            cursor = self._db.execute(query, parameters)
             names = [c[0] for c in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
@@ -225,7 +276,7 @@ def gateway_app(
 
     @app.get("/v1/ledger")
     async def all_payments() -> Response:
-        return answer(200, {"payments": ledger.rows()})
+        return answer(200, {"payments": ledger.rows(), "captures": ledger.captures()})
 
     return app
 

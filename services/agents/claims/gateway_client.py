@@ -21,9 +21,17 @@ class GatewayRefused(PermanentError):
 
 
 class GatewayClient:
-    def __init__(self, base_url: str, timeout: float = 1.0, token: str | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 1.0,
+        token: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests: a gateway in-process
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=headers)
+        self._http = httpx.AsyncClient(
+            base_url=base_url, timeout=timeout, headers=headers, transport=transport
+        )
 
     async def close(self) -> None:
         await self._http.aclose()

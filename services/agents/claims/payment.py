@@ -10,19 +10,39 @@ once. (`mesh run services.agents.claims.payment`, with MESH_GATEWAY_URL.)
   never pays twice. A claim the log already shows paid is not paid again; the attempt
   is recorded as failed.
 - What is paid is the request the approval chain proved, byte for byte.
-- Transient failures are retried with exponential backoff and jitter; a circuit
-  breaker stops calling a gateway that keeps failing (its state changes are events).
-  When retries are exhausted the case escalates to a human.
-- Paying is two steps: authorize, then capture. If the capture fails after the
-  authorization committed, the declared compensation runs: the authorization is
-  voided, so no money is held for a payment that will not happen.
+- What an action does is declared (`CAPABILITIES`): its steps in order (authorize, then
+  capture), each with the compensation that undoes it. When a step cannot be done, the
+  declared compensations of the steps already done run, last first — for a payment,
+  the authorization is voided, so no money is held for a payment that will not happen.
+- The retry budget. A gateway that does not answer (timeout, 5xx, refused connection)
+  is tried again a few times at once (`ATTEMPTS`, for a blip), then through redelivery:
+  the approval is NAK'ed and JetStream brings it back after the runtime's backoff
+  (MESH_RETRY_BASE_DELAY doubling up to MESH_RETRY_MAX_DELAY, and never before an open
+  circuit breaker lets a call through). Every step is idempotent, so each delivery
+  starts again from the first. Only when a payment has been failing for longer than
+  `MESH_PAYMENT_RETRY_BUDGET` seconds (default 10; counted from its first failure
+  seen by this process) does the agent stop: it compensates what was done and
+  escalates the case to a human. A restart of the gateway of a few seconds therefore
+  costs time, never a person's attention. The runtime's MESH_MAX_DELIVER bounds the
+  deliveries as well — on the last one the agent escalates whatever the budget says —
+  so give redelivery at least the budget (`mesh.resilience.redelivery_span`: about
+  12 s with the runtime's defaults, 13 s in `mesh up`; the agent logs a warning at
+  its first payment when it is shorter).
+- A gateway that refuses (4xx: a closed account, a key used for another payment) is
+  not retried: compensate and escalate at once.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts import (
     ActionApproved,
@@ -38,7 +58,8 @@ from contracts import (
 from mesh import Agent, HandlerContext
 from mesh.authorization import NotAuthorized
 from mesh.errors import CircuitOpen
-from mesh.resilience import retry_transient
+from mesh.resilience import RetryBudget, redelivery_span, retry_transient
+from mesh.settings import MeshSettings
 from services.agents.claims.cards import PAYMENT
 from services.agents.claims.domain import PaymentInstruction, obligation_key, payment_instruction
 from services.agents.claims.gateway_client import (
@@ -47,12 +68,105 @@ from services.agents.claims.gateway_client import (
     GatewayUnavailable,
 )
 
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
 agent = Agent(PAYMENT)
-ATTEMPTS = 3
+ATTEMPTS = 3  # at once, within one delivery; after that, redelivery
 ESCALATE_TO = "claims_manager"
-# What each executed action undoes when a later step of it fails: (step, compensation).
-COMPENSATIONS = {"issue_payment": ("capture", "void the authorization")}
+
+
+class PaymentSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MESH_PAYMENT_", extra="ignore")
+
+    retry_budget: float = Field(
+        default=10.0,
+        ge=0,
+        description="seconds a payment may go on failing transiently (gateway down, "
+        "breaker open) and be redelivered before it is compensated and escalated",
+    )
+
+
+# --------------------------------------------------------------------------- declared
+
+
+@dataclass
+class Payment:
+    """One execution of an approved payment: what is paid, under which idempotency key,
+    and the gateway's reference once the authorization answered."""
+
+    key: str
+    instruction: PaymentInstruction
+    reference: str | None = None
+
+
+Operation = Callable[[GatewayClient, Payment], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Compensation:
+    description: str  # what the case log says was done
+    undo: Operation
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    do: Operation
+    compensation: Compensation | None = None  # runs when a later step cannot be done
+
+
+@dataclass(frozen=True)
+class Capability:
+    """An action this agent executes: its steps in order, each idempotent."""
+
+    action_type: str
+    steps: tuple[Step, ...]
+
+
+class DoneAfterAll(Exception):
+    """A compensation found that the step it was to undo went through after all (the
+    step's answer was lost): the action is complete, nothing to undo."""
+
+
+async def _authorize(client: GatewayClient, payment: Payment) -> None:
+    answer = await client.authorize(
+        payment.key,
+        payment.instruction.amount,
+        payment.instruction.currency,
+        payment.instruction.payee_account,
+    )
+    payment.reference = answer["payment_ref"]
+
+
+async def _capture(client: GatewayClient, payment: Payment) -> None:
+    assert payment.reference is not None
+    await client.capture(payment.reference)
+
+
+async def _void(client: GatewayClient, payment: Payment) -> None:
+    assert payment.reference is not None
+    try:
+        await client.void(payment.reference)
+    except GatewayRefused as refused:
+        if refused.status == 409:  # "captured; refund it instead"
+            raise DoneAfterAll(payment.reference) from None
+        raise
+
+
+ISSUE_PAYMENT = Capability(
+    "issue_payment",
+    steps=(
+        Step("authorize", _authorize, Compensation("void the authorization", _void)),
+        Step("capture", _capture),
+    ),
+)
+CAPABILITIES = {capability.action_type: capability for capability in (ISSUE_PAYMENT,)}
+
+# --------------------------------------------------------------------------- running
+
 _gateway: GatewayClient | None = None
+_budget: RetryBudget | None = None
 
 
 def gateway() -> GatewayClient:
@@ -66,9 +180,29 @@ def gateway() -> GatewayClient:
     return _gateway
 
 
-async def _call(ctx: HandlerContext, operation: Callable[[], Awaitable[dict[str, Any]]]) -> Any:
-    """Through the breaker, retrying what may pass on a second try. An open breaker is
-    not retried here: the runtime redelivers the event after the breaker's delay."""
+def budget() -> RetryBudget:
+    global _budget
+    if _budget is None:
+        _budget = RetryBudget(PaymentSettings().retry_budget)
+        runtime = MeshSettings()
+        span = redelivery_span(
+            runtime.max_deliver, base=runtime.retry_base_delay, cap=runtime.retry_max_delay
+        )
+        if span < _budget.seconds:
+            log.warning(
+                "with MESH_MAX_DELIVER=%d the redelivery backoff lasts about %.1fs, less "
+                "than the payment retry budget of %gs: a longer outage escalates at the "
+                "last delivery, before the budget is spent",
+                runtime.max_deliver,
+                span,
+                _budget.seconds,
+            )
+    return _budget
+
+
+async def _call(ctx: HandlerContext, operation: Callable[[], Awaitable[T]]) -> T:
+    """Through the breaker, retrying at once what may pass on a second try. An open
+    breaker is not retried here: that is for redelivery, after the breaker's delay."""
     breaker = ctx.breaker("payment-gateway")
     return await retry_transient(
         lambda: breaker.call(operation),
@@ -79,7 +213,12 @@ async def _call(ctx: HandlerContext, operation: Callable[[], Awaitable[dict[str,
     )
 
 
+def _unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, GatewayUnavailable | CircuitOpen)
+
+
 async def _give_up(ctx: HandlerContext, event: ActionApproved, error: str, attempts: int) -> None:
+    budget().settled(event.payload.request_id)
     await ctx.emit(
         ActionFailed,
         ActionFailedPayload(
@@ -97,7 +236,8 @@ async def _give_up(ctx: HandlerContext, event: ActionApproved, error: str, attem
 
 @agent.on(ActionApproved)
 async def pay(event: ActionApproved, ctx: HandlerContext) -> None:
-    if event.payload.action_type != "issue_payment":
+    capability = CAPABILITIES.get(event.payload.action_type)
+    if capability is None:
         return
     request_id = event.payload.request_id
     try:
@@ -127,89 +267,113 @@ async def pay(event: ActionApproved, ctx: HandlerContext) -> None:
     if isinstance(instruction, str):
         await _give_up(ctx, event, f"not executed: {instruction}", attempts=0)
         return
-    progress: dict[str, str] = {}
-    try:
-        await _execute(ctx, event, instruction, progress)
-    except CircuitOpen as exc:
-        if not ctx.last_delivery:
-            raise  # the runtime redelivers after the breaker's delay
-        # The gateway stayed unavailable through every redelivery: a person takes over.
-        held = progress.get("authorized")
-        error = (
-            f"payment {held} authorized but neither captured nor voided ({exc}): "
-            "the funds stay held until a person acts"
-            if held
-            else f"payment not made: {exc}"
-        )
-        await _give_up(ctx, event, error, attempts=ctx.delivery)
+    assert event.case_id is not None
+    payment = Payment(obligation_key(event.case_id, event.payload.action_type), instruction)
+    await _execute(ctx, event, capability, payment)
 
 
 async def _execute(
+    ctx: HandlerContext, event: ActionApproved, capability: Capability, payment: Payment
+) -> None:
+    client = gateway()
+    done: list[Step] = []
+    for step in capability.steps:
+        try:
+            await _call(ctx, functools.partial(step.do, client, payment))
+        except (GatewayRefused, GatewayUnavailable, CircuitOpen) as exc:
+            if _unavailable(exc) and _retry_later(ctx, event):
+                raise  # redelivered after the backoff; every step is idempotent
+            await _compensate(ctx, event, payment, step, exc, done)
+            return
+        done.append(step)
+    await _completed(ctx, event, payment)
+
+
+def _retry_later(ctx: HandlerContext, event: ActionApproved) -> bool:
+    """Leave it to redelivery, unless the payment's retry budget (or the runtime's
+    deliveries) ran out."""
+    spent = budget().spent(event.payload.request_id)
+    return not spent and not ctx.last_delivery
+
+
+def _why_stopped(ctx: HandlerContext, event: ActionApproved) -> str:
+    failing = budget().failed(event.payload.request_id)
+    if failing >= budget().seconds:
+        return f"still failing after {failing:.1f}s, past the retry budget of {budget().seconds:g}s"
+    return f"still failing at the last of {ctx.delivery} deliveries"
+
+
+async def _compensate(
     ctx: HandlerContext,
     event: ActionApproved,
-    instruction: PaymentInstruction,
-    progress: dict[str, str],
+    payment: Payment,
+    failed: Step,
+    failure: Exception,
+    done: list[Step],
 ) -> None:
-    assert event.case_id is not None
-    key = obligation_key(event.case_id, event.payload.action_type)
-    client = gateway()
-    try:
-        payment = await _call(
-            ctx,
-            lambda: client.authorize(
-                key, instruction.amount, instruction.currency, instruction.payee_account
-            ),
-        )
-    except (GatewayUnavailable, GatewayRefused) as exc:
-        await _give_up(ctx, event, f"payment not made: {exc}", attempts=ATTEMPTS)
-        return
-    reference = payment["payment_ref"]
-    progress["authorized"] = reference
-    try:
-        await _call(ctx, lambda: client.capture(reference))
-    except (GatewayUnavailable, GatewayRefused) as exc:
-        # The authorization committed and the capture cannot follow: compensate.
+    """`failed` cannot be done: undo the steps done before it, last first, by their
+    declared compensations, and hand the case to a person."""
+    what = f"{failed.name} of {payment.reference}" if payment.reference else failed.name
+    why = f"{failure}; {_why_stopped(ctx, event)}" if _unavailable(failure) else str(failure)
+    undone: list[str] = []
+    for step in reversed(done):
+        compensation = step.compensation
+        if compensation is None:
+            continue
         try:
-            await _call(ctx, lambda: client.void(reference))
-        except GatewayRefused as refused:
-            if refused.status != 409:
-                raise
-            # "captured": the capture went through after all (its answer was lost).
-            await _completed(ctx, event, reference, instruction)
+            await _call(ctx, functools.partial(compensation.undo, gateway(), payment))
+        except DoneAfterAll:
+            await _completed(ctx, event, payment)
             return
-        except GatewayUnavailable as unavailable:
-            # Not voided yet: try the whole payment again later (every step is
-            # idempotent); on the last delivery the runtime's retry budget is spent.
-            if ctx.last_delivery:
-                await _give_up(
-                    ctx,
-                    event,
-                    f"capture of {reference} failed ({exc}) and the void failed too "
-                    f"({unavailable}): the funds stay held until a person acts",
-                    attempts=ctx.delivery,
-                )
-                return
-            raise
-        step, compensation = COMPENSATIONS["issue_payment"]
-        await _give_up(
-            ctx,
-            event,
-            f"{step} of {reference} failed ({exc}); compensated: {compensation}",
-            attempts=ATTEMPTS,
-        )
+        except (GatewayUnavailable, CircuitOpen) as exc:
+            if not ctx.last_delivery:
+                # Not undone yet: the whole action again later (every step is
+                # idempotent, so it may even go through now).
+                raise
+            await _give_up(
+                ctx,
+                event,
+                f"{what} failed ({why}) and the compensation ({compensation.description}) "
+                f"failed too ({exc}): the funds stay held until a person acts",
+                attempts=ctx.delivery,
+            )
+            return
+        except GatewayRefused as exc:
+            await _give_up(
+                ctx,
+                event,
+                f"{what} failed ({why}) and the gateway refused the compensation "
+                f"({compensation.description}: {exc}): a person must reconcile it",
+                attempts=ctx.delivery,
+            )
+            return
+        undone.append(compensation.description)
+    if not undone:
+        await _give_up(ctx, event, f"payment not made: {why}", attempts=ctx.delivery)
         return
-    await _completed(ctx, event, reference, instruction)
+    await _give_up(
+        ctx,
+        event,
+        f"{what} failed ({why}); compensated: {'; '.join(undone)}",
+        attempts=ctx.delivery,
+    )
 
 
-async def _completed(
-    ctx: HandlerContext, event: ActionApproved, reference: str, instruction: PaymentInstruction
-) -> None:
+async def _completed(ctx: HandlerContext, event: ActionApproved, payment: Payment) -> None:
+    budget().settled(event.payload.request_id)
+    result: dict[str, Any] = {
+        "payment_ref": payment.reference,
+        "amount": payment.instruction.amount,
+        "status": "paid",
+    }
     await ctx.emit(
         ActionCompleted,
         ActionCompletedPayload(
             request_id=event.payload.request_id,
-            action_type="issue_payment",
-            result={"payment_ref": reference, "amount": instruction.amount, "status": "paid"},
+            action_type=event.payload.action_type,
+            result=result,
         ),
     )
-    await ctx.emit(CaseClosed, CaseClosedPayload(outcome="paid", summary=f"payment {reference}"))
+    await ctx.emit(
+        CaseClosed, CaseClosedPayload(outcome="paid", summary=f"payment {payment.reference}")
+    )
