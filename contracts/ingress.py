@@ -72,6 +72,7 @@ PROBLEM_CODES: dict[str, str] = {
     "conflict": "the case exists and was not opened by this source and reference",
     "not_found": "no case this source opened has this reference (another source's case "
     "is not found either)",
+    "rate_limited": "too many requests from this source just now: retry after a moment",
     "unavailable": "the mesh could not take the request now: retry later",
     "internal": "the ingress failed: a bug, please report it",
 }

@@ -4,18 +4,21 @@
 user's state directory at it; a CLI command that was given no MESH_NATS_URL looks
 there, and at `./.mesh/up` (where `mesh up` keeps its files by default), and uses a
 mesh whose supervisor is still alive. A pointer left behind by a killed `mesh up`
-names a dead process and is ignored.
+names a mesh whose lock nobody holds and is ignored.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from pathlib import Path
+from typing import IO
 
 import msgspec
 
 RUNNING_FILE = "mesh.json"
+LOCK_FILE = "mesh.lock"  # held (flock) by the supervisor for as long as the mesh runs
 DEFAULT_UP_DIR = Path(".mesh/up")
 HINT = (
     "start one with `mesh up`, or set MESH_NATS_URL, MESH_DATA_DIR (the keys) and MESH_NKEY_AUTH=1"
@@ -31,13 +34,39 @@ class RunningMesh(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def alive(self) -> bool:
+        """Whether the supervisor that wrote this still runs: it holds the data dir's
+        lock until it ends, however it ends (a pid alone could be anyone's by now)."""
+        return lock_held(Path(self.data_dir))
+
+
+class AlreadyRunning(Exception):
+    pass
+
+
+def hold_lock(data_dir: Path) -> IO[str]:
+    """Taken by the supervisor for the mesh's life (the kernel drops it when the
+    process ends, even by SIGKILL). A second mesh on the same data dir is refused."""
+    handle = (data_dir / LOCK_FILE).open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise AlreadyRunning(f"a mesh already runs from {data_dir}") from None
+    return handle
+
+
+def lock_held(data_dir: Path) -> bool:
+    try:
+        handle = (data_dir / LOCK_FILE).open("r")
+    except OSError:
+        return False
+    with handle:
         try:
-            os.kill(self.supervisor_pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # someone else's process has the pid now
-            return False
-        return True
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
 
 
 def pointer_file() -> Path:

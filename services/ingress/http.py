@@ -36,6 +36,7 @@ _STATUS_BY_CODE = (
     ("too_deep", 400),
     ("duplicate_key", 400),
     ("not_found", 404),
+    ("rate_limited", 429),
 )
 
 

@@ -30,14 +30,17 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from contracts.envelope import Event
 from contracts.events.case import CaseOpened
 from contracts.ingress import CaseStatusReply, IngressReply
 from mesh.dead_letters import DeadLetterSink
-from mesh.errors import ConcurrencyConflict, MeshError
-from mesh.identity import Identity
+from mesh.errors import ConcurrencyConflict, MeshError, SignatureError
+from mesh.identity import Identity, verify_headers
+from mesh.key_directory import KeyDirectory
 from mesh.publisher import EventPublisher
-from mesh.reading import read_direct, read_subject
+from mesh.reading import RawMessage, read_direct, read_subject
 from mesh.replies import respond
+from mesh.resilience import TokenBucket
 from mesh.settings import MeshSettings
 from mesh.tasks import stop_task
 from mesh.topology import Topology
@@ -81,7 +84,13 @@ class IngressService:
             {source: secret.get_secret_value() for source, secret in ingress.http_tokens.items()},
             ingress.http_tokens_file,
         )
-        self._subscription: Subscription | None = None
+        self._subscriptions: list[Subscription] = []
+        self._following: asyncio.Task[None] | None = None
+        # What a status read trusts: the registry's cards, as every consumer does.
+        self.keys = KeyDirectory()
+        # Each source may ask so many statuses a second (a status read costs a read of
+        # the case's log); the map holds only sources the broker or a token let in.
+        self._status_rate: dict[str, TokenBucket] = {}
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self.http_port: int | None = None
@@ -94,16 +103,43 @@ class IngressService:
         log.info("HTTP tokens reloaded: %d source(s)", len(self.tokens.digests))
 
     async def start(self) -> None:
-        self._subscription = await self.nc.subscribe(
-            self.topology.subjects.service_all("ingress"), queue="ingress", cb=self._on_request
-        )
+        # Cases open without the registry; only status reads wait for its cards.
+        self._following = asyncio.create_task(self._follow_registry(), name="follow-registry")
+        # Status reads wait in a queue of their own: a flood of status requests never
+        # delays a case being opened (the openings' subscription, which sees every
+        # subject so that a malformed one is answered too, skips them at once). A status
+        # backlog beyond the limit is dropped (the sender's request times out).
+        service = self.topology.subjects.service_all("ingress")
+        self._subscriptions = [
+            await self.nc.subscribe(service, queue="ingress", cb=self._on_request),
+            await self.nc.subscribe(
+                self._status_prefix + "*",
+                queue="ingress-status",
+                cb=self._on_status_request,
+                pending_msgs_limit=1024,
+            ),
+        ]
         await self.nc.flush()
         if self.ingress.http_port is not None:
             await self._start_http()
 
     async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
+        for subscription in self._subscriptions:
+            await subscription.unsubscribe()
+        await stop_task(self._following, grace=1.0)
+        await self.keys.close()
+
+    async def _follow_registry(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self.keys.follow(self.nc, self.topology)
+            except MeshError as exc:
+                log.warning("cannot follow the registry yet (%s); status reads wait", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                return
         if self._http is not None:
             self._http.should_exit = True
             await stop_task(self._http_task, grace=5.0)
@@ -189,6 +225,17 @@ class IngressService:
             request = status_request(source, asked, self.limits)
             if isinstance(request, Refusal):
                 return CaseStatusReply(ok=False, errors=request.errors, problems=request.problems)
+            bucket = self._status_rate.setdefault(
+                source,
+                TokenBucket(
+                    rate=self.ingress.status_requests_per_second,
+                    burst=2 * self.ingress.status_requests_per_second,
+                ),
+            )
+            if (wait := bucket.take()) > 0:
+                return _status_failed(
+                    "rate_limited", f"too many status requests: retry in {wait:.2f}s"
+                )
             case_id = case_id_for(source, request.external_ref)
             messages = await read_direct(
                 self.nc,
@@ -196,7 +243,16 @@ class IngressService:
                 self.topology.subjects.case_history(case_id),
                 timeout=self.settings.request_timeout,
             )
-            return case_status(source, request.external_ref, messages, self.ingress.service_id)
+            if messages:
+                if not self.keys.loaded.is_set():
+                    return _status_failed(
+                        "unavailable", "the registry's cards are not loaded yet: retry later"
+                    )
+                # Judge no event by a directory older than it (a revocation just before).
+                await self.keys.ensure_current(messages[-1].stored_at)
+            return case_status(
+                source, request.external_ref, messages, self.ingress.service_id, self._trusted
+            )
         except MeshError as exc:
             log.warning("could not read a case's status for %r: %s", source, exc)
             return _status_failed("unavailable", f"the mesh could not answer now: {exc}")
@@ -206,12 +262,26 @@ class IngressService:
 
     # ------------------------------------------------------------------ NATS
 
+    def _trusted(self, message: RawMessage, event: Event) -> bool:
+        """Whether `event` holds up as the event store would judge it: signed by its
+        actor's key, valid when the log stored it, of a type its card let it write."""
+        try:
+            signer = verify_headers(message.subject, message.body, message.headers)
+            self.keys.check(
+                signer, event.actor, message.stored_at, message.subject, event.event_name()
+            )
+        except SignatureError:
+            return False
+        return True
+
+    async def _on_status_request(self, msg: Msg) -> None:
+        source = msg.subject.removeprefix(self._status_prefix)
+        status = await self.status(source, msg.data)
+        await respond(msg, _encode(status), what=f"a status request from {source!r}")
+
     async def _on_request(self, msg: Msg) -> None:
         if msg.subject.startswith(self._status_prefix):
-            source = msg.subject.removeprefix(self._status_prefix)
-            status = await self.status(source, msg.data)
-            await respond(msg, _encode(status), what=f"a status request from {source!r}")
-            return
+            return  # the status subscription answers it; skipping it here costs nothing
         source = msg.subject.removeprefix(self._source_prefix)
         reply = await self.submit(source, msg.data, msg.subject)
         # A request without an inbox to answer still opened its case, if it could.

@@ -29,6 +29,12 @@ class IngressSettings(BaseSettings):
         description='JSON {"<source>": "sha256:<hex of the token>"}, re-read on SIGHUP '
         "(what `mesh principals add|remove` writes)",
     )
+    status_requests_per_second: float = Field(
+        default=20.0,
+        gt=0,
+        description="status reads each source may make a second (bursts of twice that); "
+        "more are answered `rate_limited` (HTTP 429)",
+    )
     max_body_bytes: int = Field(
         default=64 * KIB,
         ge=KIB,

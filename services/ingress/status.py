@@ -14,7 +14,7 @@ that does not exist, so that no source learns which references another has used.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,8 +26,6 @@ from contracts.events.actions import (
     ActionApproved,
     ActionDenied,
     ApprovalExpired,
-    ApprovalGranted,
-    ApprovalRejected,
     ApprovalRequired,
 )
 from contracts.events.case import CaseClosed, CaseEscalated, CaseOpened
@@ -82,11 +80,11 @@ class CaseProgress:
                 self.status = "escalated"
             case ApprovalRequired(payload=p):
                 self.awaiting.add(p.request_id)
+            # Only the policy's decision settles a wait: a person's answer it refused
+            # (a clerk without the role) leaves the case waiting.
             case (
                 ActionApproved(payload=settled)
                 | ActionDenied(payload=settled)
-                | ApprovalGranted(payload=settled)
-                | ApprovalRejected(payload=settled)
                 | ApprovalExpired(payload=settled)
             ):
                 self.awaiting.discard(settled.request_id)
@@ -101,15 +99,26 @@ def progress(events: Iterable[tuple[Event, datetime]]) -> CaseProgress:
     return state
 
 
+Trusted = Callable[[RawMessage, Event], bool]
+
+
 def case_status(
-    source: str, external_ref: str, messages: Sequence[RawMessage], opener: str
+    source: str,
+    external_ref: str,
+    messages: Sequence[RawMessage],
+    opener: str,
+    trusted: Trusted,
 ) -> CaseStatusReply:
     """The status of case `<source>-<external_ref>`, from its messages in log order, if
     `opener` (the ingress's own id) opened it for this source and reference; else
-    not found. What was written into the case before its opening counts for nothing."""
+    not found. What was written into the case before its opening counts for nothing,
+    and so does every event `trusted` refuses (a signature that does not hold, a type
+    its actor's card did not let it write): a forged close must not close a case."""
     case_id = case_id_for(source, external_ref)
     at = next((i for i, m in enumerate(messages) if _type_of(m.subject) == "case_opened"), None)
     opening = _event_of(messages[at], case_id) if at is not None else None
+    if opening is not None and at is not None and not trusted(messages[at], opening):
+        opening = None
     if (
         at is None
         or not isinstance(opening, CaseOpened)
@@ -121,7 +130,7 @@ def case_status(
     state = progress(
         (event, message.stored_at)
         for message in messages[at:]
-        if (event := _event_of(message, case_id)) is not None
+        if (event := _event_of(message, case_id)) is not None and trusted(message, event)
     )
     return CaseStatusReply(
         ok=True,

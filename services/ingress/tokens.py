@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mesh.errors import ConfigurationError
+from mesh.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +28,7 @@ def token_digest(token: str) -> str:
 
 
 def write_token_digests(path: Path, digests: Mapping[str, str]) -> None:
-    partial = path.with_suffix(".tmp")
-    partial.write_text(json.dumps(dict(sorted(digests.items())), indent=2) + "\n")
-    partial.chmod(0o600)
-    partial.replace(path)
+    write_atomically(path, json.dumps(dict(sorted(digests.items())), indent=2) + "\n", 0o600)
 
 
 def read_token_digests(path: Path) -> dict[str, str]:

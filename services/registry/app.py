@@ -13,7 +13,7 @@ from contracts.cards import AgentCard
 from contracts.catalog import CATALOG
 from contracts.registry_api import OPERATIONS
 from mesh.durables import provision_agent_durables
-from mesh.errors import ConfigurationError
+from mesh.errors import ConfigurationError, MeshError
 from mesh.identity import Identity
 from mesh.onboarding import ONBOARDING_ID
 from mesh.provisioning import ensure_stream
@@ -22,13 +22,40 @@ from mesh.service_process import Service, service_main
 from mesh.settings import MeshSettings
 from mesh.topology import Topology
 from services.registry.broker_auth import BrokerAuthorization, load_principals
-from services.registry.domain import RegistryRules
+from services.registry.domain import RegistryRules, RegistryState
 from services.registry.handlers import RegistryHandlers
 from services.registry.principals import StaticPrincipal
 from services.registry.settings import RegistrySettings
 from services.registry.store import RegistryStore
 
 log = logging.getLogger(__name__)
+
+
+def vetted(principals: list[StaticPrincipal], state: RegistryState) -> list[StaticPrincipal]:
+    """The principals file's entries minus those that would take an agent's name or any
+    key an agent ever held (its broker user, its inbox, its signatures): an operator's
+    mistake, or a hostile team handing over an agent's public key as its own. Each one
+    dropped is logged; the agent keeps what is its."""
+    names = set(state.records)
+    keys = {key.public_key for r in state.records.values() for key in r.key_history}
+    seen: set[str] = set()
+    kept = []
+    for principal in principals:
+        clash = (
+            "an agent's id"
+            if principal.name in names or principal.name == ONBOARDING_ID
+            else "an agent's key"
+            if principal.public_key in keys
+            else "another principal's name"
+            if principal.name in seen
+            else None
+        )
+        if clash is not None:
+            log.error("principal %r ignored: it would take %s", principal.name, clash)
+            continue
+        seen.add(principal.name)
+        kept.append(principal)
+    return kept
 
 
 class RegistryService:
@@ -69,7 +96,7 @@ class RegistryService:
         repaired = await self.store.reconcile_view(state)
         if repaired:
             log.info("registry view: %d record(s) repaired from history", repaired)
-        principals = self.principals
+        principals = self.principals = vetted(self.principals, state)
         authorization = None
         if self.registry.auth_file is not None:
             authorization = BrokerAuthorization(
@@ -128,10 +155,15 @@ class RegistryService:
             log.error("principals not reloaded, the ones in force stay: %s", exc)  # noqa: TRY400
             return
         async with self.handlers.writes:  # never in the middle of a registration
+            principals = vetted(principals, self.handlers.state)
             self.principals = principals
-            await asyncio.to_thread(
-                self.handlers.reload_principals, principals, self._rules(principals)
-            )
+            try:
+                await asyncio.to_thread(
+                    self.handlers.reload_principals, principals, self._rules(principals)
+                )
+            except MeshError:
+                log.exception("principals reloaded, but the broker's authorization was not")
+                return
         log.info("principals reloaded: %d in force", sum(p.active for p in principals))
 
     async def _provision_durables(self, card: AgentCard) -> None:

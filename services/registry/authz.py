@@ -149,6 +149,8 @@ def principal_permissions(principal: StaticPrincipal, topology: Topology) -> dic
         }
     if principal.role == "ingress":
         # Opens cases and keeps refused input; nothing else of the log is its to write.
+        # It reads a case's log to answer its opener, checked against the registry's
+        # cards like every consumer.
         cases = topology.cases_stream
         return {
             "publish": {
@@ -158,10 +160,18 @@ def principal_permissions(principal: StaticPrincipal, topology: Topology) -> dic
                     f"$JS.API.DIRECT.GET.{cases}",
                     f"$JS.API.DIRECT.GET.{cases}.>",
                     f"$JS.API.STREAM.MSG.GET.{cases}",
+                    f"$JS.API.DIRECT.GET.{topology.registry_stream}",
+                    *registry_reads,
                     "_INBOX.>",  # replies to the systems that open cases
                 ]
             },
-            "subscribe": {"allow": [s.service_all("ingress"), f"{inbox_prefix(principal.name)}.>"]},
+            "subscribe": {
+                "allow": [
+                    s.service_all("ingress"),
+                    s.family_all("registry"),
+                    f"{inbox_prefix(principal.name)}.>",
+                ]
+            },
         }
     decisions = [s.case_events_of_type(t) for t in DECISION_TYPES]
     if principal.role == "policy":

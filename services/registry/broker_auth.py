@@ -15,6 +15,7 @@ from pathlib import Path
 from contracts.cards import AgentRecord
 from mesh.embedded import reload_server
 from mesh.errors import ConfigurationError, ProvisioningError
+from mesh.files import write_atomically
 from mesh.topology import Topology
 from services.registry.authz import authorization_config
 from services.registry.principals import EPOCH, StaticPrincipal
@@ -55,10 +56,7 @@ def write_principals(path: Path, principals: Iterable[StaticPrincipal]) -> None:
         if p.valid_until is not None:
             row["removed_at"] = p.valid_until.isoformat()
         rows.append(row)
-    # Atomic: the registry may re-read it at any moment.
-    partial = path.with_suffix(".tmp")
-    partial.write_text(json.dumps(rows, indent=2) + "\n")
-    partial.replace(path)
+    write_atomically(path, json.dumps(rows, indent=2) + "\n")
 
 
 class BrokerAuthorization:

@@ -285,9 +285,12 @@ class RegistryHandlers:
             for principal in self.principals
         ]
         everyone = sorted(
-            (p.agent_id, p)
-            for p in agents + static
-            if query.after is None or p.agent_id > query.after
+            (
+                (p.agent_id, p)
+                for p in agents + static
+                if query.after is None or p.agent_id > query.after
+            ),
+            key=lambda item: item[0],  # never compares two principals (one name twice)
         )
         page, next_after = _page(everyone)
         return RegistryReply(

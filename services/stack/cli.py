@@ -19,13 +19,14 @@ from rich.table import Table
 
 from mesh.cli._common import configure_logging, fail, run
 from mesh.discovery import HINT, RunningMesh, announce, find_running, withdraw
-from mesh.errors import MeshError
+from mesh.errors import ConfigurationError, MeshError
 from mesh.text import shown
 from mesh.topology import Topology
 from services.stack.demo import Demo, make_cases, print_summary
 from services.stack.layout import Layout
 from services.stack.principals import (
     add_principal,
+    agent_conflict,
     list_principals,
     reload_services,
     remove_principal,
@@ -210,6 +211,10 @@ def principals_add(
     registry and the ingress of the running mesh."""
     layout = Layout(_mesh_dir(data_dir))
     found = find_running(layout.data_dir)
+    if found is not None:  # the registry knows every agent's id and keys: ask it first
+        clash = run(agent_conflict(found, layout, name, public_key))
+        if clash:
+            raise fail(ConfigurationError(clash))
     credentials = _or_fail(
         lambda: add_principal(
             layout,

@@ -13,27 +13,36 @@ its key from the first event on — it is part of the deployment (`STATIC_PRINCI
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from mesh.connection import close
+from mesh.discovery import RunningMesh, lock_held
 from mesh.errors import ConfigurationError
 from mesh.identity import is_user_public_key
-from mesh.onboarding import inbox_prefix
+from mesh.onboarding import ONBOARDING_ID, connect_as, inbox_prefix
+from mesh.registry_client import RegistryClient
 from mesh.topology import Topology
 from services.ingress.domain import source_problem
 from services.registry.broker_auth import load_principals, write_principals
 from services.registry.principals import StaticPrincipal
-from services.stack.layout import Layout, write_http_tokens
+from services.stack.layout import STATIC_PRINCIPALS, Layout, write_http_tokens
 from services.stack.supervisor import read_status
 
 AddableRole = Literal["external", "operator"]
 ADDABLE_ROLES: tuple[AddableRole, ...] = ("external", "operator")
 RELOADED = ("registry", "ingress")  # the services that read what is written here
+# Names no principal may take: the anonymous onboarding user's (its inbox carries every
+# registrant's answer) and the deployment's own services'.
+RESERVED = frozenset({ONBOARDING_ID, *(name for name, _ in STATIC_PRINCIPALS)})
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,34 @@ class Credentials:
 
 def list_principals(layout: Layout) -> list[StaticPrincipal]:
     return load_principals(layout.principals_file)
+
+
+@contextlib.contextmanager
+def _editing(layout: Layout) -> Iterator[None]:
+    """One `mesh principals` change at a time per mesh: each reads, changes and writes
+    the principals and tokens files whole, and two at once would lose one."""
+    with (layout.data_dir / "principals.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+async def agent_conflict(found: RunningMesh, layout: Layout, name: str, key: str | None) -> str:
+    """Why `name` (or `key`) cannot be a principal's, asking the running mesh's registry
+    (as its operator): an agent holds that id, or holds or held that key. "" if none."""
+    nc = await connect_as(found.nats_url, "operator", layout.identity("operator"))
+    try:
+        everyone = await RegistryClient(nc, Topology(found.subject_root).subjects).keys()
+    finally:
+        await close(nc)
+    for principal in everyone:
+        if principal.agent_id == name:
+            return f"{name!r} is taken by a principal of the registry"
+        if key is not None and any(k.public_key == key for k in principal.key_history):
+            return f"that key is (or was) {principal.agent_id}'s"
+    return ""
 
 
 def add_principal(
@@ -66,6 +103,21 @@ def add_principal(
         raise ConfigurationError(f"role {role!r}: only {', '.join(ADDABLE_ROLES)} can be added")
     if (found := source_problem(name)) is not None:
         raise ConfigurationError(f"name {name!r}: {found.message}")
+    if name in RESERVED:
+        raise ConfigurationError(f"{name!r} is reserved")
+    with _editing(layout):
+        return _add(layout, topology, name, role, public_key, nats_url, ingress_http)
+
+
+def _add(
+    layout: Layout,
+    topology: Topology,
+    name: str,
+    role: AddableRole,
+    public_key: str | None,
+    nats_url: str,
+    ingress_http: str,
+) -> Credentials:
     principals = list_principals(layout)
     if any(p.name == name for p in principals):
         raise ConfigurationError(f"{name!r} is taken (names are never reused, even removed)")
@@ -94,6 +146,11 @@ def add_principal(
 
 
 def remove_principal(layout: Layout, name: str) -> StaticPrincipal:
+    with _editing(layout):
+        return _remove(layout, name)
+
+
+def _remove(layout: Layout, name: str) -> StaticPrincipal:
     principals = list_principals(layout)
     found = next((p for p in principals if p.name == name), None)
     if found is None:
@@ -110,21 +167,38 @@ def remove_principal(layout: Layout, name: str) -> StaticPrincipal:
 
 
 def reload_services(layout: Layout) -> list[str]:
-    """SIGHUP to the registry and the ingress of the `mesh up` running from `layout`;
-    the names of those signalled (none if no mesh runs there)."""
+    """SIGHUP to the registry and the ingress of the mesh running from `layout`; the
+    names of those signalled (none if no mesh runs there). A pid is signalled only
+    while the supervisor that wrote the status holds the mesh's lock, and only if that
+    process is still the supervisor's child: a status file left by a killed mesh names
+    pids that may be anyone's by now."""
+    if not lock_held(layout.data_dir):
+        return []
     try:
         status = read_status(layout.status_file)
     except (OSError, ValueError):
         return []
     signalled = []
     for child in status.processes:
-        if child.name in RELOADED and child.state == "running" and child.pid is not None:
-            try:
-                os.kill(child.pid, signal.SIGHUP)
-            except ProcessLookupError:
-                continue
-            signalled.append(child.name)
+        if child.name not in RELOADED or child.state != "running" or child.pid is None:
+            continue
+        if _parent_of(child.pid) != status.supervisor_pid:
+            continue
+        try:
+            os.kill(child.pid, signal.SIGHUP)
+        except ProcessLookupError:
+            continue
+        signalled.append(child.name)
     return signalled
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) state ppid …": comm may hold spaces and parentheses.
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def connection_details(

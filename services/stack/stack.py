@@ -17,7 +17,13 @@ from nats.aio.client import Client
 
 from contracts.registry_api import RegistryQuery
 from mesh.connection import close
-from mesh.discovery import RunningMesh, remove_running, write_running
+from mesh.discovery import (
+    AlreadyRunning,
+    RunningMesh,
+    hold_lock,
+    remove_running,
+    write_running,
+)
 from mesh.embedded import EmbeddedNats
 from mesh.enrolment import issue_grant, write_grant
 from mesh.errors import MeshError
@@ -268,6 +274,11 @@ async def running_stack(
     # directory (they run from the checkout, the user may not).
     layout = Layout(await asyncio.to_thread(Path(data_dir).resolve))
     topology = Topology(root)
+    layout.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = hold_lock(layout.data_dir)  # until this block ends, however it ends
+    except AlreadyRunning as exc:
+        raise MeshError(str(exc)) from None
     bootstrap(layout, topology)
     # The stack's operator enrols its own agents as any operator would: a signed,
     # expiring, one-time grant per agent, of exactly the scope its card asks for.
@@ -336,3 +347,4 @@ async def running_stack(
             await close(stack.operator_nc)
         # In reverse order of starting: the agents first, nats-server last.
         await asyncio.to_thread(supervisor.stop_all)
+        lock.close()

@@ -35,8 +35,11 @@ from mesh.topology import Topology
 from services.ingress.body import CUT_OFF, DIGEST, SIZE, TRUNCATED
 from services.ingress.service import IngressService
 from services.ingress.settings import IngressSettings
+from services.registry.app import RegistryService
 from services.registry.authz import authorization_config
+from services.registry.broker_auth import write_principals
 from services.registry.principals import PrincipalRole, StaticPrincipal
+from services.registry.settings import RegistrySettings
 
 TOKEN = "crm-token-1"
 MIB = 1024 * 1024
@@ -293,8 +296,11 @@ class SecuredIngress:
 @pytest.fixture
 async def secured(tmp_path: Path) -> AsyncIterator[SecuredIngress]:
     topology = Topology(unique_root())
-    identities = {name: Identity.generate() for name in ("ingress", "harness", "crm", "erp")}
+    identities = {
+        name: Identity.generate() for name in ("registry", "ingress", "harness", "crm", "erp")
+    }
     roles: dict[str, PrincipalRole] = {
+        "registry": "registry",  # the cards a status read checks events against
         "ingress": "ingress",
         "harness": "service",
         "crm": "external",
@@ -304,10 +310,12 @@ async def secured(tmp_path: Path) -> AsyncIterator[SecuredIngress]:
         StaticPrincipal(name, identities[name].public_key, role) for name, role in roles.items()
     ]
     (tmp_path / "auth.conf").write_text(authorization_config([], principals, topology))
+    write_principals(tmp_path / "principals.json", principals)
     server = EmbeddedNats(tmp_path, extra_config='include "auth.conf"')
     await asyncio.to_thread(server.start)
     connections: list[Client] = []
     service: IngressService | None = None
+    registry: RegistryService | None = None
     try:
 
         async def connect_as(name: str) -> Client:
@@ -321,6 +329,19 @@ async def secured(tmp_path: Path) -> AsyncIterator[SecuredIngress]:
         for config in topology.streams():
             await ensure_stream(harness.jetstream(), config)
         settings = MeshSettings(subject_root=topology.root, request_timeout=5.0)
+        registry = RegistryService(
+            await connect_as("registry"),
+            identities["registry"],
+            settings,
+            RegistrySettings(
+                principals_file=tmp_path / "principals.json",
+                auth_file=tmp_path / "auth.conf",
+                server_pid_file=server.pid_path,
+                server_monitor_url=f"http://127.0.0.1:{server.monitor_port}",
+            ),
+            topology,
+        )
+        await registry.start()
         service = IngressService(
             await connect_as("ingress"),
             identities["ingress"],
@@ -329,11 +350,14 @@ async def secured(tmp_path: Path) -> AsyncIterator[SecuredIngress]:
             topology,
         )
         await service.start()
+        await asyncio.wait_for(service.keys.loaded.wait(), 10)
         systems = {source: await connect_as(source) for source in ("crm", "erp")}
         yield SecuredIngress(server, topology, service, harness, identities["harness"], systems)
     finally:
         if service is not None:
             await service.stop()
+        if registry is not None:
+            await registry.stop()
         for nc in connections:
             await close(nc)
         await asyncio.to_thread(server.stop)

@@ -17,6 +17,8 @@ from contracts import (
     ActionDecisionPayload,
     ActionRequested,
     ActionRequestedPayload,
+    ApprovalGranted,
+    ApprovalGrantedPayload,
     ApprovalRequired,
     ApprovalRequiredPayload,
     CaseClosed,
@@ -38,7 +40,7 @@ from mesh.reading import RawMessage
 from services.ingress.domain import DEFAULT_LIMITS
 from services.ingress.http import http_app
 from services.ingress.problems import Refusal
-from services.ingress.status import case_status, not_found, status_request
+from services.ingress.status import Trusted, case_status, not_found, status_request
 from services.ingress.tokens import BearerTokens
 
 SUBJECTS = Subjects("mesh")
@@ -71,8 +73,14 @@ def log(*events: Event | tuple[str, bytes]) -> list[RawMessage]:
     return messages
 
 
-def status(*events: Event | tuple[str, bytes], source: str = "crm") -> CaseStatusReply:
-    return case_status(source, "CLM-7", log(*events), "ingress")
+def trust_all(_: RawMessage, __: Event) -> bool:
+    return True
+
+
+def status(
+    *events: Event | tuple[str, bytes], source: str = "crm", trusted: Trusted = trust_all
+) -> CaseStatusReply:
+    return case_status(source, "CLM-7", log(*events), "ingress", trusted)
 
 
 def requested() -> ActionRequested:
@@ -154,6 +162,39 @@ def test_an_escalated_case_stays_escalated_until_closed_and_the_first_close_stan
     assert (reply.status, reply.outcome) == ("closed", "denied")
 
 
+def test_an_event_that_does_not_hold_up_moves_nothing() -> None:
+    """A close by an agent whose card does not let it close (or whose signature fails)
+    is skipped, as the event store flags it: the case stays open, and the real close
+    after it is the one that counts."""
+    forged = CaseClosed(
+        case_id="crm-CLM-7", actor="intruder", payload=CaseClosedPayload(outcome="paid")
+    )
+
+    def only_real(_: RawMessage, event: Event) -> bool:
+        return event.actor != "intruder"
+
+    assert status(opened(), forged, trusted=only_real).status == "open"
+    reply = status(opened(), forged, closed("rejected"), trusted=only_real)
+    assert (reply.status, reply.outcome) == ("closed", "rejected")
+    # An opening that does not hold up opens nothing.
+    assert not status(opened(), trusted=lambda _m, e: e.event_name() != "case_opened").ok
+
+
+def test_only_the_policys_decision_ends_a_wait_for_a_person() -> None:
+    request = requested()
+    waiting = [opened(), request, approval_required(request.event_id)]
+    granted = ApprovalGranted(
+        case_id="crm-CLM-7",
+        actor="clerk",
+        payload=ApprovalGrantedPayload(
+            request_id=request.event_id, approver="clerk", request_digest="x"
+        ),
+    )
+    # A person's answer the policy has not (or not yet) accepted leaves it waiting.
+    assert status(*waiting, granted).status == "awaiting_approval"
+    assert status(*waiting, granted, approved(request.event_id)).status == "open"
+
+
 def test_nothing_but_the_status_leaves_the_mesh() -> None:
     request = requested()
     reply = status(opened(), step(), request, approval_required(request.event_id), closed())
@@ -166,7 +207,7 @@ def test_nothing_but_the_status_leaves_the_mesh() -> None:
 
 
 def test_another_sources_case_is_not_found_as_if_there_were_none() -> None:
-    nothing = case_status("crm", "CLM-7", [], "ingress")
+    nothing = case_status("crm", "CLM-7", [], "ingress", trust_all)
     assert nothing == not_found("CLM-7")
     assert not nothing.ok
     assert [(p.path, p.code) for p in nothing.problems] == [("$.external_ref", "not_found")]
@@ -175,7 +216,7 @@ def test_another_sources_case_is_not_found_as_if_there_were_none() -> None:
     assert nothing.status is None
     # erp-CLM-7 exists, opened for crm (a forged id prefix): not erp's to read.
     foreign = [opened("erp-CLM-7")]
-    assert case_status("erp", "CLM-7", log(*foreign), "ingress") == nothing
+    assert case_status("erp", "CLM-7", log(*foreign), "ingress", trust_all) == nothing
     opened_elsewhere = [
         opened(actor="harness"),  # not opened by the ingress
         opened(source="erp"),  # the ingress opened it for another source
