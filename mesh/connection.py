@@ -1,11 +1,21 @@
-"""Connecting to NATS: reconnect forever with backoff, log every state change, and
-remember what the broker refused (so a publish that times out on a permissions
-violation is reported as that, not as a slow server)."""
+"""Connecting to NATS: reconnect forever with backoff, log every state change, tell
+whoever asked when the connection is back, and remember what the broker refused (so a
+publish that times out on a permissions violation is reported as that, not as a slow
+server).
+
+Reconnecting: the first attempt comes at once, the next after tens of milliseconds (a
+broker restarted by a supervisor is back within a second or two, and every service
+waits on it), spreading out to one every quarter second, and after about half a minute
+of outage to one every two seconds, with jitter, so a broker that stays down is not
+hammered by every client in step. nats-py's own `reconnect_time_wait` is one fixed
+pause (it still spaces the first connection's attempts).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import re
 import time
 import weakref
@@ -15,7 +25,7 @@ from typing import Any
 
 import nats
 import nats.errors
-from nats.aio.client import Client
+from nats.aio.client import Client, Server
 
 from mesh.errors import BrokerError
 from mesh.identity import Identity
@@ -27,6 +37,51 @@ _REFUSAL_MEMORY = 60.0  # seconds a refusal is remembered
 _refusals: weakref.WeakKeyDictionary[Client, deque[tuple[float, str, str]]] = (
     weakref.WeakKeyDictionary()
 )
+_reconnect_listeners: weakref.WeakKeyDictionary[Client, list[Callable[[], None]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+# Attempts in a row to one server -> the pause before the next (before jitter).
+_FIRST_PAUSE = 0.025
+_SHORT_CAP = 0.25  # while the outage is young: a restart is what we expect
+_LONG_CAP = 2.0  # once it is not (about half a minute down): an outage, so spread out
+_SHORT_ATTEMPTS = 120
+
+
+def reconnect_pause(attempts: int) -> float:
+    """How long to wait before trying a server again after `attempts` failures in a
+    row: none before the first retry, then 25 ms doubling to 0.25 s, and 2 s once the
+    server has been down for about half a minute; every pause is jittered (down to
+    3/4) so clients that lost the same server do not come back in step."""
+    if attempts <= 0:
+        return 0.0
+    cap = _SHORT_CAP if attempts <= _SHORT_ATTEMPTS else _LONG_CAP
+    pause: float = min(cap, _FIRST_PAUSE * 2.0 ** min(attempts - 1, 16))
+    return pause * random.uniform(0.75, 1.0)
+
+
+def _next_server(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
+    """nats-py's reconnect hook: the server tried least often in a row (in a cluster
+    every member is tried before any is tried twice), after its pause."""
+    if not servers:
+        return None, 0.0
+    server = min(servers, key=lambda s: s.reconnects)
+    return server, reconnect_pause(server.reconnects)
+
+
+def on_reconnect(nc: Client, callback: Callable[[], None]) -> Callable[[], None]:
+    """Call `callback` (in the event loop, synchronously) every time `nc` is connected
+    again after losing its server — resubscribed and flushed, so a request made from it
+    reaches the server. Returns what stops the calls. Only connections made by
+    `connect` report; for another client nothing is ever called."""
+    listeners = _reconnect_listeners.setdefault(nc, [])
+    listeners.append(callback)
+
+    def stop() -> None:
+        with contextlib.suppress(ValueError):
+            listeners.remove(callback)
+
+    return stop
 
 
 def refused(nc: Client, subject: str) -> str | None:
@@ -58,6 +113,8 @@ async def connect(
     connected = False  # refusals after this point mean our credentials were withdrawn
     recent: deque[tuple[float, str, str]] = deque(maxlen=64)
     initial_errors: list[Exception] = []
+    lost_at: float | None = None  # when the connection was lost, until it is back
+    failed_attempts = 0  # reconnect attempts since
 
     async def on_error(exc: Exception) -> None:
         if not connected:
@@ -71,21 +128,46 @@ async def connect(
         elif match:
             recent.append((time.monotonic(), match.group(1).lower(), match.group(2)))
             log.error("nats %s: broker refused: %s", name, exc)
+        elif lost_at is not None and isinstance(exc, OSError | TimeoutError):
+            # Reconnecting: say it once, not at every attempt.
+            nonlocal failed_attempts
+            failed_attempts += 1
+            level = logging.WARNING if failed_attempts == 1 else logging.DEBUG
+            log.log(level, "nats %s: broker unreachable, reconnecting: %r", name, exc)
         else:
             log.warning("nats %s: %r", name, exc)
 
     async def on_disconnected() -> None:
+        nonlocal lost_at, failed_attempts
+        if connected and lost_at is None:
+            lost_at, failed_attempts = time.monotonic(), 0
         log.info("nats %s: disconnected from %s", name, url)
 
     async def on_reconnected() -> None:
-        log.info("nats %s: reconnected", name)
+        nonlocal lost_at
+        lasted = time.monotonic() - lost_at if lost_at is not None else 0.0
+        lost_at = None
+        log.info(
+            "nats %s: reconnected after %.2f s (%d failed attempts)", name, lasted, failed_attempts
+        )
+        for listener in list(_reconnect_listeners.get(nc, ())):
+            try:
+                listener()
+            except Exception:
+                log.exception("nats %s: a reconnect listener failed", name)
 
     async def on_closed() -> None:
         log.info("nats %s: connection closed", name)
 
     options: dict[str, Any] = {
         "connect_timeout": connect_timeout,
+        # Spaces the first connection's attempts only; reconnects follow _next_server.
         "reconnect_time_wait": 0.5,
+        "reconnect_to_server_handler": _next_server,
+        # A broker that vanished without closing the socket (a host gone, a network
+        # cut) is noticed after two unanswered pings: within ~30 s, not nats-py's 6 min.
+        "ping_interval": 10,
+        "max_outstanding_pings": 2,
     }
     if identity is not None:
         options["nkeys_seed_str"] = identity.seed

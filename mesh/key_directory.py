@@ -11,10 +11,16 @@ Nobody acts on a message with a directory older than the message. Every registry
 change takes effect at the broker time its event was stored in the registry stream,
 so `ensure_current(at)` asks the broker for the registry stream's newest sequence
 (one direct get, answered from the server's memory) and reloads from the registry
-only if a change was stored that this directory has not applied. Concurrent callers
-share one such look-up: it covers every message delivered before it was sent.
-Besides, the directory follows the registry's events as they are published and
-reloads at once, so the look-up rarely finds it behind.
+only if a change was stored, at or before `at`, that this directory has not applied.
+Concurrent callers share one such look-up: it covers every message delivered before
+it was sent. Besides, the directory follows the registry's events as they are
+published and reloads at once, so the look-up rarely finds it behind.
+
+So the registry service itself is needed only to learn a change: while it is down or
+restarting, messages are checked as before against what the directory holds, as long
+as the registry stream (read from the broker, not the registry) shows nothing newer
+than the message. A message stored at or after a change the directory has not yet
+applied waits for the registry (MeshError): it is never judged by the older state.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from contracts.codec import decode
 from contracts.errors import ContractError
 from contracts.registry_api import PrincipalKeys
 from mesh.errors import BrokerError, MeshError, SignatureError
+from mesh.reading import broker_time
 from mesh.registry_client import RegistryClient
 from mesh.topology import Topology
 
@@ -154,8 +161,8 @@ class KeyDirectory:
     # ------------------------------------------------------------------ keeping current
 
     async def ensure_current(self, at: datetime) -> None:
-        """Return once every registry change stored before broker time `at` is applied
-        here. Raises MeshError if that cannot be established: a check against a
+        """Return once every registry change stored at or before broker time `at` is
+        applied here. Raises MeshError if that cannot be established: a check against a
         directory that may be stale would not be a check."""
         if self._nc is None:
             return  # a fixed directory (an auditor's, a test's): nothing to follow
@@ -169,10 +176,32 @@ class KeyDirectory:
             # look-up is sent, so the look-up covers all of them.
             covering = self._wanted
             newest = await self._newest_registry_sequence()
-            if newest > self.registry_sequence:
+            if newest > self.registry_sequence and covering >= await self._next_change_at():
                 await self._reload_until(newest)
             if self._confirmed is None or covering > self._confirmed:
                 self._confirmed = covering
+
+    async def _next_change_at(self) -> datetime:
+        """When the first registry event this directory has not applied was stored
+        (one direct get): a message stored before it is judged right without it."""
+        assert self._nc is not None
+        request = json.dumps(
+            {"seq": self.registry_sequence + 1, "next_by_subj": self._registry_subjects}
+        ).encode()
+        what = f"read registry event #{self.registry_sequence + 1}"
+        try:
+            reply = await self._nc.request(
+                f"$JS.API.DIRECT.GET.{self._registry_stream}", request, timeout=5.0
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BrokerError(what, repr(exc)) from exc
+        headers = reply.headers or {}
+        stamp = headers.get("Nats-Time-Stamp")
+        if stamp is None:
+            raise BrokerError(
+                what, f"{headers.get('Status', '?')} {headers.get('Description', '')}".strip()
+            )
+        return broker_time(stamp)
 
     async def _newest_registry_sequence(self) -> int:
         assert self._nc is not None
@@ -271,7 +300,14 @@ class KeyDirectory:
             )
         except nats.errors.Error as exc:
             raise MeshError(f"cannot follow the registry: {exc!r}") from exc
-        await self._reload()
+        try:
+            await self._reload()
+        except BaseException:
+            # A caller may try again (until the registry answers): leave nothing behind.
+            subscription, self._subscription = self._subscription, None
+            with contextlib.suppress(nats.errors.Error):
+                await subscription.unsubscribe()
+            raise
         self._watchdog = asyncio.create_task(watchdog())
 
     async def close(self) -> None:

@@ -8,6 +8,12 @@ in step with the database, so nothing that can disagree with it. A gap or a repe
 the sequences it receives is refused (the views are never written around a hole) and
 the consumer is recreated from the stored position.
 
+The consumer lives in the broker's memory and goes with a restarted broker: the reader
+notices the reconnect at once and makes a new one from where it was (see
+`mesh.reading.StreamReader`). Whatever else stops the projection (a database away, a
+broker down longer than a pull waits) it waits out with backoff, but stops waiting the
+moment the connection is back, and the backoff starts small again once it projects.
+
 Fetching, verifying and writing run as a pipeline: while a thread checks and applies
 one batch, a worker process verifies the signatures of the next (ed25519 costs ~40 µs
 of CPU a message, and a process does not contend for the GIL) and the event loop
@@ -17,6 +23,7 @@ fetches the one after.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -31,6 +38,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
+from mesh.connection import on_reconnect
 from mesh.errors import MeshError
 from mesh.key_directory import KeyDirectory
 from mesh.reading import StreamReader
@@ -41,6 +49,8 @@ from services.eventstore.views import Position, ProjectionConflict, ViewStore
 log = logging.getLogger(__name__)
 
 _AHEAD = 3  # batches read and being verified ahead of the one being written
+_FIRST_DELAY = 0.1  # after a failure, the first pause before trying again
+_MAX_DELAY = 5.0
 
 OnProgress = Callable[[Position, bool], Awaitable[None]]
 
@@ -70,6 +80,8 @@ class Projector:
         self.moved = asyncio.Condition()
         self.verify_processes = verify_processes
         self._verifiers: Executor | None = None
+        self._reconnected = asyncio.Event()  # the connection came back since we began
+        self._working = False  # the current attempt has projected (or caught up)
 
     async def run(self, stop_at: int | None = None) -> Position:
         """Project until cancelled, or until the views hold sequence `stop_at`."""
@@ -82,44 +94,55 @@ class Projector:
             )
         else:
             self._verifiers = ThreadPoolExecutor(1, thread_name_prefix="verify")
+        stop_watching = on_reconnect(self.js._nc, self._reconnected.set)
         try:
             return await self._run(stop_at)
         finally:
+            stop_watching()
             if self._verifiers is not None:
                 self._verifiers.shutdown(wait=False, cancel_futures=True)
                 self._verifiers = None
 
     async def _run(self, stop_at: int | None) -> Position:
         self.position = await asyncio.to_thread(self.store.position)
-        delay = 0.1
+        delay = _FIRST_DELAY
         while True:
             if stop_at is not None and self.position.last_sequence >= stop_at:
                 return self.position
+            self._reconnected.clear()
+            self._working = False
             try:
                 await self._follow(stop_at)
             except ProjectionConflict as exc:
                 log.warning("projection resyncs from the database: %s", exc)
-                await asyncio.sleep(delay)  # a conflict that repeats must not spin
-                delay = min(delay * 2, 5.0)
+                delay = await self._pause(delay)  # a conflict that repeats must not spin
                 self.position = await asyncio.to_thread(self.store.position)
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
                 log.warning("reading the case stream failed (%r); resubscribing", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = await self._pause(delay)
             except MeshError as exc:
-                # A database that went away: keep the position, try again.
+                # A database that went away, a broker down for longer than a pull
+                # waits: keep the position, try again.
                 log.warning("projection paused: %s", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = await self._pause(delay)
             except Exception:
                 # A bug met on some message: say so loudly and try again, never stop
                 # projecting silently (the position has not moved past it).
                 log.exception("projection failed; retrying from the stored position")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = await self._pause(delay)
                 self.position = await asyncio.to_thread(self.store.position)
             else:
                 return self.position
+
+    async def _pause(self, delay: float) -> float:
+        """Wait `delay` seconds before trying again, or less if the broker connection
+        comes back meanwhile (or came back during the attempt that failed); the next
+        delay: doubled, or the first one again if that attempt had been projecting."""
+        if self._working:
+            delay = _FIRST_DELAY
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._reconnected.wait(), delay)
+        return min(delay * 2, _MAX_DELAY)
 
     async def wait_for(self, sequence: int, timeout: float) -> Position:
         """Until the views hold `sequence` (for a checkpoint or a query that must
@@ -161,6 +184,7 @@ class Projector:
                         self._check_and_apply, messages, results, self.position
                     )
                 caught_up = not messages or messages[-1].metadata.num_pending == 0
+                self._working = True  # applied a batch, or found nothing new: healthy
                 await self._progress(caught_up)
                 if stop_at is not None and self.position.last_sequence >= stop_at:
                     return

@@ -11,7 +11,9 @@ request/reply endpoints on `<root>.svc.eventstore.<operation>`:
 
 Checkpoints are `log_checkpointed` events on the ops stream (append-only, like the
 case log), signed with the store's key: after every `checkpoint_every` new messages,
-and once caught up at most every `checkpoint_interval` seconds.
+and once caught up at most every `checkpoint_interval` seconds. They are published
+beside the projection, not in its way: a publish whose ack was lost with a restarted
+broker waits out its timeout without holding the views back.
 """
 
 from __future__ import annotations
@@ -103,6 +105,9 @@ class EventStoreService:
         self._last_checkpoint_time = 0.0
         self._checkpoint_lock = asyncio.Lock()
         self._task: asyncio.Task[Position] | None = None
+        self._checkpointing: asyncio.Task[None] | None = None
+        self._due: tuple[Position, bool] | None = None  # a checkpoint waiting to go out
+        self._publishing = 0  # the tree size of the checkpoint being published
         self._subscription: Subscription | None = None
         self._tree: tuple[int, MerkleTree] | None = None
 
@@ -136,6 +141,7 @@ class EventStoreService:
         if self._subscription is not None:
             await self._subscription.unsubscribe()
         await stop_task(self._task)
+        await stop_task(self._checkpointing)
         await self.keys.close()
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
@@ -169,15 +175,30 @@ class EventStoreService:
         return signed
 
     async def _after_batch(self, position: Position, caught_up: bool) -> None:
-        grown = position.tree_size - self.last_checkpoint
-        if grown <= 0:
+        if not self._checkpoint_due(position, caught_up):
             return
-        due = grown >= self.store_settings.checkpoint_every or (
+        self._due = (position, caught_up)  # a publish in flight takes the newest next
+        if self._checkpointing is None or self._checkpointing.done():
+            self._checkpointing = asyncio.create_task(self._publish_due(), name="checkpoint")
+
+    def _checkpoint_due(self, position: Position, caught_up: bool) -> bool:
+        # One being published counts as published: the same checkpoints as if the
+        # projection had waited for it.
+        grown = position.tree_size - max(self.last_checkpoint, self._publishing)
+        if grown <= 0:
+            return False
+        return grown >= self.store_settings.checkpoint_every or (
             caught_up
             and time.monotonic() - self._last_checkpoint_time
             >= self.store_settings.checkpoint_interval
         )
-        if due:
+
+    async def _publish_due(self) -> None:
+        while self._due is not None:
+            (position, caught_up), self._due = self._due, None
+            if not self._checkpoint_due(position, caught_up):
+                continue  # the one just published covers it closely enough
+            self._publishing = position.tree_size
             try:
                 await self._publish_checkpoint(position)
             except MeshError as exc:
@@ -186,6 +207,9 @@ class EventStoreService:
                     position.tree_size,
                     exc,
                 )
+                return
+            finally:
+                self._publishing = 0
 
     async def _publish_checkpoint(self, position: Position) -> None:
         async with self._checkpoint_lock:
