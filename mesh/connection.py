@@ -69,6 +69,24 @@ def _next_server(servers: list[Server], _info: dict[str, Any]) -> tuple[Server |
     return server, reconnect_pause(server.reconnects)
 
 
+def _reconnect_handler(
+    nc: Client,
+) -> Callable[[list[Server], dict[str, Any]], tuple[Server | None, float]]:
+    """`_next_server`, after closing what the previous attempt left open: nats-py keeps
+    one transport object across attempts and, when an attempt's socket opened but its
+    CONNECT failed (a broker still starting, a refusal), opens the next socket over it
+    without closing the last — a file descriptor lost per failed attempt."""
+
+    def handler(servers: list[Server], info: dict[str, Any]) -> tuple[Server | None, float]:
+        transport = nc._transport
+        if transport is not None and not nc.is_connected:
+            with contextlib.suppress(Exception):
+                transport.close()  # type: ignore[no-untyped-call]
+        return _next_server(servers, info)
+
+    return handler
+
+
 def on_reconnect(nc: Client, callback: Callable[[], None]) -> Callable[[], None]:
     """Call `callback` (in the event loop, synchronously) every time `nc` is connected
     again after losing its server — resubscribed and flushed, so a request made from it
@@ -163,7 +181,6 @@ async def connect(
         "connect_timeout": connect_timeout,
         # Spaces the first connection's attempts only; reconnects follow _next_server.
         "reconnect_time_wait": 0.5,
-        "reconnect_to_server_handler": _next_server,
         # A broker that vanished without closing the socket (a host gone, a network
         # cut) is noticed after two unanswered pings: within ~30 s, not nats-py's 6 min.
         "ping_interval": 10,
@@ -177,6 +194,7 @@ async def connect(
         options["user"] = user
         options["password"] = password or ""
     nc = Client()
+    options["reconnect_to_server_handler"] = _reconnect_handler(nc)
     try:
         await nc.connect(
             # A cluster is given as "nats://a:4222,nats://b:4222": the client fails over.

@@ -192,6 +192,22 @@ def make_cases(count: int, seed: int) -> list[DemoCase]:
     return cases
 
 
+async def _post_again_if_lost(
+    http: httpx.AsyncClient, url: str, *, content: bytes, headers: dict[str, str]
+) -> httpx.Response:
+    """A POST whose connection broke (a kept-alive connection the server closed just as
+    it was reused) is sent again, a few times: opening a case is idempotent by its
+    reference, so a second request answers for the first."""
+    for attempt in range(1, 4):
+        try:
+            return await http.post(url, content=content, headers=headers)
+        except httpx.TransportError:
+            if attempt == 3:
+                raise
+            await asyncio.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class Demo:
     def __init__(self, stack: Stack, cases: list[DemoCase], console: Console) -> None:
         self.stack = stack
@@ -266,7 +282,8 @@ class Demo:
                 async with gate:
                     case.submitted_at = time.monotonic()
                     if case.via_http:
-                        response = await http.post(
+                        response = await _post_again_if_lost(
+                            http,
                             "/v1/cases/crm",
                             content=body,
                             headers={"Authorization": f"Bearer {token}"},
