@@ -7,6 +7,7 @@ a testcontainers NATS container is used instead.
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
@@ -88,5 +89,14 @@ async def provisioned(nc: Client, topology: Topology) -> Topology:
 
 # View databases for the event-store tests (SQLite, and PostgreSQL where there is one).
 from tests.integration.databases import database_kind, databases  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """A socket or file a test leaks is reported (ResourceWarning, an error here) when
+    the garbage collector finds it: collect after every test, so that the report names
+    the test that leaked, not whichever test happens to run when the collector does."""
+    yield
+    gc.collect()
 
 __all__ = ["database_kind", "databases"]
