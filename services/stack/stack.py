@@ -279,18 +279,19 @@ async def running_stack(
         lock = hold_lock(layout.data_dir)  # until this block ends, however it ends
     except AlreadyRunning as exc:
         raise MeshError(str(exc)) from None
-    bootstrap(layout, topology)
-    # The stack's operator enrols its own agents as any operator would: a signed,
-    # expiring, one-time grant per agent, of exactly the scope its card asks for.
-    operator = layout.identity("operator")
-    for card in CLAIMS_CARDS:
-        write_grant(issue_grant(card, operator, "operator"), layout.grant_file(card.agent_id))
-    server = EmbeddedNats(layout.nats_dir, extra_config='include "auth.conf"')
     supervisor = Supervisor(layout.logs, REPO, status_file=layout.status_file)
     watching: asyncio.Task[None] | None = None
     stack: Stack | None = None
     running: RunningMesh | None = None
     try:
+        bootstrap(layout, topology)
+        # The stack's operator enrols its own agents as any operator would: a signed,
+        # expiring, one-time grant per agent, of exactly the scope its card asks for.
+        operator = layout.identity("operator")
+        for card in CLAIMS_CARDS:
+            grant = issue_grant(card, operator, "operator")
+            write_grant(grant, layout.grant_file(card.agent_id))
+        server = EmbeddedNats(layout.nats_dir, extra_config='include "auth.conf"')
         await _start_server(supervisor, server)
         on_step(f"nats-server on {server.url} (JetStream, fsync always, registry-enforced auth)")
         watching = asyncio.create_task(_watch(supervisor, on_event), name="supervise")
