@@ -99,4 +99,5 @@ def _collect_garbage_after_each_test() -> Iterator[None]:
     yield
     gc.collect()
 
+
 __all__ = ["database_kind", "databases"]

@@ -483,17 +483,7 @@ class Mesh:
             "MESH_DATA_DIR": str(self.stack.layout.data_dir),
             "MESH_NKEY_AUTH": "1",
         }
-        command = [sys.executable, "-m", "mesh", *args]
-        return await asyncio.to_thread(
-            subprocess.run,
-            command,
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return await mesh_cli(*args, env=env)
 
     # ------------------------------------------------------------------ quiet
 
@@ -539,3 +529,20 @@ class Mesh:
             self.topology.dead_letter_stream, durable
         )
         return int(info.num_ack_pending or 0) + int(info.num_pending or 0)
+
+
+async def mesh_cli(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`mesh ARGS…` as its own process, from the checkout, with `env` (else ours)."""
+    command = [sys.executable, "-m", "mesh", *args]
+    return await asyncio.to_thread(
+        subprocess.run,
+        command,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

@@ -18,8 +18,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -42,11 +40,21 @@ from mesh.onboarding import ONBOARDING_ID, register
 from mesh.registry_client import request_with_patience
 from mesh.testing import eventually
 from mesh.topology import Topology
-from services.stack.layout import REPO, Layout, bootstrap
+from services.stack.layout import Layout, bootstrap
 from services.stack.principals import add_principal, list_principals, remove_principal
 from services.stack.stack import running_stack
 from services.stack.supervisor import ChildStatus, SupervisorStatus
-from tests.security.kit import Connection, Mesh, claim, events, lapsed, new_ref, signed, store
+from tests.security.kit import (
+    Connection,
+    Mesh,
+    claim,
+    events,
+    lapsed,
+    mesh_cli,
+    new_ref,
+    signed,
+    store,
+)
 
 pytestmark = [pytest.mark.asyncio(loop_scope="package"), pytest.mark.security]
 
@@ -84,23 +92,6 @@ def human_card(agent_id: str, **scope: Any) -> AgentCard:
         roles=scope.pop("roles", ["approver"]),
         produces=scope.pop("produces", ["approval_granted"]),
         **scope,
-    )
-
-
-async def mesh_cli(
-    *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """`mesh ARGS…`, as an operator runs it (no mesh of the test's: a data dir given)."""
-    command = [sys.executable, "-m", "mesh", *args]
-    return await asyncio.to_thread(
-        subprocess.run,
-        command,
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
 
 
