@@ -1,41 +1,48 @@
-"""The mesh runtime: what every service and agent uses."""
+"""The public surface for agent authors: declare an agent, run it, steer settlement.
 
-from mesh.agent import Agent, HandlerContext
-from mesh.connection import connect
-from mesh.dead_letters import DeadLetter, DeadLetterKind, DeadLetterSink
-from mesh.embedded import EmbeddedNats
+    agent = Agent(AgentCard(agent_id="intake", consumes=["case_opened"], ...))
+
+    @agent.on(CaseOpened)
+    async def on_case_opened(event: CaseOpened, ctx: HandlerContext) -> None: ...
+
+Services (registry, policy, event store, …) build on `mesh.service` as well. The
+modules under `mesh._*` are internal: `make lint` refuses a service that imports
+them, and `tests/unit/test_public_api.py` pins both surfaces.
+
+    mesh/
+      __init__.py   this surface (agent authors)
+      service.py    the surface for service authors
+      errors.py     the one error tree, drawn in its docstring
+      settings.py   MESH_* settings
+      testing.py    a test kit for agent authors (real nats-server, agent in-process)
+      _sdk/         the agent SDK's internals: Agent, `mesh run`, the case reader
+      _runtime/     consume, dispatch, settle; retries, breakers, dead letters; services
+      _broker/      NATS: connection, embedded server, streams, publish, read
+      _trust/       identities, signatures, key directory, enrolment, authorization
+      _support/     atomic files, stopping tasks, showing untrusted text
+      cli/          the `mesh` command (services add subcommands by entry point)
+"""
+
+from mesh._broker.topology import Topology
+from mesh._runtime.resilience import CircuitBreaker, RetryBudget, redelivery_span, retry_transient
+from mesh._runtime.runtime import AgentRunner
+from mesh._sdk.agent import Agent, HandlerContext
+from mesh._trust.authorization import NotAuthorized
+from mesh._trust.identity import Identity
 from mesh.errors import (
     BrokerError,
     CircuitOpen,
     ConcurrencyConflict,
-    ConfigDrift,
     ConfigurationError,
-    EmbeddedServerError,
     HandlerError,
     MeshError,
     PermanentError,
     PermissionDenied,
-    ProvisioningError,
     PublishFailed,
     SignatureError,
     TransientError,
 )
-from mesh.identity import Identity, verify, verify_headers
-from mesh.key_directory import KeyDirectory
-from mesh.provisioning import (
-    Outcome,
-    ProvisionReport,
-    ensure_consumer,
-    ensure_key_value,
-    ensure_stream,
-)
-from mesh.publisher import EventPublisher, Receipt
-from mesh.reading import StoredEvent, read_case
-from mesh.registry_client import RegistryClient, RegistryRefused
-from mesh.resilience import CircuitBreaker, retry_transient
-from mesh.runtime import AgentRunner
 from mesh.settings import MeshSettings
-from mesh.topology import Topology
 
 __all__ = [
     "Agent",
@@ -44,39 +51,20 @@ __all__ = [
     "CircuitBreaker",
     "CircuitOpen",
     "ConcurrencyConflict",
-    "ConfigDrift",
     "ConfigurationError",
-    "DeadLetter",
-    "DeadLetterKind",
-    "DeadLetterSink",
-    "EmbeddedNats",
-    "EmbeddedServerError",
-    "EventPublisher",
     "HandlerContext",
     "HandlerError",
     "Identity",
-    "KeyDirectory",
     "MeshError",
     "MeshSettings",
-    "Outcome",
+    "NotAuthorized",
     "PermanentError",
     "PermissionDenied",
-    "ProvisionReport",
-    "ProvisioningError",
     "PublishFailed",
-    "Receipt",
-    "RegistryClient",
-    "RegistryRefused",
+    "RetryBudget",
     "SignatureError",
-    "StoredEvent",
     "Topology",
     "TransientError",
-    "connect",
-    "ensure_consumer",
-    "ensure_key_value",
-    "ensure_stream",
-    "read_case",
+    "redelivery_span",
     "retry_transient",
-    "verify",
-    "verify_headers",
 ]

@@ -26,17 +26,17 @@ from nats.js.client import JetStreamContext
 
 from contracts.envelope import Event
 from contracts.events.case import CaseOpened, CaseOpenedPayload
-from mesh.agent import Agent
-from mesh.connection import connect
-from mesh.dead_letters import DeadLetter, read_dead_letters
-from mesh.embedded import EmbeddedNats
-from mesh.identity import Identity
-from mesh.provisioning import ensure_stream
-from mesh.publisher import EventPublisher, Receipt
-from mesh.reading import StoredEvent, read_case
-from mesh.runtime import AgentRunner
+from mesh._broker.connection import connect
+from mesh._broker.embedded import EmbeddedNats
+from mesh._broker.provisioning import ensure_stream
+from mesh._broker.publisher import EventPublisher, Receipt
+from mesh._broker.reading import StoredEvent, read_case
+from mesh._broker.topology import Topology
+from mesh._runtime.dead_letters import DeadLetter, read_dead_letters
+from mesh._runtime.runtime import AgentRunner
+from mesh._sdk.agent import Agent
+from mesh._trust.identity import Identity
 from mesh.settings import MeshSettings
-from mesh.topology import Topology
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Event)

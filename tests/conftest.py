@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client
 
-from mesh.connection import connect
-from mesh.embedded import EmbeddedNats, server_config
-from mesh.provisioning import ensure_stream
+from mesh._broker.connection import connect
+from mesh._broker.embedded import EmbeddedNats, server_config
+from mesh._broker.provisioning import ensure_stream
+from mesh._broker.topology import Topology
 from mesh.testing import unique_root
-from mesh.topology import Topology
 
 
 def _docker_available() -> bool:

@@ -2,7 +2,7 @@
 decides; the executor reports what happened. `request_id` is always the event_id of
 the `action_requested` event. A decision and a human's approval also cite the
 `request_digest`: the sha256 of the request's stored subject and bytes
-(mesh.identity.message_digest), so they bind to the exact request they judged — a
+(mesh._trust.identity.message_digest), so they bind to the exact request they judged — a
 second, different event under the same id is never what was approved."""
 
 from __future__ import annotations

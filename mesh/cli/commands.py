@@ -15,16 +15,16 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts import schema_export
-from mesh.app import load_agent, run_agent
-from mesh.cli._common import LogLevel, configure_logging, fail, run, session
+from mesh._broker.embedded import EmbeddedNats
+from mesh._broker.provisioning import Outcome, ensure_stream
+from mesh._runtime.command_line import LogLevel, configure_logging, fail, run, session
+from mesh._runtime.dead_letters import read_dead_letters, replay_dead_letter
+from mesh._sdk.app import load_agent, run_agent
+from mesh._support.text import shown
+from mesh._trust.identity import Identity
 from mesh.cli.registry import registry_app
-from mesh.dead_letters import read_dead_letters, replay_dead_letter
-from mesh.embedded import EmbeddedNats
 from mesh.errors import ConfigurationError, MeshError
-from mesh.identity import Identity
-from mesh.provisioning import Outcome, ensure_stream
 from mesh.settings import MeshSettings
-from mesh.text import shown
 
 app = typer.Typer(
     help="Agent Mesh: event-sourced agents over NATS JetStream.", no_args_is_help=True

@@ -14,13 +14,13 @@ from rich.table import Table
 
 from contracts.cards import ActionGrant, AgentCard, AgentRecord, card_digest
 from contracts.registry_api import RegistryQuery
-from mesh.app import load_agent
-from mesh.cli._common import fail, operator_identity, run, session
-from mesh.enrolment import grant_for, sign_grant, write_grant
+from mesh._runtime.command_line import fail, operator_identity, run, session
+from mesh._sdk.app import load_agent
+from mesh._support.text import shown
+from mesh._trust.enrolment import grant_for, sign_grant, write_grant
+from mesh._trust.registry_client import RegistryClient
 from mesh.errors import ConfigurationError
-from mesh.registry_client import RegistryClient
 from mesh.settings import MeshSettings
-from mesh.text import shown
 
 registry_app = typer.Typer(help="Agents' identities, scopes and lifecycle.", no_args_is_help=True)
 Json = Annotated[bool, typer.Option("--json", help="machine-readable output")]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mesh.service_process import service_main
+from mesh.service import service_main
 from services.eventstore.service import EventStoreService
 from services.eventstore.settings import EventStoreSettings
 

@@ -40,9 +40,7 @@ from contracts.codec import decode
 from contracts.errors import ContractError
 from contracts.events.operations import LogCheckpointed
 from contracts.subjects import Subjects
-from mesh.errors import SignatureError
-from mesh.identity import SIGNATURE_HEADER, verify_headers
-from mesh.key_directory import KeyDirectory
+from mesh.service import SIGNATURE_HEADER, KeyDirectory, SignatureError, verify_headers
 from services.eventstore.audit_cards import card_findings
 from services.eventstore.audit_policy import CasePolicyAudit
 from services.eventstore.checking import MessageChecker

@@ -21,8 +21,7 @@ from contracts.audit_bundle import AuditPrincipal
 from contracts.cards import GRANT_SUBJECT, CardPeriod, EnrolmentGrant, card_digest
 from contracts.registry_api import CardApprovalRequest, StatusChangeRequest
 from contracts.scope import beyond_grant, scope_changes
-from mesh.errors import SignatureError
-from mesh.identity import verify
+from mesh.service import SignatureError, verify
 
 _EPOCH_YEAR = 1970
 

@@ -2,7 +2,7 @@
 
 - every decision answers a request of the case and cites the digest of the exact
   request stored, and re-derives: the case facts it records are exactly the
-  authoritative statements the log held before the request (mesh.facts), each from an
+  authoritative statements the log held before the request (mesh._trust.facts), each from an
   agent whose card then named the fact, and its earlier actions are what policy had
   approved before;
 - every executed action has an approving decision before it; where policy required a
@@ -36,9 +36,7 @@ from contracts.events.actions import (
     DecisionProvenance,
 )
 from contracts.events.case import CaseClosed, CaseOpened, CaseStepCompleted
-from mesh.facts import Statement, authoritative_facts, prior_actions
-from mesh.identity import message_digest
-from mesh.key_directory import KeyDirectory
+from mesh.service import KeyDirectory, Statement, authoritative_facts, message_digest, prior_actions
 from services.eventstore.domain import LogRecord
 
 # (message the finding is about, what is wrong)

@@ -12,9 +12,7 @@ from contracts.codec import EventDecoder
 from contracts.envelope import Event
 from contracts.errors import ContractError
 from contracts.subjects import ParsedSubject, Subjects
-from mesh.errors import SignatureError
-from mesh.identity import SIGNER_HEADER, signed_bytes, verify_headers
-from mesh.key_directory import KeyDirectory
+from mesh.service import SIGNER_HEADER, KeyDirectory, SignatureError, signed_bytes, verify_headers
 from services.eventstore.domain import LogRecord
 from services.eventstore.merkle import leaf_hash
 

@@ -25,12 +25,16 @@ from contracts.eventstore_api import (
     StoreStatus,
     TimelineEntry,
 )
-from mesh.cli._common import run, session
-from mesh.errors import ConfigurationError, MeshError
-from mesh.key_directory import KeyDirectory
-from mesh.registry_client import RegistryClient
-from mesh.settings import MeshSettings
-from mesh.text import shown
+from mesh.service import (
+    ConfigurationError,
+    KeyDirectory,
+    MeshError,
+    MeshSettings,
+    RegistryClient,
+    run,
+    session,
+    shown,
+)
 from services.eventstore.audit import Report, verify_bundle
 from services.eventstore.export import build_bundle, read_bundle, store_request, write_bundle
 from services.eventstore.projector import Projector

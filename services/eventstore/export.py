@@ -28,10 +28,7 @@ from contracts.codec import decode
 from contracts.errors import ContractError
 from contracts.events.operations import LogCheckpointed
 from contracts.eventstore_api import ManifestRequest, StoreReply
-from mesh.errors import MeshError
-from mesh.reading import RawMessage, read_raw
-from mesh.registry_client import request_with_patience
-from mesh.topology import Topology
+from mesh.service import MeshError, RawMessage, Topology, read_raw, request_with_patience
 
 _reply = msgspec.json.Decoder(StoreReply)
 

@@ -10,7 +10,7 @@ the consumer is recreated from the stored position.
 
 The consumer lives in the broker's memory and goes with a restarted broker: the reader
 notices the reconnect at once and makes a new one from where it was (see
-`mesh.reading.StreamReader`). Whatever else stops the projection (a database away, a
+`mesh._broker.reading.StreamReader`). Whatever else stops the projection (a database away, a
 broker down longer than a pull waits) it waits out with backoff, but stops waiting the
 moment the connection is back, and the backoff starts small again once it projects.
 
@@ -38,11 +38,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from mesh.connection import on_reconnect
-from mesh.errors import MeshError
-from mesh.key_directory import KeyDirectory
-from mesh.reading import StreamReader
-from mesh.topology import Topology
+from mesh.service import KeyDirectory, MeshError, StreamReader, Topology, on_reconnect
 from services.eventstore.checking import MessageChecker, Sealed, seal_all
 from services.eventstore.views import Position, ProjectionConflict, ViewStore
 

@@ -8,9 +8,7 @@ from datetime import datetime
 from nats.js.client import JetStreamContext
 
 from contracts.eventstore_api import CaseDetail
-from mesh.key_directory import KeyDirectory
-from mesh.reading import read_raw
-from mesh.topology import Topology
+from mesh.service import KeyDirectory, Topology, read_raw
 from services.eventstore.checking import MessageChecker
 from services.eventstore.domain import LogRecord, fold_case
 

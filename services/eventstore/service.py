@@ -51,17 +51,24 @@ from contracts.eventstore_api import (
     StoreReply,
     StoreStatus,
 )
-from mesh.errors import BrokerError, MeshError, SignatureError
-from mesh.identity import SIGNATURE_HEADER, Identity, verify_headers
-from mesh.key_directory import KeyDirectory
-from mesh.provisioning import ensure_stream
-from mesh.publisher import EventPublisher
-from mesh.reading import read_subject
-from mesh.registry_client import RegistryClient
-from mesh.replies import is_inbox, respond
-from mesh.settings import MeshSettings
-from mesh.tasks import stop_task
-from mesh.topology import Topology
+from mesh.service import (
+    SIGNATURE_HEADER,
+    BrokerError,
+    EventPublisher,
+    Identity,
+    KeyDirectory,
+    MeshError,
+    MeshSettings,
+    RegistryClient,
+    SignatureError,
+    Topology,
+    ensure_stream,
+    is_inbox,
+    read_subject,
+    respond,
+    stop_task,
+    verify_headers,
+)
 from services.eventstore.export import checkpoint_subject
 from services.eventstore.merkle import MerkleTree
 from services.eventstore.projector import Projector

@@ -42,7 +42,7 @@ from contracts.eventstore_api import (
     CaseView,
     TimelineEntry,
 )
-from mesh.errors import ConfigurationError, MeshError
+from mesh.service import ConfigurationError, MeshError
 from services.eventstore.domain import (
     CaseState,
     LogRecord,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mesh.service_process import Service, service_main
+from mesh.service import Service, service_main
 from services.ingress.service import IngressService
 from services.ingress.settings import IngressSettings
 

@@ -3,7 +3,7 @@
 - NATS: a request to `<root>.svc.ingress.<source>`. Under registry enforcement an
   external system is a principal that may publish on its own source's subject and
   nowhere else, so the source is who the broker says it is. The answer goes only to
-  an `_INBOX.` reply subject (`mesh.replies`): never into the log.
+  an `_INBOX.` reply subject (`mesh._runtime.replies`): never into the log.
 - HTTP: `POST /v1/cases/<source>` with `Authorization: Bearer <token>` (the token is
   configured per source); see `services.ingress.http`.
 - The status of a case the source opened: a request to
@@ -33,17 +33,24 @@ from nats.aio.subscription import Subscription
 from contracts.envelope import Event
 from contracts.events.case import CaseOpened
 from contracts.ingress import CaseStatusReply, IngressReply
-from mesh.dead_letters import DeadLetterSink
-from mesh.errors import ConcurrencyConflict, MeshError, SignatureError
-from mesh.identity import Identity, verify_headers
-from mesh.key_directory import KeyDirectory
-from mesh.publisher import EventPublisher
-from mesh.reading import RawMessage, read_direct, read_subject
-from mesh.replies import respond
-from mesh.resilience import TokenBucket
-from mesh.settings import MeshSettings
-from mesh.tasks import stop_task
-from mesh.topology import Topology
+from mesh.service import (
+    ConcurrencyConflict,
+    DeadLetterSink,
+    EventPublisher,
+    Identity,
+    KeyDirectory,
+    MeshError,
+    MeshSettings,
+    RawMessage,
+    SignatureError,
+    TokenBucket,
+    Topology,
+    read_direct,
+    read_subject,
+    respond,
+    stop_task,
+    verify_headers,
+)
 from services.ingress.body import ReceivedBody
 from services.ingress.domain import Limits, Refusal, case_id_for, open_case
 from services.ingress.http import http_app

@@ -30,7 +30,7 @@ from contracts.events.actions import (
 )
 from contracts.events.case import CaseClosed, CaseEscalated, CaseOpened
 from contracts.ingress import CaseState, CaseStatusReply, CaseStatusRequest
-from mesh.reading import RawMessage
+from mesh.service import RawMessage
 from services.ingress.domain import case_id_for, source_problem
 from services.ingress.json_body import Limits, read_json
 from services.ingress.problems import Refusal, convert_struct, problem

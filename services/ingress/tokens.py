@@ -15,8 +15,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from mesh.errors import ConfigurationError
-from mesh.files import write_atomically
+from mesh.service import ConfigurationError, write_atomically
 
 log = logging.getLogger(__name__)
 

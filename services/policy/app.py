@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from mesh.errors import MeshError
-from mesh.service_process import Service, service_main
+from mesh.service import MeshError, Service, service_main
 from services.policy.bundle import PolicyBundleInvalid
 from services.policy.service import PolicyService
 from services.policy.settings import PolicySettings

@@ -22,16 +22,20 @@ from contracts.events.actions import (
     ApprovalRejected,
     ApprovalRejectedPayload,
 )
-from mesh.cli._common import run, running_mesh_settings
-from mesh.connection import close, connect
-from mesh.errors import ConfigurationError
-from mesh.identity import Identity
-from mesh.onboarding import connect_as
-from mesh.publisher import EventPublisher
-from mesh.registry_client import request_with_patience
-from mesh.settings import MeshSettings
-from mesh.text import shown
-from mesh.topology import Topology
+from mesh.service import (
+    ConfigurationError,
+    EventPublisher,
+    Identity,
+    MeshSettings,
+    Topology,
+    close,
+    connect,
+    connect_as,
+    request_with_patience,
+    run,
+    running_mesh_settings,
+    shown,
+)
 from services.policy.approvals import PendingApproval
 from services.policy.bundle import PolicyBundle, PolicyBundleInvalid
 from services.policy.tables import run_tables

@@ -3,7 +3,7 @@ requester.
 
 - the request must be the first event stored under its id in the case (a later copy,
   replayed under a fresh Nats-Msg-Id or forged with a reused id, is not decided);
-- the case facts come from authoritative statements only (mesh.facts): the claim as
+- the case facts come from authoritative statements only (mesh._trust.facts): the claim as
   the ingress opened the case with it, and completed steps, each signed with a key and
   a card valid when stored by the principal whose card names the fact — never the
   requester's own word, and only what was stored before the request, so a replay of
@@ -26,11 +26,15 @@ from contracts.events.actions import (
     ApprovalRequired,
     FactSource,
 )
-from mesh.authorization import signed_actor
-from mesh.errors import SignatureError
-from mesh.facts import Statement, authoritative_facts, prior_actions
-from mesh.key_directory import KeyDirectory
-from mesh.reading import StoredEvent
+from mesh.service import (
+    KeyDirectory,
+    SignatureError,
+    Statement,
+    StoredEvent,
+    authoritative_facts,
+    prior_actions,
+    signed_actor,
+)
 
 log = logging.getLogger(__name__)
 

@@ -40,23 +40,25 @@ from contracts.events.actions import (
 )
 from contracts.events.operations import PolicyBundleActivated, PolicyBundleActivatedPayload
 from contracts.ids import derived_event_id
-from mesh.agent import Agent, HandlerContext
-from mesh.errors import (
+from mesh.service import (
+    Agent,
+    AgentRunner,
     BrokerError,
     ConcurrencyConflict,
+    HandlerContext,
+    Identity,
+    KeyDirectory,
     MeshError,
+    MeshSettings,
     PermanentError,
+    RegistryClient,
+    Topology,
+    ensure_key_value,
+    ensure_stream,
+    read_case,
+    respond,
+    stop_task,
 )
-from mesh.identity import Identity
-from mesh.key_directory import KeyDirectory
-from mesh.provisioning import ensure_key_value, ensure_stream
-from mesh.reading import read_case
-from mesh.registry_client import RegistryClient
-from mesh.replies import respond
-from mesh.runtime import AgentRunner
-from mesh.settings import MeshSettings
-from mesh.tasks import stop_task
-from mesh.topology import Topology
 from services.policy.approvals import (
     ApprovalRefused,
     PendingApproval,

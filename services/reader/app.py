@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mesh.service_process import service_main
+from mesh.service import service_main
 from services.reader.service import ReaderService
 from services.reader.settings import ReaderSettings
 

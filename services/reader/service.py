@@ -21,13 +21,17 @@ from nats.aio.subscription import Subscription
 from contracts.audit_bundle import StoredMessage
 from contracts.errors import ContractError
 from contracts.reader_api import HistoryRequest, ReaderReply, ReplayRequest
-from mesh.errors import MeshError
-from mesh.key_directory import KeyDirectory
-from mesh.reading import RawMessage, read_direct
-from mesh.replays import ReplayRefused, resolve_replay
-from mesh.replies import respond
-from mesh.settings import MeshSettings
-from mesh.topology import Topology
+from mesh.service import (
+    KeyDirectory,
+    MeshError,
+    MeshSettings,
+    RawMessage,
+    ReplayRefused,
+    Topology,
+    read_direct,
+    resolve_replay,
+    respond,
+)
 from services.reader.domain import ReadRefused, readable_history, replayable
 
 log = logging.getLogger(__name__)

@@ -12,15 +12,19 @@ from nats.aio.subscription import Subscription
 from contracts.cards import AgentCard
 from contracts.catalog import CATALOG
 from contracts.registry_api import OPERATIONS
-from mesh.durables import provision_agent_durables
-from mesh.errors import ConfigurationError, MeshError
-from mesh.identity import Identity
-from mesh.onboarding import ONBOARDING_ID
-from mesh.provisioning import ensure_stream
-from mesh.publisher import EventPublisher
-from mesh.service_process import Service, service_main
-from mesh.settings import MeshSettings
-from mesh.topology import Topology
+from mesh.service import (
+    ONBOARDING_ID,
+    ConfigurationError,
+    EventPublisher,
+    Identity,
+    MeshError,
+    MeshSettings,
+    Service,
+    Topology,
+    ensure_stream,
+    provision_agent_durables,
+    service_main,
+)
 from services.registry.broker_auth import BrokerAuthorization, load_principals
 from services.registry.domain import RegistryRules, RegistryState
 from services.registry.handlers import RegistryHandlers

@@ -16,8 +16,7 @@ from collections.abc import Iterable
 
 from contracts.cards import AgentRecord
 from contracts.reader_api import READER_OPERATIONS
-from mesh.onboarding import ONBOARDING_ID, inbox_prefix
-from mesh.topology import Topology
+from mesh.service import ONBOARDING_ID, Topology, inbox_prefix
 from services.registry.principals import DECISION_TYPES, StaticPrincipal
 
 ONBOARDING_USER = ONBOARDING_ID
@@ -51,7 +50,7 @@ def agent_permissions(record: AgentRecord, topology: Topology) -> dict[str, obje
             else []
         ),
         # how far the registry's history goes: a consumer never judges a message with
-        # a key directory older than it (mesh.key_directory.ensure_current)
+        # a key directory older than it (mesh._trust.key_directory.ensure_current)
         f"$JS.API.DIRECT.GET.{topology.registry_stream}",
     ]
     subscribe = [f"{inbox_prefix(agent_id)}.>", s.family_all("registry")]

@@ -13,10 +13,13 @@ from datetime import datetime
 from pathlib import Path
 
 from contracts.cards import AgentRecord
-from mesh.embedded import reload_server
-from mesh.errors import ConfigurationError, ProvisioningError
-from mesh.files import write_atomically
-from mesh.topology import Topology
+from mesh.service import (
+    ConfigurationError,
+    ProvisioningError,
+    Topology,
+    reload_server,
+    write_atomically,
+)
 from services.registry.authz import authorization_config
 from services.registry.principals import EPOCH, StaticPrincipal
 

@@ -69,8 +69,7 @@ from contracts.events.registry import (
 )
 from contracts.scope import beyond_grant, scope_changes
 from contracts.subjects import check_token
-from mesh.errors import SignatureError
-from mesh.identity import verify
+from mesh.service import SignatureError, verify
 from services.registry.principals import APPROVAL_TYPES, DECISION_TYPES, REGISTRY_TYPES
 
 StatusTarget = Literal["activate", "suspend", "revoke"]

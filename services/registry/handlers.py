@@ -6,7 +6,7 @@ stream one by one (each applied to the state as soon as it is stored), mirrored 
 the KV view, and written to the broker's authorization, whose reload is confirmed
 (when the server's monitoring endpoint is known) before the reply goes out.
 
-Replies go only to `_INBOX.` subjects (mesh.replies): a request whose reply subject
+Replies go only to `_INBOX.` subjects (mesh._runtime.replies): a request whose reply subject
 names anything else (a stream subject, the KV view) is served but not answered, or the
 registry's own permissions would write where the requester may not.
 """
@@ -33,11 +33,17 @@ from contracts.registry_api import (
     RegistryReply,
     StatusChangeRequest,
 )
-from mesh.errors import ConcurrencyConflict, MeshError, SignatureError
-from mesh.identity import SIGNATURE_HEADER, verify, verify_headers
-from mesh.registry_client import KEY_PROOFS_HEADER
-from mesh.replies import respond
-from mesh.resilience import TokenBucket
+from mesh.service import (
+    KEY_PROOFS_HEADER,
+    SIGNATURE_HEADER,
+    ConcurrencyConflict,
+    MeshError,
+    SignatureError,
+    TokenBucket,
+    respond,
+    verify,
+    verify_headers,
+)
 from services.registry.broker_auth import BrokerAuthorization
 from services.registry.domain import (
     Refused,

@@ -16,12 +16,16 @@ from nats.js.kv import KeyValue
 
 from contracts.cards import AgentRecord
 from contracts.envelope import Event
-from mesh.errors import BrokerError, SignatureError
-from mesh.identity import verify_headers
-from mesh.provisioning import ensure_key_value
-from mesh.publisher import EventPublisher
-from mesh.reading import broker_time, read_subject
-from mesh.topology import Topology
+from mesh.service import (
+    BrokerError,
+    EventPublisher,
+    SignatureError,
+    Topology,
+    broker_time,
+    ensure_key_value,
+    read_subject,
+    verify_headers,
+)
 from services.registry.domain import RegistryState, evolve
 
 log = logging.getLogger(__name__)

@@ -17,11 +17,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mesh.cli._common import configure_logging, fail, run
-from mesh.discovery import HINT, RunningMesh, announce, find_running, withdraw
+from mesh._broker.discovery import HINT, RunningMesh, announce, find_running, withdraw
+from mesh._broker.topology import Topology
+from mesh._runtime.command_line import configure_logging, fail, run
+from mesh._support.text import shown
 from mesh.errors import ConfigurationError, MeshError
-from mesh.text import shown
-from mesh.topology import Topology
 from services.stack.demo import Demo, make_cases, print_summary
 from services.stack.layout import Layout
 from services.stack.principals import (

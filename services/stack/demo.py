@@ -43,14 +43,14 @@ from contracts.audit_bundle import AuditBundle
 from contracts.cards import AgentCard
 from contracts.eventstore_api import CaseQuery, CaseView
 from contracts.ingress import CLAIM_KIND, IngressReply
-from mesh.dead_letters import read_dead_letters
-from mesh.enrolment import issue_grant
+from mesh._broker.publisher import EventPublisher
+from mesh._runtime.dead_letters import read_dead_letters
+from mesh._support.text import shown
+from mesh._trust.enrolment import issue_grant
+from mesh._trust.identity import Identity
+from mesh._trust.onboarding import register
+from mesh._trust.registry_client import request_with_patience
 from mesh.errors import MeshError
-from mesh.identity import Identity
-from mesh.onboarding import register
-from mesh.publisher import EventPublisher
-from mesh.registry_client import request_with_patience
-from mesh.text import shown
 from services.agents.claims.domain import obligation_key
 from services.eventstore.audit import Report, verify_bundle
 from services.eventstore.export import build_bundle, store_request

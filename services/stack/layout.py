@@ -6,8 +6,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from mesh.identity import Identity
-from mesh.topology import Topology
+from mesh._broker.topology import Topology
+from mesh._trust.identity import Identity
 from services.ingress.tokens import token_digest, write_token_digests
 from services.registry.authz import authorization_config
 from services.registry.broker_auth import load_principals, write_principals

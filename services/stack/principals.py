@@ -24,13 +24,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from mesh.connection import close
-from mesh.discovery import RunningMesh, lock_held
+from mesh._broker.connection import close
+from mesh._broker.discovery import RunningMesh, lock_held
+from mesh._broker.topology import Topology
+from mesh._trust.identity import is_user_public_key
+from mesh._trust.onboarding import ONBOARDING_ID, connect_as, inbox_prefix
+from mesh._trust.registry_client import RegistryClient
 from mesh.errors import ConfigurationError
-from mesh.identity import is_user_public_key
-from mesh.onboarding import ONBOARDING_ID, connect_as, inbox_prefix
-from mesh.registry_client import RegistryClient
-from mesh.topology import Topology
 from services.ingress.domain import source_problem
 from services.registry.broker_auth import load_principals, write_principals
 from services.registry.principals import StaticPrincipal

@@ -16,20 +16,20 @@ import httpx
 from nats.aio.client import Client
 
 from contracts.registry_api import RegistryQuery
-from mesh.connection import close
-from mesh.discovery import (
+from mesh._broker.connection import close
+from mesh._broker.discovery import (
     AlreadyRunning,
     RunningMesh,
     hold_lock,
     remove_running,
     write_running,
 )
-from mesh.embedded import EmbeddedNats
-from mesh.enrolment import issue_grant, write_grant
+from mesh._broker.embedded import EmbeddedNats
+from mesh._broker.topology import Topology
+from mesh._trust.enrolment import issue_grant, write_grant
+from mesh._trust.onboarding import connect_as
+from mesh._trust.registry_client import RegistryClient, request_with_patience
 from mesh.errors import MeshError
-from mesh.onboarding import connect_as
-from mesh.registry_client import RegistryClient, request_with_patience
-from mesh.topology import Topology
 from services.agents.claims.cards import ADJUDICATION, FRAUD, INTAKE, PAYMENT
 from services.stack.layout import POLICIES, REPO, Layout, bootstrap
 from services.stack.supervisor import ProcessSpec, Supervisor, python_module

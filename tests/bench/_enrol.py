@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from contracts.cards import AgentCard, SignedStatement
-from mesh.enrolment import issue_grant
-from mesh.identity import Identity
+from mesh._trust.enrolment import issue_grant
+from mesh._trust.identity import Identity
 from services.registry.broker_auth import write_principals
 from services.registry.principals import StaticPrincipal
 from services.registry.settings import RegistrySettings

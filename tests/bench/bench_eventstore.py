@@ -45,11 +45,11 @@ from contracts.catalog import CATALOG
 from contracts.envelope import Event
 from contracts.registry_api import PrincipalKeys
 from mesh import Identity, Topology
-from mesh.connection import connect
-from mesh.embedded import EmbeddedNats
-from mesh.key_directory import KeyDirectory
-from mesh.provisioning import ensure_stream
-from mesh.publisher import EventPublisher
+from mesh._broker.connection import connect
+from mesh._broker.embedded import EmbeddedNats
+from mesh._broker.provisioning import ensure_stream
+from mesh._broker.publisher import EventPublisher
+from mesh._trust.key_directory import KeyDirectory
 from mesh.testing import unique_root
 from services.eventstore.projector import Projector
 from services.eventstore.views import ViewStore

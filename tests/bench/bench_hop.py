@@ -38,11 +38,11 @@ from contracts import (
     encode,
 )
 from mesh import Agent, AgentRunner, HandlerContext, Identity, MeshSettings, Topology
-from mesh.connection import connect
-from mesh.embedded import EmbeddedNats
-from mesh.provisioning import ensure_consumer, ensure_stream
-from mesh.publisher import MSG_ID_HEADER, EventPublisher
-from mesh.runtime import consumer_config
+from mesh._broker.connection import connect
+from mesh._broker.embedded import EmbeddedNats
+from mesh._broker.provisioning import ensure_consumer, ensure_stream
+from mesh._broker.publisher import MSG_ID_HEADER, EventPublisher
+from mesh._runtime.runtime import consumer_config
 from mesh.testing import unique_root
 
 

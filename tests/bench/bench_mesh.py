@@ -29,9 +29,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 
 from contracts.eventstore_api import CaseQuery
 from contracts.ingress import IngressReply
-from mesh.connection import connect
-from mesh.embedded import EmbeddedNats
-from mesh.registry_client import request_with_patience
+from mesh._broker.connection import connect
+from mesh._broker.embedded import EmbeddedNats
+from mesh._trust.registry_client import request_with_patience
 from services.agents.claims.gateway import GatewaySettings, Ledger, gateway_app
 from services.eventstore.export import store_request
 from services.stack.demo import make_cases

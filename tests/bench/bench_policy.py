@@ -34,13 +34,13 @@ from contracts import (
     encode,
 )
 from mesh import Identity, MeshSettings, Topology
-from mesh.connection import connect
-from mesh.durables import case_durable
-from mesh.embedded import EmbeddedNats
-from mesh.onboarding import card_with_key
-from mesh.provisioning import ensure_consumer, ensure_stream
-from mesh.publisher import MSG_ID_HEADER, EventPublisher
-from mesh.registry_client import RegistryClient
+from mesh._broker.connection import connect
+from mesh._broker.embedded import EmbeddedNats
+from mesh._broker.provisioning import ensure_consumer, ensure_stream
+from mesh._broker.publisher import MSG_ID_HEADER, EventPublisher
+from mesh._runtime.durables import case_durable
+from mesh._trust.onboarding import card_with_key
+from mesh._trust.registry_client import RegistryClient
 from mesh.testing import unique_root
 from services.policy.bundle import PolicyBundle
 from services.policy.domain import ActionRequest, decide

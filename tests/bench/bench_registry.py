@@ -22,9 +22,9 @@ from nats.aio.msg import Msg
 from contracts import AgentCard, AgentKey
 from contracts.registry_api import RegistryQuery, RegistryReply
 from mesh import Identity, MeshSettings, Topology
-from mesh.connection import connect
-from mesh.embedded import EmbeddedNats
-from mesh.registry_client import RegistryClient
+from mesh._broker.connection import connect
+from mesh._broker.embedded import EmbeddedNats
+from mesh._trust.registry_client import RegistryClient
 from mesh.testing import unique_root
 from services.registry.app import RegistryService
 from tests.bench._enrol import BenchOperator

@@ -14,11 +14,11 @@ import pytest
 from nats.aio.client import Client
 
 from contracts import CaseOpened, CaseOpenedPayload
-from mesh.identity import Identity
-from mesh.publisher import EventPublisher
-from mesh.reading import read_case
+from mesh._broker.publisher import EventPublisher
+from mesh._broker.reading import read_case
+from mesh._broker.topology import Topology
+from mesh._trust.identity import Identity
 from mesh.testing import eventually
-from mesh.topology import Topology
 
 REPO = Path(__file__).resolve().parents[2]
 

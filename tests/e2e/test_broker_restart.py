@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from mesh.reading import read_case
-from mesh.registry_client import request_with_patience
+from mesh._broker.reading import read_case
+from mesh._trust.registry_client import request_with_patience
 from services.stack.stack import SERVER, Stack, running_stack
 
 pytestmark = pytest.mark.e2e

@@ -25,8 +25,8 @@ from contracts import (
     CaseStepCompletedPayload,
 )
 from contracts.envelope import Event
-from mesh.key_directory import KeyDirectory
-from mesh.publisher import EventPublisher
+from mesh._broker.publisher import EventPublisher
+from mesh._trust.key_directory import KeyDirectory
 from mesh.testing import eventually
 from services.eventstore.projector import Projector
 from services.eventstore.views import ViewStore

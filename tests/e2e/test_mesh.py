@@ -17,11 +17,11 @@ from rich.console import Console
 
 from contracts import CaseClosed, CaseClosedPayload
 from contracts.ingress import IngressReply
-from mesh.dead_letters import read_dead_letters
+from mesh._broker.publisher import EventPublisher
+from mesh._broker.reading import read_case
+from mesh._runtime.dead_letters import read_dead_letters
+from mesh._trust.registry_client import request_with_patience
 from mesh.errors import PermissionDenied, PublishFailed
-from mesh.publisher import EventPublisher
-from mesh.reading import read_case
-from mesh.registry_client import request_with_patience
 from services.stack.demo import Demo, DemoResult, make_cases, print_summary
 from services.stack.stack import running_stack
 

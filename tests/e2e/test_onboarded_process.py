@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from contracts import CaseStepCompleted
-from mesh.enrolment import write_grant
-from mesh.onboarding import connect_as
-from mesh.reading import read_case
+from mesh._broker.reading import read_case
+from mesh._trust.enrolment import write_grant
+from mesh._trust.onboarding import connect_as
 from mesh.testing import eventually
 from tests.integration.agents import onboarded
 from tests.integration.registry_fixtures import SecuredMesh, secured_mesh

@@ -14,9 +14,9 @@ from nats.aio.client import Client
 
 from contracts import PolicyBundleActivated
 from mesh import Identity, MeshSettings
-from mesh.reading import read_subject
+from mesh._broker.reading import read_subject
+from mesh._broker.topology import Topology
 from mesh.testing import eventually
-from mesh.topology import Topology
 from services.registry.app import RegistryService
 from services.registry.settings import RegistrySettings
 

@@ -29,9 +29,9 @@ from contracts import (
 )
 from contracts.envelope import Event
 from mesh import Agent, HandlerContext, Identity
-from mesh.onboarding import connect_as, register
-from mesh.publisher import EventPublisher
-from mesh.reading import read_case
+from mesh._broker.publisher import EventPublisher
+from mesh._broker.reading import read_case
+from mesh._trust.onboarding import connect_as, register
 from mesh.testing import eventually
 from tests.integration.registry_fixtures import KNOWN_OWNER, SecuredMesh
 

@@ -14,18 +14,18 @@ from typing import Any
 from nats.aio.client import Client
 
 from contracts.cards import AgentCard, AgentRecord, SignedStatement
-from mesh.agent import Agent
-from mesh.app import StartedAgent, start_agent
-from mesh.connection import close, connect
-from mesh.embedded import EmbeddedNats
-from mesh.enrolment import issue_grant, write_grant
-from mesh.identity import Identity
-from mesh.onboarding import card_with_key, connect_as, inbox_prefix
-from mesh.registry_client import RegistryClient
-from mesh.runtime import AgentRunner
+from mesh._broker.connection import close, connect
+from mesh._broker.embedded import EmbeddedNats
+from mesh._broker.topology import Topology
+from mesh._runtime.runtime import AgentRunner
+from mesh._sdk.agent import Agent
+from mesh._sdk.app import StartedAgent, start_agent
+from mesh._trust.enrolment import issue_grant, write_grant
+from mesh._trust.identity import Identity
+from mesh._trust.onboarding import card_with_key, connect_as, inbox_prefix
+from mesh._trust.registry_client import RegistryClient
 from mesh.settings import MeshSettings
 from mesh.testing import unique_root
-from mesh.topology import Topology
 from services.eventstore.service import EventStoreService
 from services.eventstore.settings import EventStoreSettings
 from services.policy.service import PolicyService

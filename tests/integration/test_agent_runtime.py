@@ -17,9 +17,9 @@ from contracts import (
     encode,
 )
 from mesh import HandlerContext, MeshSettings, PermanentError, TransientError
-from mesh.dead_letters import replay_dead_letter
-from mesh.identity import Identity, verify_headers
-from mesh.reading import read_subject
+from mesh._broker.reading import read_subject
+from mesh._runtime.dead_letters import replay_dead_letter
+from mesh._trust.identity import Identity, verify_headers
 from mesh.testing import MeshTestKit, eventually
 from tests.integration.agents import complete_step, stepper
 

@@ -30,8 +30,8 @@ from contracts import (
 from contracts.cards import AgentCard
 from contracts.eventstore_api import CaseRequest
 from mesh import Identity
+from mesh._broker.publisher import EventPublisher
 from mesh.cli import app
-from mesh.publisher import EventPublisher
 from services.eventstore.audit import verify_bundle
 from services.eventstore.export import build_bundle, store_request, write_bundle
 from tests.integration.claims_flow import (

@@ -23,12 +23,12 @@ from contracts.cards import CardPeriod
 from contracts.codec import encode
 from contracts.registry_api import PrincipalKeys
 from mesh import Identity
-from mesh.authorization import NotAuthorized, require_authorization
-from mesh.identity import message_digest
-from mesh.key_directory import KeyDirectory
-from mesh.publisher import EventPublisher
-from mesh.reading import read_case
-from mesh.topology import Topology
+from mesh._broker.publisher import EventPublisher
+from mesh._broker.reading import read_case
+from mesh._broker.topology import Topology
+from mesh._trust.authorization import NotAuthorized, require_authorization
+from mesh._trust.identity import message_digest
+from mesh._trust.key_directory import KeyDirectory
 
 EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
 PRODUCES = {

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from contracts import CaseOpened, CaseStepCompleted
 from mesh import HandlerContext, PermanentError
+from mesh._broker.provisioning import ensure_stream
+from mesh._broker.topology import Topology
 from mesh.cli import app
-from mesh.provisioning import ensure_stream
 from mesh.testing import MeshTestKit, eventually
-from mesh.topology import Topology
 from tests.integration.agents import complete_step, stepper
 from tests.integration.test_agent_runtime import FAST
 

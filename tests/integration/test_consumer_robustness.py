@@ -11,10 +11,10 @@ from nats.aio.client import Client
 
 from contracts import CaseOpened, CaseOpenedPayload, CaseStepCompleted, encode
 from mesh import HandlerContext, TransientError
-from mesh.provisioning import Outcome, ensure_consumer, ensure_stream
-from mesh.runtime import consumer_config
+from mesh._broker.provisioning import Outcome, ensure_consumer, ensure_stream
+from mesh._broker.topology import Topology
+from mesh._runtime.runtime import consumer_config
 from mesh.testing import MeshTestKit, eventually, unique_root
-from mesh.topology import Topology
 from tests.integration.agents import complete_step, stepper
 from tests.integration.test_agent_runtime import FAST, _at_least
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
-from mesh.embedded import find_binary
+from mesh._broker.embedded import find_binary
 from mesh.settings import MeshSettings
 from services.agents.claims.gateway import GatewaySettings
 from services.eventstore.settings import EventStoreSettings

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mesh.embedded import EmbeddedNats
+from mesh._broker.embedded import EmbeddedNats
 from mesh.errors import EmbeddedServerError
 
 

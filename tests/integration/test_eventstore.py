@@ -13,7 +13,7 @@ import pytest
 
 from contracts import ActionCompleted, ApprovalRequired, CaseClosed
 from contracts.eventstore_api import CaseQuery, CaseRequest, StoreReply
-from mesh.key_directory import KeyDirectory
+from mesh._trust.key_directory import KeyDirectory
 from services.eventstore.audit import verify_bundle
 from services.eventstore.export import build_bundle, store_request
 from services.eventstore.projector import Projector

@@ -20,18 +20,18 @@ from nats.aio.client import Client
 
 from contracts.events.case import CaseClosed, CaseClosedPayload, CaseOpened, CaseOpenedPayload
 from contracts.ingress import CaseStatusReply, IngressReply
-from mesh.connection import close, connect, refused
-from mesh.dead_letters import DeadLetter, read_dead_letters
-from mesh.embedded import EmbeddedNats
-from mesh.identity import Identity
-from mesh.onboarding import inbox_prefix
-from mesh.provisioning import ensure_stream
-from mesh.publisher import EventPublisher
-from mesh.reading import read_case
-from mesh.replies import is_inbox
+from mesh._broker.connection import close, connect, refused
+from mesh._broker.embedded import EmbeddedNats
+from mesh._broker.provisioning import ensure_stream
+from mesh._broker.publisher import EventPublisher
+from mesh._broker.reading import read_case
+from mesh._broker.topology import Topology
+from mesh._runtime.dead_letters import DeadLetter, read_dead_letters
+from mesh._runtime.replies import is_inbox
+from mesh._trust.identity import Identity
+from mesh._trust.onboarding import inbox_prefix
 from mesh.settings import MeshSettings
 from mesh.testing import eventually, unique_root
-from mesh.topology import Topology
 from services.ingress.body import CUT_OFF, DIGEST, SIZE, TRUNCATED
 from services.ingress.service import IngressService
 from services.ingress.settings import IngressSettings
@@ -119,7 +119,7 @@ async def test_a_reply_subject_in_the_log_gets_no_reply_and_nothing_lands_there(
     subject = provisioned.subjects.service("ingress", "crm")
     own_case = provisioned.subjects.case_event("crm-CLM-9", "case_opened")
     other_case = provisioned.subjects.case_event("victim-1", "case_closed")
-    caplog.set_level(logging.WARNING, logger="mesh.replies")
+    caplog.set_level(logging.WARNING, logger="mesh._runtime.replies")
     # What an outside system might name as its reply subject, with what it sends.
     await nc.publish(subject, claim("CLM-9"), reply=own_case)
     await nc.publish(subject, claim("CLM-10"), reply=other_case)

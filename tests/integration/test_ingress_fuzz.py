@@ -34,13 +34,13 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from nats.aio.client import Client
 
 from contracts.ingress import IngressReply
-from mesh.connection import connect
-from mesh.dead_letters import DeadLetter, read_dead_letters
-from mesh.identity import Identity
-from mesh.provisioning import ensure_stream
+from mesh._broker.connection import connect
+from mesh._broker.provisioning import ensure_stream
+from mesh._broker.topology import Topology
+from mesh._runtime.dead_letters import DeadLetter, read_dead_letters
+from mesh._trust.identity import Identity
 from mesh.settings import MeshSettings
 from mesh.testing import unique_root
-from mesh.topology import Topology
 from services.ingress.body import DIGEST, SIZE, TRUNCATED
 from services.ingress.service import IngressService
 from services.ingress.settings import IngressSettings

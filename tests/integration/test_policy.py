@@ -27,13 +27,13 @@ from contracts import (
     PolicyBundleActivated,
 )
 from mesh import HandlerContext, Identity
-from mesh.authorization import NotAuthorized, require_authorization
+from mesh._broker.publisher import EventPublisher
+from mesh._broker.reading import read_case, read_subject
+from mesh._runtime.dead_letters import read_dead_letters
+from mesh._trust.authorization import NotAuthorized, require_authorization
+from mesh._trust.key_directory import KeyDirectory
 from mesh.cli import app
-from mesh.dead_letters import read_dead_letters
 from mesh.errors import PermissionDenied
-from mesh.key_directory import KeyDirectory
-from mesh.publisher import EventPublisher
-from mesh.reading import read_case, read_subject
 from mesh.testing import eventually
 from services.policy.bundle import PolicyBundleInvalid
 from tests.integration.claims_flow import adjudicator, human, open_case, open_claim, screen

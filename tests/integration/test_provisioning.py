@@ -7,9 +7,9 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, KeyValueConfig, StorageType
 
+from mesh._broker.provisioning import Outcome, ensure_consumer, ensure_key_value, ensure_stream
+from mesh._broker.topology import Topology
 from mesh.errors import ConfigDrift
-from mesh.provisioning import Outcome, ensure_consumer, ensure_key_value, ensure_stream
-from mesh.topology import Topology
 
 
 async def test_streams_are_created_once_then_left_alone(nc: Client, topology: Topology) -> None:

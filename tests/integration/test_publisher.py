@@ -4,11 +4,11 @@ import pytest
 from nats.aio.client import Client
 
 from contracts import CaseClosed, CaseClosedPayload, CaseOpened, CaseOpenedPayload, decode
+from mesh._broker.publisher import EventPublisher
+from mesh._broker.reading import read_case
+from mesh._broker.topology import Topology
+from mesh._trust.identity import Identity, verify_headers
 from mesh.errors import ConcurrencyConflict
-from mesh.identity import Identity, verify_headers
-from mesh.publisher import EventPublisher
-from mesh.reading import read_case
-from mesh.topology import Topology
 
 
 def _opened(case_id: str) -> CaseOpened:

@@ -22,17 +22,17 @@ from contracts import (
     CaseStepCompletedPayload,
 )
 from mesh import Agent, HandlerContext
-from mesh.case_reader import CaseReader, ReadRefused
-from mesh.dead_letters import (
+from mesh._broker.publisher import EventPublisher
+from mesh._runtime.dead_letters import (
     ORIGINAL_SEQUENCE,
     ORIGINAL_STREAM,
     DeadLetter,
     read_dead_letters,
     replay_dead_letter,
 )
+from mesh._runtime.replays import ReplayRefused
+from mesh._sdk.case_reader import CaseReader, ReadRefused
 from mesh.errors import BrokerError, PermanentError
-from mesh.publisher import EventPublisher
-from mesh.replays import ReplayRefused
 from mesh.testing import eventually
 from tests.integration.registry_fixtures import KNOWN_OWNER, SecuredMesh, secured_mesh
 
@@ -92,7 +92,10 @@ async def test_an_agent_reads_only_the_cases_it_works_on_and_what_its_card_reads
     with pytest.raises(ReadRefused, match="works on no case 'theirs'"):
         await reader.history("theirs")
     # Nor does it read the stream itself, by subject or by sequence.
-    for request in ({"seq": 1}, {"last_by_subj": mesh.topology.subjects.case_history("theirs")}):
+    for request in (
+        {"seq": 1},
+        {"last_by_subj": mesh.topology.subjects.case_history("theirs")},
+    ):
         with pytest.raises(nats.errors.Error):
             await nc.request(
                 f"$JS.API.DIRECT.GET.{mesh.topology.cases_stream}",

@@ -20,10 +20,10 @@ from nats.js.api import StreamConfig
 
 from contracts import CaseOpened, CaseOpenedPayload
 from contracts.eventstore_api import CaseQuery
-from mesh.connection import close, connect
-from mesh.embedded import EmbeddedNats
-from mesh.publisher import EventPublisher
-from mesh.reading import StreamReader
+from mesh._broker.connection import close, connect
+from mesh._broker.embedded import EmbeddedNats
+from mesh._broker.publisher import EventPublisher
+from mesh._broker.reading import StreamReader
 from services.eventstore.service import EventStoreService
 from tests.integration.databases import Databases
 from tests.integration.registry_fixtures import SecuredMesh, secured_mesh

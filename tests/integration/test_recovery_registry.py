@@ -24,9 +24,9 @@ from contracts import (
 )
 from contracts.envelope import Event
 from contracts.eventstore_api import TimelineEntry
-from mesh.identity import Identity
-from mesh.key_directory import KeyDirectory
-from mesh.publisher import EventPublisher
+from mesh._broker.publisher import EventPublisher
+from mesh._trust.identity import Identity
+from mesh._trust.key_directory import KeyDirectory
 from services.eventstore.projector import Projector
 from services.eventstore.service import EventStoreService
 from services.eventstore.views import ViewStore

@@ -25,13 +25,13 @@ from contracts import (
 from contracts.cards import card_digest
 from contracts.registry_api import GRANT_HEADER, RegistryQuery
 from mesh import Agent, Identity
-from mesh.connection import connect
+from mesh._broker.connection import connect
+from mesh._broker.publisher import EventPublisher
+from mesh._broker.reading import read_case, read_subject
+from mesh._trust.key_directory import KeyDirectory
+from mesh._trust.onboarding import card_with_key, connect_as, register
+from mesh._trust.registry_client import RegistryRefused
 from mesh.errors import BrokerError, PermissionDenied, SignatureError
-from mesh.key_directory import KeyDirectory
-from mesh.onboarding import card_with_key, connect_as, register
-from mesh.publisher import EventPublisher
-from mesh.reading import read_case, read_subject
-from mesh.registry_client import RegistryRefused
 from mesh.testing import eventually
 from tests.integration.agents import complete_step
 from tests.integration.registry_fixtures import KNOWN_OWNER, SecuredMesh, secured_mesh
@@ -286,7 +286,7 @@ async def test_a_consumer_dead_letters_events_signed_after_revocation(mesh: Secu
     await EventPublisher(mesh.harness_nc.jetstream(), leaked, mesh.topology).publish(forged)
     await open_case(mesh, "legit")
 
-    from mesh.dead_letters import read_dead_letters
+    from mesh._runtime.dead_letters import read_dead_letters
 
     async def refused() -> list[object]:
         assert mesh.harness_nc is not None

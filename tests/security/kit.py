@@ -43,12 +43,12 @@ from contracts.codec import encode
 from contracts.envelope import Event
 from contracts.eventstore_api import CaseRequest, CaseView, TimelineEntry
 from contracts.ingress import IngressReply
-from mesh.dead_letters import DeadLetter, read_dead_letters
-from mesh.enrolment import issue_grant
-from mesh.identity import Identity
-from mesh.onboarding import ONBOARDING_ID, register
-from mesh.reading import StoredEvent, read_case
-from mesh.registry_client import request_with_patience
+from mesh._broker.reading import StoredEvent, read_case
+from mesh._runtime.dead_letters import DeadLetter, read_dead_letters
+from mesh._trust.enrolment import issue_grant
+from mesh._trust.identity import Identity
+from mesh._trust.onboarding import ONBOARDING_ID, register
+from mesh._trust.registry_client import request_with_patience
 from mesh.testing import eventually
 from services.eventstore.audit import Report, verify_bundle
 from services.eventstore.export import build_bundle, store_request

@@ -17,10 +17,10 @@ import pytest
 
 from contracts import CaseOpened, LogCheckpointed
 from contracts.ingress import IngressReply
-from mesh.dead_letters import DeadLetter, read_dead_letters
-from mesh.identity import verify_headers
-from mesh.reading import read_subject
-from mesh.registry_client import request_with_patience
+from mesh._broker.reading import read_subject
+from mesh._runtime.dead_letters import DeadLetter, read_dead_letters
+from mesh._trust.identity import verify_headers
+from mesh._trust.registry_client import request_with_patience
 from mesh.testing import eventually
 from services.eventstore.export import checkpoint_subject
 from tests.security.kit import Mesh, claim, events, lapsed, new_ref

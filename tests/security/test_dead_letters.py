@@ -26,8 +26,8 @@ from contracts import (
     DecisionProvenance,
 )
 from contracts.codec import encode
-from mesh.reading import StoredEvent
-from mesh.registry_client import request_with_patience
+from mesh._broker.reading import StoredEvent
+from mesh._trust.registry_client import request_with_patience
 from mesh.testing import eventually
 from tests.security.kit import (
     Connection,

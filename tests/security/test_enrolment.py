@@ -16,10 +16,10 @@ import pytest
 from contracts import ActionRequested, ActionRequestedPayload, CaseClosed
 from contracts.cards import AgentCard, AgentKey, card_digest
 from contracts.registry_api import RegistryQuery, RegistryReply
-from mesh.enrolment import grant_for, issue_grant, sign_grant
-from mesh.identity import Identity
-from mesh.onboarding import card_with_key
-from mesh.registry_client import RegistryClient, RegistryRefused
+from mesh._trust.enrolment import grant_for, issue_grant, sign_grant
+from mesh._trust.identity import Identity
+from mesh._trust.onboarding import card_with_key
+from mesh._trust.registry_client import RegistryClient, RegistryRefused
 from services.agents.claims.cards import INTAKE
 from tests.security.kit import Connection, Mesh, lapsed, new_ref, signed
 

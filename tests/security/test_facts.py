@@ -16,7 +16,7 @@ from contracts import (
     CaseClosed,
     CaseStepCompleted,
 )
-from mesh.identity import SIGNATURE_HEADER
+from mesh._trust.identity import SIGNATURE_HEADER
 from tests.security.kit import (
     FRAUDULENT,
     Mesh,

@@ -33,13 +33,13 @@ import pytest
 from contracts import ApprovalGranted, ApprovalRequired, CaseClosed, CaseStepCompleted
 from contracts.cards import AgentCard
 from contracts.events.case import CaseClosedPayload
-from mesh.enrolment import issue_grant
+from mesh._broker.topology import Topology
+from mesh._trust.enrolment import issue_grant
+from mesh._trust.identity import Identity
+from mesh._trust.onboarding import ONBOARDING_ID, register
+from mesh._trust.registry_client import request_with_patience
 from mesh.errors import ConfigurationError, MeshError
-from mesh.identity import Identity
-from mesh.onboarding import ONBOARDING_ID, register
-from mesh.registry_client import request_with_patience
 from mesh.testing import eventually
-from mesh.topology import Topology
 from services.stack.layout import Layout, bootstrap
 from services.stack.principals import add_principal, list_principals, remove_principal
 from services.stack.stack import running_stack

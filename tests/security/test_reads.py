@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 
 from contracts import ActionDenied, ApprovalRequired, CaseClosed
 from contracts.cards import AgentCard
-from mesh.registry_client import request_with_patience
+from mesh._trust.registry_client import request_with_patience
 from mesh.testing import eventually
 from tests.security.kit import FRAUDULENT, Mesh, claim, new_ref
 

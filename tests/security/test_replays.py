@@ -21,7 +21,7 @@ from contracts import (
     CaseEscalated,
     CaseStepCompleted,
 )
-from mesh.identity import message_digest
+from mesh._trust.identity import message_digest
 from tests.security.kit import FRAUDULENT, Mesh, claim, events, lapsed, new_ref, signed, store
 
 pytestmark = [pytest.mark.asyncio(loop_scope="package"), pytest.mark.security]

@@ -24,7 +24,7 @@ from contracts import (
     CaseClosedPayload,
     DecisionProvenance,
 )
-from mesh.identity import message_digest
+from mesh._trust.identity import message_digest
 from mesh.testing import eventually
 from tests.security.kit import Mesh, claim, lapsed, new_ref, signed
 

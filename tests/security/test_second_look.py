@@ -40,10 +40,10 @@ from contracts.codec import encode
 from contracts.envelope import Event
 from contracts.eventstore_api import CaseRequest
 from contracts.registry_api import GRANT_HEADER, RegistryReply
+from mesh._trust.identity import Identity
+from mesh._trust.onboarding import card_with_key
+from mesh._trust.registry_client import RegistryClient, request_with_patience
 from mesh.errors import MeshError
-from mesh.identity import Identity
-from mesh.onboarding import card_with_key
-from mesh.registry_client import RegistryClient, request_with_patience
 from mesh.testing import eventually
 from services.eventstore.export import store_request
 from services.stack.stack import running_stack

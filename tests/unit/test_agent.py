@@ -8,7 +8,7 @@ from contracts import (
     CaseStepCompleted,
     CaseStepCompletedPayload,
 )
-from mesh.agent import Agent, HandlerContext
+from mesh._sdk.agent import Agent, HandlerContext
 from mesh.errors import ConfigurationError, PermanentError
 from tests.unit.samples import sample_event
 

@@ -1,4 +1,4 @@
-"""Which statement of a case fact counts (mesh.facts): only its authority's, the
+"""Which statement of a case fact counts (mesh._trust.facts): only its authority's, the
 latest before the request, never the requester's."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from contracts import (
     DecisionProvenance,
 )
 from contracts.envelope import Event
-from mesh.facts import Statement, authoritative_facts, prior_actions
+from mesh._trust.facts import Statement, authoritative_facts, prior_actions
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 AUTHORITIES = {("fraud", "fraud_score"), ("adjudication", "payout_cents")}

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from mesh._trust.identity import SIGNATURE_HEADER, SIGNER_HEADER, Identity, verify, verify_headers
 from mesh.errors import ConfigurationError, SignatureError
-from mesh.identity import SIGNATURE_HEADER, SIGNER_HEADER, Identity, verify, verify_headers
 
 
 def test_a_signature_verifies_with_the_signer_s_public_key() -> None:
@@ -67,7 +67,7 @@ def test_a_bad_seed_is_a_configuration_error() -> None:
 def test_direct_get_times_match_consumer_metadata_times() -> None:
     import datetime as dt
 
-    from mesh.reading import broker_time
+    from mesh._broker.reading import broker_time
 
     nanos = 1_795_999_843_273_014_885
     stamp = dt.datetime.fromtimestamp(nanos // 10**9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")

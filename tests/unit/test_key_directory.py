@@ -8,8 +8,8 @@ import pytest
 
 from contracts.cards import AgentCard, AgentKey, CardPeriod, Period
 from contracts.registry_api import PrincipalKeys
+from mesh._trust.key_directory import KeyDirectory
 from mesh.errors import SignatureError
-from mesh.key_directory import KeyDirectory
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)

@@ -15,7 +15,7 @@ import pytest
 
 from contracts import ActionApproved, ActionCompleted, ActionFailed, CaseClosed, CaseEscalated
 from contracts.events.actions import ActionDecisionPayload, DecisionProvenance
-from mesh.resilience import CircuitBreaker, RetryBudget, redelivery_span
+from mesh._runtime.resilience import CircuitBreaker, RetryBudget, redelivery_span
 from services.agents.claims import payment
 from services.agents.claims.domain import PaymentInstruction
 from services.agents.claims.gateway import GatewaySettings, Ledger, gateway_app

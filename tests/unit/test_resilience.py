@@ -6,8 +6,8 @@ import random
 import pytest
 
 from contracts.events.operations import CircuitStateChangedPayload
+from mesh._runtime.resilience import CircuitBreaker, redelivery_delay, retry_transient
 from mesh.errors import BrokerError, CircuitOpen, PermanentError
-from mesh.resilience import CircuitBreaker, redelivery_delay, retry_transient
 
 
 class FakeClock:

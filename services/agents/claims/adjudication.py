@@ -15,8 +15,7 @@ from contracts import (
     CaseStepCompleted,
     CaseStepCompletedPayload,
 )
-from mesh import Agent, HandlerContext
-from mesh.errors import PermanentError
+from mesh import Agent, HandlerContext, PermanentError
 from services.agents.claims.cards import ADJUDICATION
 from services.agents.claims.domain import payout, read_claim
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from contracts import CaseOpened, CaseStepCompleted, CaseStepCompletedPayload
-from mesh import Agent, HandlerContext
-from mesh.errors import PermanentError
+from mesh import Agent, HandlerContext, PermanentError
 from services.agents.claims.cards import FRAUD
 from services.agents.claims.domain import fraud_score, read_claim
 

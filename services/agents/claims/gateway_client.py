@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from mesh.errors import PermanentError, TransientError
+from mesh import PermanentError, TransientError
 
 
 class GatewayUnavailable(TransientError):

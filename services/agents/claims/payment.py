@@ -25,7 +25,7 @@ once. (`mesh run services.agents.claims.payment`, with MESH_GATEWAY_URL.)
   escalates the case to a human. A restart of the gateway of a few seconds therefore
   costs time, never a person's attention. The runtime's MESH_MAX_DELIVER bounds the
   deliveries as well — on the last one the agent escalates whatever the budget says —
-  so give redelivery at least the budget (`mesh.resilience.redelivery_span`: about
+  so give redelivery at least the budget (`mesh._runtime.resilience.redelivery_span`: about
   12 s with the runtime's defaults, 13 s in `mesh up`; the agent logs a warning at
   its first payment when it is shorter).
 - A gateway that refuses (4xx: a closed account, a key used for another payment) is
@@ -55,11 +55,16 @@ from contracts import (
     CaseEscalated,
     CaseEscalatedPayload,
 )
-from mesh import Agent, HandlerContext
-from mesh.authorization import NotAuthorized
-from mesh.errors import CircuitOpen
-from mesh.resilience import RetryBudget, redelivery_span, retry_transient
-from mesh.settings import MeshSettings
+from mesh import (
+    Agent,
+    CircuitOpen,
+    HandlerContext,
+    MeshSettings,
+    NotAuthorized,
+    RetryBudget,
+    redelivery_span,
+    retry_transient,
+)
 from services.agents.claims.cards import PAYMENT
 from services.agents.claims.domain import PaymentInstruction, obligation_key, payment_instruction
 from services.agents.claims.gateway_client import (

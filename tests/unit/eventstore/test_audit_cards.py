@@ -10,8 +10,8 @@ import msgspec
 from contracts.audit_bundle import AuditPrincipal
 from contracts.cards import AgentCard, AgentKey, CardPeriod, SignedStatement, card_digest
 from contracts.registry_api import CardApprovalRequest, PrincipalKeys
-from mesh.enrolment import grant_for, sign_grant
-from mesh.identity import Identity
+from mesh._trust.enrolment import grant_for, sign_grant
+from mesh._trust.identity import Identity
 from services.eventstore.audit_cards import card_findings
 from services.registry.principals import EPOCH, StaticPrincipal, static_cards
 

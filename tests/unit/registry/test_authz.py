@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 from contracts import AgentCard, AgentKey
 from contracts.cards import AgentRecord, AgentStatus
-from mesh.identity import Identity
-from mesh.topology import Topology
+from mesh._broker.topology import Topology
+from mesh._trust.identity import Identity
 from services.registry.authz import authorization_config
 from services.registry.principals import StaticPrincipal
 

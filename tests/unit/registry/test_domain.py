@@ -10,8 +10,8 @@ import pytest
 from contracts import CATALOG, ActionGrant, AgentCard, AgentKey
 from contracts.cards import Period, SignedStatement, card_digest
 from contracts.envelope import Event
-from mesh.enrolment import grant_for, sign_grant
-from mesh.identity import Identity
+from mesh._trust.enrolment import grant_for, sign_grant
+from mesh._trust.identity import Identity
 from services.registry.domain import (
     Refused,
     RegistryRules,

@@ -13,18 +13,18 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from mesh.agent import Agent
-from mesh.connection import close, connect
-from mesh.embedded import EmbeddedNats
-from mesh.enrolment import load_grant
+from mesh._broker.connection import close, connect
+from mesh._broker.embedded import EmbeddedNats
+from mesh._broker.topology import Topology
+from mesh._runtime.runtime import AgentRunner
+from mesh._sdk.agent import Agent
+from mesh._trust.enrolment import load_grant
+from mesh._trust.identity import Identity
+from mesh._trust.key_directory import KeyDirectory
+from mesh._trust.onboarding import connect_as, inbox_prefix, register
+from mesh._trust.registry_client import RegistryClient
 from mesh.errors import ConfigurationError, MeshError
-from mesh.identity import Identity
-from mesh.key_directory import KeyDirectory
-from mesh.onboarding import connect_as, inbox_prefix, register
-from mesh.registry_client import RegistryClient
-from mesh.runtime import AgentRunner
 from mesh.settings import MeshSettings
-from mesh.topology import Topology
 
 log = logging.getLogger(__name__)
 

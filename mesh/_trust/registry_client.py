@@ -22,8 +22,8 @@ from contracts.registry_api import (
     StatusChangeRequest,
 )
 from contracts.subjects import Subjects
+from mesh._trust.identity import Identity
 from mesh.errors import BrokerError, MeshError
-from mesh.identity import Identity
 
 _reply_decoder = msgspec.json.Decoder(RegistryReply)
 # Keys a card adds must sign it too: public key -> signature, as JSON, in this header.

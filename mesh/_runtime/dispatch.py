@@ -44,9 +44,14 @@ from contracts.codec import EventDecoder
 from contracts.envelope import Event
 from contracts.errors import ContractError
 from contracts.subjects import Subjects
-from mesh.agent import Agent, HandlerContext, Services
-from mesh.consumer import settle
-from mesh.dead_letters import REPLAY_OF, DeadLetterKind, DeadLetterSink
+from mesh._broker.reading import RawMessage, StoredEvent
+from mesh._runtime.consumer import settle
+from mesh._runtime.dead_letters import REPLAY_OF, DeadLetterKind, DeadLetterSink
+from mesh._runtime.replays import ReplayRefused
+from mesh._runtime.resilience import redelivery_delay
+from mesh._sdk.agent import Agent, HandlerContext, Services
+from mesh._trust.identity import SIGNER_HEADER, verify_headers
+from mesh._trust.key_directory import KeyDirectory
 from mesh.errors import (
     CircuitOpen,
     MeshError,
@@ -54,11 +59,6 @@ from mesh.errors import (
     PermissionDenied,
     SignatureError,
 )
-from mesh.identity import SIGNER_HEADER, verify_headers
-from mesh.key_directory import KeyDirectory
-from mesh.reading import RawMessage, StoredEvent
-from mesh.replays import ReplayRefused
-from mesh.resilience import redelivery_delay
 
 log = logging.getLogger(__name__)
 

@@ -18,18 +18,18 @@ from __future__ import annotations
 
 from nats.aio.client import Client
 
-from mesh.dead_letters import (
+from mesh._broker.reading import RawMessage, read_one
+from mesh._broker.topology import Topology
+from mesh._runtime.dead_letters import (
     FILED_BY,
     FILING_SIGNATURE,
     ORIGINAL_SEQUENCE,
     ORIGINAL_STREAM,
     filing_statement,
 )
+from mesh._trust.identity import verify
+from mesh._trust.key_directory import KeyDirectory
 from mesh.errors import MeshError, SignatureError
-from mesh.identity import verify
-from mesh.key_directory import KeyDirectory
-from mesh.reading import RawMessage, read_one
-from mesh.topology import Topology
 
 
 class ReplayRefused(MeshError):

@@ -19,10 +19,10 @@ from nats.js.client import JetStreamContext
 
 from contracts.codec import encode
 from contracts.envelope import Event
-from mesh.connection import refused
+from mesh._broker.connection import refused
+from mesh._broker.topology import Topology
+from mesh._trust.identity import Identity
 from mesh.errors import BrokerError, ConcurrencyConflict, PermissionDenied, PublishFailed
-from mesh.identity import Identity
-from mesh.topology import Topology
 
 log = logging.getLogger(__name__)
 

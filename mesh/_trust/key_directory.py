@@ -42,10 +42,10 @@ from contracts.cards import AgentCard
 from contracts.codec import decode
 from contracts.errors import ContractError
 from contracts.registry_api import PrincipalKeys
+from mesh._broker.reading import broker_time
+from mesh._broker.topology import Topology
+from mesh._trust.registry_client import RegistryClient
 from mesh.errors import BrokerError, MeshError, SignatureError
-from mesh.reading import broker_time
-from mesh.registry_client import RegistryClient
-from mesh.topology import Topology
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from nats.js.client import JetStreamContext
 from contracts.codec import EventDecoder
 from contracts.envelope import Event
 from contracts.errors import ContractError
-from mesh.connection import on_reconnect
+from mesh._broker.connection import on_reconnect
+from mesh._broker.topology import Topology
 from mesh.errors import BrokerError
-from mesh.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class StreamReader:
 
     The consumer lives in the broker's memory: a restarted broker has forgotten it.
     The reader knows the stream sequence it has read up to, so when its connection
-    comes back (with a connection made by `mesh.connection.connect` it is told at once,
+    comes back (with a connection made by `mesh._broker.connection.connect` it is told at once,
     even in the middle of a pull), or a pull finds no consumer to answer it, it makes a
     new consumer from the next sequence, on a fresh inbox, and reads on: whoever reads
     from it sees no gap and no repeat, and no error unless the broker stays away for

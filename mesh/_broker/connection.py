@@ -27,8 +27,8 @@ import nats
 import nats.errors
 from nats.aio.client import Client, Server
 
+from mesh._trust.identity import Identity
 from mesh.errors import BrokerError
-from mesh.identity import Identity
 
 log = logging.getLogger(__name__)
 

@@ -25,14 +25,14 @@ from contracts.catalog import CATALOG, EventCatalog
 from contracts.envelope import Event
 from contracts.events.actions import FactSource
 from contracts.ids import derived_event_id
+from mesh._broker.publisher import Receipt
+from mesh._broker.reading import RawMessage, StoredEvent
+from mesh._runtime.resilience import CircuitBreaker
+from mesh._trust.identity import message_digest
 from mesh.errors import ConfigurationError, PermanentError
-from mesh.identity import message_digest
-from mesh.publisher import Receipt
-from mesh.reading import RawMessage, StoredEvent
-from mesh.resilience import CircuitBreaker
 
 if TYPE_CHECKING:
-    from mesh.authorization import Authorization
+    from mesh._trust.authorization import Authorization
 
 E = TypeVar("E", bound=Event)
 E_contra = TypeVar("E_contra", bound=Event, contravariant=True)
@@ -134,7 +134,7 @@ class HandlerContext:
 
     @property
     def digest(self) -> str:
-        """sha256 of the event's stored subject and bytes (mesh.identity.message_digest)."""
+        """sha256 of the event's stored subject and bytes (mesh._trust.identity.message_digest)."""
         if self.message is None:
             raise PermanentError(f"no stored bytes of {self.event.event_id} to digest")
         return message_digest(self.message.subject, self.message.body)
@@ -146,7 +146,7 @@ class HandlerContext:
 
     async def facts(self, history: list[StoredEvent] | None = None) -> dict[str, FactSource]:
         """The case's facts as the log establishes them: each from the latest statement
-        of the agent whose card made it the authority for that fact (mesh.facts);
+        of the agent whose card made it the authority for that fact (mesh._trust.facts);
         nobody else's say-so. From `history` (as `history()` returned it) if given."""
         assert self.event.case_id is not None
         return await self._services.facts(self.event.case_id, history)

@@ -11,11 +11,11 @@ from nats.aio.client import Client
 
 from contracts.audit_bundle import StoredMessage
 from contracts.reader_api import HistoryRequest, ReaderReply, ReplayRequest
+from mesh._broker.reading import RawMessage
+from mesh._broker.topology import Topology
+from mesh._runtime.replays import ReplayRefused
+from mesh._trust.registry_client import request_with_patience
 from mesh.errors import BrokerError, MeshError
-from mesh.reading import RawMessage
-from mesh.registry_client import request_with_patience
-from mesh.replays import ReplayRefused
-from mesh.topology import Topology
 
 _reply = msgspec.json.Decoder(ReaderReply)
 

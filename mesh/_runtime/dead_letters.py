@@ -15,7 +15,7 @@ added:
                                `<stream>:<sequence>`: only it can have filed this
 
 Its Nats-Msg-Id is derived from the delivery that gave up, so dead-lettering the same
-delivery twice (a crash before term) keeps one copy. A replay (mesh.replays) sends the
+delivery twice (a crash before term) keeps one copy. A replay (mesh._runtime.replays) sends the
 consumer a pointer to the dead letter, and the consumer takes the message from the
 log by sequence: what a dead letter's headers say is for people to read, never what
 is delivered.
@@ -32,10 +32,10 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
+from mesh._broker.reading import RawMessage
+from mesh._broker.topology import Topology
+from mesh._trust.identity import Identity
 from mesh.errors import BrokerError, PublishFailed
-from mesh.identity import Identity
-from mesh.reading import RawMessage
-from mesh.topology import Topology
 
 REASON = "Mesh-Dlq-Reason"
 KIND = "Mesh-Dlq-Kind"
@@ -49,7 +49,7 @@ ORIGINAL_TIME = "Mesh-Dlq-Original-Time"  # when the original entered its stream
 SOURCE = "Mesh-Dlq-Source"  # the external system that sent refused input
 FILED_BY = "Mesh-Dlq-Filed-By"
 FILING_SIGNATURE = "Mesh-Dlq-Filing-Signature"
-# On a replay message: the sequence of the dead letter it replays (see mesh.replays).
+# On a replay message: the sequence of the dead letter it replays (see mesh._runtime.replays).
 REPLAY_OF = "Mesh-Replay-Of"
 
 # Control headers that must not travel: they would make the DLQ publish conditional
@@ -256,7 +256,7 @@ async def replay_dead_letter(js: JetStreamContext, topology: Topology, letter: D
     """Ask the one consumer that filed a dead letter (the last token of its subject,
     which the broker binds) to handle its message again, once the cause is fixed. What
     goes is a pointer to the dead letter; the consumer takes the message itself from
-    the case log by sequence (mesh.replays). Nothing is re-published to the case log:
+    the case log by sequence (mesh._runtime.replays). Nothing is re-published to the case log:
     every other consumer has already handled it, and the log must not hold an event
     twice."""
     _, _, stream, consumer = letter.subject.rsplit(".", 3)

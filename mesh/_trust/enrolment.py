@@ -20,8 +20,8 @@ from contracts.cards import (
     SignedStatement,
 )
 from contracts.ids import new_event_id
+from mesh._trust.identity import Identity
 from mesh.errors import ConfigurationError
-from mesh.identity import Identity
 
 _statement = msgspec.json.Decoder(SignedStatement)
 

@@ -16,15 +16,15 @@ from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 from rich.console import Console
 
-from mesh.app import nats_url
-from mesh.connection import close, connect
-from mesh.discovery import HINT, find_running
+from mesh._broker.connection import close, connect
+from mesh._broker.discovery import HINT, find_running
+from mesh._broker.topology import Topology
+from mesh._sdk.app import nats_url
+from mesh._support.text import shown
+from mesh._trust.identity import Identity
+from mesh._trust.onboarding import inbox_prefix
 from mesh.errors import ConfigurationError, MeshError
-from mesh.identity import Identity
-from mesh.onboarding import inbox_prefix
 from mesh.settings import MeshSettings
-from mesh.text import shown
-from mesh.topology import Topology
 
 T = TypeVar("T")
 
@@ -74,7 +74,7 @@ class Session:
 
 
 def running_mesh_settings(settings: MeshSettings) -> MeshSettings:
-    """Settings for the `mesh up` found running (see mesh.discovery): its NATS URL,
+    """Settings for the `mesh up` found running (see mesh._broker.discovery): its NATS URL,
     subject root and keys; MESH_DATA_DIR, when set, says which one."""
     chosen = settings.data_dir if "MESH_DATA_DIR" in os.environ else None
     found = find_running(chosen)

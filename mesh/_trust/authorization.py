@@ -27,10 +27,10 @@ from contracts.events.actions import (
     ApprovalGranted,
     ApprovalRequired,
 )
+from mesh._broker.reading import StoredEvent
+from mesh._trust.identity import message_digest, verify_headers
+from mesh._trust.key_directory import KeyDirectory
 from mesh.errors import MeshError, SignatureError
-from mesh.identity import message_digest, verify_headers
-from mesh.key_directory import KeyDirectory
-from mesh.reading import StoredEvent
 
 
 class NotAuthorized(MeshError):

@@ -17,10 +17,10 @@ from nats.js.client import JetStreamContext
 
 from contracts.cards import AgentCard
 from contracts.subjects import check_token
+from mesh._broker.provisioning import ProvisionReport, ensure_consumer
+from mesh._broker.topology import Topology
 from mesh.errors import BrokerError, ConfigurationError
-from mesh.provisioning import ProvisionReport, ensure_consumer
 from mesh.settings import MeshSettings
-from mesh.topology import Topology
 
 
 def _durable(

@@ -13,10 +13,10 @@ from typing import Protocol
 
 from nats.aio.client import Client
 
-from mesh.app import nats_url
-from mesh.connection import close, connect
-from mesh.identity import Identity
-from mesh.onboarding import inbox_prefix
+from mesh._broker.connection import close, connect
+from mesh._sdk.app import nats_url
+from mesh._trust.identity import Identity
+from mesh._trust.onboarding import inbox_prefix
 from mesh.settings import MeshSettings
 
 log = logging.getLogger(__name__)

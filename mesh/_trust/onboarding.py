@@ -17,10 +17,10 @@ from nats.aio.client import Client
 
 from contracts.cards import AgentCard, AgentKey, AgentRecord, SignedStatement
 from contracts.subjects import Subjects
-from mesh.connection import connect
+from mesh._broker.connection import connect
+from mesh._trust.identity import Identity
+from mesh._trust.registry_client import RegistryClient, RegistryRefused
 from mesh.errors import BrokerError, ConfigurationError
-from mesh.identity import Identity
-from mesh.registry_client import RegistryClient, RegistryRefused
 
 log = logging.getLogger(__name__)
 

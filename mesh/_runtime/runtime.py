@@ -16,30 +16,30 @@ from contracts.envelope import Event
 from contracts.events.actions import FactSource
 from contracts.events.operations import CircuitStateChanged, CircuitStateChangedPayload
 from contracts.subjects import check_token
-from mesh.agent import Agent
-from mesh.authorization import Authorization, require_authorization, signed_actor
-from mesh.case_reader import CaseReader
-from mesh.consumer import OrderingKey, PullConsumerLoop, case_ordering_key
-from mesh.dead_letters import ORIGINAL_SUBJECT, DeadLetterSink
-from mesh.dispatch import EventDispatcher
-from mesh.durables import (
+from mesh._broker.provisioning import ProvisionReport, ensure_stream
+from mesh._broker.publisher import EventPublisher, Receipt
+from mesh._broker.reading import RawMessage, StoredEvent, decoded, read_case
+from mesh._broker.topology import Topology
+from mesh._runtime.consumer import OrderingKey, PullConsumerLoop, case_ordering_key
+from mesh._runtime.dead_letters import ORIGINAL_SUBJECT, DeadLetterSink
+from mesh._runtime.dispatch import EventDispatcher
+from mesh._runtime.durables import (
     case_durable,
     check_agent_durables,
     provision_agent_durables,
     replay_durable,
 )
+from mesh._runtime.replays import resolve_replay
+from mesh._runtime.resilience import CircuitBreaker, retry_transient
+from mesh._sdk.agent import Agent
+from mesh._sdk.case_reader import CaseReader
+from mesh._trust.authorization import Authorization, require_authorization, signed_actor
+from mesh._trust.facts import Statement, authoritative_facts
+from mesh._trust.identity import Identity
+from mesh._trust.key_directory import KeyDirectory
+from mesh._trust.registry_client import RegistryClient
 from mesh.errors import BrokerError, ConfigurationError, MeshError, SignatureError
-from mesh.facts import Statement, authoritative_facts
-from mesh.identity import Identity
-from mesh.key_directory import KeyDirectory
-from mesh.provisioning import ProvisionReport, ensure_stream
-from mesh.publisher import EventPublisher, Receipt
-from mesh.reading import RawMessage, StoredEvent, decoded, read_case
-from mesh.registry_client import RegistryClient
-from mesh.replays import resolve_replay
-from mesh.resilience import CircuitBreaker, retry_transient
 from mesh.settings import MeshSettings
-from mesh.topology import Topology
 
 log = logging.getLogger(__name__)
 

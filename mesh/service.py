@@ -1,0 +1,197 @@
+"""The public surface for service authors: what a mesh service (registry, policy, event
+store, ingress, reader, or one of yours) builds on.
+
+Agents import `mesh`; services import `mesh` and this module, never `mesh._*`
+(`make lint` enforces it with import-linter). A name added here is a promise:
+`tests/unit/test_public_api.py` pins the list.
+"""
+
+from __future__ import annotations
+
+from mesh._broker.connection import (
+    close,
+    connect,
+    on_reconnect,
+)
+from mesh._broker.embedded import (
+    reload_server,
+)
+from mesh._broker.provisioning import (
+    ensure_key_value,
+    ensure_stream,
+)
+from mesh._broker.publisher import (
+    EventPublisher,
+)
+from mesh._broker.reading import (
+    RawMessage,
+    StoredEvent,
+    StreamReader,
+    broker_time,
+    read_case,
+    read_direct,
+    read_raw,
+    read_subject,
+)
+from mesh._broker.topology import (
+    Topology,
+)
+from mesh._runtime.command_line import (
+    run,
+    running_mesh_settings,
+    session,
+)
+from mesh._runtime.dead_letters import (
+    DeadLetterSink,
+)
+from mesh._runtime.durables import (
+    provision_agent_durables,
+)
+from mesh._runtime.replays import (
+    ReplayRefused,
+    resolve_replay,
+)
+from mesh._runtime.replies import (
+    is_inbox,
+    respond,
+)
+from mesh._runtime.resilience import (
+    RetryBudget,
+    TokenBucket,
+    redelivery_span,
+    retry_transient,
+)
+from mesh._runtime.runtime import (
+    AgentRunner,
+)
+from mesh._runtime.service_process import (
+    Service,
+    service_main,
+)
+from mesh._sdk.agent import (
+    Agent,
+    HandlerContext,
+)
+from mesh._support.files import (
+    write_atomically,
+)
+from mesh._support.tasks import (
+    stop_task,
+)
+from mesh._support.text import (
+    shown,
+)
+from mesh._trust.authorization import (
+    NotAuthorized,
+    signed_actor,
+)
+from mesh._trust.facts import (
+    Statement,
+    authoritative_facts,
+    prior_actions,
+)
+from mesh._trust.identity import (
+    SIGNATURE_HEADER,
+    SIGNER_HEADER,
+    Identity,
+    message_digest,
+    signed_bytes,
+    verify,
+    verify_headers,
+)
+from mesh._trust.key_directory import (
+    KeyDirectory,
+)
+from mesh._trust.onboarding import (
+    ONBOARDING_ID,
+    connect_as,
+    inbox_prefix,
+)
+from mesh._trust.registry_client import (
+    KEY_PROOFS_HEADER,
+    RegistryClient,
+    request_with_patience,
+)
+from mesh.errors import (
+    BrokerError,
+    CircuitOpen,
+    ConcurrencyConflict,
+    ConfigurationError,
+    MeshError,
+    PermanentError,
+    ProvisioningError,
+    SignatureError,
+    TransientError,
+)
+from mesh.settings import (
+    MeshSettings,
+)
+
+__all__ = [
+    "Agent",
+    "AgentRunner",
+    "BrokerError",
+    "CircuitOpen",
+    "ConcurrencyConflict",
+    "ConfigurationError",
+    "DeadLetterSink",
+    "EventPublisher",
+    "HandlerContext",
+    "Identity",
+    "KEY_PROOFS_HEADER",
+    "KeyDirectory",
+    "MeshError",
+    "MeshSettings",
+    "NotAuthorized",
+    "ONBOARDING_ID",
+    "PermanentError",
+    "ProvisioningError",
+    "RawMessage",
+    "RegistryClient",
+    "ReplayRefused",
+    "RetryBudget",
+    "SIGNATURE_HEADER",
+    "SIGNER_HEADER",
+    "Service",
+    "SignatureError",
+    "Statement",
+    "StoredEvent",
+    "StreamReader",
+    "TokenBucket",
+    "Topology",
+    "TransientError",
+    "authoritative_facts",
+    "broker_time",
+    "close",
+    "connect",
+    "connect_as",
+    "ensure_key_value",
+    "ensure_stream",
+    "inbox_prefix",
+    "is_inbox",
+    "message_digest",
+    "on_reconnect",
+    "prior_actions",
+    "provision_agent_durables",
+    "read_case",
+    "read_direct",
+    "read_raw",
+    "read_subject",
+    "redelivery_span",
+    "reload_server",
+    "request_with_patience",
+    "resolve_replay",
+    "respond",
+    "retry_transient",
+    "run",
+    "running_mesh_settings",
+    "service_main",
+    "session",
+    "shown",
+    "signed_actor",
+    "signed_bytes",
+    "stop_task",
+    "verify",
+    "verify_headers",
+    "write_atomically",
+]
