@@ -44,8 +44,6 @@ from contracts.eventstore_api import (
 )
 from services.eventstore.merkle import CHAIN_START, chain_hash
 
-DECISIONS = (ActionApproved, ActionDenied, ApprovalRequired, ApprovalEscalated, ApprovalExpired)
-
 
 @dataclass(frozen=True)
 class LogRecord:

@@ -22,6 +22,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from contracts.authorship import DECISION_TYPES
 from contracts.cards import AgentCard
 from contracts.envelope import Event
 from contracts.events.actions import (
@@ -74,13 +75,7 @@ log = logging.getLogger(__name__)
 _pending = msgspec.json.Decoder(PendingApproval)
 
 DECIDES = ["action_requested", "approval_granted", "approval_rejected"]
-PUBLISHES = [
-    "action_approved",
-    "action_denied",
-    "approval_required",
-    "approval_escalated",
-    "approval_expired",
-]
+PUBLISHES = list(DECISION_TYPES)
 
 
 def policy_card(service_id: str) -> AgentCard:

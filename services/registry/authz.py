@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
+from contracts.authorship import DECISION_TYPES
 from contracts.cards import AgentRecord
 from contracts.reader_api import READER_OPERATIONS
 from mesh.service import ONBOARDING_ID, Topology, inbox_prefix
-from services.registry.principals import DECISION_TYPES, StaticPrincipal
+from services.registry.principals import StaticPrincipal
 
 ONBOARDING_USER = ONBOARDING_ID
 # Used by registration before an agent has credentials; anyone may know it, and all it

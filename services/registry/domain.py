@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from contracts.authorship import APPROVAL_TYPES, DECISION_TYPES, REGISTRY_TYPES
 from contracts.cards import (
     GRANT_SUBJECT,
     AgentCard,
@@ -70,7 +71,6 @@ from contracts.events.registry import (
 from contracts.scope import beyond_grant, scope_changes
 from contracts.subjects import check_token
 from mesh.service import SignatureError, verify
-from services.registry.principals import APPROVAL_TYPES, DECISION_TYPES, REGISTRY_TYPES
 
 StatusTarget = Literal["activate", "suspend", "revoke"]
 

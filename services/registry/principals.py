@@ -12,6 +12,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from contracts.authorship import (
+    APPROVAL_TYPES,
+    DECISION_TYPES,
+    POLICY_OPERATION_TYPES,
+    REGISTRY_TYPES,
+)
 from contracts.cards import AgentCard, CardPeriod, PrincipalKind
 from contracts.catalog import CATALOG
 from contracts.ingress import OPENING_FACTS
@@ -19,21 +25,6 @@ from contracts.ingress import OPENING_FACTS
 PrincipalRole = Literal[
     "registry", "policy", "eventstore", "ingress", "reader", "operator", "service", "external"
 ]
-
-# What only the policy service may publish: decisions on requested actions.
-DECISION_TYPES = (
-    "action_approved",
-    "action_denied",
-    "approval_required",
-    "approval_escalated",
-    "approval_expired",
-)
-# What only a human approver may publish.
-APPROVAL_TYPES = ("approval_granted", "approval_rejected")
-# What only the registry may publish: its history.
-REGISTRY_TYPES = tuple(
-    name for name in CATALOG.names() if CATALOG.type_of(name).family == "registry"
-)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -62,7 +53,7 @@ def role_produces(role: PrincipalRole) -> tuple[str, ...]:
         case "registry":
             return REGISTRY_TYPES
         case "policy":
-            return (*DECISION_TYPES, "policy_bundle_activated", "circuit_state_changed")
+            return (*DECISION_TYPES, *POLICY_OPERATION_TYPES)
         case "eventstore":
             return ("log_checkpointed",)
         case "ingress":

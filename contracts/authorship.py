@@ -1,0 +1,27 @@
+"""Which event types are reserved to one kind of author (pure data).
+
+The one home of this rule: the registry refuses a card that claims them, the broker's
+generated permissions let only their authors publish them, the policy service's card
+declares them, and consumers and auditors refuse them from anyone else.
+"""
+
+from __future__ import annotations
+
+from contracts.catalog import CATALOG
+
+# What only the policy service may publish: its decisions on requested actions.
+DECISION_TYPES = (
+    "action_approved",
+    "action_denied",
+    "approval_required",
+    "approval_escalated",
+    "approval_expired",
+)
+# What only the policy service may publish besides decisions: its own operations.
+POLICY_OPERATION_TYPES = ("policy_bundle_activated", "circuit_state_changed")
+# What only a human approver may publish.
+APPROVAL_TYPES = ("approval_granted", "approval_rejected")
+# What only the registry may publish: its history.
+REGISTRY_TYPES = tuple(
+    name for name in CATALOG.names() if CATALOG.type_of(name).family == "registry"
+)
