@@ -1,22 +1,31 @@
-"""Errors raised while reading or building contract data.
+"""The root of every error of ours, and the errors of reading or building contract data.
 
-    ContractError                 (ValueError: the input is wrong, retrying cannot help)
-    ├── MalformedEvent            bytes that are not a valid event body
-    │   ├── UnknownEventType      a well-formed body whose event_type no catalog knows
-    │   └── UnsupportedSchemaVersion  a version newer than this code, or with no upcaster
-    └── InvalidSubject            a subject or subject token that breaks the naming rules
+    MeshError                     the root (drawn whole in mesh/errors.py)
+    └── ContractError             (also a ValueError: the input is wrong, never retryable)
+        ├── MalformedEvent        bytes that are not a valid event body
+        │   ├── UnknownEventType  a well-formed body whose event_type no catalog knows
+        │   └── UnsupportedSchemaVersion  newer than this code, or with no upcaster
+        └── InvalidSubject        a subject or subject token that breaks the naming rules
 
-Every one of these is permanent: the runtime dead-letters the message with the
-error's text as the reason rather than retrying it.
+Every contract error is permanent: the runtime dead-letters the message with the
+error's text as the reason rather than retrying it. `MeshError` is defined here, the
+bottom layer, so that contract errors share the root without contracts importing mesh.
 """
 
 from __future__ import annotations
 
 
-class ContractError(ValueError):
-    """Root of contract errors; never retryable."""
+class MeshError(Exception):
+    """The root of every error the mesh raises. `retryable` says whether trying the same
+    thing again can help."""
 
-    retryable = False
+    retryable: bool = False
+
+
+class ContractError(MeshError, ValueError):
+    """Root of contract errors; never retryable. Also a ValueError: msgspec turns a
+    ValueError raised while validating a struct into its own ValidationError, and
+    callers that guard a parse with `except ValueError` keep working."""
 
 
 class MalformedEvent(ContractError):

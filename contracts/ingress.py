@@ -171,5 +171,5 @@ class CaseStatusReply(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # The facts a case's opening states: what the outside system sent. Their authority is
-# the ingress, which opens cases (services/registry/principals.py), and no agent.
+# the ingress, which opens cases (mesh/_trust/principals.py), and no agent.
 OPENING_FACTS: tuple[str, ...] = ClaimData.__struct_fields__

@@ -7,11 +7,38 @@ history with the very same rules.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from contracts.cards import AgentCard, EnrolmentGrant
 
 # The parts of a card that are scope: adding to any of them widens it.
 SCOPE_LISTS = ("consumes", "produces", "reads", "facts", "roles")
+
+
+def grant_problems(
+    grant: EnrolmentGrant,
+    card: AgentCard,
+    *,
+    signed_by: str,
+    at: datetime,
+    used_by: str | None,
+) -> list[str]:
+    """Why `grant`, signed by operator `signed_by`, cannot put `card` in force at `at`
+    (empty: it can). `used_by`: the agent that already enrolled with it, if any. The one
+    home of the rule: the registry refuses an enrolment with it, and the auditor checks
+    every card in force against it."""
+    problems = []
+    if grant.issued_by != signed_by:
+        problems.append(f"names {grant.issued_by} as issuer but {signed_by} signed it")
+    if grant.expires_at <= at:
+        problems.append(f"expired at {grant.expires_at.isoformat()}")
+    if used_by is not None:
+        problems.append(f"was already used (by {used_by}); a grant is good for one enrolment")
+    if grant.agent_id != card.agent_id:
+        problems.append(f"is for agent {grant.agent_id}, not {card.agent_id}")
+    if grant.owner != card.owner:
+        problems.append(f"is for owner {grant.owner!r}, not {card.owner!r}")
+    return problems + beyond_grant(card, grant)
 
 
 def beyond_grant(card: AgentCard, grant: EnrolmentGrant) -> list[str]:

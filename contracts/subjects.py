@@ -12,6 +12,10 @@
 Family subjects have a fixed token count, so a consumer filters one event type
 across all cases with `<root>.case.*.<event_type>`. The root defaults to "mesh"; tests
 use a unique root each so they never see each other's messages.
+
+Parsing: `Subjects.parse*` check a whole subject against its shape and root and raise
+`InvalidSubject` otherwise (for a subject that came from outside). `key_of` reads the
+key token of a subject the broker already matched (the hot path: no checks).
 """
 
 from __future__ import annotations
@@ -40,6 +44,44 @@ class ParsedSubject(msgspec.Struct, frozen=True):
     event_type: str
 
 
+class ServiceSubject(msgspec.Struct, frozen=True):
+    """`<root>.svc.<service>.<operation>[.<principal>]`: principal None when unnamed."""
+
+    root: str
+    service: str
+    operation: str
+    principal: str | None = None
+
+
+class ConsumerSubject(msgspec.Struct, frozen=True):
+    """`<root>.<dlq|replay>.<stream>.<consumer>`: the consumer the broker bound it to."""
+
+    root: str
+    kind: str  # "dlq" or "replay"
+    stream: str
+    consumer: str
+
+
+def key_of(subject: str) -> str | None:
+    """The key token (case id, agent id, component…) of `<root>.<family>.<key>.…`, or
+    None for a subject with fewer tokens. Unchecked: for subjects the broker delivered
+    on a filter we declared, where the token orders messages (one lane per case)."""
+    tokens = subject.split(".", 3)
+    return tokens[2] if len(tokens) > 2 else None
+
+
+def event_type_of(subject: str) -> str:
+    """The event type of `<root>.<family>.<key>.<event_type>` (its last token). Unchecked:
+    for subjects read back from a stream whose subjects we declared."""
+    return subject.rsplit(".", 1)[-1]
+
+
+def consumer_of(subject: str) -> str:
+    """The consumer of `<root>.<dlq|replay>.<stream>.<consumer>` (its last token), which
+    the broker binds to the publisher's own name. Unchecked, as `event_type_of`."""
+    return subject.rsplit(".", 1)[-1]
+
+
 class Subjects:
     def __init__(self, root: str = "mesh") -> None:
         self.root = check_token(root, "subject root")
@@ -56,7 +98,11 @@ class Subjects:
         return self.family_event("case", case_id, event_type)
 
     def case_events_of_type(self, event_type: str) -> str:
-        return f"{self.root}.case.*.{check_token(event_type, 'event type')}"
+        return self.events_of_type("case", event_type)
+
+    def events_of_type(self, family: str, event_type: str) -> str:
+        """One event type under every key of a family (every case, every breaker…)."""
+        return f"{self.root}.{family}.*.{check_token(event_type, 'event type')}"
 
     def case_history(self, case_id: str) -> str:
         """Every event of one case: the scope of per-case optimistic concurrency."""
@@ -119,3 +165,24 @@ class Subjects:
         for token in tokens[2:]:
             check_token(token, "subject token")
         return ParsedSubject(tokens[0], tokens[1], tokens[2], tokens[3])
+
+    def parse_service(self, subject: str) -> ServiceSubject:
+        """A request subject: `<root>.svc.<service>.<operation>[.<principal>]`."""
+        tokens = subject.split(".")
+        if len(tokens) not in (4, 5) or tokens[0] != self.root or tokens[1] != "svc":
+            raise InvalidSubject(
+                subject, f"expected {self.root}.svc.<service>.<operation>[.<principal>]"
+            )
+        for token in tokens[2:]:
+            check_token(token, "subject token")
+        principal = tokens[4] if len(tokens) == 5 else None
+        return ServiceSubject(tokens[0], tokens[2], tokens[3], principal)
+
+    def parse_consumer(self, subject: str) -> ConsumerSubject:
+        """A dead letter's or a replay's subject: `<root>.<dlq|replay>.<stream>.<consumer>`."""
+        tokens = subject.split(".")
+        if len(tokens) != 4 or tokens[0] != self.root or tokens[1] not in ("dlq", "replay"):
+            raise InvalidSubject(subject, f"expected {self.root}.<dlq|replay>.<stream>.<consumer>")
+        for token in tokens[2:]:
+            check_token(token, "subject token")
+        return ConsumerSubject(tokens[0], tokens[1], tokens[2], tokens[3])

@@ -27,7 +27,6 @@ from mesh._broker.topology import Topology
 from mesh._runtime.resilience import CircuitBreaker, RetryBudget, redelivery_span, retry_transient
 from mesh._runtime.runtime import AgentRunner
 from mesh._sdk.agent import Agent, HandlerContext
-from mesh._trust.authorization import NotAuthorized
 from mesh._trust.identity import Identity
 from mesh.errors import (
     BrokerError,
@@ -36,6 +35,7 @@ from mesh.errors import (
     ConfigurationError,
     HandlerError,
     MeshError,
+    NotAuthorized,
     PermanentError,
     PermissionDenied,
     PublishFailed,

@@ -9,12 +9,19 @@ Agents import `mesh`; services import `mesh` and this module, never `mesh._*`
 from __future__ import annotations
 
 from mesh._broker.connection import (
+    client_of,
     close,
     connect,
     on_reconnect,
 )
 from mesh._broker.embedded import (
     reload_server,
+)
+from mesh._broker.errors import (
+    broker_errors,
+)
+from mesh._broker.permissions import (
+    authorization_config,
 )
 from mesh._broker.provisioning import (
     ensure_key_value,
@@ -47,8 +54,8 @@ from mesh._runtime.dead_letters import (
 from mesh._runtime.durables import (
     provision_agent_durables,
 )
+from mesh._runtime.endpoints import Request, RequestServer
 from mesh._runtime.replays import (
-    ReplayRefused,
     resolve_replay,
 )
 from mesh._runtime.replies import (
@@ -81,8 +88,12 @@ from mesh._support.tasks import (
 from mesh._support.text import (
     shown,
 )
+from mesh._trust.approval_chain import (
+    approver_refusal,
+    human_decision_refusal,
+    role_asked,
+)
 from mesh._trust.authorization import (
-    NotAuthorized,
     signed_actor,
 )
 from mesh._trust.facts import (
@@ -107,6 +118,11 @@ from mesh._trust.onboarding import (
     connect_as,
     inbox_prefix,
 )
+from mesh._trust.principals import (
+    StaticPrincipal,
+    load_principals,
+    static_cards,
+)
 from mesh._trust.registry_client import (
     KEY_PROOFS_HEADER,
     RegistryClient,
@@ -117,10 +133,17 @@ from mesh.errors import (
     CircuitOpen,
     ConcurrencyConflict,
     ConfigurationError,
+    CredentialsRevoked,
     MeshError,
+    NotAuthorized,
     PermanentError,
     ProvisioningError,
+    ReadRefused,
+    Refused,
+    RegistryRefused,
+    ReplayRefused,
     SignatureError,
+    StoreRefused,
     TransientError,
 )
 from mesh.settings import (
@@ -134,6 +157,7 @@ __all__ = [
     "CircuitOpen",
     "ConcurrencyConflict",
     "ConfigurationError",
+    "CredentialsRevoked",
     "DeadLetterSink",
     "EventPublisher",
     "HandlerContext",
@@ -147,28 +171,41 @@ __all__ = [
     "PermanentError",
     "ProvisioningError",
     "RawMessage",
+    "ReadRefused",
+    "Refused",
     "RegistryClient",
+    "RegistryRefused",
     "ReplayRefused",
+    "Request",
+    "RequestServer",
     "RetryBudget",
     "SIGNATURE_HEADER",
     "SIGNER_HEADER",
     "Service",
     "SignatureError",
     "Statement",
+    "StaticPrincipal",
+    "StoreRefused",
     "StoredEvent",
     "StreamReader",
     "TokenBucket",
     "Topology",
     "TransientError",
+    "approver_refusal",
     "authoritative_facts",
+    "authorization_config",
+    "broker_errors",
     "broker_time",
+    "client_of",
     "close",
     "connect",
     "connect_as",
     "ensure_key_value",
     "ensure_stream",
+    "human_decision_refusal",
     "inbox_prefix",
     "is_inbox",
+    "load_principals",
     "message_digest",
     "on_reconnect",
     "prior_actions",
@@ -183,6 +220,7 @@ __all__ = [
     "resolve_replay",
     "respond",
     "retry_transient",
+    "role_asked",
     "run",
     "running_mesh_settings",
     "service_main",
@@ -190,6 +228,7 @@ __all__ = [
     "shown",
     "signed_actor",
     "signed_bytes",
+    "static_cards",
     "stop_task",
     "verify",
     "verify_headers",

@@ -26,6 +26,7 @@ from typing import Any
 import nats
 import nats.errors
 from nats.aio.client import Client, Server
+from nats.js.client import JetStreamContext
 
 from mesh._trust.identity import Identity
 from mesh.errors import BrokerError
@@ -46,6 +47,15 @@ _FIRST_PAUSE = 0.025
 _SHORT_CAP = 0.25  # while the outage is young: a restart is what we expect
 _LONG_CAP = 2.0  # once it is not (about half a minute down): an outage, so spread out
 _SHORT_ATTEMPTS = 120
+
+
+def client_of(js: JetStreamContext) -> Client:
+    """The client a JetStream context was made from. nats-py keeps it private and offers
+    no accessor; this is the one place that reaches for it, so that readers given a
+    context (the common currency of our APIs) can also use core requests (direct gets,
+    reconnect callbacks) on the very same connection."""
+    client: Client = js._nc
+    return client
 
 
 def reconnect_pause(attempts: int) -> float:

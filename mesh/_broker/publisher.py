@@ -19,10 +19,12 @@ from nats.js.client import JetStreamContext
 
 from contracts.codec import encode
 from contracts.envelope import Event
+from contracts.subjects import key_of
 from mesh._broker.connection import refused
+from mesh._broker.errors import broker_errors
 from mesh._broker.topology import Topology
 from mesh._trust.identity import Identity
-from mesh.errors import BrokerError, ConcurrencyConflict, PermissionDenied, PublishFailed
+from mesh.errors import ConcurrencyConflict, PermissionDenied, PublishFailed
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ class EventPublisher:
             ack = await self.js.publish(subject, body, timeout=self.timeout, headers=headers)
         except nats.js.errors.APIError as exc:
             if exc.err_code == _WRONG_LAST_SEQUENCE and EXPECTED_SUBJECT_SEQUENCE in headers:
-                key = subject.split(".")[2]
+                key = key_of(subject) or subject  # the case (agent…) that moved on
                 expected = int(headers[EXPECTED_SUBJECT_SEQUENCE])
                 raise ConcurrencyConflict(key, expected, exc.description or "") from None
             raise PublishFailed(subject, f"{exc.description} (code {exc.err_code})") from exc
@@ -119,12 +121,11 @@ class EventPublisher:
     ) -> Receipt | None:
         sequence = after + 1
         while True:
-            try:
-                msg = await self.js.get_msg(stream, seq=sequence, subject=scope, next=True)
-            except nats.js.errors.NotFoundError:
-                return None
-            except nats.errors.Error as exc:
-                raise BrokerError(f"read {scope}", repr(exc)) from exc
+            with broker_errors(f"read {scope}"):
+                try:
+                    msg = await self.js.get_msg(stream, seq=sequence, subject=scope, next=True)
+                except nats.js.errors.NotFoundError:
+                    return None
             if (msg.headers or {}).get(MSG_ID_HEADER) == event_id:
                 return Receipt(stream, int(msg.seq or sequence), duplicate=True)
             sequence = int(msg.seq or sequence) + 1
@@ -136,10 +137,9 @@ class EventPublisher:
     async def last_sequence(self, family: str, key: str) -> int:
         """The stream sequence of the newest event under `key` in `family`, 0 if none."""
         subject = self.topology.subjects.history(family, key)
-        try:
-            msg = await self.js.get_last_msg(self.topology.stream_for_family(family), subject)
-        except nats.js.errors.NotFoundError:
-            return 0
-        except nats.errors.Error as exc:
-            raise BrokerError(f"read last event of {subject}", repr(exc)) from exc
+        with broker_errors(f"read last event of {subject}"):
+            try:
+                msg = await self.js.get_last_msg(self.topology.stream_for_family(family), subject)
+            except nats.js.errors.NotFoundError:
+                return 0
         return int(msg.seq or 0)

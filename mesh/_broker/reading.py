@@ -23,7 +23,7 @@ from nats.js.client import JetStreamContext
 from contracts.codec import EventDecoder
 from contracts.envelope import Event
 from contracts.errors import ContractError
-from mesh._broker.connection import on_reconnect
+from mesh._broker.connection import client_of, on_reconnect
 from mesh._broker.topology import Topology
 from mesh.errors import BrokerError
 
@@ -307,7 +307,7 @@ async def read_raw(
 ) -> AsyncIterator[list[RawMessage]]:
     """Every message on `subject` (up to stream sequence `up_to`), in stream order, in
     batches. Nothing on the broker remembers the read."""
-    async with StreamReader(js._nc, stream, subject) as reader:
+    async with StreamReader(client_of(js), stream, subject) as reader:
         remaining = await reader.pending()
         while remaining > 0:
             messages = await reader.next_batch(min(batch, remaining), wait=5.0)
@@ -477,7 +477,7 @@ async def read_subject(
 ) -> list[StoredEvent]:
     """Every event on `subject`, in stream order. A message that is not a valid event
     raises, unless `on_unreadable` is given: then it is reported there and skipped."""
-    messages = await read_direct(js._nc, stream, subject, batch=batch)  # the context's client
+    messages = await read_direct(client_of(js), stream, subject, batch=batch)
     return decoded(messages, decoder, on_unreadable or _raise)
 
 

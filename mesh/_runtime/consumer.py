@@ -30,6 +30,8 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
+from contracts.subjects import key_of
+
 log = logging.getLogger(__name__)
 
 # None: settled for good (acked or dead-lettered). A float: NAK'ed, back after that delay.
@@ -39,8 +41,8 @@ OrderingKey = Callable[[Msg], str]
 
 def case_ordering_key(msg: Msg) -> str:
     # <root>.<family>.<key>.<event_type>: the key token orders a case's events.
-    parts = msg.subject.split(".")
-    return parts[2] if len(parts) > 2 else msg.subject
+    key = key_of(msg.subject)
+    return msg.subject if key is None else key
 
 
 @dataclass

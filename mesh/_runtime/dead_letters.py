@@ -32,6 +32,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
+from contracts.subjects import consumer_of
 from mesh._broker.reading import RawMessage
 from mesh._broker.topology import Topology
 from mesh._trust.identity import Identity
@@ -98,7 +99,7 @@ class DeadLetter:
     @property
     def consumer(self) -> str:
         """Who filed it: the last token of its subject, which the broker binds."""
-        return self.subject.rsplit(".", 1)[-1]
+        return consumer_of(self.subject)
 
 
 def filing_statement(stream: str, sequence: int) -> bytes:
@@ -259,7 +260,8 @@ async def replay_dead_letter(js: JetStreamContext, topology: Topology, letter: D
     the case log by sequence (mesh._runtime.replays). Nothing is re-published to the case log:
     every other consumer has already handled it, and the log must not hold an event
     twice."""
-    _, _, stream, consumer = letter.subject.rsplit(".", 3)
+    filed = topology.subjects.parse_consumer(letter.subject)
+    stream, consumer = filed.stream, filed.consumer
     if stream != topology.cases_stream:
         raise PublishFailed(
             letter.subject, "only messages of the case log are replayed (this is refused input)"

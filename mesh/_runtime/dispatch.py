@@ -47,7 +47,6 @@ from contracts.subjects import Subjects
 from mesh._broker.reading import RawMessage, StoredEvent
 from mesh._runtime.consumer import settle
 from mesh._runtime.dead_letters import REPLAY_OF, DeadLetterKind, DeadLetterSink
-from mesh._runtime.replays import ReplayRefused
 from mesh._runtime.resilience import redelivery_delay
 from mesh._sdk.agent import Agent, HandlerContext, Services
 from mesh._trust.identity import SIGNER_HEADER, verify_headers
@@ -57,6 +56,7 @@ from mesh.errors import (
     MeshError,
     PermanentError,
     PermissionDenied,
+    ReplayRefused,
     SignatureError,
 )
 

@@ -29,16 +29,7 @@ from mesh._runtime.dead_letters import (
 )
 from mesh._trust.identity import verify
 from mesh._trust.key_directory import KeyDirectory
-from mesh.errors import MeshError, SignatureError
-
-
-class ReplayRefused(MeshError):
-    """A replay that does not resolve to a message of the case log for this consumer."""
-
-    def __init__(self, dead_letter_sequence: int, reason: str) -> None:
-        self.dead_letter_sequence = dead_letter_sequence
-        self.reason = reason
-        super().__init__(f"replay of dead letter {dead_letter_sequence} refused: {reason}")
+from mesh.errors import ReplayRefused, SignatureError
 
 
 async def resolve_replay(

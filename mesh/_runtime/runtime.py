@@ -15,7 +15,7 @@ from nats.js.client import JetStreamContext
 from contracts.envelope import Event
 from contracts.events.actions import FactSource
 from contracts.events.operations import CircuitStateChanged, CircuitStateChangedPayload
-from contracts.subjects import check_token
+from contracts.subjects import check_token, key_of
 from mesh._broker.provisioning import ProvisionReport, ensure_stream
 from mesh._broker.publisher import EventPublisher, Receipt
 from mesh._broker.reading import RawMessage, StoredEvent, decoded, read_case
@@ -313,5 +313,4 @@ class AgentRunner:
 def _original_case(msg: Msg) -> str:
     """Replayed dead letters are ordered by the case of their original subject."""
     original = (msg.headers or {}).get(ORIGINAL_SUBJECT, msg.subject)
-    parts = original.split(".")
-    return parts[2] if len(parts) > 2 else original
+    return key_of(original) or original

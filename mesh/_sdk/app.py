@@ -23,7 +23,7 @@ from mesh._trust.identity import Identity
 from mesh._trust.key_directory import KeyDirectory
 from mesh._trust.onboarding import connect_as, inbox_prefix, register
 from mesh._trust.registry_client import RegistryClient
-from mesh.errors import ConfigurationError, MeshError
+from mesh.errors import ConfigurationError, CredentialsRevoked
 from mesh.settings import MeshSettings
 
 log = logging.getLogger(__name__)
@@ -169,13 +169,3 @@ async def run_agent(agent: Agent, settings: MeshSettings) -> None:
         finally:
             await started.stop()
             log.info("agent %s stopped", agent.card.agent_id)
-
-
-class CredentialsRevoked(MeshError):
-    """The broker stopped accepting the agent's key: it was suspended or revoked."""
-
-    def __init__(self, agent_id: str) -> None:
-        self.agent_id = agent_id
-        super().__init__(
-            f"agent {agent_id}: the broker refused our credentials (suspended or revoked?)"
-        )

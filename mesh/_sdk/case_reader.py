@@ -13,21 +13,10 @@ from contracts.audit_bundle import StoredMessage
 from contracts.reader_api import HistoryRequest, ReaderReply, ReplayRequest
 from mesh._broker.reading import RawMessage
 from mesh._broker.topology import Topology
-from mesh._runtime.replays import ReplayRefused
 from mesh._trust.registry_client import request_with_patience
-from mesh.errors import BrokerError, MeshError
+from mesh.errors import BrokerError, ReadRefused, ReplayRefused
 
 _reply = msgspec.json.Decoder(ReaderReply)
-
-
-class ReadRefused(MeshError):
-    """The reader said no: the case is not one the agent works on, or the type is not
-    on its card. Permanent for this request."""
-
-    def __init__(self, operation: str, reason: str) -> None:
-        self.operation = operation
-        self.reason = reason
-        super().__init__(f"reader refused {operation}: {reason}")
 
 
 class CaseReader:

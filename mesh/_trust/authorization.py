@@ -9,8 +9,10 @@ with the request id. It passes only if the log holds, for that request:
   service — and no such `action_denied` or `approval_expired` (decisions anyone else
   wrote can neither authorize nor block);
 - when the policy asked for a human (`approval_required`), the `approval_granted` the
-  approval names, citing the same digest, signed by a human whose card in force then
-  produces approvals, who is not the requester.
+  approval names, for this request, signed by a principal whose card in force then
+  produces approvals, and counting by the approval chain's rule (`approval_chain`): it
+  cites the same digest, and its signer is not the requester but a human holding the
+  role asked (a grant nobody may give moves no money, even if a decision cites it).
 Anything else raises NotAuthorized with the reason, for the executor to record. What
 the executor then runs is `Authorization.request`: byte for byte what was approved.
 """
@@ -23,23 +25,16 @@ from contracts.events.actions import (
     ActionApproved,
     ActionDenied,
     ActionRequested,
+    ApprovalEscalated,
     ApprovalExpired,
     ApprovalGranted,
     ApprovalRequired,
 )
 from mesh._broker.reading import StoredEvent
+from mesh._trust.approval_chain import human_decision_refusal, role_asked
 from mesh._trust.identity import message_digest, verify_headers
 from mesh._trust.key_directory import KeyDirectory
-from mesh.errors import MeshError, SignatureError
-
-
-class NotAuthorized(MeshError):
-    """No valid approving chain for the request: the side effect must not run."""
-
-    def __init__(self, request_id: str, reason: str) -> None:
-        self.request_id = request_id
-        self.reason = reason
-        super().__init__(f"request {request_id} is not authorized: {reason}")
+from mesh.errors import NotAuthorized, SignatureError
 
 
 @dataclass(frozen=True)
@@ -88,7 +83,10 @@ async def require_authorization(
     answers = [
         s
         for s in history
-        if isinstance(s.event, ActionApproved | ActionDenied | ApprovalRequired | ApprovalExpired)
+        if isinstance(
+            s.event,
+            ActionApproved | ActionDenied | ApprovalRequired | ApprovalEscalated | ApprovalExpired,
+        )
         and s.event.payload.request_id == request_id
     ]
     trusted = []
@@ -119,8 +117,24 @@ async def require_authorization(
             request_id, f"{len(approved)} approving decisions for one request: investigate"
         )
     decision = approved[0]
-    if not any(isinstance(e, ApprovalRequired) for e in trusted):
+    role = role_asked(trusted, request_id)
+    if role is None:
         return Authorization(request.event, digest, decision, None)
+    grant = _human_grant(history, keys, request.event, digest, decision, role)
+    return Authorization(request.event, digest, decision, grant)
+
+
+def _human_grant(
+    history: list[StoredEvent],
+    keys: KeyDirectory,
+    request: ActionRequested,
+    digest: str,
+    decision: ActionApproved,
+    role: str,
+) -> ApprovalGranted:
+    """The grant `decision` cites, once it verifies and counts for `request` (whose
+    stored bytes have `digest`) by the approval chain's rule; else NotAuthorized."""
+    request_id = request.event_id
     grants = [
         s
         for s in history
@@ -135,10 +149,18 @@ async def require_authorization(
         approver = signed_actor(approval, keys)
     except SignatureError as exc:
         raise NotAuthorized(request_id, f"the approval fails verification: {exc}") from None
-    if (
-        approver == request.event.actor
-        or approval.event.payload.request_id != request_id
-        or approval.event.payload.request_digest != digest
-    ):
+    if approval.event.payload.request_id != request_id:
         raise NotAuthorized(request_id, f"approval by {approver} does not count for this request")
-    return Authorization(request.event, digest, decision, approval.event)
+    refusal = human_decision_refusal(
+        approver,
+        keys.card_at(approver, approval.stored_at),
+        named=approval.event.payload.approver,
+        cited_digest=approval.event.payload.request_digest,
+        request_digest=digest,
+        requester=request.actor,
+        action_type=request.payload.action_type,
+        role=role,
+    )
+    if refusal is not None:
+        raise NotAuthorized(request_id, f"approval by {approver} does not count: {refusal}")
+    return approval.event

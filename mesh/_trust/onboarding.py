@@ -19,8 +19,8 @@ from contracts.cards import AgentCard, AgentKey, AgentRecord, SignedStatement
 from contracts.subjects import Subjects
 from mesh._broker.connection import connect
 from mesh._trust.identity import Identity
-from mesh._trust.registry_client import RegistryClient, RegistryRefused
-from mesh.errors import BrokerError, ConfigurationError
+from mesh._trust.registry_client import RegistryClient
+from mesh.errors import BrokerError, ConfigurationError, RegistryRefused
 
 log = logging.getLogger(__name__)
 

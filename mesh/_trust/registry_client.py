@@ -23,7 +23,7 @@ from contracts.registry_api import (
 )
 from contracts.subjects import Subjects
 from mesh._trust.identity import Identity
-from mesh.errors import BrokerError, MeshError
+from mesh.errors import BrokerError, RegistryRefused
 
 _reply_decoder = msgspec.json.Decoder(RegistryReply)
 # Keys a card adds must sign it too: public key -> signature, as JSON, in this header.
@@ -54,18 +54,6 @@ async def request_with_patience(
             delay = min(delay * 2, 0.5)
         except (nats.errors.Error, TimeoutError) as exc:
             raise BrokerError(what, repr(exc)) from exc
-
-
-class RegistryRefused(MeshError):
-    """The registry answered, and said no (a forged or invalid card, an unknown agent…).
-    Permanent: the same request will be refused again — unless `retry_after` is set
-    (the registry is busy)."""
-
-    def __init__(self, operation: str, reason: str, retry_after: float | None = None) -> None:
-        self.operation = operation
-        self.reason = reason
-        self.retry_after = retry_after
-        super().__init__(f"registry refused {operation}: {reason}")
 
 
 class RegistryClient:

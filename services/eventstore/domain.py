@@ -350,6 +350,20 @@ def count_activity(
     return current
 
 
+def mark_copy(first_copies: dict[str, int], record: LogRecord) -> LogRecord:
+    """The first-verified-copy rule: one event id names one event in the whole log, and
+    its first *verified* copy is the event; a later verified copy is marked
+    `duplicate_of` it (and moves nothing). Only a verified copy can be the first: a
+    forged message published ahead of the genuine one must not make the genuine one a
+    duplicate. `first_copies` (event id → sequence of its first verified copy) is
+    updated in place. The projector and the auditor's replay both mark copies here,
+    which is why a rebuild reproduces the views exactly."""
+    if record.event is None or record.problem is not None:
+        return record
+    first = first_copies.setdefault(record.event.event_id, record.sequence)
+    return record if first == record.sequence else replace(record, duplicate_of=first)
+
+
 def fold_case(records: Iterable[LogRecord]) -> CaseState | None:
     """A case's state from its messages alone, in log order: the auditor's replay. A
     second copy of an event id is marked as the projector marks it (a copy whose first
@@ -357,9 +371,5 @@ def fold_case(records: Iterable[LogRecord]) -> CaseState | None:
     state: CaseState | None = None
     first_copies: dict[str, int] = {}
     for record in records:
-        if record.event is not None and record.problem is None:
-            first = first_copies.setdefault(record.event.event_id, record.sequence)
-            if first != record.sequence:
-                record = replace(record, duplicate_of=first)
-        state = evolve(state, record)
+        state = evolve(state, mark_copy(first_copies, record))
     return state

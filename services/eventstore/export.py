@@ -28,14 +28,16 @@ from contracts.codec import decode
 from contracts.errors import ContractError
 from contracts.events.operations import LogCheckpointed
 from contracts.eventstore_api import ManifestRequest, StoreReply
-from mesh.service import MeshError, RawMessage, Topology, read_raw, request_with_patience
+from mesh.service import (
+    MeshError,
+    RawMessage,
+    StoreRefused,
+    Topology,
+    read_raw,
+    request_with_patience,
+)
 
 _reply = msgspec.json.Decoder(StoreReply)
-
-
-class StoreRefused(MeshError):
-    def __init__(self, operation: str, reason: str) -> None:
-        super().__init__(f"event store refused {operation}: {reason}")
 
 
 async def store_request(

@@ -30,6 +30,7 @@ from contracts.events.actions import (
 )
 from contracts.events.case import CaseClosed, CaseEscalated, CaseOpened
 from contracts.ingress import CaseState, CaseStatusReply, CaseStatusRequest
+from contracts.subjects import event_type_of
 from mesh.service import RawMessage
 from services.ingress.domain import case_id_for, source_problem
 from services.ingress.json_body import Limits, read_json
@@ -115,7 +116,9 @@ def case_status(
     and so does every event `trusted` refuses (a signature that does not hold, a type
     its actor's card did not let it write): a forged close must not close a case."""
     case_id = case_id_for(source, external_ref)
-    at = next((i for i, m in enumerate(messages) if _type_of(m.subject) == "case_opened"), None)
+    at = next(
+        (i for i, m in enumerate(messages) if event_type_of(m.subject) == "case_opened"), None
+    )
     opening = _event_of(messages[at], case_id) if at is not None else None
     if opening is not None and at is not None and not trusted(messages[at], opening):
         opening = None
@@ -152,10 +155,6 @@ def not_found(external_ref: str) -> CaseStatusReply:
     return CaseStatusReply(ok=False, errors=[found.message], problems=[found])
 
 
-def _type_of(subject: str) -> str:
-    return subject.rsplit(".", 1)[-1]
-
-
 def _event_of(message: RawMessage, case_id: str) -> Event | None:
     """The event `message` holds, if it can be read and is what its subject says; any
     other moves nothing (the event store flags it)."""
@@ -163,6 +162,6 @@ def _event_of(message: RawMessage, case_id: str) -> Event | None:
         event = _decoder.decode(message.body)
     except ContractError:
         return None
-    if event.case_id != case_id or event.event_name() != _type_of(message.subject):
+    if event.case_id != case_id or event.event_name() != event_type_of(message.subject):
         return None
     return event

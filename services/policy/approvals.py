@@ -5,8 +5,12 @@
 - The requesting agent can never approve (or reject) its own request. The approval's
   signature is checked against the registry's keys before it gets here, so its actor
   is who signed it: nobody can act for the requester.
+  Both are the approval chain's rule (`mesh.service.human_decision_refusal`): the
+  executor of the action and the auditor apply the very same one.
 - Past the deadline a request escalates once to the policy's `@escalate_to` role with
   a fresh deadline; past that (or with nowhere to escalate) it expires.
+- What waits is shown to the approvers who may decide it and to its requester (an
+  operator sees everything).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any, Literal
 import msgspec
 
 from contracts.cards import AgentCard
-from contracts.events.actions import DecisionProvenance
+from contracts.events.actions import ApprovalTimedOutPayload, DecisionProvenance
+from mesh.service import Refused, human_decision_refusal
 
 
 class PendingApproval(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,10 +50,9 @@ class PendingApproval(msgspec.Struct, frozen=True, kw_only=True):
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class ApprovalRefused(Exception):
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
+class ApprovalRefused(Refused):
+    """An approval that cannot count: not from an approver in force, not for a request
+    that waits, or after its deadline."""
 
 
 def check_approver(
@@ -72,26 +76,18 @@ def check_approver(
         raise ApprovalRefused(
             f"request {request_id} belongs to case {pending.case_id}, not {case_id}"
         )
-    if request_digest is not None and request_digest != pending.request_digest:
-        raise ApprovalRefused(
-            f"approves request bytes with digest {request_digest or '(none)'}, but the request "
-            f"waiting is {pending.request_digest}: an approval binds the exact request"
-        )
-    if named_approver is not None and named_approver != approver_id:
-        raise ApprovalRefused(f"signed by {approver_id} but names {named_approver} as approver")
-    if approver_id == pending.requester:
-        raise ApprovalRefused(
-            f"{approver_id} requested {pending.action_type} itself and cannot decide it"
-        )
-    if approver is None:
-        raise ApprovalRefused(f"{approver_id} held no card in force when it approved")
-    if approver.kind != "human":
-        raise ApprovalRefused(f"{approver_id} is a {approver.kind}; only a human approves")
-    if pending.approver_role not in approver.roles:
-        raise ApprovalRefused(
-            f"deciding this needs the role {pending.approver_role!r}; "
-            f"{approver_id} has {approver.roles}"
-        )
+    refusal = human_decision_refusal(
+        approver_id,
+        approver,
+        named=approver_id if named_approver is None else named_approver,
+        cited_digest=pending.request_digest if request_digest is None else request_digest,
+        request_digest=pending.request_digest,
+        requester=pending.requester,
+        action_type=pending.action_type,
+        role=pending.approver_role,
+    )
+    if refusal is not None:
+        raise ApprovalRefused(refusal)
     if written_at > pending.deadline:
         raise ApprovalRefused(f"the approval deadline {pending.deadline.isoformat()} had passed")
     return pending
@@ -110,3 +106,29 @@ def on_deadline(pending: PendingApproval, now: datetime) -> tuple[TimeoutStep, P
             escalated=True,
         )
     return "expire", pending
+
+
+def timed_out(
+    pending: PendingApproval, step: TimeoutStep, updated: PendingApproval
+) -> ApprovalTimedOutPayload:
+    """What the log is told of a missed deadline (`updated`: the record after the step)."""
+    return ApprovalTimedOutPayload(
+        request_id=pending.request_id,
+        action_type=pending.action_type,
+        waited_since=pending.requested_at,
+        reason=f"no {pending.approver_role} decided by {pending.deadline.isoformat()}",
+        escalated_to=updated.approver_role if step == "escalate" else None,
+        new_deadline=updated.deadline if step == "escalate" else None,
+    )
+
+
+def visible_to(
+    principal: str, card: AgentCard | None, pending: list[PendingApproval]
+) -> list[PendingApproval]:
+    """What waits that `principal` (holding `card` now) may see: an operator everything,
+    a requester its own requests, a human approver what its roles may decide."""
+    roles = set(card.roles) if card is not None else set()
+    if "operator" in roles:
+        return pending
+    human = card is not None and card.kind == "human"
+    return [p for p in pending if p.requester == principal or (human and p.approver_role in roles)]

@@ -24,6 +24,8 @@ from typing import Any
 
 import cedarpy
 
+from mesh.service import ConfigurationError
+
 SCHEMA_FILE = "schema.cedarschema.json"
 OUTCOMES = ("require_approval",)
 DEFAULT_APPROVER_ROLE = "approver"
@@ -42,7 +44,7 @@ def parse_duration(text: str | None) -> timedelta | None:
     return timedelta(**{unit: int(match.group(1))})
 
 
-class PolicyBundleInvalid(ValueError):
+class PolicyBundleInvalid(ConfigurationError):
     """The bundle cannot be activated; `errors` says why, each naming its policy."""
 
     def __init__(self, source: str, errors: list[str]) -> None:

@@ -8,6 +8,7 @@
            a matching permit says @outcome("require_approval") ► require_approval
            otherwise ───────────────────────────► allow
     Cedar reports any error (request or policy) ► deny, with Cedar's errors
+    a requester that held no card when it asked ► deny (`decide_for`)
 
 Every decision carries the bundle hash, the determining policies with their @id and
 @rationale, and the inputs Cedar saw, so an auditor can re-run it.
@@ -15,6 +16,7 @@ Every decision carries the bundle hash, the determining policies with their @id 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
@@ -23,7 +25,7 @@ import cedarpy
 import msgspec
 
 from contracts.cards import AgentCard
-from contracts.events.actions import PolicyReference
+from contracts.events.actions import DecisionProvenance, FactSource, PolicyReference
 from services.policy.bundle import (
     DEFAULT_APPROVAL_SLA,
     DEFAULT_APPROVER_ROLE,
@@ -135,6 +137,31 @@ def decide(bundle: PolicyBundle, card: AgentCard, request: ActionRequest) -> Dec
         references,
         [f"permitted by {r.policy_id}" for r in determining],
         inputs,
+    )
+
+
+def decide_for(
+    bundle: PolicyBundle, requester: str, card: AgentCard | None, request: ActionRequest
+) -> Decision:
+    """`decide`, for a requester judged by the card it held when its request was stored
+    (None: it held none in force then)."""
+    if card is None:
+        reasons = [f"requester {requester} held no card in force when it asked"]
+        return Decision("deny", bundle.hash, [], reasons, {})
+    return decide(bundle, card, request)
+
+
+def provenance(
+    decision: Decision, considered: frozenset[str], facts: Iterable[FactSource]
+) -> DecisionProvenance:
+    """What a decision event records so an auditor can re-run it: the bundle, the
+    determining policies, Cedar's inputs, the case facts asked for and those found."""
+    return DecisionProvenance(
+        policy_bundle_hash=decision.bundle_hash,
+        determining_policies=decision.determining,
+        inputs=decision.inputs,
+        facts_considered=sorted(considered),
+        facts=sorted(facts, key=lambda f: f.name),
     )
 
 

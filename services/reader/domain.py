@@ -11,24 +11,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from contracts.cards import AgentCard
-
-
-class ReadRefused(Exception):
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
+from mesh.service import Refused
 
 
 def readable_history(
     card: AgentCard | None, principal: str, case_id: str, event_types: Iterable[str]
 ) -> frozenset[str]:
-    """The event types of this case `principal` may read; ReadRefused if none."""
+    """The event types of this case `principal` may read; Refused if none."""
     if card is None:
-        raise ReadRefused(f"{principal} holds no card in force")
+        raise Refused(f"{principal} holds no card in force")
     if not set(event_types) & set(card.consumes):
         # One answer whether the case exists or not: the reader is no oracle of which
         # cases there are.
-        raise ReadRefused(
+        raise Refused(
             f"{principal} works on no case {case_id!r}: it holds no event of a type "
             f"{principal} consumes ({sorted(card.consumes)})"
         )
@@ -38,6 +33,6 @@ def readable_history(
 def replayable(card: AgentCard | None, principal: str, event_type: str) -> None:
     """A replay delivers only what the consumer consumes."""
     if card is None:
-        raise ReadRefused(f"{principal} holds no card in force")
+        raise Refused(f"{principal} holds no card in force")
     if event_type not in card.consumes:
-        raise ReadRefused(f"{principal} does not consume {event_type}")
+        raise Refused(f"{principal} does not consume {event_type}")

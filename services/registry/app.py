@@ -5,60 +5,40 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import msgspec
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from contracts.cards import AgentCard
-from contracts.catalog import CATALOG
-from contracts.registry_api import OPERATIONS
+from contracts.registry_api import OPERATIONS, RegistryReply
 from mesh.service import (
-    ONBOARDING_ID,
     ConfigurationError,
     EventPublisher,
     Identity,
     MeshError,
     MeshSettings,
+    RequestServer,
     Service,
+    StaticPrincipal,
     Topology,
     ensure_stream,
+    load_principals,
     provision_agent_durables,
     service_main,
 )
-from services.registry.broker_auth import BrokerAuthorization, load_principals
+from services.registry.broker_auth import BrokerAuthorization
 from services.registry.domain import RegistryRules, RegistryState
 from services.registry.handlers import RegistryHandlers
-from services.registry.principals import StaticPrincipal
+from services.registry.rules import rules_for, vetted
 from services.registry.settings import RegistrySettings
 from services.registry.store import RegistryStore
 
 log = logging.getLogger(__name__)
 
 
-def vetted(principals: list[StaticPrincipal], state: RegistryState) -> list[StaticPrincipal]:
-    """The principals file's entries minus those that would take an agent's name or any
-    key an agent ever held (its broker user, its inbox, its signatures): an operator's
-    mistake, or a hostile team handing over an agent's public key as its own. Each one
-    dropped is logged; the agent keeps what is its."""
-    names = set(state.records)
-    keys = {key.public_key for r in state.records.values() for key in r.key_history}
-    seen: set[str] = set()
-    kept = []
-    for principal in principals:
-        clash = (
-            "an agent's id"
-            if principal.name in names or principal.name == ONBOARDING_ID
-            else "an agent's key"
-            if principal.public_key in keys
-            else "another principal's name"
-            if principal.name in seen
-            else None
-        )
-        if clash is not None:
-            log.error("principal %r ignored: it would take %s", principal.name, clash)
-            continue
-        seen.add(principal.name)
-        kept.append(principal)
+def _vetted(principals: list[StaticPrincipal], state: RegistryState) -> list[StaticPrincipal]:
+    kept, dropped = vetted(principals, state)
+    for name, clash in dropped:
+        log.error("principal %r ignored: it would take %s", name, clash)
     return kept
 
 
@@ -88,7 +68,7 @@ class RegistryService:
         }
         self.store = RegistryStore(self.js, publisher, self.topology, frozenset(registry_keys))
         self.handlers: RegistryHandlers | None = None
-        self._subscriptions: list[Subscription] = []
+        self.server: RequestServer | None = None
 
     async def start(self) -> None:
         # The registry provisions the mesh's streams: under generated authorization,
@@ -100,7 +80,7 @@ class RegistryService:
         repaired = await self.store.reconcile_view(state)
         if repaired:
             log.info("registry view: %d record(s) repaired from history", repaired)
-        principals = self.principals = vetted(self.principals, state)
+        principals = self.principals = _vetted(self.principals, state)
         authorization = None
         if self.registry.auth_file is not None:
             authorization = BrokerAuthorization(
@@ -125,27 +105,14 @@ class RegistryService:
         for record in state.records.values():
             if record.status == "active":
                 await self._provision_durables(record.card)
+        self.server = RequestServer(self.nc, self.topology.subjects, "registry", _refusal)
         for operation in OPERATIONS:
-            subject = self.topology.subjects.service("registry", operation)
-            self._subscriptions.append(
-                await self.nc.subscribe(subject, cb=self._callback(operation))
-            )
-        await self.nc.flush()  # the subscriptions are live on the server before we say so
+            self.server.route(operation, self.handlers.serve)
+        await self.server.start()  # live on the server before we say so
         log.info("registry serving %d agents as %s", len(state.records), self.identity.public_key)
 
     def _rules(self, principals: list[StaticPrincipal]) -> RegistryRules:
-        return RegistryRules(
-            registry_id=self.registry.service_id,
-            catalog=CATALOG,
-            known_owners=frozenset(self.registry.known_owners),
-            # A removed principal's name and key stay taken: what it signed still
-            # verifies as its own.
-            reserved_ids=frozenset({ONBOARDING_ID, *(p.name for p in principals)}),
-            reserved_keys=frozenset(p.public_key for p in principals),
-            operators={
-                p.public_key: p.name for p in principals if p.role == "operator" and p.active
-            },
-        )
+        return rules_for(self.registry.service_id, self.registry.known_owners, principals)
 
     async def reload_principals(self) -> None:
         """SIGHUP: re-read the principals file (`mesh principals add|remove` wrote it)
@@ -159,7 +126,7 @@ class RegistryService:
             log.error("principals not reloaded, the ones in force stay: %s", exc)  # noqa: TRY400
             return
         async with self.handlers.writes:  # never in the middle of a registration
-            principals = vetted(principals, self.handlers.state)
+            principals = _vetted(principals, self.handlers.state)
             self.principals = principals
             try:
                 await asyncio.to_thread(
@@ -173,17 +140,13 @@ class RegistryService:
     async def _provision_durables(self, card: AgentCard) -> None:
         await provision_agent_durables(self.js, card, self.topology, self.settings)
 
-    def _callback(self, operation: str):  # type: ignore[no-untyped-def]
-        async def callback(msg: Msg) -> None:
-            assert self.handlers is not None
-            await self.handlers.serve(msg, operation)
-
-        return callback
-
     async def stop(self) -> None:
-        for subscription in self._subscriptions:
-            await subscription.unsubscribe()
-        self._subscriptions.clear()
+        if self.server is not None:
+            await self.server.stop()
+
+
+def _refusal(reason: str) -> bytes:
+    return msgspec.json.encode(RegistryReply(ok=False, error=reason))
 
 
 async def _reload_principals(service: Service) -> None:

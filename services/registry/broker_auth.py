@@ -1,4 +1,6 @@
-"""Writing the generated authorization config and making the server load it."""
+"""Writing the generated authorization config and making the server load it: the
+registry's adapter to the broker's configuration (what the config says is generated in
+`mesh._broker.permissions`)."""
 
 from __future__ import annotations
 
@@ -9,57 +11,18 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterable
-from datetime import datetime
 from pathlib import Path
 
 from contracts.cards import AgentRecord
 from mesh.service import (
-    ConfigurationError,
     ProvisioningError,
+    StaticPrincipal,
     Topology,
+    authorization_config,
     reload_server,
-    write_atomically,
 )
-from services.registry.authz import authorization_config
-from services.registry.principals import EPOCH, StaticPrincipal
 
 log = logging.getLogger(__name__)
-
-
-def load_principals(path: Path) -> list[StaticPrincipal]:
-    """The static principals file: a JSON list of {name, public_key, role}, with
-    `added_at` / `removed_at` (RFC 3339) for those added to or removed from a running
-    mesh."""
-    try:
-        rows = json.loads(path.read_text())
-        return [
-            StaticPrincipal(
-                r["name"],
-                r["public_key"],
-                r["role"],
-                valid_from=_time(r.get("added_at")) or EPOCH,
-                valid_until=_time(r.get("removed_at")),
-            )
-            for r in rows
-        ]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigurationError(f"principals file {path}: {exc!r}") from exc
-
-
-def _time(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
-
-
-def write_principals(path: Path, principals: Iterable[StaticPrincipal]) -> None:
-    rows: list[dict[str, str]] = []
-    for p in principals:
-        row = {"name": p.name, "public_key": p.public_key, "role": p.role}
-        if p.valid_from != EPOCH:
-            row["added_at"] = p.valid_from.isoformat()
-        if p.valid_until is not None:
-            row["removed_at"] = p.valid_until.isoformat()
-        rows.append(row)
-    write_atomically(path, json.dumps(rows, indent=2) + "\n")
 
 
 class BrokerAuthorization:

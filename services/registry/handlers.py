@@ -38,9 +38,11 @@ from mesh.service import (
     SIGNATURE_HEADER,
     ConcurrencyConflict,
     MeshError,
+    Request,
     SignatureError,
+    StaticPrincipal,
     TokenBucket,
-    respond,
+    static_cards,
     verify,
     verify_headers,
 )
@@ -55,7 +57,6 @@ from services.registry.domain import (
     decide_status_change,
     evolve,
 )
-from services.registry.principals import StaticPrincipal, static_cards
 from services.registry.store import RegistryStore
 
 log = logging.getLogger(__name__)
@@ -125,23 +126,21 @@ class RegistryHandlers:
             "approve": self.approve,
         }
 
-    async def serve(self, msg: Msg, operation: str) -> None:
-        handler = self.routes()[operation]
+    async def serve(self, request: Request) -> bytes | None:
+        """One request; the request server (mesh/_runtime/endpoints.py) answers it and
+        turns refusals, malformed input and failures into a negative reply. What is the
+        registry's own: a bad signature is a refusal, and a value in the request that
+        does not parse (a key, a base64 field) is malformed input."""
+        operation = request.operation
         try:
-            reply = await handler(msg)
-        except (Refused, SignatureError) as exc:
-            reply = RegistryReply(ok=False, error=_reason(exc))
-        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, ValueError) as exc:
-            reply = RegistryReply(ok=False, error=f"malformed {operation} request: {exc}")
-        except MeshError as exc:
-            log.exception("registry %s failed", operation)
-            reply = RegistryReply(ok=False, error=f"registry could not {operation}: {exc}")
-        except Exception as exc:
-            # A bug must not leave a requester waiting for an answer that never comes.
-            log.exception("registry %s failed unexpectedly", operation)
-            reply = RegistryReply(ok=False, error=f"registry could not {operation}: {exc!r}")
-        if reply is not None:
-            await respond(msg, _encoder.encode(reply), what=f"registry {operation}")
+            reply = await self.routes()[operation](request.msg)
+        except SignatureError as exc:
+            raise Refused(f"not signed as required: {exc.reason}") from exc
+        except ValueError as exc:
+            if isinstance(exc, MeshError):
+                raise
+            raise Refused(f"malformed {operation} request: {exc}") from exc
+        return None if reply is None else _encoder.encode(reply)
 
     # ------------------------------------------------------------------ writes
 
@@ -380,11 +379,3 @@ def _key_proofs(msg: Msg) -> frozenset[str]:
     for public_key, signature in proofs.items():
         verify(public_key, msg.subject, msg.data, signature)
     return frozenset(proofs)
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, Refused):
-        return exc.reason
-    if isinstance(exc, SignatureError):
-        return f"not signed as required: {exc.reason}"
-    return str(exc)

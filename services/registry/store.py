@@ -8,7 +8,6 @@ import logging
 from datetime import datetime
 
 import msgspec
-import nats.errors
 import nats.js.errors
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
@@ -17,10 +16,10 @@ from nats.js.kv import KeyValue
 from contracts.cards import AgentRecord
 from contracts.envelope import Event
 from mesh.service import (
-    BrokerError,
     EventPublisher,
     SignatureError,
     Topology,
+    broker_errors,
     broker_time,
     ensure_key_value,
     read_subject,
@@ -123,21 +122,17 @@ class RegistryStore:
             event, expected_sequence=self.last_sequence.get(key, 0)
         )
         self.last_sequence[key] = receipt.sequence
-        try:
+        with broker_errors(f"read back registry event {receipt.sequence}"):
             stored = await self.js.get_msg(
                 self.topology.registry_stream, seq=receipt.sequence, direct=True
             )
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise BrokerError(f"read back registry event {receipt.sequence}", repr(exc)) from exc
         # Read as every other reader of the stream reads it, to the microsecond.
         return receipt.sequence, broker_time((stored.headers or {})["Nats-Time-Stamp"])
 
     async def write_view(self, record: AgentRecord) -> None:
         assert self._view is not None
-        try:
+        with broker_errors(f"write view of {record.card.agent_id}"):
             await self._view.put(record.card.agent_id, msgspec.json.encode(record))
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise BrokerError(f"write view of {record.card.agent_id}", repr(exc)) from exc
 
     async def reconcile_view(self, state: RegistryState) -> int:
         """Make the KV view match the history (after a crash between the two writes),
@@ -169,10 +164,8 @@ class RegistryStore:
 
     async def record_heartbeat(self, agent_id: str, at: datetime) -> None:
         assert self._liveness is not None
-        try:
+        with broker_errors(f"record heartbeat of {agent_id}"):
             await self._liveness.put(agent_id, at.isoformat().encode())
-        except (nats.errors.Error, nats.js.errors.Error) as exc:
-            raise BrokerError(f"record heartbeat of {agent_id}", repr(exc)) from exc
 
     async def heartbeats(self) -> dict[str, datetime]:
         assert self._liveness is not None

@@ -43,6 +43,7 @@ from contracts.audit_bundle import AuditBundle
 from contracts.cards import AgentCard
 from contracts.eventstore_api import CaseQuery, CaseView
 from contracts.ingress import CLAIM_KIND, IngressReply
+from contracts.subjects import event_type_of
 from mesh._broker.publisher import EventPublisher
 from mesh._runtime.dead_letters import read_dead_letters
 from mesh._support.text import shown
@@ -449,7 +450,7 @@ def completions_in(bundle: AuditBundle) -> Counter[str]:
     seen: set[str] = set()
     completions: Counter[str] = Counter()
     for stored in bundle.events:
-        if stored.subject.rsplit(".", 1)[-1] != name:
+        if event_type_of(stored.subject) != name:
             continue
         try:
             event = decode(stored.body)

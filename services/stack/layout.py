@@ -6,12 +6,16 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from mesh._broker.permissions import authorization_config
 from mesh._broker.topology import Topology
 from mesh._trust.identity import Identity
+from mesh._trust.principals import (
+    PrincipalRole,
+    StaticPrincipal,
+    load_principals,
+    write_principals,
+)
 from services.ingress.tokens import token_digest, write_token_digests
-from services.registry.authz import authorization_config
-from services.registry.broker_auth import load_principals, write_principals
-from services.registry.principals import PrincipalRole, StaticPrincipal
 
 REPO = Path(__file__).resolve().parents[2]
 POLICIES = REPO / "deploy" / "policies"

@@ -29,11 +29,10 @@ from mesh._broker.discovery import RunningMesh, lock_held
 from mesh._broker.topology import Topology
 from mesh._trust.identity import is_user_public_key
 from mesh._trust.onboarding import ONBOARDING_ID, connect_as, inbox_prefix
+from mesh._trust.principals import StaticPrincipal, load_principals, write_principals
 from mesh._trust.registry_client import RegistryClient
 from mesh.errors import ConfigurationError
 from services.ingress.domain import source_problem
-from services.registry.broker_auth import load_principals, write_principals
-from services.registry.principals import StaticPrincipal
 from services.stack.layout import STATIC_PRINCIPALS, Layout, write_http_tokens
 from services.stack.supervisor import read_status
 
@@ -224,7 +223,7 @@ def connection_details(
                 "reply_schema": "contracts/schema/ingress_reply.json",
             },
             "case_status": {
-                "nats_request": f"{subjects.service('ingress', 'status')}.{principal.name}",
+                "nats_request": subjects.service_as("ingress", "status", principal.name),
                 "http_get": f"{ingress_http}/v1/cases/{principal.name}/<external_ref>",
                 "request_schema": "contracts/schema/ingress_case_status_request.json",
                 "reply_schema": "contracts/schema/ingress_case_status_reply.json",

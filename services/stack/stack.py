@@ -102,10 +102,12 @@ class Stack:
         """`service.operation`, or `service.operation.principal` for a service that
         knows who asks from the subject."""
         service, name, *principal = operation.split(".")
-        subject = self.topology.subjects.service(service, name)
+        subjects = self.topology.subjects
         await request_with_patience(
             self.operator_nc,
-            f"{subject}.{principal[0]}" if principal else subject,
+            subjects.service_as(service, name, principal[0])
+            if principal
+            else subjects.service(service, name),
             body,
             timeout=5,
             what=operation,

@@ -7,8 +7,7 @@ from pathlib import Path
 from contracts.cards import AgentCard, SignedStatement
 from mesh._trust.enrolment import issue_grant
 from mesh._trust.identity import Identity
-from services.registry.broker_auth import write_principals
-from services.registry.principals import StaticPrincipal
+from mesh._trust.principals import StaticPrincipal, write_principals
 from services.registry.settings import RegistrySettings
 
 

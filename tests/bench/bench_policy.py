@@ -42,9 +42,10 @@ from mesh._runtime.durables import case_durable
 from mesh._trust.onboarding import card_with_key
 from mesh._trust.registry_client import RegistryClient
 from mesh.testing import unique_root
+from services.policy.app import PolicyService
 from services.policy.bundle import PolicyBundle
 from services.policy.domain import ActionRequest, decide
-from services.policy.service import PolicyService, policy_card
+from services.policy.handlers import policy_card
 from services.policy.settings import PolicySettings
 from services.registry.app import RegistryService
 from tests.bench._enrol import BenchOperator

@@ -1,171 +1,183 @@
-"""A small claims process on a secured mesh, for event-store tests: the real policy
-service with the reference bundle, an adjudicator that requests payments, a payer that
-executes approved ones and closes the case, and a human claims manager."""
+"""The claims process on a secured mesh, for event-store, audit and policy tests: the
+real claims agents of services/agents/claims (intake, fraud screening, adjudication,
+payment), the real policy service with the reference bundle, the simulated payment
+gateway in-process (its real app and SQLite ledger, reached over an in-process
+transport), and a human claims manager.
+
+A claim opened with `open_claim` goes the whole way as in `make demo`: intake accepts
+it, the fraud agent scores it, adjudication asks to pay it, policy decides (a claims
+manager approves a large one), payment captures it at the gateway and closes the case.
+A case opened with `open_case` is of another kind: the claims agents leave it alone, so
+a test can write its steps itself."""
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
+import msgspec
 from nats.aio.client import Client
+from pydantic import SecretStr
 
 from contracts import (
-    ActionApproved,
-    ActionCompleted,
-    ActionCompletedPayload,
-    ActionDenied,
     ActionGrant,
-    ActionRequested,
-    ActionRequestedPayload,
     AgentCard,
     ApprovalGranted,
     ApprovalGrantedPayload,
     ApprovalRequired,
-    CaseClosed,
-    CaseClosedPayload,
     CaseOpened,
     CaseOpenedPayload,
     CaseStepCompleted,
     CaseStepCompletedPayload,
 )
 from contracts.envelope import Event
-from mesh import Agent, HandlerContext, Identity
+from contracts.ingress import CLAIM_KIND, ClaimData
+from mesh import Identity
 from mesh._broker.publisher import EventPublisher
 from mesh._broker.reading import read_case
+from mesh._sdk.app import StartedAgent
 from mesh._trust.onboarding import connect_as, register
 from mesh.testing import eventually
+from services.agents.claims import adjudication, fraud, intake, payment
+from services.agents.claims.gateway import GatewaySettings, Ledger, gateway_app
+from services.agents.claims.gateway_client import GatewayClient
 from tests.integration.registry_fixtures import KNOWN_OWNER, SecuredMesh
 
 REFERENCE_POLICIES = Path(__file__).resolve().parents[2] / "deploy" / "policies"
+PAYEE = "DE89-0001"
+# Two of the fraud agent's signals: it scores such a claim 95, above the policy's bar of 80.
+SUSPICIOUS = "staged accident, cash only"
+# The agents as the stack runs them (`mesh run services.agents.claims.<name>`).
+DECIDING = (intake.agent, fraud.agent, adjudication.agent)
 
 
-def adjudicator() -> Agent:
-    """Asks to pay a screened claim its amount (from the claim, as the case was opened
-    with it), to the claim's payee."""
-    agent = Agent(
-        AgentCard(
-            agent_id="adjudicator",
-            name="Adjudication",
-            version="1",
-            owner=KNOWN_OWNER,
-            purpose="decides payouts",
-            consumes=["case_step_completed"],
-            produces=["case_step_completed", "action_requested"],
-            reads=["case_opened"],
-            actions=[ActionGrant(action_type="issue_payment", limits={"max_amount": 10_000_000})],
-        )
-    )
+@dataclass
+class InProcessGateway:
+    """The simulated gateway (services/agents/claims/gateway.py) in this process: its
+    app with its SQLite ledger, which the payment agent pays through."""
 
-    @agent.on(CaseStepCompleted)
-    async def decide(event: CaseStepCompleted, ctx: HandlerContext) -> None:
-        if event.payload.step != "fraud_screening":
-            return
-        opened = next(s.event for s in await ctx.history() if isinstance(s.event, CaseOpened))
-        claim = opened.payload.data
-        await ctx.emit(
-            CaseStepCompleted,
-            CaseStepCompletedPayload(
-                step="adjudication",
-                outcome="payout",
-                rationale="the policy covers the loss",
-                evidence={"payout": claim["amount_cents"]},
-            ),
-        )
-        await ctx.emit(
-            ActionRequested,
-            ActionRequestedPayload(
-                action_type="issue_payment",
-                parameters={
-                    "amount": claim["amount_cents"],
-                    "currency": claim["currency"],
-                    "payee_account": claim["payee_account"],
-                },
-                evidence={"fraud_score": 0},  # its own word: never a fact for policy
-                rationale="claim covered",
-            ),
-        )
+    ledger: Ledger
+    client: GatewayClient
 
-    return agent
+    @classmethod
+    def open(cls, directory: Path) -> InProcessGateway:
+        token = "gateway-credential"  # the payment agent presents it, as in the stack
+        settings = GatewaySettings(failure_rate=0.0, token=SecretStr(token))
+        ledger = Ledger(directory / "gateway.db")
+        transport = httpx.ASGITransport(app=gateway_app(settings, ledger))
+        return cls(ledger, GatewayClient("http://gateway", token=token, transport=transport))
+
+    async def close(self) -> None:
+        payment.use_gateway(None)
+        await self.client.close()
+        self.ledger.close()
 
 
-def payer() -> Agent:
-    """Executes approved payments (the side effect is simulated) and closes the case;
-    a denied payment closes the case too."""
-    agent = Agent(
-        AgentCard(
-            agent_id="payer",
-            name="Payment",
-            version="1",
-            owner=KNOWN_OWNER,
-            purpose="pays approved claims",
-            consumes=["action_approved", "action_denied"],
-            produces=["action_completed", "case_closed"],
-        )
-    )
+@dataclass
+class _PaymentAgent(StartedAgent):
+    """The started payment agent, which closes its gateway once it has stopped (the
+    mesh stops every agent it started when it closes)."""
 
-    @agent.on(ActionApproved)
-    async def pay(event: ActionApproved, ctx: HandlerContext) -> None:
-        await ctx.emit(
-            ActionCompleted,
-            ActionCompletedPayload(
-                request_id=event.payload.request_id,
-                action_type=event.payload.action_type,
-                result={"payment_ref": f"pay-{event.payload.request_id[-8:]}"},
-            ),
-        )
-        await ctx.emit(CaseClosed, CaseClosedPayload(outcome="paid"))
+    gateway: InProcessGateway | None = None
 
-    @agent.on(ActionDenied)
-    async def close(event: ActionDenied, ctx: HandlerContext) -> None:
-        await ctx.emit(CaseClosed, CaseClosedPayload(outcome="denied"))
-
-    return agent
+    async def stop(self) -> None:
+        try:
+            await super().stop()
+        finally:
+            if self.gateway is not None:
+                await self.gateway.close()
 
 
-async def start_claims(mesh: SecuredMesh) -> None:
+async def start_agents(mesh: SecuredMesh) -> None:
+    """The claims agents up to the payment request (intake, fraud screening,
+    adjudication): what policy decides is not executed."""
+    for agent in DECIDING:
+        await mesh.run_agent(agent)
+
+
+async def start_payment(mesh: SecuredMesh) -> InProcessGateway:
+    """The payment agent, paying through a gateway of its own in this process."""
+    gateway = InProcessGateway.open(mesh.directory)
+    payment.use_gateway(gateway.client)  # before it consumes anything
+    try:
+        await mesh.run_agent(payment.agent)
+    except BaseException:
+        await gateway.close()
+        raise
+    started = mesh.started[-1]
+    fields = {field.name: getattr(started, field.name) for field in dataclasses.fields(started)}
+    mesh.started[-1] = _PaymentAgent(**fields, gateway=gateway)
+    return gateway
+
+
+async def start_claims(mesh: SecuredMesh) -> InProcessGateway:
+    """The whole claims process: policy and the four claims agents, with the gateway."""
     await mesh.start_policy(REFERENCE_POLICIES)
-    await mesh.run_agent(adjudicator())
-    await mesh.run_agent(payer())
+    await start_agents(mesh)
+    return await start_payment(mesh)
+
+
+def claim_data(amount: int, *, fraudulent: bool = False) -> dict[str, object]:
+    """A health claim (no deductible: the payout is the amount claimed) on a policy in
+    force, reported a week after the incident."""
+    claim = ClaimData(
+        policy_number="P-12345",
+        claimant="Ada Lovelace",
+        claim_type="health",
+        amount_cents=amount,
+        incident_date=(datetime.now(UTC) - timedelta(days=7)).date(),
+        description=SUSPICIOUS if fraudulent else "treatment after a fall",
+        payee_account=PAYEE,
+    )
+    data: dict[str, object] = msgspec.to_builtins(claim)
+    return data
+
+
+async def open_claim(
+    mesh: SecuredMesh, case_id: str, amount: int, *, fraudulent: bool = False
+) -> None:
+    """An insurance claim, as the ingress opens a case for it (its data are the claim's
+    facts). `fraudulent`: its description carries two of the fraud agent's signals."""
+    await _open(mesh, case_id, CLAIM_KIND, claim_data(amount, fraudulent=fraudulent))
+
+
+async def open_case(mesh: SecuredMesh, case_id: str, amount: int) -> None:
+    """A case the claims agents leave alone (not of their kind), with a claim's facts as
+    the ingress states them: its steps are the test's to write."""
+    data = {"amount_cents": amount, "currency": "EUR", "payee_account": PAYEE}
+    await _open(mesh, case_id, "claim", data)
+
+
+async def _open(mesh: SecuredMesh, case_id: str, kind: str, data: dict[str, object]) -> None:
+    assert mesh.harness_nc is not None
+    opened = CaseOpened(
+        case_id=case_id,
+        actor="ingress",
+        payload=CaseOpenedPayload(kind=kind, source="crm", data=data),
+    )
+    js = mesh.harness_nc.jetstream()
+    await EventPublisher(js, mesh.ingress_identity, mesh.topology).publish(opened)
 
 
 async def screen(
     mesh: SecuredMesh, case_id: str, fraud: int, step: str = "fraud_screening"
 ) -> None:
-    """The fraud screening's result, in the log, signed by the screener whose card makes
-    it the authority for `fraud_score`: the fact policy reads (never the requester's own
+    """A fraud screening's result, in the log, signed by the screener whose card makes
+    it an authority for `fraud_score`: the fact policy reads (never the requester's own
     evidence, nor anyone else's)."""
     assert mesh.harness_nc is not None
     screener = await mesh.ensure_screener()
-    step = CaseStepCompleted(
+    screened = CaseStepCompleted(
         case_id=case_id,
         actor="screener",
         payload=CaseStepCompletedPayload(
             step=step, outcome="screened", evidence={"fraud_score": fraud}
         ),
     )
-    await EventPublisher(mesh.harness_nc.jetstream(), screener, mesh.topology).publish(step)
-
-
-async def open_claim(mesh: SecuredMesh, case_id: str, amount: int, fraud: int = 0) -> None:
-    """The claim as the ingress opens a case (its data are the claim's facts), then the
-    screening the adjudicator waits for."""
-    await open_case(mesh, case_id, amount)
-    await screen(mesh, case_id, fraud)
-
-
-async def open_case(mesh: SecuredMesh, case_id: str, amount: int) -> None:
-    """The claim as the ingress opens a case: its data are the claim's facts."""
-    assert mesh.harness_nc is not None
-    opened = CaseOpened(
-        case_id=case_id,
-        actor="ingress",
-        payload=CaseOpenedPayload(
-            kind="claim",
-            source="crm",
-            data={"amount_cents": amount, "currency": "EUR", "payee_account": "DE89-0001"},
-        ),
-    )
-    js = mesh.harness_nc.jetstream()
-    await EventPublisher(js, mesh.ingress_identity, mesh.topology).publish(opened)
+    await EventPublisher(mesh.harness_nc.jetstream(), screener, mesh.topology).publish(screened)
 
 
 async def wait_for(mesh: SecuredMesh, case_id: str, event_type: type[Event]) -> Event:

@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from contracts.cards import AgentCard, AgentRecord, SignedStatement
 from mesh._broker.connection import close, connect
 from mesh._broker.embedded import EmbeddedNats
+from mesh._broker.permissions import authorization_config
 from mesh._broker.topology import Topology
 from mesh._runtime.runtime import AgentRunner
 from mesh._sdk.agent import Agent
@@ -23,18 +24,16 @@ from mesh._sdk.app import StartedAgent, start_agent
 from mesh._trust.enrolment import issue_grant, write_grant
 from mesh._trust.identity import Identity
 from mesh._trust.onboarding import card_with_key, connect_as, inbox_prefix
+from mesh._trust.principals import StaticPrincipal, write_principals
 from mesh._trust.registry_client import RegistryClient
 from mesh.settings import MeshSettings
 from mesh.testing import unique_root
-from services.eventstore.service import EventStoreService
+from services.eventstore.app import EventStoreService
 from services.eventstore.settings import EventStoreSettings
-from services.policy.service import PolicyService
+from services.policy.app import PolicyService
 from services.policy.settings import PolicySettings
 from services.reader.service import ReaderService
 from services.registry.app import RegistryService
-from services.registry.authz import authorization_config
-from services.registry.broker_auth import write_principals
-from services.registry.principals import StaticPrincipal
 from services.registry.settings import RegistrySettings
 
 KNOWN_OWNER = "claims-team"

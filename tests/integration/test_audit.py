@@ -178,7 +178,7 @@ async def test_policy_violations_in_the_log_are_named(
     harness = EventPublisher(mesh.harness_nc.jetstream(), mesh.harness, mesh.topology)
 
     # 1. An executor reports a payment that policy never approved (it was denied).
-    await open_claim(mesh, "rogue", 30_000, fraud=95)
+    await open_claim(mesh, "rogue", 30_000, fraudulent=True)
     request = await wait_for(mesh, "rogue", ActionRequested)
     await wait_for(mesh, "rogue", CaseClosed)
     await harness.publish(

@@ -14,11 +14,11 @@ import pytest
 from contracts import ActionCompleted, ApprovalRequired, CaseClosed
 from contracts.eventstore_api import CaseQuery, CaseRequest, StoreReply
 from mesh._trust.key_directory import KeyDirectory
+from services.eventstore.app import EventStoreService
 from services.eventstore.audit import verify_bundle
 from services.eventstore.export import build_bundle, store_request
 from services.eventstore.projector import Projector
 from services.eventstore.replay import replay_case
-from services.eventstore.service import EventStoreService
 from services.eventstore.views import ViewStore
 from tests.integration.claims_flow import (
     approve,
@@ -51,7 +51,7 @@ async def run_claims(mesh: SecuredMesh) -> dict[str, str]:
     manager = await claims_manager(mesh)
     await open_claim(mesh, "small", 20_000)
     await open_claim(mesh, "large", 250_000)
-    await open_claim(mesh, "fraud", 30_000, fraud=95)
+    await open_claim(mesh, "fraud", 30_000, fraudulent=True)
     await approve(mesh, "large", manager)
     for case_id in ("small", "large", "fraud"):
         await wait_for(mesh, case_id, CaseClosed)
@@ -79,7 +79,7 @@ async def test_the_store_projects_cases_timelines_and_activity(
     [payment] = detail.actions
     assert payment.status == "completed"
     assert payment.approver == "maria"
-    assert payment.requested_by == "adjudicator"
+    assert payment.requested_by == "claims-adjudication"
     assert payment.policy_bundle_hash
 
     timeline = (
@@ -88,8 +88,9 @@ async def test_the_store_projects_cases_timelines_and_activity(
     kinds = [entry.event_type for entry in timeline]
     assert kinds == [
         "case_opened",  # the claim: its facts, stated by the ingress
+        "case_step_completed",  # intake
         "case_step_completed",  # the fraud screening, which policy reads
-        "case_step_completed",
+        "case_step_completed",  # adjudication
         "action_requested",
         "approval_required",
         "approval_granted",
@@ -97,13 +98,20 @@ async def test_the_store_projects_cases_timelines_and_activity(
         "action_completed",
         "case_closed",
     ]
-    required = timeline[4]
+    assert [entry.actor for entry in timeline[1:5]] == [
+        "claims-intake",
+        "claims-fraud",
+        "claims-adjudication",
+        "claims-adjudication",
+    ]
+    required = timeline[5]
     assert required.decision == "approval_required"
     assert required.determining_policies == ["large-payouts-need-approval"]
     assert "claims manager" in (required.rationale or "")
-    assert timeline[5].approver == "maria"
-    assert timeline[6].decision == "approved"
     assert timeline[6].approver == "maria"
+    assert timeline[7].decision == "approved"
+    assert timeline[7].approver == "maria"
+    assert [entry.actor for entry in timeline[8:]] == ["claims-payment", "claims-payment"]
     assert all(entry.verified and entry.signer for entry in timeline)
 
     denied = (
@@ -114,9 +122,10 @@ async def test_the_store_projects_cases_timelines_and_activity(
 
     activity = (await store_request(nc, mesh.topology, "activity")).activity
     counts = {(a.actor, a.event_type): a.events for a in activity}
-    assert counts[("adjudicator", "action_requested")] == 3
-    assert counts[("screener", "case_step_completed")] == 3
-    assert counts[("payer", "action_completed")] == 2
+    assert counts[("claims-intake", "case_step_completed")] == 3
+    assert counts[("claims-fraud", "case_step_completed")] == 3
+    assert counts[("claims-adjudication", "action_requested")] == 3
+    assert counts[("claims-payment", "action_completed")] == 2
     assert counts[("maria", "approval_granted")] == 1
 
     with pytest.raises(Exception, match="no case 'nope'"):

@@ -124,7 +124,9 @@ async def test_an_operator_and_an_auditor_work_from_the_command_line(
     assert code == 2
     assert "cannot read bundle" in output
 
-    code, output = await mesh_cli("projections", "activity", "--actor", "adjudicator", "--json")
+    code, output = await mesh_cli(
+        "projections", "activity", "--actor", "claims-adjudication", "--json"
+    )
     assert code == 0, output
     assert {row["event_type"]: row["events"] for row in json.loads(output)} == {
         "action_requested": 2,

@@ -22,6 +22,7 @@ from contracts.events.case import CaseClosed, CaseClosedPayload, CaseOpened, Cas
 from contracts.ingress import CaseStatusReply, IngressReply
 from mesh._broker.connection import close, connect, refused
 from mesh._broker.embedded import EmbeddedNats
+from mesh._broker.permissions import authorization_config
 from mesh._broker.provisioning import ensure_stream
 from mesh._broker.publisher import EventPublisher
 from mesh._broker.reading import read_case
@@ -30,15 +31,13 @@ from mesh._runtime.dead_letters import DeadLetter, read_dead_letters
 from mesh._runtime.replies import is_inbox
 from mesh._trust.identity import Identity
 from mesh._trust.onboarding import inbox_prefix
+from mesh._trust.principals import PrincipalRole, StaticPrincipal, write_principals
 from mesh.settings import MeshSettings
 from mesh.testing import eventually, unique_root
 from services.ingress.body import CUT_OFF, DIGEST, SIZE, TRUNCATED
 from services.ingress.service import IngressService
 from services.ingress.settings import IngressSettings
 from services.registry.app import RegistryService
-from services.registry.authz import authorization_config
-from services.registry.broker_auth import write_principals
-from services.registry.principals import PrincipalRole, StaticPrincipal
 from services.registry.settings import RegistrySettings
 
 TOKEN = "crm-token-1"

@@ -35,8 +35,9 @@ from mesh._trust.key_directory import KeyDirectory
 from mesh.cli import app
 from mesh.errors import PermissionDenied
 from mesh.testing import eventually
+from services.agents.claims import adjudication
 from services.policy.bundle import PolicyBundleInvalid
-from tests.integration.claims_flow import adjudicator, human, open_case, open_claim, screen
+from tests.integration.claims_flow import human, open_case, open_claim, screen, start_agents
 from tests.integration.claims_flow import wait_for as first
 from tests.integration.registry_fixtures import SecuredMesh, secured_mesh
 
@@ -53,14 +54,14 @@ async def mesh(tmp_path: Path) -> AsyncIterator[SecuredMesh]:
 
 async def test_allow_and_deny_carry_their_provenance(mesh: SecuredMesh) -> None:
     policy = await mesh.start_policy(REFERENCE)
-    await mesh.run_agent(adjudicator())
+    await start_agents(mesh)
     await open_claim(mesh, "small", 25_000)
-    await open_claim(mesh, "fraud", 25_000, fraud=95)
+    await open_claim(mesh, "fraud", 25_000, fraudulent=True)
 
     approved = await first(mesh, "small", ActionApproved)
     assert isinstance(approved, ActionApproved)
-    assert policy.bundle is not None
-    assert approved.payload.provenance.policy_bundle_hash == policy.bundle.hash
+    assert policy.handlers.bundle is not None
+    assert approved.payload.provenance.policy_bundle_hash == policy.handlers.bundle.hash
     [rule] = approved.payload.provenance.determining_policies
     assert rule.policy_id == "small-payouts"
     assert rule.rationale
@@ -84,12 +85,12 @@ async def test_allow_and_deny_carry_their_provenance(mesh: SecuredMesh) -> None:
     )
     [activation] = [s.event for s in activations]
     assert isinstance(activation, PolicyBundleActivated)
-    assert activation.payload.bundle_hash == policy.bundle.hash
+    assert activation.payload.bundle_hash == policy.handlers.bundle.hash
 
 
 async def test_a_large_payout_waits_for_a_claims_manager(mesh: SecuredMesh) -> None:
     await mesh.start_policy(REFERENCE)
-    await mesh.run_agent(adjudicator())
+    await start_agents(mesh)
     manager, manager_nc = await human(mesh, "maria", ["approver", "claims_manager"])
     await open_claim(mesh, "large", 250_000)
     required = await first(mesh, "large", ApprovalRequired)
@@ -155,11 +156,12 @@ async def test_nobody_approves_their_own_request(mesh: SecuredMesh) -> None:
 
     [letter] = await eventually(refused, what="the self-approval refused")
     assert "maria requested issue_payment itself and cannot decide it" in letter.reason  # type: ignore[attr-defined]
-    assert [p.request_id for p in await service.pending()] == [required.payload.request_id]  # type: ignore[attr-defined]
+    request_id = required.payload.request_id  # type: ignore[attr-defined]
+    assert [p.request_id for p in await service.approvals.waiting()] == [request_id]
 
 
 async def test_an_agent_cannot_forge_a_decision_or_an_approval(mesh: SecuredMesh) -> None:
-    runner, nc = await mesh.run_agent(adjudicator())
+    runner, nc = await mesh.run_agent(adjudication.agent)
     publisher = EventPublisher(nc.jetstream(), runner.identity, mesh.topology, timeout=1, nc=nc)
     for forged in (
         ActionApproved,
@@ -178,7 +180,7 @@ async def test_an_unanswered_approval_escalates_then_expires(
     cedar = bundle / "payments.cedar"
     cedar.write_text(cedar.read_text().replace('@approval_sla("4h")', '@approval_sla("1s")'))
     await mesh.start_policy(bundle)
-    await mesh.run_agent(adjudicator())
+    await start_agents(mesh)
     await open_claim(mesh, "slow", 250_000)
     escalated = await first(mesh, "slow", ApprovalEscalated)
     assert isinstance(escalated, ApprovalEscalated)
@@ -193,15 +195,15 @@ async def test_an_invalid_bundle_is_refused_and_the_old_one_stays(
     mesh: SecuredMesh, tmp_path: Path
 ) -> None:
     service = await mesh.start_policy(REFERENCE)
-    assert service.bundle is not None
-    in_force = service.bundle.hash
+    assert service.handlers.bundle is not None
+    in_force = service.handlers.bundle.hash
     broken = tmp_path / "broken"
     shutil.copytree(REFERENCE, broken)
     (broken / "oops.cedar").write_text('permit(principal, action == Action::"teleport", resource);')
     with pytest.raises(PolicyBundleInvalid, match="teleport"):
-        await service.activate(broken)
-    assert service.bundle.hash == in_force
-    await mesh.run_agent(adjudicator())
+        await service.handlers.activate(broken)
+    assert service.handlers.bundle.hash == in_force
+    await start_agents(mesh)
     await open_claim(mesh, "still-works", 1_000)
     decided = await first(mesh, "still-works", ActionApproved)
     assert decided.payload.provenance.policy_bundle_hash == in_force  # type: ignore[attr-defined]
@@ -209,7 +211,7 @@ async def test_an_invalid_bundle_is_refused_and_the_old_one_stays(
 
 async def test_the_executor_proves_authorization_from_the_log(mesh: SecuredMesh) -> None:
     await mesh.start_policy(REFERENCE)
-    await mesh.run_agent(adjudicator())
+    await start_agents(mesh)
     manager, manager_nc = await human(mesh, "maria", ["approver", "claims_manager"])
     assert mesh.harness_nc is not None
     js = mesh.harness_nc.jetstream()
@@ -217,7 +219,7 @@ async def test_the_executor_proves_authorization_from_the_log(mesh: SecuredMesh)
     await keys.follow(mesh.harness_nc, mesh.topology, mesh.client(mesh.harness_nc))
     try:
         await open_claim(mesh, "small", 1_000)
-        await open_claim(mesh, "fraud", 1_000, fraud=99)
+        await open_claim(mesh, "fraud", 1_000, fraudulent=True)
         await open_claim(mesh, "large", 250_000)
         small = await first(mesh, "small", ActionApproved)
         proof = await require_authorization(
@@ -285,7 +287,7 @@ async def test_a_manager_decides_from_the_command_line(
     mesh: SecuredMesh, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await mesh.start_policy(REFERENCE)
-    await mesh.run_agent(adjudicator())
+    await start_agents(mesh)
     manager, _ = await human(mesh, "maria", ["approver", "claims_manager"])
     seed = tmp_path / "maria.nk"
     manager.save(seed)
@@ -353,7 +355,7 @@ async def _policy_letters(mesh: SecuredMesh) -> list[object]:
 
 async def test_an_approval_filed_in_another_case_is_refused(mesh: SecuredMesh) -> None:
     service = await mesh.start_policy(REFERENCE)
-    await mesh.run_agent(adjudicator())
+    await start_agents(mesh)
     manager, manager_nc = await human(mesh, "maria", ["approver", "claims_manager"])
     await open_claim(mesh, "case-a", 250_000)
     required = await first(mesh, "case-a", ApprovalRequired)
@@ -361,12 +363,12 @@ async def test_an_approval_filed_in_another_case_is_refused(mesh: SecuredMesh) -
     await _grant(mesh, manager, manager_nc, "case-b", request_id, required.payload.request_digest)  # type: ignore[attr-defined]
     [letter] = await eventually(lambda: _policy_letters(mesh), what="the misfiled grant refused")
     assert "belongs to case case-a, not case-b" in letter.reason  # type: ignore[attr-defined]
-    assert [p.request_id for p in await service.pending()] == [request_id]
+    assert [p.request_id for p in await service.approvals.waiting()] == [request_id]
 
 
 async def test_a_decided_request_is_never_reopened_or_decided_twice(mesh: SecuredMesh) -> None:
     service = await mesh.start_policy(REFERENCE)
-    await mesh.run_agent(adjudicator())
+    await start_agents(mesh)
     manager, manager_nc = await human(mesh, "maria", ["approver", "claims_manager"])
     await open_claim(mesh, "once", 250_000)
     required = await first(mesh, "once", ApprovalRequired)
@@ -377,7 +379,7 @@ async def test_a_decided_request_is_never_reopened_or_decided_twice(mesh: Secure
     await eventually(lambda: _no_pending(service), what="the approval closed")
 
     # The deadline passing later announces nothing; a second grant is refused.
-    await service.check_deadlines(datetime.now(UTC) + timedelta(days=30))
+    await service.deadlines.check_deadlines(datetime.now(UTC) + timedelta(days=30))
     await _grant(mesh, manager, manager_nc, "once", request_id, digest)
     [letter] = await eventually(lambda: _policy_letters(mesh), what="the second grant refused")
     assert "no approval is pending" in letter.reason  # type: ignore[attr-defined]
@@ -395,8 +397,8 @@ async def test_a_decided_request_is_never_reopened_or_decided_twice(mesh: Secure
         written_at=request.stored_at,
         message=request,
     )
-    await service.on_action_requested(request.event, replay)  # type: ignore[arg-type]
-    assert await service.pending() == []
+    await service.handlers.on_action_requested(request.event, replay)  # type: ignore[arg-type]
+    assert await service.approvals.waiting() == []
     history = await read_case(mesh.harness_nc.jetstream(), mesh.topology, "once")
     names = [s.event.event_name() for s in history]
     assert names.count("action_approved") == 1
@@ -405,20 +407,20 @@ async def test_a_decided_request_is_never_reopened_or_decided_twice(mesh: Secure
 
 
 async def _no_pending(service: object) -> bool:
-    return await service.pending() == []  # type: ignore[attr-defined]
+    return await service.approvals.waiting() == []  # type: ignore[attr-defined]
 
 
 async def test_a_grant_that_loses_the_race_with_the_deadline_is_refused(
     mesh: SecuredMesh,
 ) -> None:
     service = await mesh.start_policy(REFERENCE)
-    await mesh.run_agent(adjudicator())
+    await start_agents(mesh)
     manager, manager_nc = await human(mesh, "maria", ["approver", "claims_manager"])
     await open_claim(mesh, "race", 250_000)
     required = await first(mesh, "race", ApprovalRequired)
     request_id = required.payload.request_id  # type: ignore[attr-defined]
     # The deadline wins: escalated to the head of claims before maria's grant lands.
-    await service.check_deadlines(datetime.now(UTC) + timedelta(hours=5))
+    await service.deadlines.check_deadlines(datetime.now(UTC) + timedelta(hours=5))
     escalated = await first(mesh, "race", ApprovalEscalated)
     assert escalated.payload.escalated_to == "head_of_claims"  # type: ignore[attr-defined]
     await _grant(mesh, manager, manager_nc, "race", request_id, required.payload.request_digest)  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ from mesh._broker.connection import close, connect
 from mesh._broker.embedded import EmbeddedNats
 from mesh._broker.publisher import EventPublisher
 from mesh._broker.reading import StreamReader
-from services.eventstore.service import EventStoreService
+from services.eventstore.app import EventStoreService
 from tests.integration.databases import Databases
 from tests.integration.registry_fixtures import SecuredMesh, secured_mesh
 

@@ -27,8 +27,8 @@ from contracts.eventstore_api import TimelineEntry
 from mesh._broker.publisher import EventPublisher
 from mesh._trust.identity import Identity
 from mesh._trust.key_directory import KeyDirectory
+from services.eventstore.app import EventStoreService
 from services.eventstore.projector import Projector
-from services.eventstore.service import EventStoreService
 from services.eventstore.views import ViewStore
 from tests.integration.databases import Databases
 from tests.integration.registry_fixtures import KNOWN_OWNER, SecuredMesh, secured_mesh

@@ -32,6 +32,7 @@ from mesh._trust.key_directory import KeyDirectory
 from mesh._trust.onboarding import card_with_key, connect_as, register
 from mesh._trust.registry_client import RegistryRefused
 from mesh.errors import BrokerError, PermissionDenied, SignatureError
+from mesh.service import broker_errors
 from mesh.testing import eventually
 from tests.integration.agents import complete_step
 from tests.integration.registry_fixtures import KNOWN_OWNER, SecuredMesh, secured_mesh
@@ -120,6 +121,15 @@ async def test_publishing_outside_the_card_is_refused_by_the_broker(mesh: Secure
         await EventPublisher(
             nc.jetstream(), runner.identity, mesh.topology, timeout=1, nc=nc
         ).publish_raw(mesh.topology.subjects.family_event("registry", "intake", "x"), b"{}", {})
+
+
+async def test_broker_errors_names_a_subject_the_broker_refused(mesh: SecuredMesh) -> None:
+    _, nc = await mesh.run_agent(claims_agent())
+    forbidden = mesh.topology.subjects.family_event("registry", "intake", "x")
+    refusal = pytest.raises(PermissionDenied, match="permissions violation for publish")
+    with refusal as caught, broker_errors(f"ask on {forbidden}", nc=nc, subject=forbidden):
+        await nc.request(forbidden, b"{}", timeout=1)
+    assert not caught.value.retryable  # unlike a timeout nobody explained
 
 
 async def test_a_forged_card_is_refused_with_a_clear_reason(mesh: SecuredMesh) -> None:

@@ -185,6 +185,13 @@ def gateway() -> GatewayClient:
     return _gateway
 
 
+def use_gateway(client: GatewayClient | None) -> None:
+    """Pay through `client` from now on (a test's gateway, in-process); None: through
+    the one MESH_GATEWAY_URL names, as at start. The caller closes `client`."""
+    global _gateway
+    _gateway = client
+
+
 def budget() -> RetryBudget:
     global _budget
     if _budget is None:

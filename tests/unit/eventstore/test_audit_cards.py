@@ -1,5 +1,5 @@
 """Invariant 9 as the verifier checks it: every card in force rests on an operator's
-signature that names it, unless it widened nothing (services/eventstore/audit_cards)."""
+signature that names it, unless it widened nothing (services/eventstore/audit/cards.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from contracts.cards import AgentCard, AgentKey, CardPeriod, SignedStatement, ca
 from contracts.registry_api import CardApprovalRequest, PrincipalKeys
 from mesh._trust.enrolment import grant_for, sign_grant
 from mesh._trust.identity import Identity
-from services.eventstore.audit_cards import card_findings
-from services.registry.principals import EPOCH, StaticPrincipal, static_cards
+from mesh._trust.principals import EPOCH, StaticPrincipal, static_cards
+from services.eventstore.audit.cards import card_findings
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 OPERATOR = Identity.generate()

@@ -1,4 +1,5 @@
-"""The nats-server authorization config, generated from the registry (pure).
+"""The nats-server authorization config, generated from the registry's cards and the
+static principals (pure).
 
 Every active agent is an nkey user that may publish exactly the case subjects of the
 event types its card produces, plus what its runtime needs (its own durable consumers,
@@ -17,8 +18,9 @@ from collections.abc import Iterable
 from contracts.authorship import DECISION_TYPES
 from contracts.cards import AgentRecord
 from contracts.reader_api import READER_OPERATIONS
-from mesh.service import ONBOARDING_ID, Topology, inbox_prefix
-from services.registry.principals import StaticPrincipal
+from mesh._broker.topology import Topology
+from mesh._trust.onboarding import ONBOARDING_ID, inbox_prefix
+from mesh._trust.principals import StaticPrincipal
 
 ONBOARDING_USER = ONBOARDING_ID
 # Used by registration before an agent has credentials; anyone may know it, and all it
@@ -34,7 +36,7 @@ def agent_permissions(record: AgentRecord, topology: Topology) -> dict[str, obje
     replay_durable = f"{agent_id}_replay"
     publish = [
         *(s.case_events_of_type(t) for t in sorted(record.card.produces)),
-        f"{topology.root}.ops.*.circuit_state_changed",
+        s.events_of_type("ops", "circuit_state_changed"),
         s.dead_letter(cases, agent_id),
         *(s.service("registry", op) for op in ("register", "heartbeat", "get", "list", "keys")),
         s.service_as("policy", "pending", agent_id),  # what waits for it (and it decides)
@@ -180,9 +182,9 @@ def principal_permissions(principal: StaticPrincipal, topology: Topology) -> dic
                 "allow": [
                     *decisions,
                     s.family_event("ops", "policy", "policy_bundle_activated"),
-                    f"{topology.root}.ops.*.circuit_state_changed",
-                    f"{topology.root}.dlq.>",
-                    *(s.service("registry", op) for op in ("get", "list", "keys")),
+                    s.events_of_type("ops", "circuit_state_changed"),
+                    s.dead_letter_all(),
+                    *registry_reads,
                     "$JS.API.>",
                     "$JS.ACK.>",
                     "$KV.>",

@@ -1,15 +1,22 @@
 """The mesh's static principals — its services, operators and outside systems, with
 fixed keys from the principals file — and the scope each role holds.
 
-One home for who may write what: the broker's generated permissions
-(`services/registry/authz.py`) and the cards the registry vouches for in `keys`
-(which every consumer and auditor checks events against) both come from here.
+One home for who may write what among them: the broker's generated permissions
+(`mesh._broker.permissions`) and the cards the registry vouches for in `keys` (which
+every consumer and auditor checks events against) both come from here; the event types
+reserved to an author come from `contracts.authorship`.
+
+The principals file is a JSON list of {name, public_key, role}, with `added_at` /
+`removed_at` (RFC 3339) for those added to or removed from a running mesh.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 from contracts.authorship import (
@@ -21,6 +28,8 @@ from contracts.authorship import (
 from contracts.cards import AgentCard, CardPeriod, PrincipalKind
 from contracts.catalog import CATALOG
 from contracts.ingress import OPENING_FACTS
+from mesh._support.files import write_atomically
+from mesh.errors import ConfigurationError
 
 PrincipalRole = Literal[
     "registry", "policy", "eventstore", "ingress", "reader", "operator", "service", "external"
@@ -98,3 +107,37 @@ def static_cards(principal: StaticPrincipal) -> list[CardPeriod]:
             valid_until=principal.valid_until,
         )
     ]
+
+
+def load_principals(path: Path) -> list[StaticPrincipal]:
+    """Read the static principals file."""
+    try:
+        rows = json.loads(path.read_text())
+        return [
+            StaticPrincipal(
+                r["name"],
+                r["public_key"],
+                r["role"],
+                valid_from=_time(r.get("added_at")) or EPOCH,
+                valid_until=_time(r.get("removed_at")),
+            )
+            for r in rows
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigurationError(f"principals file {path}: {exc!r}") from exc
+
+
+def _time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def write_principals(path: Path, principals: Iterable[StaticPrincipal]) -> None:
+    rows: list[dict[str, str]] = []
+    for p in principals:
+        row = {"name": p.name, "public_key": p.public_key, "role": p.role}
+        if p.valid_from != EPOCH:
+            row["added_at"] = p.valid_from.isoformat()
+        if p.valid_until is not None:
+            row["removed_at"] = p.valid_until.isoformat()
+        rows.append(row)
+    write_atomically(path, json.dumps(rows, indent=2) + "\n")

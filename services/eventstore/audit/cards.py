@@ -20,7 +20,7 @@ import msgspec
 from contracts.audit_bundle import AuditPrincipal
 from contracts.cards import GRANT_SUBJECT, CardPeriod, EnrolmentGrant, card_digest
 from contracts.registry_api import CardApprovalRequest, StatusChangeRequest
-from contracts.scope import beyond_grant, scope_changes
+from contracts.scope import grant_problems, scope_changes
 from mesh.service import SignatureError, verify
 
 _EPOCH_YEAR = 1970
@@ -89,19 +89,15 @@ def _approval_problems(
     try:
         if statement.subject == GRANT_SUBJECT:
             grant = msgspec.json.decode(body, type=EnrolmentGrant)
-            problems = []
-            if grant.agent_id != agent_id or grant.owner != card.owner:
-                problems.append(f"rests on a grant for {grant.agent_id} of {grant.owner}")
-            if grant.expires_at <= period.valid_from:
-                problems.append(f"rests on a grant that expired at {grant.expires_at.isoformat()}")
-            if grant.issued_by != operators[statement.signer]:
-                problems.append(f"rests on a grant naming {grant.issued_by} as its issuer")
-            used = grants_used.get(grant.grant_id)
-            if used is not None:
-                problems.append(f"rests on grant {grant.grant_id}, already used by {used}")
+            problems = grant_problems(
+                grant,
+                card,
+                signed_by=operators[statement.signer],
+                at=period.valid_from,
+                used_by=grants_used.get(grant.grant_id),
+            )
             grants_used[grant.grant_id] = agent_id
-            problems += [f"beyond its grant: {p}" for p in beyond_grant(card, grant)]
-            return problems
+            return [f"rests on grant {grant.grant_id}, which {problem}" for problem in problems]
         if statement.subject.endswith(".svc.registry.approve"):
             approval = msgspec.json.decode(body, type=CardApprovalRequest)
             if approval.agent_id != agent_id or approval.card_digest != card_digest(card):

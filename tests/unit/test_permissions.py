@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 
 from contracts import AgentCard, AgentKey
 from contracts.cards import AgentRecord, AgentStatus
+from mesh._broker.permissions import authorization_config
 from mesh._broker.topology import Topology
 from mesh._trust.identity import Identity
-from services.registry.authz import authorization_config
-from services.registry.principals import StaticPrincipal
+from mesh._trust.principals import StaticPrincipal
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 TOPOLOGY = Topology("mesh")
