@@ -8,6 +8,7 @@ carries its data as attributes and builds its message in `__init__`.
     │   │   └── UnsupportedSchemaVersion
     │   └── InvalidSubject
     ├── ConfigurationError               settings or declarations that cannot work
+    │   ├── AlreadyRunning               a mesh already runs on this data directory
     │   └── PolicyBundleInvalid          (policy) a bundle that does not validate
     ├── EmbeddedServerError              the embedded nats-server would not start
     ├── BrokerError (retryable)          NATS unreachable, timed out, or refused a request
@@ -50,6 +51,10 @@ from contracts.errors import MeshError
 
 class ConfigurationError(MeshError):
     pass
+
+
+class AlreadyRunning(ConfigurationError):
+    """Another `mesh up` holds this data directory's lock."""
 
 
 class EmbeddedServerError(MeshError):
@@ -210,6 +215,7 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 __all__ = [
+    "AlreadyRunning",
     "BrokerError",
     "CircuitOpen",
     "ConcurrencyConflict",

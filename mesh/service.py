@@ -14,6 +14,10 @@ from mesh._broker.connection import (
     connect,
     on_reconnect,
 )
+from mesh._broker.direct_get import (
+    broker_time,
+    read_direct,
+)
 from mesh._broker.embedded import (
     reload_server,
 )
@@ -31,14 +35,16 @@ from mesh._broker.publisher import (
     EventPublisher,
 )
 from mesh._broker.reading import (
+    read_case,
+    read_subject,
+)
+from mesh._broker.stored_messages import (
     RawMessage,
     StoredEvent,
+)
+from mesh._broker.stream_reader import (
     StreamReader,
-    broker_time,
-    read_case,
-    read_direct,
     read_raw,
-    read_subject,
 )
 from mesh._broker.topology import (
     Topology,
@@ -95,6 +101,9 @@ from mesh._trust.approval_chain import (
 )
 from mesh._trust.authorization import (
     signed_actor,
+)
+from mesh._trust.enrolment import (
+    signing_operator,
 )
 from mesh._trust.facts import (
     Statement,
@@ -228,6 +237,7 @@ __all__ = [
     "shown",
     "signed_actor",
     "signed_bytes",
+    "signing_operator",
     "static_cards",
     "stop_task",
     "verify",

@@ -30,7 +30,8 @@ from mesh._broker.connection import connect
 from mesh._broker.embedded import EmbeddedNats
 from mesh._broker.provisioning import ensure_stream
 from mesh._broker.publisher import EventPublisher, Receipt
-from mesh._broker.reading import StoredEvent, read_case
+from mesh._broker.reading import read_case
+from mesh._broker.stored_messages import StoredEvent
 from mesh._broker.topology import Topology
 from mesh._runtime.dead_letters import DeadLetter, read_dead_letters
 from mesh._runtime.runtime import AgentRunner

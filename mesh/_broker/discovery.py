@@ -17,6 +17,8 @@ from typing import IO
 
 import msgspec
 
+from mesh.errors import AlreadyRunning
+
 RUNNING_FILE = "mesh.json"
 LOCK_FILE = "mesh.lock"  # held (flock) by the supervisor for as long as the mesh runs
 DEFAULT_UP_DIR = Path(".mesh/up")
@@ -37,10 +39,6 @@ class RunningMesh(msgspec.Struct, frozen=True, kw_only=True):
         """Whether the supervisor that wrote this still runs: it holds the data dir's
         lock until it ends, however it ends (a pid alone could be anyone's by now)."""
         return lock_held(Path(self.data_dir))
-
-
-class AlreadyRunning(Exception):
-    pass
 
 
 def hold_lock(data_dir: Path) -> IO[str]:

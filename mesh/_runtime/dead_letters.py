@@ -33,7 +33,7 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from contracts.subjects import consumer_of
-from mesh._broker.reading import RawMessage
+from mesh._broker.stored_messages import RawMessage
 from mesh._broker.topology import Topology
 from mesh._trust.identity import Identity
 from mesh.errors import BrokerError, PublishFailed

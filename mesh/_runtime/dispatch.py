@@ -44,7 +44,7 @@ from contracts.codec import EventDecoder
 from contracts.envelope import Event
 from contracts.errors import ContractError
 from contracts.subjects import Subjects
-from mesh._broker.reading import RawMessage, StoredEvent
+from mesh._broker.stored_messages import RawMessage, StoredEvent
 from mesh._runtime.consumer import settle
 from mesh._runtime.dead_letters import REPLAY_OF, DeadLetterKind, DeadLetterSink
 from mesh._runtime.resilience import redelivery_delay

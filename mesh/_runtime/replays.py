@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from nats.aio.client import Client
 
-from mesh._broker.reading import RawMessage, read_one
+from mesh._broker.direct_get import read_one
+from mesh._broker.stored_messages import RawMessage
 from mesh._broker.topology import Topology
 from mesh._runtime.dead_letters import (
     FILED_BY,

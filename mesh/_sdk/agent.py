@@ -26,7 +26,7 @@ from contracts.envelope import Event
 from contracts.events.actions import FactSource
 from contracts.ids import derived_event_id
 from mesh._broker.publisher import Receipt
-from mesh._broker.reading import RawMessage, StoredEvent
+from mesh._broker.stored_messages import RawMessage, StoredEvent
 from mesh._runtime.resilience import CircuitBreaker
 from mesh._trust.identity import message_digest
 from mesh.errors import ConfigurationError, PermanentError

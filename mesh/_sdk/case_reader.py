@@ -11,7 +11,7 @@ from nats.aio.client import Client
 
 from contracts.audit_bundle import StoredMessage
 from contracts.reader_api import HistoryRequest, ReaderReply, ReplayRequest
-from mesh._broker.reading import RawMessage
+from mesh._broker.stored_messages import RawMessage
 from mesh._broker.topology import Topology
 from mesh._trust.registry_client import request_with_patience
 from mesh.errors import BrokerError, ReadRefused, ReplayRefused

@@ -30,7 +30,7 @@ from contracts.events.actions import (
     ApprovalGranted,
     ApprovalRequired,
 )
-from mesh._broker.reading import StoredEvent
+from mesh._broker.stored_messages import StoredEvent
 from mesh._trust.approval_chain import human_decision_refusal, role_asked
 from mesh._trust.identity import message_digest, verify_headers
 from mesh._trust.key_directory import KeyDirectory

@@ -4,10 +4,15 @@ SPIFFE). The operator issues it (`mesh registry grant`, or `issue_grant` here); 
 agent presents it with its first registration (`MESH_ENROLMENT_GRANT_FILE`); the
 registry checks the signature, the expiry, the agent id and owner, the scope, and that
 it was never used before.
+
+`signing_operator` is the one rule for every statement an operator signs (a grant, an
+approval, an activation): its signer is an operator's key, and its signature verifies.
+The registry refuses with it; the offline audit re-checks the registry's history with it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,10 +25,22 @@ from contracts.cards import (
     SignedStatement,
 )
 from contracts.ids import new_event_id
-from mesh._trust.identity import Identity
+from mesh._trust.identity import Identity, verify
 from mesh.errors import ConfigurationError
 
 _statement = msgspec.json.Decoder(SignedStatement)
+
+
+def signing_operator(statement: SignedStatement, operators: Mapping[str, str]) -> str | None:
+    """The operator who signed `statement` (`operators`: public key -> operator id);
+    None if its signer is no operator's key. Raises SignatureError if the signature
+    does not verify over its subject and body, ValueError if its body is not base64.
+    Each caller words its own refusal: the registry's and the auditor's differ."""
+    operator = operators.get(statement.signer)
+    if operator is None:
+        return None
+    verify(statement.signer, statement.subject, statement.body, statement.signature)
+    return operator
 
 
 def grant_for(

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -42,10 +41,10 @@ from contracts.cards import AgentCard
 from contracts.codec import decode
 from contracts.errors import ContractError
 from contracts.registry_api import PrincipalKeys
-from mesh._broker.reading import broker_time
+from mesh._broker.direct_get import first_stored_at, last_sequence
 from mesh._broker.topology import Topology
 from mesh._trust.registry_client import RegistryClient
-from mesh.errors import BrokerError, MeshError, SignatureError
+from mesh.errors import MeshError, SignatureError
 
 log = logging.getLogger(__name__)
 
@@ -185,43 +184,23 @@ class KeyDirectory:
         """When the first registry event this directory has not applied was stored
         (one direct get): a message stored before it is judged right without it."""
         assert self._nc is not None
-        request = json.dumps(
-            {"seq": self.registry_sequence + 1, "next_by_subj": self._registry_subjects}
-        ).encode()
-        what = f"read registry event #{self.registry_sequence + 1}"
-        try:
-            reply = await self._nc.request(
-                f"$JS.API.DIRECT.GET.{self._registry_stream}", request, timeout=5.0
-            )
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise BrokerError(what, repr(exc)) from exc
-        headers = reply.headers or {}
-        stamp = headers.get("Nats-Time-Stamp")
-        if stamp is None:
-            raise BrokerError(
-                what, f"{headers.get('Status', '?')} {headers.get('Description', '')}".strip()
-            )
-        return broker_time(stamp)
+        return await first_stored_at(
+            self._nc,
+            self._registry_stream,
+            self._registry_subjects,
+            self.registry_sequence + 1,
+            what=f"read registry event #{self.registry_sequence + 1}",
+        )
 
     async def _newest_registry_sequence(self) -> int:
         assert self._nc is not None
-        request = json.dumps({"last_by_subj": self._registry_subjects}).encode()
-        try:
-            reply = await self._nc.request(
-                f"$JS.API.DIRECT.GET.{self._registry_stream}", request, timeout=5.0
-            )
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise BrokerError("read the registry stream's newest sequence", repr(exc)) from exc
-        headers = reply.headers or {}
-        if headers.get("Status") == "404":
-            return 0  # no registry event at all yet
-        sequence = headers.get("Nats-Sequence")
-        if sequence is None:
-            raise BrokerError(
-                "read the registry stream's newest sequence",
-                f"{headers.get('Status', '?')} {headers.get('Description', '')}".strip(),
-            )
-        return int(sequence)
+        # 0 while there is no registry event at all yet
+        return await last_sequence(
+            self._nc,
+            self._registry_stream,
+            self._registry_subjects,
+            what="read the registry stream's newest sequence",
+        )
 
     async def _reload_until(self, sequence: int, patience: float = 10.0) -> None:
         """Reload until the registry has applied its history up to `sequence` (it

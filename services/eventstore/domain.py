@@ -6,6 +6,8 @@ Times in the views are the broker's (`stored_at`: when the message entered the l
 not the actors' clocks, so "the case as it stood at T" means "after every message the
 log held at T".
 
+Each message's timeline line is written by `services.eventstore.timeline`.
+
 A flagged message — unreadable, failing its signature or key check, or a second copy
 of an event id the case already has — is recorded in the timeline and counted, and
 moves no state: an unverified claim must not close a case or approve a payment.
@@ -40,7 +42,6 @@ from contracts.eventstore_api import (
     ActionView,
     AgentActivity,
     CaseView,
-    TimelineEntry,
 )
 from services.eventstore.merkle import CHAIN_START, chain_hash
 
@@ -186,7 +187,7 @@ def _apply_to_actions(actions: dict[str, ActionView], event: Event, at: datetime
             changes = {"approver": p.approver, "outcome": p.reason}
         case ActionCompleted(payload=p):
             status = "completed"
-            changes = {"outcome": _one_line(p.result)}
+            changes = {"outcome": one_line(p.result)}
         case ActionFailed(payload=p):
             # A retryable failure is an attempt, not the end: the executor tries again.
             if not p.retryable:
@@ -199,126 +200,8 @@ def _apply_to_actions(actions: dict[str, ActionView], event: Event, at: datetime
     )
 
 
-def _one_line(values: dict[str, Any]) -> str:
+def one_line(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(values.items()))
-
-
-def timeline_entry(record: LogRecord) -> TimelineEntry:
-    """The audit line: who did what, with which evidence and rationale, and what policy
-    or which human decided."""
-    event = record.event
-    base: dict[str, Any] = {
-        "sequence": record.sequence,
-        "case_id": record.case_id,
-        "stored_at": record.stored_at,
-        "signer": record.signer,
-        "verified": record.problem is None,
-        "problem": record.problem,
-        "duplicate_of": record.duplicate_of,
-    }
-    if event is None:
-        return TimelineEntry(
-            event_id=None,
-            event_type=None,
-            actor=None,
-            occurred_at=None,
-            summary=f"unreadable message on {record.subject}",
-            **base,
-        )
-    base.update(
-        event_id=event.event_id,
-        event_type=event.event_name(),
-        actor=event.actor,
-        occurred_at=event.occurred_at,
-    )
-    return TimelineEntry(**base, **_describe(event))
-
-
-def _describe(event: Event) -> dict[str, Any]:
-    match event:
-        case CaseOpened(payload=p):
-            return {"summary": f"opened a {p.kind} case from {p.source}", "evidence": p.data}
-        case CaseStepCompleted(payload=p):
-            return {
-                "summary": f"step {p.step}: {p.outcome}",
-                "rationale": p.rationale or None,
-                "evidence": p.evidence,
-            }
-        case CaseEscalated(payload=p):
-            return {"summary": f"escalated at {p.step} to {p.to_role}", "rationale": p.reason}
-        case CaseClosed(payload=p):
-            return {"summary": f"closed: {p.outcome}", "rationale": p.summary or None}
-        case ActionRequested(payload=p):
-            return {
-                "summary": f"requests {p.action_type} {_one_line(p.parameters)}".rstrip(),
-                "rationale": p.rationale or None,
-                "evidence": p.evidence,
-                "request_id": event.event_id,
-            }
-        case ActionApproved(payload=p) | ActionDenied(payload=p):
-            verdict = "approved" if isinstance(event, ActionApproved) else "denied"
-            by = f" after {p.approver}'s decision" if p.approver else ""
-            return {
-                "summary": f"policy {verdict} {p.action_type}{by}",
-                "rationale": "; ".join(p.reasons) or None,
-                "evidence": p.provenance.inputs,
-                "decision": verdict,
-                "request_id": p.request_id,
-                "approver": p.approver,
-                "policy_bundle_hash": p.provenance.policy_bundle_hash,
-                "determining_policies": [r.policy_id for r in p.provenance.determining_policies],
-            }
-        case ApprovalRequired(payload=p):
-            return {
-                "summary": f"{p.action_type} needs a {p.approver_role}'s approval "
-                f"by {p.deadline.isoformat(timespec='seconds')}",
-                "rationale": "; ".join(r.rationale for r in p.provenance.determining_policies)
-                or None,
-                "evidence": p.provenance.inputs,
-                "decision": "approval_required",
-                "request_id": p.request_id,
-                "policy_bundle_hash": p.provenance.policy_bundle_hash,
-                "determining_policies": [r.policy_id for r in p.provenance.determining_policies],
-            }
-        case ApprovalGranted(payload=p):
-            return {
-                "summary": f"{p.approver} approved",
-                "rationale": p.comment or None,
-                "decision": "granted",
-                "request_id": p.request_id,
-                "approver": p.approver,
-            }
-        case ApprovalRejected(payload=p):
-            return {
-                "summary": f"{p.approver} rejected",
-                "rationale": p.reason,
-                "decision": "rejected",
-                "request_id": p.request_id,
-                "approver": p.approver,
-            }
-        case ApprovalEscalated(payload=p) | ApprovalExpired(payload=p):
-            verdict = "escalated" if isinstance(event, ApprovalEscalated) else "expired"
-            to = f" to {p.escalated_to}" if p.escalated_to else ""
-            return {
-                "summary": f"approval of {p.action_type} {verdict}{to}",
-                "rationale": p.reason,
-                "decision": verdict,
-                "request_id": p.request_id,
-            }
-        case ActionCompleted(payload=p):
-            return {
-                "summary": f"executed {p.action_type}",
-                "evidence": p.result,
-                "request_id": p.request_id,
-            }
-        case ActionFailed(payload=p):
-            again = "will retry" if p.retryable else "gave up"
-            return {
-                "summary": f"{p.action_type} failed (attempt {p.attempts}, {again})",
-                "rationale": p.error,
-                "request_id": p.request_id,
-            }
-    return {"summary": event.event_name()}
 
 
 def count_activity(

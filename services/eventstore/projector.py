@@ -10,7 +10,7 @@ the consumer is recreated from the stored position.
 
 The consumer lives in the broker's memory and goes with a restarted broker: the reader
 notices the reconnect at once and makes a new one from where it was (see
-`mesh._broker.reading.StreamReader`). Whatever else stops the projection (a database away, a
+`mesh._broker.stream_reader.StreamReader`). Whatever else stops the projection (a database away, a
 broker down longer than a pull waits) it waits out with backoff, but stops waiting the
 moment the connection is back, and the backoff starts small again once it projects.
 

@@ -10,7 +10,7 @@ import msgspec
 
 from contracts.cards import GRANT_SUBJECT, AgentCard, EnrolmentGrant, SignedStatement
 from contracts.scope import grant_problems
-from mesh.service import Refused, SignatureError, verify
+from mesh.service import Refused, SignatureError, signing_operator
 
 _grant_decoder = msgspec.json.Decoder(EnrolmentGrant)
 
@@ -45,15 +45,14 @@ def check_grant(
     """The grant, if an operator signed it for this very agent and a card within it.
     `operators`: public key -> operator id; `used_grants`: grant id -> the agent that
     used it."""
-    operator = operators.get(statement.signer)
-    if operator is None:
-        raise Refused(f"enrolment grant signed by {statement.signer}, which is not an operator")
     try:
-        verify(statement.signer, statement.subject, statement.body, statement.signature)
+        operator = signing_operator(statement, operators)
     except SignatureError as exc:
         raise Refused(f"enrolment grant: {exc.reason}") from None
     except ValueError as exc:  # a body that is not base64
         raise Refused(f"unreadable enrolment grant: {exc}") from None
+    if operator is None:
+        raise Refused(f"enrolment grant signed by {statement.signer}, which is not an operator")
     grant = read_grant(statement)
     problems = grant_problems(
         grant, card, signed_by=operator, at=now, used_by=used_grants.get(grant.grant_id)

@@ -6,6 +6,9 @@ stream one by one (each applied to the state as soon as it is stored), mirrored 
 the KV view, and written to the broker's authorization, whose reload is confirmed
 (when the server's monitoring endpoint is known) before the reply goes out.
 
+Reads are answered from the state by `reads`; what a request proves about its sender
+(operator statements, enrolment grants, key proofs) is read by `proofs`.
+
 Replies go only to `_INBOX.` subjects (mesh._runtime.replies): a request whose reply subject
 names anything else (a stream subject, the KV view) is served but not answered, or the
 registry's own permissions would write where the requester may not.
@@ -17,35 +20,29 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 import msgspec
 from nats.aio.msg import Msg
 
-from contracts.cards import AgentCard, AgentKey, AgentRecord, SignedStatement
+from contracts.cards import AgentCard, AgentRecord
 from contracts.envelope import Event
 from contracts.registry_api import (
-    GRANT_HEADER,
     CardApprovalRequest,
     Heartbeat,
-    PrincipalKeys,
     RegistryQuery,
     RegistryReply,
     StatusChangeRequest,
 )
 from mesh.service import (
-    KEY_PROOFS_HEADER,
-    SIGNATURE_HEADER,
     ConcurrencyConflict,
     MeshError,
     Request,
     SignatureError,
     StaticPrincipal,
     TokenBucket,
-    static_cards,
-    verify,
     verify_headers,
 )
+from services.registry import reads
 from services.registry.broker_auth import BrokerAuthorization
 from services.registry.domain import (
     Refused,
@@ -57,6 +54,7 @@ from services.registry.domain import (
     decide_status_change,
     evolve,
 )
+from services.registry.proofs import enrolment_grant, key_proofs, operator_statement
 from services.registry.store import RegistryStore
 
 log = logging.getLogger(__name__)
@@ -66,7 +64,6 @@ _query = msgspec.json.Decoder(RegistryQuery)
 _status_change = msgspec.json.Decoder(StatusChangeRequest)
 _heartbeat = msgspec.json.Decoder(Heartbeat)
 _approval = msgspec.json.Decoder(CardApprovalRequest)
-_statement = msgspec.json.Decoder(SignedStatement)
 _encoder = msgspec.json.Encoder()
 
 
@@ -100,11 +97,6 @@ class RegistryHandlers:
         self.registrations = TokenBucket(
             rate=registrations_per_second, burst=registrations_per_second * 2
         )
-
-    @property
-    def operators(self) -> dict[str, str]:
-        """The operators whose signature counts now: public key -> operator id."""
-        return {p.public_key: p.name for p in self.principals if p.role == "operator" and p.active}
 
     def reload_principals(self, principals: list[StaticPrincipal], rules: RegistryRules) -> None:
         self.principals = principals
@@ -153,8 +145,8 @@ class RegistryHandlers:
                 retry_after=wait,
             )
         signer = verify_headers(msg.subject, msg.data, msg.headers)
-        proven = _key_proofs(msg)
-        grant = _grant(msg)
+        proven = key_proofs(msg)
+        grant = enrolment_grant(msg)
         card = _card.decode(msg.data)
         return await self._write(
             card.agent_id,
@@ -164,7 +156,7 @@ class RegistryHandlers:
         )
 
     async def approve(self, msg: Msg) -> RegistryReply:
-        approval = self._operator_statement(msg, "approve")
+        approval, _ = operator_statement(msg, self.rules.operators, "approve")
         request = _approval.decode(msg.data)
         return await self._write(
             request.agent_id,
@@ -172,14 +164,6 @@ class RegistryHandlers:
                 self.state, request.agent_id, request.card_digest, now, self.rules, approval
             ),
         )
-
-    def _operator_statement(self, msg: Msg, what: str) -> SignedStatement:
-        """The operator's signed request, kept as the evidence of its consent."""
-        signer = verify_headers(msg.subject, msg.data, msg.headers)
-        if signer not in self.operators:
-            raise Refused(f"{what} needs an operator's signature; {signer} is not an operator")
-        signature = (msg.headers or {})[SIGNATURE_HEADER]
-        return SignedStatement.of(msg.subject, msg.data, signer, signature)
 
     async def activate(self, msg: Msg) -> RegistryReply:
         return await self._status_change(msg, "activate")
@@ -191,9 +175,8 @@ class RegistryHandlers:
         return await self._status_change(msg, "revoke")
 
     async def _status_change(self, msg: Msg, target: StatusTarget) -> RegistryReply:
-        approval = self._operator_statement(msg, target)
+        approval, by = operator_statement(msg, self.rules.operators, target)
         request = _status_change.decode(msg.data)
-        by = self.operators[approval.signer]
         return await self._write(
             request.agent_id,
             lambda now: decide_status_change(
@@ -237,19 +220,12 @@ class RegistryHandlers:
 
     async def get(self, msg: Msg) -> RegistryReply:
         query = _query.decode(msg.data)
-        record = self.state.records.get(query.agent_id or "")
-        if record is None:
-            raise Refused(f"no agent {query.agent_id!r} is registered")
+        record = reads.registered(self.state, query.agent_id)
         return RegistryReply(ok=True, records=[self._with_liveness(record)])
 
     async def list(self, msg: Msg) -> RegistryReply:
         query = _query.decode(msg.data) if msg.data else RegistryQuery()
-        records = [
-            (agent_id, record)
-            for agent_id, record in sorted(self.state.records.items())
-            if _matches(record, query) and (query.after is None or agent_id > query.after)
-        ]
-        page, next_after = _page(records)
+        page, next_after = reads.matching(self.state, query)
         return RegistryReply(
             ok=True,
             records=[self._with_liveness(record) for record in page],
@@ -258,49 +234,12 @@ class RegistryHandlers:
 
     async def keys(self, msg: Msg) -> RegistryReply:
         query = _query.decode(msg.data) if msg.data else RegistryQuery()
-        agents = [
-            PrincipalKeys(
-                agent_id=record.card.agent_id,
-                status=record.status,
-                status_changed_at=record.status_changed_at,
-                key_history=record.key_history,
-                updated_at=record.updated_at,
-                suspensions=record.suspensions,
-                cards=record.card_history,
-            )
-            for record in self.state.records.values()
-        ]
-        # Services and operators sign events too (the registry its history, ingress the
-        # cases it opens): their fixed keys are vouched for from the principals file.
-        static = [
-            PrincipalKeys(
-                agent_id=principal.name,
-                status="active" if principal.active else "revoked",
-                status_changed_at=principal.valid_until or principal.valid_from,
-                key_history=[
-                    AgentKey(
-                        public_key=principal.public_key,
-                        valid_from=principal.valid_from,
-                        valid_until=principal.valid_until,
-                    )
-                ],
-                updated_at=principal.valid_until or principal.valid_from,
-                cards=static_cards(principal),
-            )
-            for principal in self.principals
-        ]
-        everyone = sorted(
-            (
-                (p.agent_id, p)
-                for p in agents + static
-                if query.after is None or p.agent_id > query.after
-            ),
-            key=lambda item: item[0],  # never compares two principals (one name twice)
-        )
-        page, next_after = _page(everyone)
+        page, next_after = reads.principal_keys(self.state, self.principals, query)
         return RegistryReply(
             ok=True, keys=page, registry_sequence=self.state.sequence, next_after=next_after
         )
+
+    # ------------------------------------------------------------------ liveness
 
     async def heartbeat(self, msg: Msg) -> None:
         beat = _heartbeat.decode(msg.data)
@@ -313,69 +252,4 @@ class RegistryHandlers:
 
     def _with_liveness(self, record: AgentRecord) -> AgentRecord:
         seen = self.heartbeats.get(record.card.agent_id)
-        stale = seen is None or datetime.now(UTC) - seen > self.stale_after
-        return msgspec.structs.replace(record, last_heartbeat=seen, stale=stale)
-
-
-# A reply must fit in one NATS message (1 MiB by default): pages stay well below it. A
-# card is at most 4 KiB and an agent holds at most 32, so one principal always fits.
-PAGE_BYTES = 256 * 1024
-
-T = TypeVar("T")
-
-
-def _page(items: list[tuple[str, T]]) -> tuple[list[T], str | None]:
-    """The first items (sorted by id) that fit a page, and the id to continue after."""
-    page: list[T] = []
-    size = 0
-    for index, (_, item) in enumerate(items):
-        size += len(_encoder.encode(item))
-        if page and size > PAGE_BYTES:
-            return page, items[index - 1][0]
-        page.append(item)
-    return page, None
-
-
-def _matches(record: AgentRecord, query: RegistryQuery) -> bool:
-    card = record.card
-    return (
-        (query.status is None or record.status == query.status)
-        and (
-            query.event_type is None
-            or query.event_type in card.consumes
-            or query.event_type in card.produces
-        )
-        and (
-            query.action_type is None
-            or any(a.action_type == query.action_type for a in card.actions)
-        )
-        and (query.role is None or query.role in card.roles)
-        and (query.agent_id is None or card.agent_id == query.agent_id)
-    )
-
-
-def _grant(msg: Msg) -> SignedStatement | None:
-    """The enrolment grant a registration carries (header Mesh-Enrolment-Grant)."""
-    raw = (msg.headers or {}).get(GRANT_HEADER)
-    if not raw:
-        return None
-    try:
-        return _statement.decode(raw.encode())
-    except msgspec.DecodeError as exc:
-        raise Refused(f"unreadable {GRANT_HEADER} header: {exc}") from None
-
-
-def _key_proofs(msg: Msg) -> frozenset[str]:
-    """Keys that signed the request besides its signer (header Mesh-Key-Proofs, a JSON
-    object public key -> signature over the same subject and body). A bad proof is an
-    error, not a silently missing key."""
-    raw = (msg.headers or {}).get(KEY_PROOFS_HEADER)
-    if not raw:
-        return frozenset()
-    try:
-        proofs = msgspec.json.decode(raw.encode(), type=dict[str, str])
-    except msgspec.DecodeError as exc:
-        raise Refused(f"unreadable {KEY_PROOFS_HEADER} header: {exc}") from None
-    for public_key, signature in proofs.items():
-        verify(public_key, msg.subject, msg.data, signature)
-    return frozenset(proofs)
+        return reads.with_liveness(record, seen, datetime.now(UTC), self.stale_after)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -18,39 +16,26 @@ from nats.aio.client import Client
 from contracts.registry_api import RegistryQuery
 from mesh._broker.connection import close
 from mesh._broker.discovery import (
-    AlreadyRunning,
     RunningMesh,
     hold_lock,
     remove_running,
     write_running,
 )
-from mesh._broker.embedded import EmbeddedNats
+from mesh._broker.embedded import EmbeddedNats, free_port
 from mesh._broker.topology import Topology
 from mesh._trust.enrolment import issue_grant, write_grant
 from mesh._trust.onboarding import connect_as
 from mesh._trust.registry_client import RegistryClient, request_with_patience
-from mesh.errors import MeshError
-from services.agents.claims.cards import ADJUDICATION, FRAUD, INTAKE, PAYMENT
-from services.stack.layout import POLICIES, REPO, Layout, bootstrap
-from services.stack.supervisor import ProcessSpec, Supervisor, python_module
-
-AGENTS = ("intake", "fraud", "adjudication", "payment")
-AGENT_IDS = {
-    "intake": "claims-intake",
-    "fraud": "claims-fraud",
-    "adjudication": "claims-adjudication",
-    "payment": "claims-payment",
-}
-SERVER = "nats-server"
-SERVICES = ("registry", "policy", "eventstore", "ingress", "reader", "gateway")
-CLAIMS_CARDS = (INTAKE, FRAUD, ADJUDICATION, PAYMENT)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from mesh.errors import AlreadyRunning, MeshError
+from services.stack.layout import REPO, Layout, bootstrap
+from services.stack.processes import (
+    AGENT_IDS,
+    AGENTS,
+    CLAIMS_CARDS,
+    SERVER,
+    process_specs,
+)
+from services.stack.supervisor import ProcessSpec, Supervisor
 
 
 @dataclass
@@ -121,107 +106,6 @@ class Stack:
         if failed:
             name, why = next(iter(failed.items()))
             raise MeshError(f"{name} keeps failing ({why}):\n{self.supervisor.log_tail(name)}")
-
-
-def process_specs(
-    layout: Layout, topology: Topology, server: EmbeddedNats, ports: dict[str, int]
-) -> list[ProcessSpec]:
-    common = {
-        "MESH_NATS_URL": server.url,
-        "MESH_SUBJECT_ROOT": topology.root,
-        "MESH_DATA_DIR": str(layout.data_dir),
-        "MESH_NKEY_AUTH": "1",
-        "MESH_HEARTBEAT_INTERVAL": "2",
-        "MESH_ACK_WAIT": "10",
-        "MESH_FETCH_WAIT": "0.5",
-        "MESH_RETRY_BASE_DELAY": "0.2",
-        "MESH_RETRY_MAX_DELAY": "3",
-        "MESH_BREAKER_FAILURE_THRESHOLD": "8",
-        "MESH_BREAKER_RESET_TIMEOUT": "2",
-        "MESH_MAX_DELIVER": "10",
-        "PYTHONUNBUFFERED": "1",
-    }
-    specs = [
-        ProcessSpec(
-            "registry",
-            python_module("services.registry"),
-            {
-                **common,
-                "MESH_REGISTRY_SEED_FILE": str(layout.seed("registry")),
-                "MESH_REGISTRY_PRINCIPALS_FILE": str(layout.principals_file),
-                "MESH_REGISTRY_AUTH_FILE": str(layout.auth_file),
-                "MESH_REGISTRY_SERVER_PID_FILE": str(server.pid_path),
-                "MESH_REGISTRY_SERVER_MONITOR_URL": f"http://127.0.0.1:{server.monitor_port}",
-                "MESH_REGISTRY_KNOWN_OWNERS": json.dumps(["claims-team", "claims-desk"]),
-                "MESH_REGISTRY_STALE_AFTER": "10",
-            },
-        ),
-        ProcessSpec(
-            "policy",
-            python_module("services.policy"),
-            {
-                **common,
-                "MESH_POLICY_SEED_FILE": str(layout.seed("policy")),
-                "MESH_POLICY_BUNDLE_DIR": str(POLICIES),
-                "MESH_POLICY_DEADLINE_CHECK_EVERY": "0.5",
-            },
-        ),
-        ProcessSpec(
-            "eventstore",
-            python_module("services.eventstore"),
-            {
-                **common,
-                "MESH_EVENTSTORE_SEED_FILE": str(layout.seed("eventstore")),
-                "MESH_EVENTSTORE_FETCH_WAIT": "0.2",
-            },
-        ),
-        ProcessSpec(
-            "ingress",
-            python_module("services.ingress"),
-            {
-                **common,
-                "MESH_INGRESS_SEED_FILE": str(layout.seed("ingress")),
-                "MESH_INGRESS_HTTP_PORT": str(ports["ingress"]),
-                "MESH_INGRESS_HTTP_TOKENS_FILE": str(layout.http_tokens_file),
-            },
-        ),
-        ProcessSpec(
-            "reader",
-            python_module("services.reader"),
-            {**common, "MESH_READER_SEED_FILE": str(layout.seed("reader"))},
-        ),
-        ProcessSpec(
-            "gateway",
-            python_module("services.agents.claims.gateway"),
-            {
-                "MESH_GATEWAY_PORT": str(ports["gateway"]),
-                "MESH_GATEWAY_TOKEN": layout.http_token("gateway"),
-                "MESH_GATEWAY_LEDGER": str(layout.data_dir / "gateway.db"),
-                "PYTHONUNBUFFERED": "1",
-            },
-        ),
-    ]
-    for name in AGENTS:
-        specs.append(
-            ProcessSpec(
-                name,
-                python_module("mesh", "run", f"services.agents.claims.{name}"),
-                {
-                    **common,
-                    "MESH_ONBOARD": "1",
-                    "MESH_CHECK_SIGNERS": "1",
-                    "MESH_ENROLMENT_GRANT_FILE": str(layout.grant_file(AGENT_IDS[name])),
-                    "MESH_GATEWAY_URL": f"http://127.0.0.1:{ports['gateway']}",
-                    # Only the payment agent is given the gateway's credential.
-                    **(
-                        {"MESH_GATEWAY_TOKEN": layout.http_token("gateway")}
-                        if name == "payment"
-                        else {}
-                    ),
-                },
-            )
-        )
-    return specs
 
 
 async def _wait_http(url: str, timeout: float = 30.0) -> None:

@@ -30,12 +30,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from contracts.eventstore_api import CaseQuery
 from contracts.ingress import IngressReply
 from mesh._broker.connection import connect
-from mesh._broker.embedded import EmbeddedNats
+from mesh._broker.embedded import EmbeddedNats, free_port
 from mesh._trust.registry_client import request_with_patience
 from services.agents.claims.gateway import GatewaySettings, Ledger, gateway_app
 from services.eventstore.export import store_request
 from services.stack.demo import make_cases
-from services.stack.stack import free_port, running_stack
+from services.stack.stack import running_stack
 
 
 def pct(values: list[float], q: float) -> float:

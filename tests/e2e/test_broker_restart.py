@@ -17,7 +17,8 @@ import pytest
 
 from mesh._broker.reading import read_case
 from mesh._trust.registry_client import request_with_patience
-from services.stack.stack import SERVER, Stack, running_stack
+from services.stack.processes import SERVER
+from services.stack.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 

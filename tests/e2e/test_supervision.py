@@ -19,7 +19,8 @@ import pytest
 from rich.console import Console
 
 from services.stack.demo import Demo, make_cases
-from services.stack.stack import SERVER, running_stack
+from services.stack.processes import SERVER
+from services.stack.stack import running_stack
 from services.stack.supervisor import RestartPolicy, Supervisor
 from tests.e2e.test_mesh import check
 

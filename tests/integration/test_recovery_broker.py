@@ -23,7 +23,7 @@ from contracts.eventstore_api import CaseQuery
 from mesh._broker.connection import close, connect
 from mesh._broker.embedded import EmbeddedNats
 from mesh._broker.publisher import EventPublisher
-from mesh._broker.reading import StreamReader
+from mesh._broker.stream_reader import StreamReader
 from services.eventstore.app import EventStoreService
 from tests.integration.databases import Databases
 from tests.integration.registry_fixtures import SecuredMesh, secured_mesh

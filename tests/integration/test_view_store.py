@@ -41,8 +41,9 @@ from contracts import (
 from contracts.codec import encode
 from contracts.envelope import Event
 from contracts.eventstore_api import CaseDetail, CaseQuery
-from services.eventstore.domain import LogRecord, fold_case, mark_copy, timeline_entry
+from services.eventstore.domain import LogRecord, fold_case, mark_copy
 from services.eventstore.merkle import MerkleFrontier, leaf_hash, root
+from services.eventstore.timeline import timeline_entry
 from services.eventstore.views import (
     Position,
     ProjectionConflict,

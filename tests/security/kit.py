@@ -43,7 +43,8 @@ from contracts.codec import encode
 from contracts.envelope import Event
 from contracts.eventstore_api import CaseRequest, CaseView, TimelineEntry
 from contracts.ingress import IngressReply
-from mesh._broker.reading import StoredEvent, read_case
+from mesh._broker.reading import read_case
+from mesh._broker.stored_messages import StoredEvent
 from mesh._runtime.dead_letters import DeadLetter, read_dead_letters
 from mesh._trust.enrolment import issue_grant
 from mesh._trust.identity import Identity
@@ -53,7 +54,8 @@ from mesh.testing import eventually
 from services.eventstore.audit import Report, verify_bundle
 from services.eventstore.export import build_bundle, store_request
 from services.stack.layout import REPO
-from services.stack.stack import AGENT_IDS, Stack
+from services.stack.processes import AGENT_IDS
+from services.stack.stack import Stack
 
 E = TypeVar("E", bound=Event)
 

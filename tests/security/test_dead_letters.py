@@ -26,7 +26,7 @@ from contracts import (
     DecisionProvenance,
 )
 from contracts.codec import encode
-from mesh._broker.reading import StoredEvent
+from mesh._broker.stored_messages import StoredEvent
 from mesh._trust.registry_client import request_with_patience
 from mesh.testing import eventually
 from tests.security.kit import (

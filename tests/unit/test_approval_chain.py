@@ -32,7 +32,7 @@ from contracts.envelope import Event
 from contracts.events.actions import ApprovalTimedOutPayload
 from contracts.registry_api import PrincipalKeys
 from mesh import Identity, NotAuthorized
-from mesh._broker.reading import StoredEvent
+from mesh._broker.stored_messages import StoredEvent
 from mesh._trust.approval_chain import approver_refusal, human_decision_refusal, role_asked
 from mesh._trust.authorization import require_authorization
 from mesh._trust.identity import message_digest

@@ -67,7 +67,7 @@ def test_a_bad_seed_is_a_configuration_error() -> None:
 def test_direct_get_times_match_consumer_metadata_times() -> None:
     import datetime as dt
 
-    from mesh._broker.reading import broker_time
+    from mesh._broker.direct_get import broker_time
 
     nanos = 1_795_999_843_273_014_885
     stamp = dt.datetime.fromtimestamp(nanos // 10**9, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")

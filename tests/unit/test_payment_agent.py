@@ -17,6 +17,13 @@ from contracts import ActionApproved, ActionCompleted, ActionFailed, CaseClosed,
 from contracts.events.actions import ActionDecisionPayload, DecisionProvenance
 from mesh._runtime.resilience import CircuitBreaker, RetryBudget, redelivery_span
 from services.agents.claims import payment
+from services.agents.claims.capabilities import (
+    ISSUE_PAYMENT,
+    Capability,
+    Compensation,
+    Payment,
+    Step,
+)
 from services.agents.claims.domain import PaymentInstruction
 from services.agents.claims.gateway import GatewaySettings, Ledger, gateway_app
 from services.agents.claims.gateway_client import GatewayClient, GatewayUnavailable
@@ -114,14 +121,14 @@ def approved() -> ActionApproved:
 
 
 async def execute(
-    ctx: Context, payee: str = "DE89-00000001", capability: payment.Capability | None = None
+    ctx: Context, payee: str = "DE89-00000001", capability: Capability | None = None
 ) -> None:
     instruction = PaymentInstruction(amount=42_001, currency="EUR", payee_account=payee)
     await payment._execute(
         ctx,  # type: ignore[arg-type]
         approved(),
-        capability or payment.ISSUE_PAYMENT,
-        payment.Payment(KEY, instruction),
+        capability or ISSUE_PAYMENT,
+        Payment(KEY, instruction),
     )
 
 
@@ -155,18 +162,18 @@ async def test_what_runs_is_what_the_capability_declares(
 ) -> None:
     undone: list[str | None] = []
 
-    async def release(client: GatewayClient, held: payment.Payment) -> None:
+    async def release(client: GatewayClient, held: Payment) -> None:
         undone.append(held.reference)
 
-    capability = payment.Capability(
+    capability = Capability(
         "issue_payment",
         steps=(
-            payment.Step(
+            Step(
                 "authorize",
-                payment.ISSUE_PAYMENT.steps[0].do,
-                payment.Compensation("release the hold", release),
+                ISSUE_PAYMENT.steps[0].do,
+                Compensation("release the hold", release),
             ),
-            payment.Step("capture", payment.ISSUE_PAYMENT.steps[1].do),
+            Step("capture", ISSUE_PAYMENT.steps[1].do),
         ),
     )
     ctx = Context()

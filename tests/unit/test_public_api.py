@@ -179,6 +179,7 @@ SERVICE = [
     "shown",
     "signed_actor",
     "signed_bytes",
+    "signing_operator",
     "static_cards",
     "stop_task",
     "verify",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Annotated, Any
 
 import msgspec
 
+from contracts.envelope import Event
+from contracts.events.actions import ActionCompleted
 from contracts.ingress import ClaimData
 
 # What each kind of policy covers, in cents, and the deductible the claimant carries.
@@ -28,6 +31,21 @@ def obligation_key(case_id: str, action_type: str) -> str:
     gateway's idempotency key, so however often an approval arrives — redelivered,
     replayed, or a second request's — the claim is paid once."""
     return f"{case_id}:{action_type}"
+
+
+def paid_by_another(history: Iterable[Event], action_type: str, request_id: str) -> str | None:
+    """The request whose completed `action_type` already discharged the obligation
+    (one payout per claim), in the case's verified `history`; None if no other did."""
+    return next(
+        (
+            event.payload.request_id
+            for event in history
+            if isinstance(event, ActionCompleted)
+            and event.payload.action_type == action_type
+            and event.payload.request_id != request_id
+        ),
+        None,
+    )
 
 
 class PaymentInstruction(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -10,7 +10,7 @@ once. (`mesh run services.agents.claims.payment`, with MESH_GATEWAY_URL.)
   never pays twice. A claim the log already shows paid is not paid again; the attempt
   is recorded as failed.
 - What is paid is the request the approval chain proved, byte for byte.
-- What an action does is declared (`CAPABILITIES`): its steps in order (authorize, then
+- What an action does is declared (`capabilities.CAPABILITIES`): its steps in order (authorize, then
   capture), each with the compensation that undoes it. When a step cannot be done, the
   declared compensations of the steps already done run, last first — for a payment,
   the authorization is voided, so no money is held for a payment that will not happen.
@@ -38,7 +38,6 @@ import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import Field
@@ -65,8 +64,15 @@ from mesh import (
     redelivery_span,
     retry_transient,
 )
+from services.agents.claims.capabilities import (
+    CAPABILITIES,
+    Capability,
+    DoneAfterAll,
+    Payment,
+    Step,
+)
 from services.agents.claims.cards import PAYMENT
-from services.agents.claims.domain import PaymentInstruction, obligation_key, payment_instruction
+from services.agents.claims.domain import obligation_key, paid_by_another, payment_instruction
 from services.agents.claims.gateway_client import (
     GatewayClient,
     GatewayRefused,
@@ -91,82 +97,6 @@ class PaymentSettings(BaseSettings):
         "breaker open) and be redelivered before it is compensated and escalated",
     )
 
-
-# --------------------------------------------------------------------------- declared
-
-
-@dataclass
-class Payment:
-    """One execution of an approved payment: what is paid, under which idempotency key,
-    and the gateway's reference once the authorization answered."""
-
-    key: str
-    instruction: PaymentInstruction
-    reference: str | None = None
-
-
-Operation = Callable[[GatewayClient, Payment], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Compensation:
-    description: str  # what the case log says was done
-    undo: Operation
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    do: Operation
-    compensation: Compensation | None = None  # runs when a later step cannot be done
-
-
-@dataclass(frozen=True)
-class Capability:
-    """An action this agent executes: its steps in order, each idempotent."""
-
-    action_type: str
-    steps: tuple[Step, ...]
-
-
-class DoneAfterAll(Exception):
-    """A compensation found that the step it was to undo went through after all (the
-    step's answer was lost): the action is complete, nothing to undo."""
-
-
-async def _authorize(client: GatewayClient, payment: Payment) -> None:
-    answer = await client.authorize(
-        payment.key,
-        payment.instruction.amount,
-        payment.instruction.currency,
-        payment.instruction.payee_account,
-    )
-    payment.reference = answer["payment_ref"]
-
-
-async def _capture(client: GatewayClient, payment: Payment) -> None:
-    assert payment.reference is not None
-    await client.capture(payment.reference)
-
-
-async def _void(client: GatewayClient, payment: Payment) -> None:
-    assert payment.reference is not None
-    try:
-        await client.void(payment.reference)
-    except GatewayRefused as refused:
-        if refused.status == 409:  # "captured; refund it instead"
-            raise DoneAfterAll(payment.reference) from None
-        raise
-
-
-ISSUE_PAYMENT = Capability(
-    "issue_payment",
-    steps=(
-        Step("authorize", _authorize, Compensation("void the authorization", _void)),
-        Step("capture", _capture),
-    ),
-)
-CAPABILITIES = {capability.action_type: capability for capability in (ISSUE_PAYMENT,)}
 
 # --------------------------------------------------------------------------- running
 
@@ -257,16 +187,8 @@ async def pay(event: ActionApproved, ctx: HandlerContext) -> None:
     except NotAuthorized as exc:
         await _give_up(ctx, event, f"not executed: {exc.reason}", attempts=0)
         return
-    paid = next(
-        (
-            s.event.payload.request_id
-            for s in authorization.history
-            if isinstance(s.event, ActionCompleted)
-            and s.event.payload.action_type == event.payload.action_type
-            and s.event.payload.request_id != request_id
-        ),
-        None,
-    )
+    history = (statement.event for statement in authorization.history)
+    paid = paid_by_another(history, event.payload.action_type, request_id)
     if paid is not None:
         await _give_up(
             ctx,

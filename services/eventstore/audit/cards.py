@@ -21,7 +21,7 @@ from contracts.audit_bundle import AuditPrincipal
 from contracts.cards import GRANT_SUBJECT, CardPeriod, EnrolmentGrant, card_digest
 from contracts.registry_api import CardApprovalRequest, StatusChangeRequest
 from contracts.scope import grant_problems, scope_changes
-from mesh.service import SignatureError, verify
+from mesh.service import SignatureError, signing_operator
 
 _EPOCH_YEAR = 1970
 
@@ -78,13 +78,13 @@ def _approval_problems(
 ) -> list[str]:
     statement = period.approval
     assert statement is not None
-    if statement.signer not in operators:
-        return [f"put in force by {statement.signer}, which is not an operator's key"]
     try:
-        body = statement.body
-        verify(statement.signer, statement.subject, body, statement.signature)
+        operator = signing_operator(statement, operators)
     except (SignatureError, ValueError) as exc:
         return [f"the operator's signature does not verify: {exc}"]
+    if operator is None:
+        return [f"put in force by {statement.signer}, which is not an operator's key"]
+    body = statement.body
     card = period.card
     try:
         if statement.subject == GRANT_SUBJECT:
@@ -92,7 +92,7 @@ def _approval_problems(
             problems = grant_problems(
                 grant,
                 card,
-                signed_by=operators[statement.signer],
+                signed_by=operator,
                 at=period.valid_from,
                 used_by=grants_used.get(grant.grant_id),
             )

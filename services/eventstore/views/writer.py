@@ -20,8 +20,8 @@ from services.eventstore.domain import (
     count_activity,
     evolve,
     mark_copy,
-    timeline_entry,
 )
+from services.eventstore.timeline import timeline_entry
 from services.eventstore.views import position as positions
 from services.eventstore.views.bulk import BulkWriter
 from services.eventstore.views.position import Position, ProjectionConflict

@@ -9,8 +9,8 @@ import pytest
 from rich.console import Console
 
 import mesh.cli  # noqa: F401  (loads the CLI's plug-ins in order, as `mesh` does)
-from services.eventstore import cli
 from services.eventstore.audit import Report, Violation
+from services.eventstore.cli import audit as cli
 
 
 def test_markup_in_the_log_is_printed_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -36,7 +36,7 @@ from contracts.envelope import Event
 from contracts.ingress import CASE_STATES, CaseStatusReply, CaseStatusRequest
 from contracts.schema_export import SCHEMA_DIR
 from contracts.subjects import Subjects
-from mesh._broker.reading import RawMessage
+from mesh._broker.stored_messages import RawMessage
 from services.ingress.domain import DEFAULT_LIMITS
 from services.ingress.http import http_app
 from services.ingress.problems import Refusal

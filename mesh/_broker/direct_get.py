@@ -1,0 +1,165 @@
+"""Reading stored messages by direct get (ADR-31): no consumer, one request a batch.
+
+A direct get is answered from the stream's store without creating anything on the
+broker, so it needs only `$JS.API.DIRECT.GET.<stream>` permission, which every agent
+has for the case stream: it is how a case's history, one dead letter, or the
+registry stream's newest change is read. Its answers carry the stored message's
+facts as `Nats-*` headers, turned back here into a `RawMessage` with the same
+`stored_at` a consumer's metadata would give.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import contextlib
+import json
+import time
+from datetime import UTC, datetime
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import Header
+
+from mesh._broker.stored_messages import RawMessage
+from mesh.errors import BrokerError
+
+
+def broker_time(stamp: str) -> datetime:
+    """An RFC 3339 `Nats-Time-Stamp` as the same datetime nats-py's message metadata
+    gives for it (nanoseconds through a float, as nats-py does), so every reader of a
+    message agrees on when it entered the log, to the microsecond."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    nanos = seconds * 1_000_000_000 + int((fraction + "000000000")[:9])
+    return datetime.fromtimestamp(nanos / 1_000_000_000.0, UTC)
+
+
+_DIRECT_HEADERS = frozenset(
+    {
+        "Nats-Stream",
+        "Nats-Subject",
+        "Nats-Sequence",
+        "Nats-Time-Stamp",
+        "Nats-Num-Pending",
+        "Nats-Last-Sequence",
+    }
+)
+
+
+async def read_direct(
+    nc: Client, stream: str, subject: str, *, batch: int = 256, timeout: float = 5.0
+) -> list[RawMessage]:
+    """Every message on `subject`, in order, by batched direct gets (ADR-31): no
+    consumer is created, so a principal allowed `$JS.API.DIRECT.GET.<stream>` — every
+    agent, for the case stream — can read a case's history."""
+    found: list[RawMessage] = []
+    inbox = nc.new_inbox()
+    queue: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def collect(msg: Msg) -> None:
+        queue.put_nowait(msg)
+
+    try:
+        subscription = await nc.subscribe(inbox, cb=collect)
+    except nats.errors.Error as exc:
+        raise BrokerError(f"read {subject}", repr(exc)) from exc
+    try:
+        start = 1
+        while True:
+            request = {"batch": batch, "next_by_subj": subject, "seq": start}
+            await nc.publish(
+                f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox
+            )
+            while True:
+                msg = await asyncio.wait_for(queue.get(), timeout)
+                headers = dict(msg.headers or {})
+                status = headers.get(Header.STATUS)
+                if status is not None:
+                    break
+                sequence = int(headers["Nats-Sequence"])
+                found.append(
+                    RawMessage(
+                        sequence=sequence,
+                        subject=headers["Nats-Subject"],
+                        body=msg.data,
+                        headers={k: v for k, v in headers.items() if k not in _DIRECT_HEADERS},
+                        stored_at=broker_time(headers["Nats-Time-Stamp"]),
+                    )
+                )
+                start = sequence + 1
+            if status == "404" or (status == "204" and headers.get("Nats-Num-Pending") == "0"):
+                return found
+            if status != "204":
+                raise BrokerError(f"read {subject}", f"direct get answered status {status}")
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise BrokerError(f"read {subject}", repr(exc)) from exc
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await subscription.unsubscribe()
+
+
+async def read_one(
+    nc: Client, stream: str, sequence: int, *, timeout: float = 5.0
+) -> RawMessage | None:
+    """The message stored at `sequence` (a direct get), None if there is none."""
+    try:
+        msg = await nc.request(
+            f"$JS.API.DIRECT.GET.{stream}", json.dumps({"seq": sequence}).encode(), timeout=timeout
+        )
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise BrokerError(f"read {stream} #{sequence}", repr(exc)) from exc
+    headers = dict(msg.headers or {})
+    status = headers.get(Header.STATUS)
+    if status == "404":
+        return None
+    if status is not None:
+        raise BrokerError(f"read {stream} #{sequence}", f"direct get answered status {status}")
+    return RawMessage(
+        sequence=int(headers["Nats-Sequence"]),
+        subject=headers["Nats-Subject"],
+        body=msg.data,
+        headers={k: v for k, v in headers.items() if k not in _DIRECT_HEADERS},
+        stored_at=broker_time(headers["Nats-Time-Stamp"]),
+    )
+
+
+async def last_sequence(
+    nc: Client, stream: str, subjects: str, *, what: str, timeout: float = 5.0
+) -> int:
+    """The stream sequence of the newest message on `subjects`, 0 if there is none:
+    one direct get, answered from the server's memory. `what` names the read in errors."""
+    request = json.dumps({"last_by_subj": subjects}).encode()
+    try:
+        reply = await nc.request(f"$JS.API.DIRECT.GET.{stream}", request, timeout=timeout)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise BrokerError(what, repr(exc)) from exc
+    headers = reply.headers or {}
+    if headers.get("Status") == "404":
+        return 0
+    sequence = headers.get("Nats-Sequence")
+    if sequence is None:
+        raise BrokerError(
+            what, f"{headers.get('Status', '?')} {headers.get('Description', '')}".strip()
+        )
+    return int(sequence)
+
+
+async def first_stored_at(
+    nc: Client, stream: str, subjects: str, sequence: int, *, what: str, timeout: float = 5.0
+) -> datetime:
+    """When the first message on `subjects` at or after `sequence` entered the stream
+    (one direct get); a BrokerError if there is none. `what` names the read in errors."""
+    request = json.dumps({"seq": sequence, "next_by_subj": subjects}).encode()
+    try:
+        reply = await nc.request(f"$JS.API.DIRECT.GET.{stream}", request, timeout=timeout)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise BrokerError(what, repr(exc)) from exc
+    headers = reply.headers or {}
+    stamp = headers.get("Nats-Time-Stamp")
+    if stamp is None:
+        raise BrokerError(
+            what, f"{headers.get('Status', '?')} {headers.get('Description', '')}".strip()
+        )
+    return broker_time(stamp)

@@ -1,0 +1,101 @@
+"""The demo's approver: a person at the claims desk, enrolled like anyone else, who
+approves most of the payouts policy sends her and rejects some."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections import Counter
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+
+from contracts import (
+    ApprovalGranted,
+    ApprovalGrantedPayload,
+    ApprovalRejected,
+    ApprovalRejectedPayload,
+)
+from contracts.cards import AgentCard
+from mesh._broker.publisher import EventPublisher
+from mesh._trust.enrolment import issue_grant
+from mesh._trust.identity import Identity
+from mesh._trust.onboarding import register
+from mesh._trust.registry_client import request_with_patience
+from services.stack.stack import Stack
+
+APPROVER = "dana"
+
+
+async def enrol_approver(stack: Stack) -> tuple[Client, Identity]:
+    identity = stack.layout.identity(APPROVER)
+    card = AgentCard(
+        agent_id=APPROVER,
+        name="Dana (claims desk)",
+        version="1",
+        owner="claims-desk",
+        purpose="approves or rejects large payouts",
+        kind="human",
+        roles=["approver", "claims_manager", "head_of_claims"],
+        produces=["approval_granted", "approval_rejected"],
+    )
+    # A human approver enrols like anyone else: with an operator's grant.
+    grant = issue_grant(card, stack.layout.identity("operator"), "operator")
+    await register(stack.url, card, identity, stack.topology.subjects, wait=20, grant=grant)
+    return await stack.connect(APPROVER), identity
+
+
+async def approve(stack: Stack, nc: Client, identity: Identity, approvals: Counter[str]) -> None:
+    """Decides whatever is pending for the approver, until cancelled; `approvals` counts
+    the decisions."""
+    topology = stack.topology
+    publisher = EventPublisher(nc.jetstream(), identity, topology, nc=nc)
+    decided: set[str] = set()
+    while True:
+        await asyncio.sleep(0.3)
+        reply = await request_with_patience(
+            nc,
+            topology.subjects.service_as("policy", "pending", APPROVER),
+            b"",
+            timeout=5,
+            what="pending",
+        )
+        for item in msgspec.json.decode(reply.data):
+            request_id = item["request_id"]
+            if request_id in decided:
+                continue
+            decided.add(request_id)
+            # Most are approved; one in five is rejected (no receipt attached).
+            grant = int(hashlib.sha256(request_id.encode()).hexdigest(), 16) % 5 != 0
+            envelope: dict[str, Any] = {
+                "case_id": item["case_id"],
+                "correlation_id": item["correlation_id"],
+                "causation_id": item["required_event_id"],
+                "actor": APPROVER,
+            }
+            if grant:
+                await publisher.publish(
+                    ApprovalGranted(
+                        **envelope,
+                        payload=ApprovalGrantedPayload(
+                            request_id=request_id,
+                            approver=APPROVER,
+                            comment="documents ok",
+                            request_digest=item["request_digest"],
+                        ),
+                    )
+                )
+            else:
+                await publisher.publish(
+                    ApprovalRejected(
+                        **envelope,
+                        payload=ApprovalRejectedPayload(
+                            request_id=request_id,
+                            approver=APPROVER,
+                            reason="no receipt",
+                            request_digest=item["request_digest"],
+                        ),
+                    )
+                )
+            approvals["approved" if grant else "rejected"] += 1

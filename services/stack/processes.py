@@ -1,0 +1,124 @@
+"""What the stack runs: nats-server, the services and the claims agents, each process
+with its command line and the environment that configures it."""
+
+from __future__ import annotations
+
+import json
+
+from mesh._broker.embedded import EmbeddedNats
+from mesh._broker.topology import Topology
+from services.agents.claims.cards import ADJUDICATION, FRAUD, INTAKE, PAYMENT
+from services.stack.layout import POLICIES, Layout
+from services.stack.supervisor import ProcessSpec, python_module
+
+AGENTS = ("intake", "fraud", "adjudication", "payment")
+AGENT_IDS = {
+    "intake": "claims-intake",
+    "fraud": "claims-fraud",
+    "adjudication": "claims-adjudication",
+    "payment": "claims-payment",
+}
+SERVER = "nats-server"
+SERVICES = ("registry", "policy", "eventstore", "ingress", "reader", "gateway")
+CLAIMS_CARDS = (INTAKE, FRAUD, ADJUDICATION, PAYMENT)
+
+
+def process_specs(
+    layout: Layout, topology: Topology, server: EmbeddedNats, ports: dict[str, int]
+) -> list[ProcessSpec]:
+    common = {
+        "MESH_NATS_URL": server.url,
+        "MESH_SUBJECT_ROOT": topology.root,
+        "MESH_DATA_DIR": str(layout.data_dir),
+        "MESH_NKEY_AUTH": "1",
+        "MESH_HEARTBEAT_INTERVAL": "2",
+        "MESH_ACK_WAIT": "10",
+        "MESH_FETCH_WAIT": "0.5",
+        "MESH_RETRY_BASE_DELAY": "0.2",
+        "MESH_RETRY_MAX_DELAY": "3",
+        "MESH_BREAKER_FAILURE_THRESHOLD": "8",
+        "MESH_BREAKER_RESET_TIMEOUT": "2",
+        "MESH_MAX_DELIVER": "10",
+        "PYTHONUNBUFFERED": "1",
+    }
+    specs = [
+        ProcessSpec(
+            "registry",
+            python_module("services.registry"),
+            {
+                **common,
+                "MESH_REGISTRY_SEED_FILE": str(layout.seed("registry")),
+                "MESH_REGISTRY_PRINCIPALS_FILE": str(layout.principals_file),
+                "MESH_REGISTRY_AUTH_FILE": str(layout.auth_file),
+                "MESH_REGISTRY_SERVER_PID_FILE": str(server.pid_path),
+                "MESH_REGISTRY_SERVER_MONITOR_URL": f"http://127.0.0.1:{server.monitor_port}",
+                "MESH_REGISTRY_KNOWN_OWNERS": json.dumps(["claims-team", "claims-desk"]),
+                "MESH_REGISTRY_STALE_AFTER": "10",
+            },
+        ),
+        ProcessSpec(
+            "policy",
+            python_module("services.policy"),
+            {
+                **common,
+                "MESH_POLICY_SEED_FILE": str(layout.seed("policy")),
+                "MESH_POLICY_BUNDLE_DIR": str(POLICIES),
+                "MESH_POLICY_DEADLINE_CHECK_EVERY": "0.5",
+            },
+        ),
+        ProcessSpec(
+            "eventstore",
+            python_module("services.eventstore"),
+            {
+                **common,
+                "MESH_EVENTSTORE_SEED_FILE": str(layout.seed("eventstore")),
+                "MESH_EVENTSTORE_FETCH_WAIT": "0.2",
+            },
+        ),
+        ProcessSpec(
+            "ingress",
+            python_module("services.ingress"),
+            {
+                **common,
+                "MESH_INGRESS_SEED_FILE": str(layout.seed("ingress")),
+                "MESH_INGRESS_HTTP_PORT": str(ports["ingress"]),
+                "MESH_INGRESS_HTTP_TOKENS_FILE": str(layout.http_tokens_file),
+            },
+        ),
+        ProcessSpec(
+            "reader",
+            python_module("services.reader"),
+            {**common, "MESH_READER_SEED_FILE": str(layout.seed("reader"))},
+        ),
+        ProcessSpec(
+            "gateway",
+            python_module("services.agents.claims.gateway"),
+            {
+                "MESH_GATEWAY_PORT": str(ports["gateway"]),
+                "MESH_GATEWAY_TOKEN": layout.http_token("gateway"),
+                "MESH_GATEWAY_LEDGER": str(layout.data_dir / "gateway.db"),
+                "PYTHONUNBUFFERED": "1",
+            },
+        ),
+    ]
+    for name in AGENTS:
+        specs.append(
+            ProcessSpec(
+                name,
+                python_module("mesh", "run", f"services.agents.claims.{name}"),
+                {
+                    **common,
+                    "MESH_ONBOARD": "1",
+                    "MESH_CHECK_SIGNERS": "1",
+                    "MESH_ENROLMENT_GRANT_FILE": str(layout.grant_file(AGENT_IDS[name])),
+                    "MESH_GATEWAY_URL": f"http://127.0.0.1:{ports['gateway']}",
+                    # Only the payment agent is given the gateway's credential.
+                    **(
+                        {"MESH_GATEWAY_TOKEN": layout.http_token("gateway")}
+                        if name == "payment"
+                        else {}
+                    ),
+                },
+            )
+        )
+    return specs
