@@ -25,3 +25,18 @@ APPROVAL_TYPES = ("approval_granted", "approval_rejected")
 REGISTRY_TYPES = tuple(
     name for name in CATALOG.names() if CATALOG.type_of(name).family == "registry"
 )
+
+# What the executor of an approved action must be able to read to prove the approval
+# before its side effect (mesh/_trust/authorization.py): the request, every answer of
+# the policy service to it (escalations name the role a human must hold) and the
+# human's grant. An executor whose card reads less cannot prove an approval, and
+# refuses to act rather than act on part of the chain.
+APPROVAL_CHAIN_TYPES = (
+    "action_requested",
+    "action_approved",
+    "action_denied",
+    "approval_required",
+    "approval_escalated",
+    "approval_expired",
+    "approval_granted",
+)

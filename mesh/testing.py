@@ -173,3 +173,6 @@ class MeshTestKit:
 
     async def dead_letters(self) -> list[DeadLetter]:
         return await read_dead_letters(self.js, self.topology)
+
+
+__all__ = ["MeshTestKit", "eventually", "unique_root"]

@@ -16,6 +16,7 @@ from collections.abc import Awaitable
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
+from contracts.authorship import APPROVAL_CHAIN_TYPES
 from contracts.envelope import Event
 from contracts.events.actions import FactSource
 from contracts.events.operations import CircuitStateChanged, CircuitStateChangedPayload
@@ -117,6 +118,15 @@ class AgentServices:
             raise ConfigurationError(
                 f"{self.agent.card.agent_id} executes actions: it must check signers "
                 "(MESH_CHECK_SIGNERS=1) to prove an approval"
+            )
+        card = self.agent.card
+        unread = [t for t in APPROVAL_CHAIN_TYPES if t not in {*card.reads, *card.consumes}]
+        if unread:
+            # The reader hands an agent only what its card reads: proving an approval on
+            # part of the chain (no escalation, say) would check the wrong role.
+            raise ConfigurationError(
+                f"{card.agent_id} executes actions, but its card does not read "
+                f"{', '.join(unread)}: it cannot prove an approval"
             )
         stored = await self._read(case_id)
         # Every event of the chain is verified there, and the copies under one id counted.

@@ -28,7 +28,8 @@ from nats.aio.subscription import Subscription
 
 from contracts.errors import ContractError, InvalidSubject
 from contracts.subjects import Subjects
-from mesh._runtime.replies import respond
+from mesh._runtime.replies import is_inbox, respond
+from mesh._trust.onboarding import inbox_prefix
 from mesh.errors import MeshError, Refused
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class RequestServer:
         *,
         queue: str = "",
         pending_msgs_limit: int = 65536,
+        private_replies: bool = False,
     ) -> None:
         self.nc = nc
         self.subjects = subjects
@@ -78,6 +80,10 @@ class RequestServer:
         self.refusal = refusal
         self.queue = queue
         self.pending_msgs_limit = pending_msgs_limit
+        # Under the registry's enforcement each principal reads only its own inbox
+        # (`_INBOX.<principal>.…`): a named request is answered there and nowhere else,
+        # or an asker could have another principal's answer delivered to a third.
+        self.private_replies = private_replies
         self._routes: dict[str, _Route] = {}
         self._subscriptions: list[Subscription] = []
 
@@ -130,31 +136,57 @@ class RequestServer:
         """Run the handler (a request without a reply subject, a heartbeat say, is still
         handled) and answer if the requester's reply subject is an inbox."""
         what = self._what(request, route)
+        own = f"{inbox_prefix(request.principal)}."
+        if self.private_replies and request.principal and not request.msg.reply.startswith(own):
+            log.warning(
+                "not answering %s on %r: a named request is answered only on the asker's "
+                "own inbox (%s…)",
+                what,
+                request.msg.reply,
+                own,
+            )
+            return
         reply = await self._reply(request, route.handler, what)
-        if reply is not None:
-            await respond(request.msg, reply, what=what)
+        if reply is None or await respond(request.msg, reply, what=what):
+            return
+        if is_inbox(request.msg.reply):
+            # The answer could not be sent (larger than the broker takes, say): the asker
+            # still gets a definite one instead of waiting for nothing.
+            short = self.refusal(f"{self.service} could not send its answer to {request.operation}")
+            await respond(request.msg, short, what=what)
 
     async def _reply(self, request: Request, handler: Handler, what: str) -> bytes | None:
         operation = request.operation
         try:
             return await handler(request)
         except Refused as exc:
-            return self.refusal(exc.reason)
+            return self.refusal(_brief(exc.reason))
         except (ContractError, msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
-            return self.refusal(f"malformed {operation} request: {exc}")
+            return self.refusal(_brief(f"malformed {operation} request: {exc}"))
         except MeshError as exc:
             log.warning("%s failed: %s", what, exc)
-            return self.refusal(f"{self.service} could not {operation} now: {exc}")
+            return self.refusal(_brief(f"{self.service} could not {operation} now: {exc}"))
         except Exception as exc:
             # A bug must not leave the asker waiting for an answer that never comes.
             log.exception("%s failed unexpectedly", what)
-            return self.refusal(f"{self.service} could not {operation}: {exc!r}")
+            return self.refusal(_brief(f"{self.service} could not {operation}: {exc!r}"))
 
     def _what(self, request: Request, route: _Route) -> str:
         if route.what:
             return route.what
         asker = f" for {request.principal}" if request.principal else ""
         return f"{self.service} {request.operation}{asker}"
+
+
+# A reason often quotes the request (an id, a subject): a hostile request must not make
+# its refusal too large to send, or its asker would wait for an answer that never comes.
+REASON_CHARACTERS = 1000
+
+
+def _brief(reason: str) -> str:
+    if len(reason) <= REASON_CHARACTERS:
+        return reason
+    return f"{reason[:REASON_CHARACTERS]}… ({len(reason)} characters in all)"
 
 
 __all__ = ["Handler", "Request", "RequestServer"]

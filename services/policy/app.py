@@ -78,7 +78,10 @@ class PolicyService:
             self.approvals, self.runner, policy.service_id, policy.deadline_check_every
         )
         self.requests = pending_server(
-            nc, self.topology.subjects, PendingApprovals(self.approvals, self.keys)
+            nc,
+            self.topology.subjects,
+            PendingApprovals(self.approvals, self.keys),
+            private_replies=settings.nkey_auth,
         )
 
     async def start(self) -> None:

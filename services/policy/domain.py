@@ -1,5 +1,6 @@
 """Deciding one requested action, as pure logic: the card first, then Cedar.
 
+    the case was closed before the request ────► deny (no policy runs)
     parameters larger than MAX_PARAMETERS_BYTES ► deny (no policy runs)
     action not on the agent's card ─────────────► deny (no policy runs)
     a parameter over a card limit (max_<name>) ─► deny
@@ -40,12 +41,26 @@ MAX_PARAMETERS_BYTES = 2048
 
 
 @dataclass(frozen=True)
+class CaseClosure:
+    """The case_closed the log held before a request (the first, verified): a closed
+    case is answered, and nothing more is done in it whoever asks."""
+
+    sequence: int
+    actor: str
+    outcome: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"sequence": self.sequence, "actor": self.actor, "outcome": self.outcome}
+
+
+@dataclass(frozen=True)
 class ActionRequest:
     request_id: str
     case_id: str
     action_type: str
     parameters: dict[str, Any]
     case_facts: dict[str, Any] = field(default_factory=dict)
+    closed: CaseClosure | None = None  # the case's closing, if stored before the request
 
 
 @dataclass(frozen=True)
@@ -67,10 +82,20 @@ def decide(bundle: PolicyBundle, card: AgentCard, request: ActionRequest) -> Dec
         "resource": {"case_id": request.case_id, **request.case_facts},
         "context": request.parameters,
     }
+    if request.closed is not None:
+        inputs["case_closed"] = request.closed.describe()
 
     def refuse(reasons: list[str], determining: list[PolicyReference] | None = None) -> Decision:
         return Decision("deny", bundle.hash, determining or [], reasons, inputs)
 
+    if request.closed is not None:
+        closed = request.closed
+        return refuse(
+            [
+                f"case {request.case_id} was closed ({closed.outcome}) by {closed.actor} at "
+                f"#{closed.sequence}, before this request: no action is taken in a closed case"
+            ]
+        )
     size = len(msgspec.json.encode(request.parameters))
     if size > MAX_PARAMETERS_BYTES:
         return refuse([f"parameters of {size} bytes; at most {MAX_PARAMETERS_BYTES}"])

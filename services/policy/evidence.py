@@ -10,7 +10,9 @@ requester.
   the log reaches the same decision;
 - `prior_actions`: the action types already requested in this case, whatever became
   of those requests, so a policy can say "one payout per claim" however often an
-  upstream step fires again or a refused request comes back smaller.
+  upstream step fires again or a refused request comes back smaller;
+- `closed`: the case's closing, if the log held one (verified) before the request:
+  nothing is done in a closed case, whoever asks and whatever the facts.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from contracts.events.actions import (
     ApprovalRequired,
     FactSource,
 )
+from contracts.events.case import CaseClosed
 from mesh.service import (
     KeyDirectory,
     SignatureError,
@@ -35,6 +38,7 @@ from mesh.service import (
     prior_actions,
     signed_actor,
 )
+from services.policy.domain import CaseClosure
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ PRIOR_ACTIONS = "prior_actions"
 class CaseEvidence:
     facts: dict[str, FactSource]
     prior_actions: list[str]
+    closed: CaseClosure | None = None
 
     def attributes(self, declared: frozenset[str]) -> dict[str, Any]:
         """The case as the policy's `resource` sees it (only what its schema declares)."""
@@ -100,7 +105,20 @@ def case_evidence(
         excluded_actor=request.event.actor,
     )
     requested = [(stored.sequence, stored.event) for stored in earlier]
-    return CaseEvidence(facts=facts, prior_actions=prior_actions(requested, request.sequence))
+    return CaseEvidence(
+        facts=facts,
+        prior_actions=prior_actions(requested, request.sequence),
+        closed=closure(earlier),
+    )
+
+
+def closure(earlier: list[StoredEvent]) -> CaseClosure | None:
+    """The first verified case_closed among `earlier` (the case before a request)."""
+    for stored in earlier:
+        if isinstance(stored.event, CaseClosed):
+            event = stored.event
+            return CaseClosure(stored.sequence, event.actor, event.payload.outcome)
+    return None
 
 
 def _verified(stored: StoredEvent, keys: KeyDirectory) -> bool:

@@ -3,7 +3,7 @@ establishes (`case_log.py`, `store.py`), the pure decision (`domain.py`,
 `approvals.py`), the events that announce it.
 
     action_requested ─► the case's evidence ─► decide_for ─► action_approved | action_denied
-                                                          └► approval_required, kept pending
+      (facts, earlier actions, its closing)               └► approval_required, kept pending
     approval_granted ─► the pending approval, claimed ─► check_approver ─► action_approved
     approval_rejected ─► (the same) ────────────────────────────────────► action_denied
     activate(bundle directory) ─► policy_bundle_activated, the bundle in force
@@ -121,6 +121,7 @@ class PolicyHandlers:
             action_type=event.payload.action_type,
             parameters=event.payload.parameters,
             case_facts=evidence.attributes(bundle.case_attributes),
+            closed=evidence.closed,
         )
         # The card the requester held when its request was stored: its scope then is what
         # counts (its signature, key and lifecycle then were checked on delivery).

@@ -36,8 +36,10 @@ class PendingApprovals:
         return _fitting(sorted(visible, key=lambda p: p.deadline), principal)
 
 
-def pending_server(nc: Client, subjects: Subjects, endpoint: PendingApprovals) -> RequestServer:
-    server = RequestServer(nc, subjects, "policy", _refusal)
+def pending_server(
+    nc: Client, subjects: Subjects, endpoint: PendingApprovals, *, private_replies: bool
+) -> RequestServer:
+    server = RequestServer(nc, subjects, "policy", _refusal, private_replies=private_replies)
     server.route("pending", endpoint.answer, as_principal=True, what="pending approvals")
     return server
 

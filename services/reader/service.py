@@ -49,7 +49,14 @@ class ReaderService:
         self.nc = nc
         self.topology = topology or Topology(settings.subject_root, settings.stream_replicas)
         self.keys = KeyDirectory()
-        self.server = RequestServer(nc, self.topology.subjects, "reader", _refusal, queue="reader")
+        self.server = RequestServer(
+            nc,
+            self.topology.subjects,
+            "reader",
+            _refusal,
+            queue="reader",
+            private_replies=settings.nkey_auth,
+        )
         self.server.route("history", self._history, as_principal=True)
         self.server.route("replay", self._replay, as_principal=True)
 

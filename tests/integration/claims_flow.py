@@ -166,15 +166,17 @@ async def screen(
     mesh: SecuredMesh, case_id: str, fraud: int, step: str = "fraud_screening"
 ) -> None:
     """A fraud screening's result, in the log, signed by the screener whose card makes
-    it an authority for `fraud_score`: the fact policy reads (never the requester's own
-    evidence, nor anyone else's)."""
+    it an authority for `fraud_score` and intake's `claim_accepted`: the facts policy
+    reads (never the requester's own evidence, nor anyone else's)."""
     assert mesh.harness_nc is not None
     screener = await mesh.ensure_screener()
     screened = CaseStepCompleted(
         case_id=case_id,
         actor="screener",
         payload=CaseStepCompletedPayload(
-            step=step, outcome="screened", evidence={"fraud_score": fraud}
+            step=step,
+            outcome="screened",
+            evidence={"claim_accepted": True, "fraud_score": fraud},
         ),
     )
     await EventPublisher(mesh.harness_nc.jetstream(), screener, mesh.topology).publish(screened)

@@ -42,9 +42,10 @@ SCREENER_CARD = AgentCard(
     name="Fraud screening",
     version="1",
     owner=KNOWN_OWNER,
-    purpose="scores the fraud risk of a claim",
+    purpose="checks a claim and scores its fraud risk",
     produces=["case_step_completed"],
-    facts=["fraud_score"],  # the one authority for it
+    # The one authority for each (intake's verdict: no claim is paid unless accepted).
+    facts=["fraud_score", "claim_accepted"],
 )
 
 

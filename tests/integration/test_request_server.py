@@ -100,3 +100,59 @@ async def test_a_reply_subject_that_is_no_inbox_gets_nothing(
     with pytest.raises(nats.errors.TimeoutError):
         await landed.next_msg(timeout=0.5)
     assert "replies go only to _INBOX." in caplog.text
+
+
+async def test_a_refusal_quoting_a_huge_request_still_reaches_the_asker(
+    nc: Client, topology: Topology
+) -> None:
+    async def quoting(request: Request) -> bytes:
+        raise Refused(f"no such thing: {request.body!r}")
+
+    server = RequestServer(nc, topology.subjects, "echo", _refusal)
+    server.route("quote", quoting)
+    await server.start()
+    try:
+        body = b"\x7f" * 250_000  # its repr is four times longer, its JSON five
+        answer = await _ask(nc, topology.subjects.service("echo", "quote"), body)
+    finally:
+        await server.stop()
+    assert answer["ok"] is False
+    assert str(answer["error"]).endswith("characters in all)")
+    assert len(str(answer["error"])) < 1100
+
+
+async def test_an_answer_too_large_to_send_becomes_a_definite_refusal(
+    nc: Client, topology: Topology
+) -> None:
+    async def huge(request: Request) -> bytes:
+        return b"x" * (nc.max_payload + 1)
+
+    server = RequestServer(nc, topology.subjects, "echo", _refusal)
+    server.route("huge", huge)
+    await server.start()
+    try:
+        answer = await _ask(nc, topology.subjects.service("echo", "huge"), b"{}")
+    finally:
+        await server.stop()
+    assert answer == {"ok": False, "error": "echo could not send its answer to huge"}
+
+
+async def test_a_named_request_is_answered_only_on_the_askers_own_inbox(
+    nc: Client, topology: Topology
+) -> None:
+    server = RequestServer(nc, topology.subjects, "echo", _refusal, private_replies=True)
+    server.route("mine", _echo, as_principal=True)
+    await server.start()
+    try:
+        subject = topology.subjects.service_as("echo", "mine", "ada")
+        victim = await nc.subscribe("_INBOX.bob.>")
+        await nc.publish(subject, b'{"text": "hi"}', reply="_INBOX.bob.stolen")
+        await nc.flush()
+        with pytest.raises(nats.errors.TimeoutError):
+            await victim.next_msg(timeout=0.5)
+        own = await nc.subscribe("_INBOX.ada.>")
+        await nc.publish(subject, b'{"text": "hi"}', reply="_INBOX.ada.mine")
+        answer = msgspec.json.decode((await own.next_msg(timeout=5)).data)
+    finally:
+        await server.stop()
+    assert answer == {"ok": True, "text": "hi", "asker": "ada"}

@@ -346,26 +346,11 @@ async def test_hostile_requests_get_a_definite_answer(mesh: Mesh) -> None:
     assert isinstance(await ask(fraud, pending), list)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: the shared RequestServer answers on ANY `_INBOX.` subject "
-    "(mesh/_runtime/replies.py is_inbox, used by mesh/_runtime/endpoints.py "
-    "RequestServer.answer), not on the asker's own `_INBOX.<principal>.` prefix, "
-    "although services/reader/service.py says replies go to 'that principal's own "
-    "inbox, which only it may read'. An agent can thus make the reader deliver case "
-    "data it may read (claimant, payee account) to a principal that may read none, "
-    "and make the registry deliver text of its choosing to any principal's inbox: a "
-    "channel between principals the broker's permissions forbid. Fix: for "
-    "as_principal routes, answer only if reply starts with inbox_prefix(principal)+'.'; "
-    "for unnamed routes (registry get/list/keys/register/heartbeat), name the asker "
-    "(service_as) or bind the reply prefix to the connection's user.",
-)
 async def test_a_reply_goes_only_to_the_askers_own_inbox(mesh: Mesh) -> None:
     """A human approver (whose card consumes nothing: the reader lets it read no case)
     listens on its own inbox. The fraud agent, which works on every accepted claim,
     asks the reader for a claim's history under its own name, with the human's inbox
-    as the reply subject; and asks the registry about an agent named with a message.
-    The human must receive nothing."""
+    as the reply subject. The human must receive nothing."""
     case_id = await mesh.open(claim(new_ref("relay")))
     await mesh.wait_for_event(
         case_id, CaseStepCompleted, lambda e: e.payload.step == "fraud_screening"
@@ -391,11 +376,6 @@ async def test_a_reply_goes_only_to_the_askers_own_inbox(mesh: Mesh) -> None:
     history = mesh.subjects.service_as("reader", "history", "claims-fraud")
     body = json.dumps({"case_id": case_id}).encode()
     await fraud.send(history, body, reply=f"_INBOX.{listener_id}.loot")
-    await fraud.send(
-        mesh.subjects.service("registry", "get"),
-        json.dumps({"agent_id": "meet me at the usual place"}).encode(),
-        reply=f"_INBOX.{listener_id}.note",
-    )
     # Served in order: these answered means those were handled.
     assert (await ask(fraud, history, body))["ok"] is True
     await ask(fraud, mesh.subjects.service("registry", "keys"))
@@ -404,19 +384,6 @@ async def test_a_reply_goes_only_to_the_askers_own_inbox(mesh: Mesh) -> None:
     assert received == [], f"replies reached {listener_id}: {shown} (subject: case messages)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: a refusal echoes the asker's input unbounded, so it can outgrow the "
-    "broker's max_payload (1 MB) and is then never sent: the asker waits for ever. The "
-    "reader's refusal carries InvalidSubject's repr of the case id "
-    "(contracts/errors.py InvalidSubject, via contracts/subjects.py check_token), the "
-    'registry\'s `get` says "no agent {agent_id!r} is registered" '
-    "(services/registry/handlers.py get); Python's repr turns each DEL byte (1 byte in "
-    "the request) into `\\x7f` (5 bytes once JSON-escaped). "
-    "mesh/_runtime/replies.py respond() catches the failed send and only logs it. Fix: "
-    "bound every refusal reason in RequestServer._reply (e.g. 1 KiB, values shown "
-    "truncated), and if a reply cannot be sent, send a short fixed refusal instead.",
-)
 async def test_a_refusal_that_echoes_the_input_still_reaches_the_asker(mesh: Mesh) -> None:
     """The fraud agent asks the reader for a case id of 250,000 DEL characters, and the
     registry for an agent so named (a 250 kB request each, well under the broker's
@@ -436,6 +403,37 @@ async def test_a_refusal_that_echoes_the_input_still_reaches_the_asker(mesh: Mes
             continue
         refused(answer)
     assert silent == [], f"no answer from {silent}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="KNOWN LIMIT: the registry's reads (get, list, keys) are not asked under the "
+    "asker's name, so the registry cannot tell the asker's inbox from another's and "
+    "answers on any `_INBOX.` subject. What it sends is what every agent may read anyway "
+    "(cards, keys, a refusal quoting at most 1000 characters of the request), so no data "
+    "leaks, but two colluding principals have an unlogged channel through it. Fix: ask "
+    "the registry under one's own name (service_as), as the reader and the pending list "
+    "are, and answer only on the asker's own inbox.",
+)
+async def test_the_registry_answers_only_its_asker(mesh: Mesh) -> None:
+    listener_id = f"sink-{uuid.uuid4().hex[:6]}"
+    listener = await mesh.human(listener_id, roles=["approver"], produces=["approval_granted"])
+    received: list[Msg] = []
+
+    async def keep(msg: Msg) -> None:
+        received.append(msg)
+
+    await listener.nc.subscribe(f"_INBOX.{listener_id}.>", cb=keep)
+    await listener.nc.flush()
+    fraud = await mesh.connect("claims-fraud")
+    await fraud.send(
+        mesh.subjects.service("registry", "get"),
+        json.dumps({"agent_id": "meet me at the usual place"}).encode(),
+        reply=f"_INBOX.{listener_id}.note",
+    )
+    await ask(fraud, mesh.subjects.service("registry", "keys"))  # served in order
+    await asyncio.sleep(1.0)
+    assert received == []
 
 
 # --------------------------------------------------------------------------- registry
@@ -646,19 +644,6 @@ async def _settled(mesh: Mesh, durable: str) -> bool | None:
     return True if await mesh.unsettled(durable) == 0 else None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE (invariant 8): nobody checks that intake accepted the claim. "
-    "services/agents/claims/adjudication.py adjudicate() pays on any authoritative "
-    "fraud_screening and never reads intake's verdict; the policy bundle "
-    "(deploy/policies/payments.cedar) has no coverage fact; the payment agent does not "
-    "look at the case's closure. The fraud agent — authoritative for fraud_score only — "
-    "writes a screening into a claim intake rejected (lapsed policy) and closed, and "
-    "the claim is paid. Fix: give intake's card a fact (e.g. `claim_accepted`), have "
-    "adjudication require it from its authority, and add a Cedar forbid `unless "
-    "resource has claim_accepted && resource.claim_accepted` (and refuse actions in a "
-    "closed case).",
-)
 async def test_a_compromised_fraud_agent_cannot_get_a_rejected_claim_paid(mesh: Mesh) -> None:
     """Intake rejects a claim (its policy lapsed) and closes it. The fraud agent's own
     key (compromised) screens it anyway: low risk. Nothing may be paid."""
@@ -712,20 +697,6 @@ async def escalated(mesh: Mesh, payee: str) -> tuple[str, ApprovalRequired]:
     return case_id, required
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE (the role check the restructure added to the live check, "
-    "mesh/_trust/authorization.py require_authorization -> approval_chain.role_asked, "
-    "reads approval_escalated, but the payment agent reads the case through the reader, "
-    "and its card (services/agents/claims/cards.py PAYMENT.reads) does not read "
-    "approval_escalated): the payment agent never sees an escalation and judges every "
-    "grant by the role first asked. A grant from a claims manager after the request "
-    "escalated to the head of claims — which the policy service refuses and the "
-    "auditor flags — moves money once a decision cites it. Fix: add "
-    "'approval_escalated' to PAYMENT.reads (and, for any executor, derive the reads the "
-    "approval chain needs from one place, e.g. a CHAIN_TYPES constant next to "
-    "approval_chain, checked against the executor's card at start).",
-)
 async def test_a_grant_by_the_role_first_asked_after_escalation_moves_no_money(
     escalating: Mesh,
 ) -> None:
@@ -755,14 +726,6 @@ async def test_a_grant_by_the_role_first_asked_after_escalation_moves_no_money(
     assert await mesh.case_payments(case_id) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="REGRESSION (same cause as above: PAYMENT.reads lacks approval_escalated): "
-    "after an escalation, the policy service rightly approves a head of claims' grant, "
-    "but the payment agent checks it against the role first asked (claims_manager), "
-    "refuses it (NotAuthorized, action_failed) and escalates: an escalated approval "
-    "never pays unless the approver also holds the first role. Fix as above.",
-)
 async def test_a_grant_by_the_escalated_role_pays(escalating: Mesh) -> None:
     """A large payout escalates to the head of claims, who (not a claims manager)
     grants it: the policy approves, and the claim is paid once."""

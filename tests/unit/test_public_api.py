@@ -1,7 +1,8 @@
 """The public surfaces are deliberate: adding or removing a name is a visible change.
 
-Three surfaces: `contracts` (the wire), `mesh` (agent authors), `mesh.service` (service
-authors). `make lint` runs this file, and mypy refuses a name a surface does not list.
+Three surfaces: `contracts` (the wire), `mesh` (agent authors, with its test kit
+`mesh.testing`), `mesh.service` (service authors). `make lint` runs this file, and mypy
+refuses a name a surface does not list.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contracts
 import mesh
 import mesh.service
+import mesh.testing
 
 CONTRACTS = [
     "ActionApproved",
@@ -201,3 +203,7 @@ def test_mesh_public_surface() -> None:
 def test_service_public_surface() -> None:
     assert sorted(mesh.service.__all__) == SERVICE
     assert all(hasattr(mesh.service, name) for name in SERVICE)
+
+
+def test_agent_test_kit_public_surface() -> None:
+    assert sorted(mesh.testing.__all__) == ["MeshTestKit", "eventually", "unique_root"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from contracts.authorship import APPROVAL_CHAIN_TYPES
 from contracts.cards import ActionGrant, AgentCard
+from services.agents.claims.domain import CLAIM_ACCEPTED
 
 OWNER = "claims-team"
 VERSION = "1.0.0"
@@ -28,6 +30,7 @@ INTAKE = card(
     "checks that a claim is covered and complete",
     consumes=["case_opened"],
     produces=["case_step_completed", "case_closed"],
+    facts=[CLAIM_ACCEPTED],  # no claim is paid unless intake accepted it
 )
 FRAUD = card(
     "claims-fraud",
@@ -57,12 +60,6 @@ PAYMENT = card(
     "pays approved claims through the payment gateway, exactly once",
     consumes=["action_approved"],
     produces=["action_completed", "action_failed", "case_closed", "case_escalated"],
-    # The approval chain it proves before paying.
-    reads=[
-        "action_requested",
-        "approval_required",
-        "approval_granted",
-        "action_denied",
-        "approval_expired",
-    ],
+    # The approval chain it proves before paying (what it consumes it reads anyway).
+    reads=[name for name in APPROVAL_CHAIN_TYPES if name != "action_approved"],
 )

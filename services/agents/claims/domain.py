@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import msgspec
 
 from contracts.envelope import Event
-from contracts.events.actions import ActionCompleted
+from contracts.events.actions import ActionCompleted, FactSource
 from contracts.ingress import ClaimData
 
 # What each kind of policy covers, in cents, and the deductible the claimant carries.
@@ -18,12 +18,28 @@ COVERAGE_LIMIT = {"auto": 2_500_000, "home": 5_000_000, "travel": 500_000, "heal
 DEDUCTIBLE = {"auto": 10_000, "home": 25_000, "travel": 5_000, "health": 0}
 REPORTING_WINDOW = timedelta(days=365)
 SUSPICIOUS_WORDS = ("staged", "cash only", "no witnesses", "total loss again")
+# The fact intake states (and is the one authority for) when it accepts a claim: no
+# payment without it, whoever screened or adjudicated the case afterwards.
+CLAIM_ACCEPTED = "claim_accepted"
 
 
 @dataclass(frozen=True)
 class IntakeResult:
     accepted: bool
     reasons: list[str]
+
+    @property
+    def evidence(self) -> dict[str, Any]:
+        """What intake's step states as facts: `claim_accepted: true` for an accepted
+        claim; nothing for a rejected one (its step says why, and it closes the case)."""
+        return {CLAIM_ACCEPTED: True} if self.accepted else {}
+
+
+def claim_accepted(facts: dict[str, FactSource]) -> bool:
+    """Did intake (the authority for it, as `facts` already establish) accept the claim?
+    Only an explicit `true` counts: a missing, false or odd value does not."""
+    fact = facts.get(CLAIM_ACCEPTED)
+    return fact is not None and fact.value is True
 
 
 def obligation_key(case_id: str, action_type: str) -> str:

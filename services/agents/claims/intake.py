@@ -35,8 +35,11 @@ async def check_claim(event: CaseOpened, ctx: HandlerContext) -> None:
                 CaseStepCompletedPayload(
                     step="intake",
                     outcome="accepted",
-                    # No evidence: the claim's own facts are the ingress's to state.
                     rationale=f"policy {claim.policy_number} in force; claim within cover",
+                    # Intake's verdict, the one fact it is the authority for (the
+                    # claim's own facts are the ingress's to state): policy pays
+                    # nothing without it.
+                    evidence=result.evidence,
                 ),
             )
             return

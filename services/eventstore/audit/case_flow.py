@@ -1,12 +1,13 @@
 """A case's course (pure): it is opened before anything else happens in it and closed
-once; every executed action had an approving decision before it; one obligation (an
-action type in a case) is executed at most once."""
+once; nothing requested after its closing is approved (or put to a human); every
+executed action had an approving decision before it; one obligation (an action type in
+a case) is executed at most once."""
 
 from __future__ import annotations
 
-from contracts.events.actions import ActionCompleted, ActionFailed
+from contracts.events.actions import ActionApproved, ActionCompleted, ActionFailed, ApprovalRequired
 from contracts.events.case import CaseClosed, CaseOpened
-from services.eventstore.audit.case_state import CaseSoFar, Finding
+from services.eventstore.audit.case_state import CaseSoFar, Finding, RequestSeen
 from services.eventstore.domain import LogRecord
 
 
@@ -20,6 +21,25 @@ def check_opened_first_closed_once(case: CaseSoFar, record: LogRecord, found: Fi
         if case.closed is not None:
             found(record, f"closes the case again (closed at sequence {case.closed.sequence})")
         case.closed = case.closed or record
+
+
+def check_not_after_closing(
+    case: CaseSoFar,
+    record: LogRecord,
+    decision: ActionApproved | ApprovalRequired,
+    request: RequestSeen,
+    found: Finding,
+) -> None:
+    """A request stored after the case closed is denied by policy: approving it, or
+    asking a human to, is a decision the log does not support."""
+    closed = case.closed
+    if closed is not None and closed.sequence < request.record.sequence:
+        verb = "approves" if isinstance(decision, ActionApproved) else "asks a human to approve"
+        found(
+            record,
+            f"{verb} request {request.event.event_id}, stored after the case was closed "
+            f"(at sequence {closed.sequence}): nothing is done in a closed case",
+        )
 
 
 def check_execution(

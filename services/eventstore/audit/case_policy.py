@@ -5,8 +5,8 @@ message goes, in log order, to the checks of its family —
   re-derives from the log;
 - `approvals`: human decisions, and the grant an approval needed, by the approval
   chain's rule;
-- `case_flow`: opened first, closed once; every execution approved before it; one
-  obligation, one execution.
+- `case_flow`: opened first, closed once, nothing approved that was requested after
+  the closing; every execution approved before it; one obligation, one execution.
 
 Messages that failed their signature, key or card check do not get here: they are
 reported as such and count for nothing (a decision by anyone but a principal whose
@@ -31,7 +31,11 @@ from contracts.events.actions import (
 from contracts.events.case import CaseStepCompleted
 from mesh.service import KeyDirectory, message_digest
 from services.eventstore.audit.approvals import check_human_approval, check_human_decision
-from services.eventstore.audit.case_flow import check_execution, check_opened_first_closed_once
+from services.eventstore.audit.case_flow import (
+    check_execution,
+    check_not_after_closing,
+    check_opened_first_closed_once,
+)
 from services.eventstore.audit.case_state import CaseSoFar, Finding, RequestSeen
 from services.eventstore.audit.decisions import check_decision
 from services.eventstore.audit.report import Report, where
@@ -72,6 +76,8 @@ def check_case(records: list[LogRecord], keys: KeyDirectory, found: Finding) -> 
                     found(record, f"decides {event.payload.request_id}, no request here")
                     continue
                 check_decision(keys, record, event, request, records, found)
+                if isinstance(event, ActionApproved | ApprovalRequired):
+                    check_not_after_closing(case, record, event, request, found)
                 if isinstance(event, ApprovalRequired):
                     case.asked.append(event)
                 elif isinstance(event, ActionApproved):

@@ -11,13 +11,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from contracts.events.actions import FactSource
 from contracts.ingress import ClaimData
+from services.agents.claims.cards import ADJUDICATION, FRAUD, INTAKE, PAYMENT
 from services.agents.claims.domain import (
+    CLAIM_ACCEPTED,
     COVERAGE_LIMIT,
     DEDUCTIBLE,
     REPORTING_WINDOW,
     SUSPICIOUS_WORDS,
+    IntakeResult,
     PaymentInstruction,
+    claim_accepted,
     fraud_score,
     intake,
     obligation_key,
@@ -122,6 +127,51 @@ def test_every_reason_is_given_at_once_in_a_fixed_order() -> None:
     )
     assert not result.accepted
     assert [reason.split()[0] for reason in result.reasons] == ["policy", "reported", "claimed"]
+
+
+def test_an_accepted_claim_states_intake_s_acceptance_as_a_fact() -> None:
+    assert intake(claim(), TODAY).evidence == {"claim_accepted": True}
+    assert CLAIM_ACCEPTED == "claim_accepted"  # the name the policy bundle reads
+
+
+def test_a_rejected_claim_states_no_fact() -> None:
+    """A rejection says why in its step (and closes the case); it states no fact."""
+    assert intake(claim(policy_number="P-12340"), TODAY).evidence == {}
+
+
+def test_intake_alone_is_the_authority_for_the_acceptance() -> None:
+    assert INTAKE.facts == [CLAIM_ACCEPTED]
+    for other in (FRAUD, ADJUDICATION, PAYMENT):
+        assert CLAIM_ACCEPTED not in other.facts
+
+
+def _fact(value: Any) -> dict[str, FactSource]:
+    source = FactSource(
+        name=CLAIM_ACCEPTED, value=value, event_id="e-1", actor="claims-intake", sequence=2
+    )
+    return {CLAIM_ACCEPTED: source}
+
+
+@pytest.mark.parametrize(
+    ("facts", "accepted"),
+    [
+        ({}, False),
+        (_fact(True), True),
+        (_fact(False), False),
+        (_fact("true"), False),
+        (_fact(1), False),
+        (_fact(None), False),
+    ],
+)
+def test_only_an_explicit_true_acceptance_counts(
+    facts: dict[str, FactSource], accepted: bool
+) -> None:
+    assert claim_accepted(facts) is accepted
+
+
+def test_the_acceptance_fact_follows_the_verdict() -> None:
+    assert IntakeResult(accepted=True, reasons=[]).evidence == {CLAIM_ACCEPTED: True}
+    assert IntakeResult(accepted=False, reasons=["lapsed"]).evidence == {}
 
 
 # ------------------------------------------------------------------ fraud score

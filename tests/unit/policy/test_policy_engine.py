@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 from contracts import ActionGrant, AgentCard
 from mesh.cli import app
 from services.policy.bundle import PolicyBundle, PolicyBundleInvalid
-from services.policy.domain import ActionRequest, decide
+from services.policy.domain import ActionRequest, CaseClosure, decide, decide_for
 from services.policy.tables import run_tables
 
 REFERENCE = Path(__file__).resolve().parents[3] / "deploy" / "policies"
@@ -40,19 +41,26 @@ def adjudicator(**limits: int) -> AgentCard:
 PAYEE = "DE89-0001"
 
 
-def payment(amount: int, fraud_score: int = 0) -> ActionRequest:
-    """A payout of a claim of 5,000,000 cents to its payee, screened `fraud_score`."""
+def payment(
+    amount: int, fraud_score: int = 0, *, accepted: bool | None = True, **options: Any
+) -> ActionRequest:
+    """A payout of a claim of 5,000,000 cents to its payee, screened `fraud_score`, that
+    intake accepted (`accepted`; None: intake stated nothing)."""
+    facts: dict[str, Any] = {
+        "fraud_score": fraud_score,
+        "amount_cents": 5_000_000,
+        "currency": "EUR",
+        "payee_account": PAYEE,
+    }
+    if accepted is not None:
+        facts["claim_accepted"] = accepted
     return ActionRequest(
         request_id="r-1",
         case_id="c-1",
         action_type="issue_payment",
         parameters={"amount": amount, "currency": "EUR", "payee_account": PAYEE},
-        case_facts={
-            "fraud_score": fraud_score,
-            "amount_cents": 5_000_000,
-            "currency": "EUR",
-            "payee_account": PAYEE,
-        },
+        case_facts=facts,
+        **options,
     )
 
 
@@ -88,6 +96,73 @@ def test_forbid_wins_over_permit() -> None:
     decision = decide(PolicyBundle.load(REFERENCE), adjudicator(), payment(500, fraud_score=99))
     assert decision.outcome == "deny"
     assert [p.policy_id for p in decision.determining] == ["high-fraud-score"]
+
+
+@pytest.mark.parametrize("accepted", [None, False])
+def test_a_claim_intake_did_not_accept_is_not_paid(accepted: bool | None) -> None:
+    """However clean its screening and small its payout: intake's `claim_accepted` is
+    what lets a payment through, nothing else."""
+    decision = decide(PolicyBundle.load(REFERENCE), adjudicator(), payment(500, accepted=accepted))
+    assert decision.outcome == "deny"
+    assert [p.policy_id for p in decision.determining] == ["pay-only-accepted-claims"]
+    assert decision.reasons == ["forbidden by pay-only-accepted-claims"]
+    assert "intake did not accept" in decision.determining[0].rationale
+    accepted_claim = decide(PolicyBundle.load(REFERENCE), adjudicator(), payment(500))
+    assert accepted_claim.outcome == "allow"
+    assert accepted_claim.inputs["resource"]["claim_accepted"] is True
+
+
+def test_the_reference_bundle_gathers_intake_s_acceptance_from_the_log() -> None:
+    """The policy service asks the log for the facts the schema declares."""
+    assert "claim_accepted" in PolicyBundle.load(REFERENCE).case_attributes
+
+
+CLOSED = CaseClosure(sequence=7, actor="claims-intake", outcome="rejected")
+
+
+def test_nothing_is_decided_in_a_closed_case() -> None:
+    """A request stored after the case closed is denied before any policy runs, however
+    good its facts (here those of a payout policy would allow)."""
+    bundle = PolicyBundle.load(REFERENCE)
+    assert decide(bundle, adjudicator(), payment(500)).outcome == "allow"
+    decision = decide(bundle, adjudicator(), payment(500, closed=CLOSED))
+    assert decision.outcome == "deny"
+    assert decision.determining == []
+    [reason] = decision.reasons
+    assert "case c-1 was closed (rejected) by claims-intake at #7" in reason
+    assert "no action is taken in a closed case" in reason
+    assert decision.inputs["case_closed"] == {
+        "sequence": 7,
+        "actor": "claims-intake",
+        "outcome": "rejected",
+    }
+    assert decision.inputs["resource"]["fraud_score"] == 0  # the facts are still recorded
+
+
+def test_a_closed_case_refuses_every_action_and_every_requester() -> None:
+    bundle = PolicyBundle.load(REFERENCE)
+    documents = ActionRequest(
+        request_id="r-2", case_id="c-1", action_type="request_documents", parameters={}
+    )
+    assert decide(bundle, adjudicator(), documents).outcome == "deny"  # not on its card
+    clerk = AgentCard(
+        agent_id="clerk",
+        name="Clerk",
+        version="1",
+        owner="claims-team",
+        purpose="asks for documents",
+        actions=[ActionGrant(action_type="request_documents")],
+    )
+    assert decide(bundle, clerk, documents).outcome == "allow"
+    closed = ActionRequest(
+        request_id="r-2",
+        case_id="c-1",
+        action_type="request_documents",
+        parameters={},
+        closed=CLOSED,
+    )
+    assert decide(bundle, clerk, closed).outcome == "deny"
+    assert decide_for(bundle, "clerk", clerk, closed).outcome == "deny"
 
 
 def test_a_request_cedar_cannot_evaluate_is_denied_with_the_reason() -> None:
