@@ -120,7 +120,7 @@ class AgentServices:
                 "(MESH_CHECK_SIGNERS=1) to prove an approval"
             )
         card = self.agent.card
-        unread = [t for t in APPROVAL_CHAIN_TYPES if t not in {*card.reads, *card.consumes}]
+        unread = [t for t in APPROVAL_CHAIN_TYPES if t not in card.readable]
         if unread:
             # The reader hands an agent only what its card reads: proving an approval on
             # part of the chain (no escalation, say) would check the wrong role.

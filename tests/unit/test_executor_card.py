@@ -44,4 +44,4 @@ async def test_an_executor_whose_card_misses_part_of_the_chain_refuses_to_act() 
 
 
 def test_the_payment_agent_reads_the_whole_chain() -> None:
-    assert set(APPROVAL_CHAIN_TYPES) <= {*PAYMENT.reads, *PAYMENT.consumes}
+    assert set(APPROVAL_CHAIN_TYPES) <= PAYMENT.readable
