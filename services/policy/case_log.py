@@ -19,7 +19,14 @@ from mesh.service import (
     Topology,
     read_case,
 )
-from services.policy.evidence import CaseEvidence, answers, case_evidence, first_copy
+from services.policy.domain import CaseClosure
+from services.policy.evidence import (
+    CaseEvidence,
+    answers,
+    case_evidence,
+    closure_before,
+    first_copy,
+)
 
 
 class CaseLog:
@@ -51,6 +58,10 @@ class CaseLog:
         if answers(history, event.event_id, self.service_id, self.keys):
             return None  # redelivered after we answered: never decide (or reopen) twice
         return case_evidence(history, self.keys, request=ctx.message, considered=considered)
+
+    async def closure_before(self, case_id: str, sequence: int) -> CaseClosure | None:
+        """How the case was closed before stream sequence `sequence`, if it was."""
+        return closure_before(await self._read(case_id), self.keys, sequence)
 
     async def decided_with(self, case_id: str, request_id: str, approval_id: str) -> bool:
         """Has the policy service already answered this request with this approval?"""

@@ -75,6 +75,17 @@ class Decision:
     escalate_to: str | None = None  # who is asked when the SLA passes
 
 
+def human_grant_refusal(case_id: str, closed: CaseClosure | None) -> str | None:
+    """Why a human's grant, valid in itself, still approves nothing: the case was closed
+    while the request waited (a closing before the grant was stored). None: it may."""
+    if closed is None:
+        return None
+    return (
+        f"case {case_id} was closed ({closed.outcome}) by {closed.actor} at "
+        f"#{closed.sequence} while the request waited: no action is taken in a closed case"
+    )
+
+
 def decide(bundle: PolicyBundle, card: AgentCard, request: ActionRequest) -> Decision:
     inputs: dict[str, Any] = {
         "principal": {"agent_id": card.agent_id, "owner": card.owner, "kind": card.kind},

@@ -112,6 +112,13 @@ def case_evidence(
     )
 
 
+def closure_before(
+    history: list[StoredEvent], keys: KeyDirectory, sequence: int
+) -> CaseClosure | None:
+    """The first verified case_closed stored before stream sequence `sequence`."""
+    return closure([s for s in history if s.sequence < sequence and _verified(s, keys)])
+
+
 def closure(earlier: list[StoredEvent]) -> CaseClosure | None:
     """The first verified case_closed among `earlier` (the case before a request)."""
     for stored in earlier:

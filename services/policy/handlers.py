@@ -36,7 +36,13 @@ from mesh.service import Agent, HandlerContext, KeyDirectory, PermanentError
 from services.policy.approvals import ApprovalRefused, PendingApproval, check_approver
 from services.policy.bundle import PolicyBundle
 from services.policy.case_log import CaseLog
-from services.policy.domain import ActionRequest, Decision, decide_for, provenance
+from services.policy.domain import (
+    ActionRequest,
+    Decision,
+    decide_for,
+    human_grant_refusal,
+    provenance,
+)
 from services.policy.evidence import PRIOR_ACTIONS
 from services.policy.store import ApprovalStore
 
@@ -205,6 +211,13 @@ class PolicyHandlers:
         pending = await self._claim(event, ctx)
         if pending is None:
             return
+        if outcome is ActionApproved and event.case_id:
+            refusal = human_grant_refusal(
+                event.case_id,
+                await self.case_log.closure_before(event.case_id, ctx.stream_sequence),
+            )
+            if refusal is not None:
+                outcome, reason = ActionDenied, f"{reason}; but {refusal}"
         await ctx.emit(
             outcome,
             ActionDecisionPayload(

@@ -23,6 +23,8 @@ from contracts import (
     ApprovalGranted,
     ApprovalGrantedPayload,
     ApprovalRequired,
+    CaseClosed,
+    CaseClosedPayload,
     DecisionProvenance,
     PolicyBundleActivated,
 )
@@ -428,4 +430,42 @@ async def test_a_grant_that_loses_the_race_with_the_deadline_is_refused(
     assert "needs the role 'head_of_claims'" in letter.reason  # type: ignore[attr-defined]
     assert mesh.harness_nc is not None
     history = await read_case(mesh.harness_nc.jetstream(), mesh.topology, "race")
+    assert not any(isinstance(s.event, ActionApproved) for s in history)
+
+
+async def test_a_grant_after_the_case_closed_approves_nothing(mesh: SecuredMesh) -> None:
+    """The case closes while a large payout waits for a human; the manager's grant,
+    valid in itself, then arrives. Nothing is done in a closed case: policy denies."""
+    await mesh.start_policy(REFERENCE)
+    await start_agents(mesh)
+    manager, manager_nc = await human(mesh, "maria", ["approver", "claims_manager"])
+    await open_claim(mesh, "closed-while-waiting", 250_000)
+    required = await first(mesh, "closed-while-waiting", ApprovalRequired)
+    assert isinstance(required, ApprovalRequired)
+    closing = CaseClosed(
+        case_id="closed-while-waiting",
+        actor="harness",
+        payload=CaseClosedPayload(outcome="withdrawn", summary="the claimant withdrew"),
+    )
+    assert mesh.harness_nc is not None
+    await EventPublisher(mesh.harness_nc.jetstream(), mesh.harness, mesh.topology).publish(closing)
+    grant = ApprovalGranted(
+        case_id="closed-while-waiting",
+        actor="maria",
+        correlation_id=required.correlation_id,
+        causation_id=required.event_id,
+        payload=ApprovalGrantedPayload(
+            request_id=required.payload.request_id,
+            approver="maria",
+            comment="docs checked",
+            request_digest=required.payload.request_digest,
+        ),
+    )
+    await EventPublisher(manager_nc.jetstream(), manager, mesh.topology).publish(grant)  # type: ignore[attr-defined]
+    denied = await first(mesh, "closed-while-waiting", ActionDenied)
+    assert isinstance(denied, ActionDenied)
+    assert denied.payload.approval_id == grant.event_id
+    assert "closed (withdrawn)" in denied.payload.reasons[0]
+    assert "while the request waited" in denied.payload.reasons[0]
+    history = await read_case(mesh.harness_nc.jetstream(), mesh.topology, "closed-while-waiting")
     assert not any(isinstance(s.event, ActionApproved) for s in history)

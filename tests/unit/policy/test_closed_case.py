@@ -25,7 +25,7 @@ from services.eventstore.audit.case_flow import (
 )
 from services.eventstore.audit.case_state import CaseSoFar, RequestSeen
 from services.eventstore.domain import LogRecord
-from services.policy.domain import CaseClosure
+from services.policy.domain import CaseClosure, human_grant_refusal
 from services.policy.evidence import closure
 
 T0 = datetime(2026, 11, 20, tzinfo=UTC)
@@ -143,3 +143,10 @@ def test_the_auditor_flags_an_approval_of_a_request_made_in_a_closed_case() -> N
 def test_an_approval_before_the_closing_is_not_flagged() -> None:
     request = requested()
     assert audit(opened(), request, approval_of(request), closed("claims-payment", "paid")) == []
+
+
+def test_a_grant_in_a_case_closed_while_it_waited_approves_nothing() -> None:
+    assert human_grant_refusal("c1", None) is None
+    refusal = human_grant_refusal("c1", CaseClosure(sequence=7, actor="intake", outcome="rejected"))
+    assert refusal is not None
+    assert "c1 was closed (rejected) by intake at #7 while the request waited" in refusal
