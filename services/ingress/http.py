@@ -83,8 +83,13 @@ def http_app(
             return _json(200 if reply.ok else _refusal_status(reply.problems), reply)
 
     @app.get("/healthz")
-    async def health() -> dict[str, bool]:
-        return {"ok": healthy()}
+    async def health(response: Response) -> dict[str, bool]:
+        ok = healthy()
+        if not ok:
+            # A probe reads the status code, not the body: not connected to NATS, the
+            # ingress can open no case, so it is taken out of rotation.
+            response.status_code = 503
+        return {"ok": ok}
 
     return app
 

@@ -28,12 +28,19 @@ class ApprovalStore:
     def __init__(self, js: JetStreamContext, topology: Topology) -> None:
         self.js = js
         self.bucket = approvals_bucket(topology)
+        # As replicated as the log: on a cluster, what waits for a human survives a node.
+        self.replicas = topology.replicas
         self._kv: KeyValue | None = None
 
     async def open(self) -> None:
         await ensure_key_value(
             self.js,
-            KeyValueConfig(bucket=self.bucket, history=1, storage=StorageType.FILE),
+            KeyValueConfig(
+                bucket=self.bucket,
+                history=1,
+                storage=StorageType.FILE,
+                replicas=self.replicas,
+            ),
         )
         self._kv = await self.js.key_value(self.bucket)
 
