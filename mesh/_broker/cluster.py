@@ -22,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -223,10 +224,7 @@ class NatsCluster:
         )
 
     def _meta_leader(self, node: EmbeddedNats) -> str | None:
-        jsz = _monitor(node, "/jsz")
-        meta = jsz.get("meta_cluster", {}) if jsz else {}
-        leader = meta.get("leader")
-        return str(leader) if leader else None
+        return _meta_leader(node)
 
     def __enter__(self) -> NatsCluster:
         return self.start()
@@ -238,6 +236,25 @@ class NatsCluster:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def health_problems(members: Sequence[EmbeddedNats]) -> list[str]:
+    """What keeps these members — every one expected up, whoever runs its process (a
+    supervisor, say) — from being a healthy cluster: a member whose `/healthz` is not
+    OK, or no JetStream meta leader they all agree on. Empty when healthy."""
+    problems = [f"{node.name}: {problem}" for node in members if (problem := _unhealthy(node))]
+    if not problems:
+        leaders = {_meta_leader(node) for node in members}
+        if len(leaders) != 1 or None in leaders:
+            problems = ["no JetStream meta leader all members agree on"]
+    return problems
+
+
+def _meta_leader(node: EmbeddedNats) -> str | None:
+    jsz = _monitor(node, "/jsz")
+    meta = jsz.get("meta_cluster", {}) if jsz else {}
+    leader = meta.get("leader")
+    return str(leader) if leader else None
 
 
 def _monitor(node: EmbeddedNats, path: str) -> dict[str, Any] | None:

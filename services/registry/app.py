@@ -25,7 +25,7 @@ from mesh.service import (
     provision_agent_durables,
     service_main,
 )
-from services.registry.broker_auth import BrokerAuthorization
+from services.registry.broker_auth import BrokerAuthorization, ServerToReload
 from services.registry.domain import RegistryRules, RegistryState
 from services.registry.handlers import RegistryHandlers
 from services.registry.rules import rules_for, vetted
@@ -85,10 +85,12 @@ class RegistryService:
         if self.registry.auth_file is not None:
             authorization = BrokerAuthorization(
                 self.registry.auth_file,
-                self.registry.server_pid_file,
+                [
+                    ServerToReload(pid_file, monitor_url)
+                    for pid_file, monitor_url in self.registry.servers_to_reload()
+                ],
                 principals,
                 self.topology,
-                monitor_url=self.registry.server_monitor_url,
             )
             await asyncio.to_thread(authorization.apply, list(state.records.values()))
         self.handlers = RegistryHandlers(

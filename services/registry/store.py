@@ -4,6 +4,7 @@ in a KV bucket (for readers), liveness in a second bucket (heartbeats are not hi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
 
@@ -16,11 +17,13 @@ from nats.js.kv import KeyValue
 from contracts.cards import AgentRecord
 from contracts.envelope import Event
 from mesh.service import (
+    BrokerError,
     EventPublisher,
     SignatureError,
     Topology,
     broker_errors,
     broker_time,
+    client_of,
     ensure_key_value,
     read_subject,
     verify_headers,
@@ -122,12 +125,23 @@ class RegistryStore:
             event, expected_sequence=self.last_sequence.get(key, 0)
         )
         self.last_sequence[key] = receipt.sequence
-        with broker_errors(f"read back registry event {receipt.sequence}"):
-            stored = await self.js.get_msg(
-                self.topology.registry_stream, seq=receipt.sequence, direct=True
-            )
+        what = f"read back registry event {receipt.sequence}"
+        # On a replicated stream a direct get may be answered by a follower that has
+        # not applied the write yet ("not found", although the ack says it is stored):
+        # ask again, briefly, until a current replica answers.
+        request = msgspec.json.encode({"seq": receipt.sequence})
+        subject = f"$JS.API.DIRECT.GET.{self.topology.registry_stream}"
+        for attempt in range(50):
+            with broker_errors(what):
+                stored = await client_of(self.js).request(subject, request, timeout=5.0)
+            stamp = (stored.headers or {}).get("Nats-Time-Stamp")
+            if stamp is not None:
+                break
+            await asyncio.sleep(0.005 * min(attempt + 1, 10))
+        else:
+            raise BrokerError(what, f"not stored, although acknowledged: {stored.headers}")
         # Read as every other reader of the stream reads it, to the microsecond.
-        return receipt.sequence, broker_time((stored.headers or {})["Nats-Time-Stamp"])
+        return receipt.sequence, broker_time(stamp)
 
     async def write_view(self, record: AgentRecord) -> None:
         assert self._view is not None

@@ -31,7 +31,7 @@ from services.stack.principals import (
     reload_services,
     remove_principal,
 )
-from services.stack.stack import running_stack
+from services.stack.stack import check_cluster_size, running_stack
 from services.stack.supervisor import read_status
 
 console = Console()
@@ -46,15 +46,33 @@ FoundDataDir = Annotated[
     Path | None, typer.Option(help="the mesh's data dir; the running mesh's if omitted")
 ]
 DataDir = Annotated[Path, typer.Option(help="keys, logs, the NATS store, the views")]
+Cluster = Annotated[
+    int,
+    typer.Option(
+        help="run N nats-server members (odd, 3 or more) as one JetStream cluster with R3"
+        " streams, instead of the one embedded server",
+        show_default=False,
+    ),
+]
+
+
+def _cluster_size(cluster: int) -> int:
+    if cluster:
+        _or_fail(lambda: check_cluster_size(cluster))
+    return cluster
 
 
 @up_app.callback(invoke_without_command=True)
-def up(data_dir: DataDir = Path(".mesh/up"), log_level: str = "WARNING") -> None:
+def up(
+    data_dir: DataDir = Path(".mesh/up"), log_level: str = "WARNING", cluster: Cluster = 0
+) -> None:
     """Start nats-server, registry, policy, event store, ingress, the payment gateway
     and the four claims agents, each its own process with its own key, and keep them
     running: a process that exits is started again (with a growing back-off; after
     repeated crashes it is given up on, loudly). `mesh status` shows each one.
-    Ctrl-C stops everything cleanly."""
+    With --cluster N, N nats-server members form a JetStream cluster on loopback
+    (each supervised like any other process). Ctrl-C stops everything cleanly."""
+    cluster = _cluster_size(cluster)
     configure_logging(log_level)
     data_dir = data_dir.resolve()
 
@@ -68,7 +86,7 @@ def up(data_dir: DataDir = Path(".mesh/up"), log_level: str = "WARNING") -> None
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         async with running_stack(
-            data_dir, on_step=lambda s: console.print(f"· {s}"), on_event=event
+            data_dir, on_step=lambda s: console.print(f"· {s}"), on_event=event, cluster=cluster
         ) as stack:
             running = RunningMesh(
                 nats_url=stack.url,
@@ -143,16 +161,21 @@ def demo(
     timeout: Annotated[float, typer.Option(help="give up after this many seconds")] = 100.0,
     data_dir: DataDir = Path(".mesh/demo"),
     log_level: str = "WARNING",
+    cluster: Cluster = 0,
 ) -> None:
     """Bring the mesh up, feed it claims of mixed kinds, approve a share of what waits
-    for a human, show the progress, and end with a summary and the audit verification."""
+    for a human, show the progress, and end with a summary and the audit verification.
+    With --cluster N, on an N-member JetStream cluster with R3 streams."""
+    cluster = _cluster_size(cluster)
     configure_logging(log_level)
     data_dir = data_dir.resolve()
     shutil.rmtree(data_dir, ignore_errors=True)  # a demo starts from an empty log
 
     async def go() -> bool:
         started = time.monotonic()
-        async with running_stack(data_dir, on_step=lambda s: console.print(f"· {s}")) as stack:
+        async with running_stack(
+            data_dir, on_step=lambda s: console.print(f"· {s}"), cluster=cluster
+        ) as stack:
             console.print(f"· the mesh came up in {time.monotonic() - started:.1f}s")
             result = await Demo(stack, make_cases(cases, seed), console).run(timeout)
         print_summary(result, console)

@@ -4,6 +4,7 @@ with its command line and the environment that configures it."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from mesh._broker.embedded import EmbeddedNats
 from mesh._broker.topology import Topology
@@ -18,16 +19,25 @@ AGENT_IDS = {
     "adjudication": "claims-adjudication",
     "payment": "claims-payment",
 }
-SERVER = "nats-server"
+SERVER = "nats-server"  # the single server; a cluster's members are nats-server-1, -2…
 SERVICES = ("registry", "policy", "eventstore", "ingress", "reader", "gateway")
 CLAIMS_CARDS = (INTAKE, FRAUD, ADJUDICATION, PAYMENT)
 
 
+def member_name(index: int) -> str:
+    """The process name of a cluster's member `index` (0-based)."""
+    return f"{SERVER}-{index + 1}"
+
+
 def process_specs(
-    layout: Layout, topology: Topology, server: EmbeddedNats, ports: dict[str, int]
+    layout: Layout, topology: Topology, servers: Sequence[EmbeddedNats], ports: dict[str, int]
 ) -> list[ProcessSpec]:
+    """`servers`: the one embedded server, or every member of a cluster. Every client
+    is given every member's URL (and fails over between them); every member is
+    reloaded by the registry after it regenerates the authorization they all include."""
     common = {
-        "MESH_NATS_URL": server.url,
+        "MESH_NATS_URL": ",".join(server.url for server in servers),
+        "MESH_STREAM_REPLICAS": str(topology.replicas),
         "MESH_SUBJECT_ROOT": topology.root,
         "MESH_DATA_DIR": str(layout.data_dir),
         "MESH_NKEY_AUTH": "1",
@@ -50,8 +60,10 @@ def process_specs(
                 "MESH_REGISTRY_SEED_FILE": str(layout.seed("registry")),
                 "MESH_REGISTRY_PRINCIPALS_FILE": str(layout.principals_file),
                 "MESH_REGISTRY_AUTH_FILE": str(layout.auth_file),
-                "MESH_REGISTRY_SERVER_PID_FILE": str(server.pid_path),
-                "MESH_REGISTRY_SERVER_MONITOR_URL": f"http://127.0.0.1:{server.monitor_port}",
+                "MESH_REGISTRY_SERVER_PID_FILES": ",".join(str(s.pid_path) for s in servers),
+                "MESH_REGISTRY_SERVER_MONITOR_URLS": ",".join(
+                    f"http://127.0.0.1:{server.monitor_port}" for server in servers
+                ),
                 "MESH_REGISTRY_KNOWN_OWNERS": json.dumps(["claims-team", "claims-desk"]),
                 "MESH_REGISTRY_STALE_AFTER": "10",
             },

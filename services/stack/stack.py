@@ -14,6 +14,7 @@ import httpx
 from nats.aio.client import Client
 
 from contracts.registry_api import RegistryQuery
+from mesh._broker.cluster import NatsCluster, health_problems
 from mesh._broker.connection import close
 from mesh._broker.discovery import (
     RunningMesh,
@@ -33,6 +34,7 @@ from services.stack.processes import (
     AGENTS,
     CLAIMS_CARDS,
     SERVER,
+    member_name,
     process_specs,
 )
 from services.stack.supervisor import ProcessSpec, Supervisor
@@ -42,7 +44,7 @@ from services.stack.supervisor import ProcessSpec, Supervisor
 class Stack:
     layout: Layout
     topology: Topology
-    server: EmbeddedNats
+    servers: dict[str, EmbeddedNats]  # process name -> the server (or cluster member)
     supervisor: Supervisor
     operator_nc: Client
     ingress_http: str
@@ -50,8 +52,23 @@ class Stack:
     extra_connections: list[Client] = field(default_factory=list)
 
     @property
+    def server(self) -> EmbeddedNats:
+        """The single server (a cluster's first member)."""
+        return next(iter(self.servers.values()))
+
+    @property
     def url(self) -> str:
-        return self.server.url
+        """Every server's URL, comma-joined: clients fail over between them."""
+        return ",".join(server.url for server in self.servers.values())
+
+    @property
+    def clustered(self) -> bool:
+        return len(self.servers) > 1
+
+    async def wait_cluster_healthy(self, timeout: float = 60.0) -> None:
+        """Until every member answers `/healthz` and they agree on a meta leader (a
+        member that came back has caught up)."""
+        await _wait_healthy(self.supervisor, self.servers, timeout)
 
     def gateway_client(self) -> httpx.AsyncClient:
         """The payment gateway, with its credential (for reconciliation)."""
@@ -137,6 +154,53 @@ async def _start_server(supervisor: Supervisor, server: EmbeddedNats) -> None:
     raise last_error
 
 
+def check_cluster_size(size: int) -> None:
+    """A JetStream cluster keeps a quorum through one lost member from three members
+    on; an even size adds a member without adding a loss it survives."""
+    if size < 3 or size % 2 == 0:
+        raise MeshError(f"--cluster takes an odd number of members, 3 or more (not {size})")
+
+
+async def _wait_healthy(
+    supervisor: Supervisor, members: dict[str, EmbeddedNats], timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        problems = await asyncio.to_thread(health_problems, list(members.values()))
+        if not problems:
+            return
+        failed = supervisor.failed()
+        if gone := [name for name in members if name in failed]:
+            raise MeshError(f"{gone[0]} keeps failing ({failed[gone[0]]})")
+        if time.monotonic() > deadline:
+            raise MeshError(f"NATS cluster not healthy after {timeout:.0f}s: {'; '.join(problems)}")
+        await asyncio.sleep(0.1)
+
+
+async def _start_cluster(supervisor: Supervisor, cluster: NatsCluster) -> dict[str, EmbeddedNats]:
+    """Every member as a supervised process of its own (brought back like any other,
+    on the same ports and store: a restart reruns the same config), formed into a
+    healthy cluster before anything else starts."""
+    last_error: MeshError | None = None
+    for _ in range(3):  # a free port can be taken between probing and binding
+        members = {member_name(i): node for i, node in enumerate(cluster.configure())}
+        try:
+            for name, node in members.items():
+                supervisor.start(ProcessSpec(name, node.configure()))
+            for name, node in members.items():
+                await asyncio.to_thread(node.wait_ready, supervisor.children[name].exit_code)
+            await _wait_healthy(supervisor, members, cluster.ready_timeout)
+        except MeshError as exc:
+            last_error = exc
+            for name in members:
+                if name in supervisor.children:
+                    supervisor.stop(name)
+        else:
+            return members
+    assert last_error is not None
+    raise last_error
+
+
 async def _watch(supervisor: Supervisor, on_event: Callable[[str], None]) -> None:
     while True:
         for line in supervisor.tick():
@@ -152,14 +216,18 @@ async def running_stack(
     env: dict[str, dict[str, str]] | None = None,
     argv: dict[str, list[str]] | None = None,
     on_event: Callable[[str], None] = lambda _: None,
+    cluster: int = 0,
 ) -> AsyncIterator[Stack]:
     """The whole mesh, up and ready (every agent active), until the block ends. Every
     process, nats-server included, is supervised: one that exits is started again
-    (`on_event` hears of it)."""
+    (`on_event` hears of it). `cluster`: run that many nats-server members (odd, 3 or
+    more) as one JetStream cluster with R3 streams instead of the one embedded server."""
+    if cluster:
+        check_cluster_size(cluster)
     # Resolved once, here: every child gets absolute paths, whatever its working
     # directory (they run from the checkout, the user may not).
     layout = Layout(await asyncio.to_thread(Path(data_dir).resolve))
-    topology = Topology(root)
+    topology = Topology(root, replicas=3 if cluster else 1)
     layout.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         lock = hold_lock(layout.data_dir)  # until this block ends, however it ends
@@ -177,22 +245,42 @@ async def running_stack(
         for card in CLAIMS_CARDS:
             grant = issue_grant(card, operator, "operator")
             write_grant(grant, layout.grant_file(card.agent_id))
-        server = EmbeddedNats(layout.nats_dir, extra_config='include "auth.conf"')
-        await _start_server(supervisor, server)
-        on_step(f"nats-server on {server.url} (JetStream, fsync always, registry-enforced auth)")
+        if cluster:
+            # Each member in a directory of its own under nats/, every one including
+            # the registry's one auth.conf beside them (an include is resolved against
+            # the including file's directory).
+            servers = await _start_cluster(
+                supervisor,
+                NatsCluster(layout.nats_dir, size=cluster, extra_config='include "../auth.conf"'),
+            )
+            on_step(
+                f"nats-server cluster of {cluster} on {', '.join(s.url for s in servers.values())}"
+                f" (JetStream R{topology.replicas}, fsync always, registry-enforced auth)"
+            )
+        else:
+            server = EmbeddedNats(layout.nats_dir, extra_config='include "auth.conf"')
+            await _start_server(supervisor, server)
+            servers = {SERVER: server}
+            on_step(
+                f"nats-server on {server.url} (JetStream, fsync always, registry-enforced auth)"
+            )
         watching = asyncio.create_task(_watch(supervisor, on_event), name="supervise")
         ports = {"ingress": free_port(), "gateway": free_port()}
-        specs = {spec.name: spec for spec in process_specs(layout, topology, server, ports)}
+        specs = {
+            spec.name: spec
+            for spec in process_specs(layout, topology, list(servers.values()), ports)
+        }
         for name, extra in (env or {}).items():  # per-process overrides (tests, benchmarks)
             specs[name] = ProcessSpec(name, specs[name].argv, {**specs[name].env, **extra})
         for name, command in (argv or {}).items():  # another program in a process's place
             specs[name] = ProcessSpec(name, command, specs[name].env)
         supervisor.start(specs["registry"])
-        operator_nc = await connect_as(server.url, "operator", layout.identity("operator"))
+        urls = ",".join(server.url for server in servers.values())
+        operator_nc = await connect_as(urls, "operator", layout.identity("operator"))
         stack = Stack(
             layout,
             topology,
-            server,
+            servers,
             supervisor,
             operator_nc,
             ingress_http=f"http://127.0.0.1:{ports['ingress']}",
@@ -214,7 +302,7 @@ async def running_stack(
         on_step("claims agents registered, active and consuming: " + ", ".join(AGENTS))
         # Where this mesh listens, for the CLI (`mesh status`, `mesh principals`…).
         running = RunningMesh(
-            nats_url=server.url,
+            nats_url=stack.url,
             subject_root=topology.root,
             data_dir=str(layout.data_dir),
             supervisor_pid=os.getpid(),

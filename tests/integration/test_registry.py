@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,15 +26,20 @@ from contracts import (
 from contracts.cards import card_digest
 from contracts.registry_api import GRANT_HEADER, RegistryQuery
 from mesh import Agent, Identity
-from mesh._broker.connection import connect
+from mesh._broker.cluster import NatsCluster
+from mesh._broker.connection import close, connect
+from mesh._broker.permissions import authorization_config
 from mesh._broker.publisher import EventPublisher
 from mesh._broker.reading import read_case, read_subject
+from mesh._broker.topology import Topology
 from mesh._trust.key_directory import KeyDirectory
-from mesh._trust.onboarding import card_with_key, connect_as, register
+from mesh._trust.onboarding import card_with_key, connect_as, inbox_prefix, register
+from mesh._trust.principals import StaticPrincipal
 from mesh._trust.registry_client import RegistryRefused
-from mesh.errors import BrokerError, PermissionDenied, SignatureError
+from mesh.errors import BrokerError, PermissionDenied, ProvisioningError, SignatureError
 from mesh.service import broker_errors
-from mesh.testing import eventually
+from mesh.testing import eventually, unique_root
+from services.registry.broker_auth import BrokerAuthorization, ServerToReload
 from tests.integration.agents import complete_step
 from tests.integration.registry_fixtures import KNOWN_OWNER, SecuredMesh, secured_mesh
 
@@ -450,3 +456,105 @@ async def test_an_agent_cannot_create_consumers_to_read_beyond_its_card(
     assert info.config.filter_subjects == [
         mesh.topology.subjects.case_events_of_type("case_opened")
     ]
+
+
+# -- the authorization reload on a cluster: every member, each confirmed ------------------
+
+
+def _operator(name: str) -> tuple[StaticPrincipal, Identity]:
+    identity = Identity.generate()
+    return StaticPrincipal(name, identity.public_key, "operator"), identity
+
+
+async def _admitted(url: str, name: str, identity: Identity) -> bool:
+    try:
+        nc = await connect(
+            url,
+            name=name,
+            identity=identity,
+            inbox_prefix=inbox_prefix(name),
+            reconnect=False,
+            initial_attempts=1,
+        )
+    except BrokerError:
+        return False
+    await close(nc)
+    return True
+
+
+@pytest.fixture
+async def secured_cluster(tmp_path: Path) -> AsyncIterator[tuple[NatsCluster, Path]]:
+    """Three members, each including the one auth.conf beside their directories (as
+    `mesh up --cluster 3` lays them out)."""
+    auth_file = tmp_path / "nats" / "auth.conf"
+    auth_file.parent.mkdir()
+    first, _ = _operator("first")
+    auth_file.write_text(authorization_config([], [first], Topology(unique_root())))
+    nodes = NatsCluster(tmp_path / "nats", size=3, extra_config='include "../auth.conf"')
+    await asyncio.to_thread(nodes.start)
+    try:
+        yield nodes, auth_file
+    finally:
+        await asyncio.to_thread(nodes.stop)
+
+
+def _members(nodes: NatsCluster) -> list[ServerToReload]:
+    return [
+        ServerToReload(node.pid_path, f"http://127.0.0.1:{node.monitor_port}")
+        for node in nodes.nodes
+    ]
+
+
+async def test_every_cluster_member_reloads_and_a_member_that_was_down_reads_it_on_start(
+    secured_cluster: tuple[NatsCluster, Path],
+) -> None:
+    nodes, auth_file = secured_cluster
+    principals = [_operator("first")[0]]
+    authorization = BrokerAuthorization(
+        auth_file, _members(nodes), principals, Topology(unique_root())
+    )
+    second, second_identity = _operator("second")
+    authorization.principals = [*principals, second]
+    assert await asyncio.to_thread(authorization.apply, [])
+    for node in nodes.nodes:  # each member took it, not just one
+        assert await _admitted(node.url, "second", second_identity), node.name
+
+    # A member down as the authorization changes: the others are reloaded (no error),
+    # and the member reads the file when it comes back.
+    nodes.kill(2)
+    third, third_identity = _operator("third")
+    authorization.principals = [*authorization.principals, third]
+    assert await asyncio.to_thread(authorization.apply, [])
+    for node in nodes.nodes[:2]:
+        assert await _admitted(node.url, "third", third_identity), node.name
+    await asyncio.to_thread(nodes.restart, 2)
+    assert await _admitted(nodes.nodes[2].url, "third", third_identity)
+    assert await _admitted(nodes.nodes[2].url, "second", second_identity)
+
+    # Nobody up: the change is on file but in force nowhere — an error, not a success.
+    nodes.stop()
+    fourth, _ = _operator("fourth")
+    authorization.principals = [*authorization.principals, fourth]
+    with pytest.raises(ProvisioningError, match="no server took"):
+        await asyncio.to_thread(authorization.apply, [])
+
+
+async def test_a_member_that_refuses_the_reload_is_an_error_naming_it(
+    secured_cluster: tuple[NatsCluster, Path],
+) -> None:
+    nodes, auth_file = secured_cluster
+    authorization = BrokerAuthorization(
+        auth_file,
+        _members(nodes),
+        [_operator("first")[0]],
+        Topology(unique_root()),
+        confirm_timeout=1.5,
+    )
+    broken = nodes.nodes[1]
+    broken.config_path.write_text("this is not { a config\n")  # its reload fails
+    second, second_identity = _operator("second")
+    authorization.principals = [*authorization.principals, second]
+    with pytest.raises(ProvisioningError, match=f"{broken.monitor_port} did not load"):
+        await asyncio.to_thread(authorization.apply, [])
+    assert await _admitted(nodes.nodes[0].url, "second", second_identity)
+    assert not await _admitted(broken.url, "second", second_identity)

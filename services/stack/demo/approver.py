@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections import Counter
 from typing import Any
 
@@ -23,7 +24,10 @@ from mesh._trust.enrolment import issue_grant
 from mesh._trust.identity import Identity
 from mesh._trust.onboarding import register
 from mesh._trust.registry_client import request_with_patience
+from mesh.errors import BrokerError, MeshError
 from services.stack.stack import Stack
+
+log = logging.getLogger(__name__)
 
 APPROVER = "dana"
 
@@ -54,13 +58,19 @@ async def approve(stack: Stack, nc: Client, identity: Identity, approvals: Count
     decided: set[str] = set()
     while True:
         await asyncio.sleep(0.3)
-        reply = await request_with_patience(
-            nc,
-            topology.subjects.service_as("policy", "pending", APPROVER),
-            b"",
-            timeout=5,
-            what="pending",
-        )
+        try:
+            reply = await request_with_patience(
+                nc,
+                topology.subjects.service_as("policy", "pending", APPROVER),
+                b"",
+                timeout=5,
+                what="pending",
+            )
+        except BrokerError as exc:
+            # Lost with the connection to a server that died under it (the client
+            # fails over, the request does not): a poll, so simply the next one.
+            log.info("pending approvals not read just now: %s", exc)
+            continue
         for item in msgspec.json.decode(reply.data):
             request_id = item["request_id"]
             if request_id in decided:
@@ -74,28 +84,43 @@ async def approve(stack: Stack, nc: Client, identity: Identity, approvals: Count
                 "causation_id": item["required_event_id"],
                 "actor": APPROVER,
             }
+            decision: ApprovalGranted | ApprovalRejected
             if grant:
-                await publisher.publish(
-                    ApprovalGranted(
-                        **envelope,
-                        payload=ApprovalGrantedPayload(
-                            request_id=request_id,
-                            approver=APPROVER,
-                            comment="documents ok",
-                            request_digest=item["request_digest"],
-                        ),
-                    )
+                decision = ApprovalGranted(
+                    **envelope,
+                    payload=ApprovalGrantedPayload(
+                        request_id=request_id,
+                        approver=APPROVER,
+                        comment="documents ok",
+                        request_digest=item["request_digest"],
+                    ),
                 )
             else:
-                await publisher.publish(
-                    ApprovalRejected(
-                        **envelope,
-                        payload=ApprovalRejectedPayload(
-                            request_id=request_id,
-                            approver=APPROVER,
-                            reason="no receipt",
-                            request_digest=item["request_digest"],
-                        ),
-                    )
+                decision = ApprovalRejected(
+                    **envelope,
+                    payload=ApprovalRejectedPayload(
+                        request_id=request_id,
+                        approver=APPROVER,
+                        reason="no receipt",
+                        request_digest=item["request_digest"],
+                    ),
                 )
+            await _publish_until_stored(publisher, decision)
             approvals["approved" if grant else "rejected"] += 1
+
+
+async def _publish_until_stored(
+    publisher: EventPublisher, decision: ApprovalGranted | ApprovalRejected
+) -> None:
+    """The same event (same id: the stream de-duplicates) again, if its publish failed
+    while the cluster failed over."""
+    for attempt in range(1, 6):
+        try:
+            await publisher.publish(decision)
+        except MeshError as exc:
+            if attempt == 5:
+                raise
+            log.info("approval not stored yet (%s); again", exc)
+            await asyncio.sleep(0.5 * attempt)
+        else:
+            return

@@ -13,9 +13,11 @@ from typing import Any
 import httpx
 import msgspec
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from contracts.ingress import CLAIM_KIND, IngressReply
 from mesh._trust.registry_client import request_with_patience
+from mesh.errors import BrokerError
 from services.stack.stack import Stack
 
 # kind -> share of the cases
@@ -107,6 +109,19 @@ async def _post_again_if_lost(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+async def _ask_again_if_lost(crm: Client, subject: str, body: bytes) -> Msg:
+    """A request that went unanswered (lost with the connection to a server that died
+    under it: the client fails over to another member, the request does not) is asked
+    again, a few times: opening a case is idempotent by its reference."""
+    for attempt in range(1, 5):
+        try:
+            return await request_with_patience(crm, subject, body, timeout=5, what="open a case")
+        except BrokerError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 async def feed(stack: Stack, crm: Client, cases: list[DemoCase]) -> None:
     """Opens every case, at most 24 at a time; each case keeps the ingress's reply."""
     gate = asyncio.Semaphore(24)
@@ -128,9 +143,7 @@ async def feed(stack: Stack, crm: Client, cases: list[DemoCase]) -> None:
                     case.http_status = response.status_code
                     case.reply = msgspec.json.decode(response.content, type=IngressReply)
                 else:
-                    msg = await request_with_patience(
-                        crm, subject, body, timeout=10, what="open a case"
-                    )
+                    msg = await _ask_again_if_lost(crm, subject, body)
                     case.reply = msgspec.json.decode(msg.data, type=IngressReply)
 
         await asyncio.gather(*(submit(case) for case in cases))

@@ -1,0 +1,108 @@
+"""`mesh up --cluster 3`: the claims mesh on a 3-member JetStream cluster on loopback
+(R3 streams), every member a supervised process including the registry's one auth.conf.
+Every case ends, each claim is paid exactly once and the whole log verifies — also when
+one member is SIGKILLed while cases flow and the supervisor brings it back (same ports,
+same store), with every service and agent failing over between the members' URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from services.stack.demo import Demo, make_cases
+from services.stack.processes import member_name
+from services.stack.stack import Stack, running_stack
+from tests.e2e.test_mesh import check
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+MEMBERS = [member_name(i) for i in range(3)]
+
+
+def _mesh(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI, told only the mesh's data dir: it finds the cluster from mesh.json."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+    env["MESH_DATA_DIR"] = str(stack.layout.data_dir)
+    return subprocess.run(
+        [sys.executable, "-m", "mesh", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _cli_checks(stack: Stack) -> None:
+    status = _mesh(stack, "status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    states = {p["name"]: p["state"] for p in json.loads(status.stdout)["processes"]}
+    assert all(states[name] == "running" for name in MEMBERS), states
+    verified = _mesh(stack, "audit", "verify", "--all")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+async def test_the_claims_mesh_runs_on_a_three_member_cluster(tmp_path: Path) -> None:
+    async with running_stack(tmp_path / "mesh", cluster=3) as stack:
+        assert list(stack.servers) == MEMBERS
+        assert [name for name in stack.supervisor.children][:3] == MEMBERS
+        assert stack.url.count(",") == 2
+        assert stack.topology.replicas == 3
+        registry_env = stack.supervisor.children["registry"].spec.env
+        assert registry_env["MESH_NATS_URL"] == stack.url
+        assert registry_env["MESH_STREAM_REPLICAS"] == "3"
+        assert len(registry_env["MESH_REGISTRY_SERVER_PID_FILES"].split(",")) == 3
+        for server in stack.servers.values():  # each includes the registry's one file
+            assert 'include "../auth.conf"' in server.config_path.read_text()
+            assert (server.config_path.parent / "../auth.conf").resolve() == (
+                stack.layout.auth_file
+            )
+        info = await stack.operator_nc.jetstream().stream_info(stack.topology.cases_stream)
+        assert info.config.num_replicas == 3
+        assert info.cluster is not None
+        assert len(info.cluster.replicas or []) == 2
+        assert json.loads((stack.layout.data_dir / "mesh.json").read_text())["nats_url"] == (
+            stack.url
+        )
+        result = await Demo(stack, make_cases(40, seed=5), Console(file=io.StringIO())).run(
+            timeout=90
+        )
+        check(result)
+        await asyncio.to_thread(_cli_checks, stack)
+
+
+async def test_a_member_killed_while_cases_flow_comes_back_and_nothing_is_lost(
+    tmp_path: Path,
+) -> None:
+    events: list[str] = []
+    async with running_stack(tmp_path / "mesh", cluster=3, on_event=events.append) as stack:
+        victim = MEMBERS[1]
+        demo = Demo(stack, make_cases(40, seed=13), Console(file=io.StringIO()))
+        running = asyncio.create_task(demo.run(timeout=100))
+        while sum(1 for c in demo.cases if c.reply is not None) < 10:
+            assert not running.done()
+            await asyncio.sleep(0.02)
+        old = stack.supervisor.pid(victim)
+        assert old is not None
+        await asyncio.to_thread(stack.supervisor.kill, victim)  # SIGKILL
+        deadline = time.monotonic() + 20
+        while (pid := stack.supervisor.pid(victim)) is None or pid == old:
+            assert time.monotonic() < deadline, events
+            await asyncio.sleep(0.05)
+        await stack.wait_cluster_healthy()  # back on its ports and store, caught up
+        result = await running
+        check(result)
+        assert any(f"{victim} killed by SIGKILL" in line for line in events), events
+        assert stack.supervisor.children[victim].restarts == 1
+        assert not stack.supervisor.failed()
+        await asyncio.to_thread(_cli_checks, stack)
