@@ -4,6 +4,14 @@ after every `checkpoint_every` new messages and, once caught up, at most every
 `checkpoint_interval` seconds. They are published beside the projection, not in its
 way: a publish whose ack was lost with a restarted broker waits out its timeout
 without holding the views back.
+
+One signer at a time. Only the active replica (the writer lease's holder, app.py)
+projects, so only it publishes; replicas share one key, so whoever signed, a checkpoint
+verifies as the store's. A checkpoint is a fact of the log (the root of its first n
+messages), so even a stale one would be true; still, each publish is conditional on the
+checkpoint subject's last message being the one this instance last saw
+(`Nats-Expected-Last-Subject-Sequence`): an active that was frozen, replaced and
+resumed cannot slip an old checkpoint in after its successor's — the broker refuses it.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from nats.js.client import JetStreamContext
 from contracts.errors import ContractError
 from contracts.events.operations import LogCheckpointed, LogCheckpointedPayload
 from mesh.service import (
+    ConcurrencyConflict,
     EventPublisher,
     Identity,
     MeshError,
@@ -55,13 +64,18 @@ class Checkpoints:
         self._task: asyncio.Task[None] | None = None
         self._due: tuple[Position, bool] | None = None  # a checkpoint waiting to go out
         self._publishing = 0  # the tree size of the checkpoint being published
+        self._tail = 0  # the ops-stream sequence of the last message on the subject
 
     async def load(self) -> None:
         """Find the last checkpoint this store signed. Only its own signature counts:
         anything else on the subject (written by someone allowed to publish there) is
         named in the log and passed over."""
 
+        tail = 0
+
         def unreadable(sequence: int, subject: str, exc: ContractError) -> None:
+            nonlocal tail
+            tail = max(tail, sequence)
             log.warning("ops stream #%d on %s is not a checkpoint: %s", sequence, subject, exc)
 
         signed = 0
@@ -71,6 +85,7 @@ class Checkpoints:
             checkpoint_subject(self.topology),
             on_unreadable=unreadable,
         ):
+            tail = max(tail, stored.sequence)
             try:
                 signer = verify_headers(stored.subject, stored.body, stored.headers)
             except SignatureError as exc:
@@ -81,6 +96,7 @@ class Checkpoints:
                 continue
             signed = max(signed, stored.event.payload.tree_size)
         self.last = signed
+        self._tail = tail
 
     async def stop(self) -> None:
         await stop_task(self._task)
@@ -134,7 +150,19 @@ class Checkpoints:
                     root_hash=position.frontier.root().hex(),
                 ),
             )
-            await self.publisher.publish(event)
+            try:
+                receipt = await self.publisher.publish(
+                    event,
+                    expected_sequence=self._tail,
+                    expected_scope=checkpoint_subject(self.topology),
+                )
+            except ConcurrencyConflict:
+                # Someone published a checkpoint since this instance last looked: a
+                # successor, if this one was replaced. Read again what is signed.
+                log.warning("a checkpoint was published by another instance; re-reading")
+                await self.load()
+                raise
+            self._tail = receipt.sequence
             self.last = position.tree_size
             self._last_time = time.monotonic()
             log.info("checkpoint %d %s", position.tree_size, event.payload.root_hash[:16])

@@ -8,6 +8,10 @@
     checkpoint  (empty)         -> catch up with the stream, publish a checkpoint, status
     manifest    ManifestRequest -> one signed manifest page, with its proofs
 
+Every replica answers the reads, from the one database; `checkpoint` is answered by the
+active replica alone (`route_active`), the only one projecting and signing — while
+none is (a takeover under way), the asker hears "no responders" and asks again.
+
 Each answers a `StoreReply`; a refusal, a malformed request or a store that cannot
 answer now is `StoreReply(ok=False, error=…)` (the RequestServer's mapping). An
 operation not listed here is not served: the asker hears "no responders" at once.
@@ -65,8 +69,11 @@ class Endpoints:
         server.route("timeline", self._timeline)
         server.route("activity", self._activity)
         server.route("status", self._status)
-        server.route("checkpoint", self._checkpoint)
         server.route("manifest", self._manifest)
+
+    def route_active(self, server: RequestServer) -> None:
+        """What only the active replica (the lease's holder) answers."""
+        server.route("checkpoint", self._checkpoint)
 
     async def status(self) -> StoreStatus:
         position = self.projector.position
@@ -121,7 +128,8 @@ class Endpoints:
 
     async def _manifest(self, request: Request) -> bytes:
         asked = _manifest.decode(request.body)
-        held = self.projector.position.last_sequence if self.projector.position else 0
+        # What the database holds, committed: on any replica, active or standby.
+        held = (await asyncio.to_thread(self.store.position)).last_sequence
         if not 0 < asked.tree_size <= held:
             raise Refused(f"tree size {asked.tree_size} is not in the views (they hold {held})")
         # The first page names the principals; later pages need not repeat them.

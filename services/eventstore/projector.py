@@ -40,7 +40,13 @@ from nats.js.client import JetStreamContext
 
 from mesh.service import KeyDirectory, MeshError, StreamReader, Topology, on_reconnect
 from services.eventstore.checking import MessageChecker, Sealed, seal_all
-from services.eventstore.views import Position, ProjectionConflict, ViewStore
+from services.eventstore.views import (
+    LeaseLost,
+    Position,
+    ProjectionConflict,
+    ViewStore,
+    WriterLease,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +69,14 @@ class Projector:
         fetch_wait: float = 0.5,
         verify_processes: int = 1,
         on_progress: OnProgress | None = None,
+        lease: WriterLease | None = None,
     ) -> None:
         self.js = js
         self.topology = topology
         self.store = store
+        # With a lease, every batch is written as its holder (and the projection ends
+        # with LeaseLost once it is not); without one (a rebuild), straight to the store.
+        self.lease = lease
         self.keys = keys
         self.checker = MessageChecker(topology.subjects, keys)
         self.batch = batch
@@ -109,6 +119,8 @@ class Projector:
             self._working = False
             try:
                 await self._follow(stop_at)
+            except LeaseLost:
+                raise  # another instance writes now: the service stands by
             except ProjectionConflict as exc:
                 log.warning("projection resyncs from the database: %s", exc)
                 delay = await self._pause(delay)  # a conflict that repeats must not spin
@@ -245,6 +257,8 @@ class Projector:
                     seal_result,
                 )
             )
+        if self.lease is not None:
+            return self.lease.apply(records, position)
         return self.store.apply(records, position)
 
 

@@ -26,5 +26,18 @@ class EventStoreSettings(BaseSettings):
         default=2.0, ge=0, description="and, once caught up, at most this often"
     )
 
+    # Active/standby on PostgreSQL (views/lease.py): replicas share the service id and
+    # the seed, one of them projects and signs; the others take over when it is gone.
+    lease_timeout: float = Field(
+        default=10.0,
+        ge=1,
+        description="the database ends a silent active's lease after this many seconds",
+    )
+    standby_poll: float = Field(
+        default=0.5,
+        gt=0,
+        description="how often a standby tries for the lease (well under lease_timeout)",
+    )
+
     def database_url(self, data_dir: Path) -> str:
         return self.dsn or f"sqlite:///{(data_dir / 'eventstore.db').resolve()}"

@@ -73,7 +73,11 @@ async def publish_cases(mesh: SecuredMesh, first: int, count: int) -> None:
             await asyncio.gather(*(publisher.publish(events[step]) for events in cases))
 
 
-def start_store(mesh: SecuredMesh, dsn: str, tmp_path: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_store(
+    mesh: SecuredMesh, dsn: str, tmp_path: Path, log: Path, **extra: str
+) -> subprocess.Popen[bytes]:
+    """The event store as its own process (`extra`: more of its environment). Every
+    process started here shares one seed: replicas of one service, one signer."""
     seed = tmp_path / "eventstore.nk"
     if not seed.exists():
         mesh.store_identity.save(seed)
@@ -87,6 +91,7 @@ def start_store(mesh: SecuredMesh, dsn: str, tmp_path: Path, log: Path) -> subpr
         "MESH_EVENTSTORE_DSN": dsn,
         "MESH_EVENTSTORE_BATCH": "25",
         "MESH_EVENTSTORE_FETCH_WAIT": "0.1",
+        **extra,
     }
     with log.open("ab") as sink:
         return subprocess.Popen(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from contracts.eventstore_api import (
@@ -24,6 +24,7 @@ from services.eventstore.views import position as positions
 from services.eventstore.views import queries
 from services.eventstore.views.bulk import BulkWriter
 from services.eventstore.views.engine import database_errors, open_engine
+from services.eventstore.views.lease import WriterLease, open_lease
 from services.eventstore.views.position import Position, ProjectionConflict
 from services.eventstore.views.schema import metadata
 from services.eventstore.views.writer import apply_batch, check_follows
@@ -76,6 +77,27 @@ class ViewStore:
                 raise ProjectionConflict(
                     f"the batch collides with stored rows: {exc.orig}"
                 ) from exc
+
+    def apply_on(
+        self, conn: Connection, records: Sequence[LogRecord], position: Position
+    ) -> Position:
+        """`apply`, in a transaction of `conn` (the writer lease's own session)."""
+        if not records:
+            return position
+        check_follows(records, position)
+        with database_errors("apply a batch"):
+            try:
+                with conn.begin():
+                    return apply_batch(conn, self._bulk, records, position)
+            except IntegrityError as exc:
+                raise ProjectionConflict(
+                    f"the batch collides with stored rows: {exc.orig}"
+                ) from exc
+
+    def lease(self, timeout: float) -> WriterLease:
+        """The writer lease of this database (see lease.py): an advisory lock on
+        PostgreSQL; on SQLite, a local file, always held."""
+        return open_lease(self, self.engine, timeout)
 
     # ------------------------------------------------------------------ read side
 

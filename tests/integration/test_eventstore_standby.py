@@ -1,0 +1,272 @@
+"""Two live event stores (`python -m services.eventstore`, each its own process, one
+seed) on one stream and one PostgreSQL database: active/standby.
+
+While signed events arrive, exactly one of them projects; the other does no projection
+work. The active is killed with SIGKILL (or frozen with SIGSTOP past the lease timeout)
+in the middle of the stream; the standby takes over within seconds from the committed
+position, and at the end the views equal an uninterrupted rebuild of the same log,
+every position move was made by one writer at a time (a trigger records which database
+session made each), and the checkpoints of both terms verify under the one store key.
+
+Needs PostgreSQL (MESH_TEST_POSTGRES_DSN): SQLite views are a local file, one
+instance. Skips with the reason without it."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from contracts.codec import decode
+from contracts.events.operations import LogCheckpointed
+from mesh._trust.key_directory import KeyDirectory
+from services.eventstore.audit import verify_bundle
+from services.eventstore.export import build_bundle
+from services.eventstore.projector import Projector
+from services.eventstore.views import ViewStore
+from tests.e2e.test_eventstore_process import (
+    applied,
+    children,
+    publish_cases,
+    start_store,
+    wait_until,
+)
+from tests.integration.databases import Databases
+from tests.integration.registry_fixtures import SecuredMesh, secured_mesh
+
+pytestmark = pytest.mark.e2e
+
+ACTIVE = "active: projecting the views"
+STANDING_BY = "standing by"
+
+# Every move of the projection's position, with the database session that made it
+# (the active writes on its lease's session) and when.
+RECORD_MOVES = """
+CREATE TABLE projection_moves (
+    n bigserial PRIMARY KEY,
+    last_sequence bigint NOT NULL,
+    writer int NOT NULL,
+    at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE FUNCTION record_move() RETURNS trigger AS $$
+BEGIN
+    INSERT INTO projection_moves (last_sequence, writer)
+    VALUES (NEW.last_sequence, pg_backend_pid());
+    RETURN NEW;
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER record_move AFTER UPDATE ON projection
+    FOR EACH ROW EXECUTE FUNCTION record_move();
+"""
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path) -> AsyncIterator[SecuredMesh]:
+    (tmp_path / "mesh").mkdir()
+    async with secured_mesh(tmp_path / "mesh") as secured:
+        yield secured
+
+
+def moves(dsn: str) -> list[tuple[int, int, float]]:
+    """(last_sequence, writer session, epoch seconds), in commit order."""
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT last_sequence, writer, extract(epoch FROM at)::float8"
+            " FROM projection_moves ORDER BY n"
+        ).fetchall()
+    return [(int(s), int(w), float(t)) for s, w, t in rows]
+
+
+async def logged(log: Path, text: str, timeout: float, after: int = 0) -> float:
+    """Wait until `text` appears in the log (past byte `after`); when it did."""
+    deadline = time.monotonic() + timeout
+    while True:
+        content = await asyncio.to_thread(log.read_bytes)
+        if text.encode() in content[after:]:
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not in {log.name} after {timeout}s:\n{content!r}")
+        await asyncio.sleep(0.02)
+
+
+def writers_in_turn(recorded: list[tuple[int, int, float]]) -> list[int]:
+    """The writer sessions in the order they wrote, each run of one counted once."""
+    turns: list[int] = []
+    for _, writer, _ in recorded:
+        if not turns or turns[-1] != writer:
+            turns.append(writer)
+    return turns
+
+
+async def rebuild_equals(
+    mesh: SecuredMesh, databases: Databases, view: ViewStore, total: int
+) -> None:
+    """The live views equal an uninterrupted projection of the same log."""
+    fresh = ViewStore.open(databases.new("postgresql"))
+    try:
+        assert mesh.harness_nc is not None
+        keys = KeyDirectory()
+        keys.load(await mesh.client(mesh.harness_nc).keys())
+        projector = Projector(mesh.harness_nc.jetstream(), mesh.topology, fresh, keys)
+        await projector.run(stop_at=total)
+        live, rebuilt = await asyncio.gather(
+            asyncio.to_thread(view.snapshot), asyncio.to_thread(fresh.snapshot)
+        )
+    finally:
+        fresh.close()
+    # One row per message, each once, in order: none missing, none written twice.
+    assert [row[0] for row in live["audit_events"]] == list(range(1, total + 1))
+    for table in ("cases", "actions", "audit_events", "agent_activity", "projection"):
+        assert live[table] == rebuilt[table], table
+
+
+async def checkpoints_verify(mesh: SecuredMesh) -> list[tuple[int, float]]:
+    """An export of the whole log verifies under the pinned store key; the signed
+    checkpoints' sizes, in the order they were published, with when."""
+    assert mesh.harness_nc is not None
+    bundle = await build_bundle(mesh.harness_nc, mesh.topology, None)
+    report = verify_bundle(bundle, store_key=mesh.store_identity.public_key)
+    assert report.ok, report.violations
+    published = []
+    for message in bundle.checkpoints:
+        event = decode(message.body)
+        assert isinstance(event, LogCheckpointed)
+        published.append((event.payload.tree_size, message.stored_at.timestamp()))
+    sizes = [size for size, _ in published]
+    # One signer at a time: each checkpoint covers more of the log than the last.
+    assert sizes == sorted(set(sizes)), sizes
+    return published
+
+
+def stop(process: subprocess.Popen[bytes], log: Path) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0, log.read_text()
+
+
+async def test_the_standby_takes_over_from_a_killed_active_exactly_once(
+    mesh: SecuredMesh, databases: Databases, tmp_path: Path
+) -> None:
+    dsn = databases.new("postgresql")
+    view = ViewStore.open(dsn)  # the tables exist before the processes start
+    await asyncio.to_thread(_record_moves, dsn)
+    options = {
+        "MESH_EVENTSTORE_BATCH": "20",
+        "MESH_EVENTSTORE_CHECKPOINT_EVERY": "100",
+        "MESH_EVENTSTORE_STANDBY_POLL": "0.2",
+    }
+    logs = tmp_path / "first.log", tmp_path / "second.log"
+    first = start_store(mesh, dsn, tmp_path, logs[0], **options)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        await logged(logs[0], ACTIVE, timeout=30)
+        second = start_store(mesh, dsn, tmp_path, logs[1], **options)
+        await logged(logs[1], STANDING_BY, timeout=30)
+
+        # 400 cases, 1,200 signed events, arrive while both run.
+        total = 1200
+        publishing = asyncio.create_task(publish_cases(mesh, 0, 400))
+        await wait_until(view, 400, timeout=60, log=logs[0])
+        # The standby did nothing of the projection's work meanwhile: no verifier.
+        assert children(second.pid) == []
+        assert children(first.pid), "the active verifies in worker processes"
+
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        killed_at, killed_wall = time.monotonic(), time.time()
+        at_kill = await applied(view)
+        took_over = await logged(logs[1], ACTIVE, timeout=15)
+        takeover = took_over - killed_at
+        await publishing
+        await wait_until(view, total, timeout=60, log=logs[1])
+        assert at_kill < total, "killed mid-stream"
+
+        recorded = await asyncio.to_thread(moves, dsn)
+        turns = writers_in_turn(recorded)
+        assert len(turns) == 2, turns  # the first, then the second, never interleaved
+        sequences = [s for s, _, _ in recorded]
+        assert sequences == sorted(set(sequences)), "every move goes forward, once"
+        assert all(t > killed_wall - 0.01 for _, w, t in recorded if w == turns[1])
+        assert sequences[-1] == total
+
+        published = await checkpoints_verify(mesh)
+        # Signed by both terms: before the kill by the first, after it by the second.
+        assert any(t < killed_wall for _, t in published), published
+        assert any(t > killed_wall for _, t in published), published
+
+        await rebuild_equals(mesh, databases, view, total)
+        print(f"\ntakeover {takeover:.2f}s after SIGKILL at sequence {at_kill} of {total}")
+        assert takeover < 5, takeover
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=10)
+        if second is not None:
+            stop(second, logs[1])
+        view.close()
+
+
+async def test_a_frozen_active_is_replaced_and_fenced_off(
+    mesh: SecuredMesh, databases: Databases, tmp_path: Path
+) -> None:
+    """SIGSTOP the active for longer than the lease timeout: the database ends its
+    session, the standby takes over; resumed, the old active writes nothing more and
+    stands by."""
+    dsn = databases.new("postgresql")
+    view = ViewStore.open(dsn)
+    await asyncio.to_thread(_record_moves, dsn)
+    options = {
+        "MESH_EVENTSTORE_BATCH": "20",
+        "MESH_EVENTSTORE_LEASE_TIMEOUT": "2",
+        "MESH_EVENTSTORE_STANDBY_POLL": "0.2",
+    }
+    logs = tmp_path / "first.log", tmp_path / "second.log"
+    first = start_store(mesh, dsn, tmp_path, logs[0], **options)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        await logged(logs[0], ACTIVE, timeout=30)
+        second = start_store(mesh, dsn, tmp_path, logs[1], **options)
+        await logged(logs[1], STANDING_BY, timeout=30)
+
+        total = 900
+        publishing = asyncio.create_task(publish_cases(mesh, 0, 300))
+        await wait_until(view, 200, timeout=60, log=logs[0])
+        first.send_signal(signal.SIGSTOP)
+        frozen_at, frozen_wall = time.monotonic(), time.time()
+        took_over = await logged(logs[1], ACTIVE, timeout=20)
+        await publishing
+        await wait_until(view, total, timeout=60, log=logs[1])
+
+        resumed_from = logs[0].stat().st_size
+        first.send_signal(signal.SIGCONT)
+        await logged(logs[0], STANDING_BY, timeout=20, after=resumed_from)
+        await publish_cases(mesh, 300, 50)  # more, after the old active is back
+        total += 150
+        await wait_until(view, total, timeout=60, log=logs[1])
+
+        recorded = await asyncio.to_thread(moves, dsn)
+        turns = writers_in_turn(recorded)
+        assert len(turns) == 2, turns  # the frozen one never wrote again
+        assert all(t < frozen_wall for _, w, t in recorded if w == turns[0])
+        await checkpoints_verify(mesh)
+        await rebuild_equals(mesh, databases, view, total)
+        takeover = took_over - frozen_at
+        print(f"\ntakeover {takeover:.2f}s after SIGSTOP (lease timeout 2s)")
+        assert takeover < 10, takeover
+    finally:
+        if first.poll() is None:
+            first.send_signal(signal.SIGCONT)
+            stop(first, logs[0])
+        if second is not None:
+            stop(second, logs[1])
+        view.close()
+
+
+def _record_moves(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(RECORD_MOVES)
