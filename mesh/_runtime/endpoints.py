@@ -8,6 +8,7 @@ inbox (mesh/_runtime/replies.py). Every request gets a definite answer:
 
     handler returns bytes             → sent as they are
     Refused(reason)                   → the service's negative reply, with the reason
+    SignatureError                    → "not signed as required: …"
     ContractError / msgspec errors /  → "malformed <operation> request: …"
       RecursionError (too deep)
     MeshError (broker, store, …)      → "<service> could not <operation> now: …", logged
@@ -30,7 +31,7 @@ from contracts.errors import ContractError, InvalidSubject
 from contracts.subjects import Subjects
 from mesh._runtime.replies import is_inbox, respond
 from mesh._trust.onboarding import inbox_prefix
-from mesh.errors import MeshError, Refused
+from mesh.errors import MeshError, Refused, SignatureError
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class RequestServer:
                 try:
                     asker = self.subjects.parse_service(msg.subject).principal or ""
                 except InvalidSubject as exc:
-                    await respond(msg, self.refusal(str(exc)), what=f"{self.service} {operation}")
+                    await respond(msg, self.refusal(_brief(str(exc))), what=operation)
                     return
             await self.answer(Request(operation, asker, msg), route)
 
@@ -161,6 +162,8 @@ class RequestServer:
             return await handler(request)
         except Refused as exc:
             return self.refusal(_brief(exc.reason))
+        except SignatureError as exc:
+            return self.refusal(_brief(f"not signed as required: {exc.reason}"))
         except (ContractError, msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
             return self.refusal(_brief(f"malformed {operation} request: {exc}"))
         except MeshError as exc:

@@ -16,7 +16,6 @@ SQLite the store is a single instance: the lease is always its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from nats.aio.client import Client
@@ -202,8 +201,11 @@ class EventStoreService:
         self.active = False
         if self.active_server is not None:
             server, self.active_server = self.active_server, None
-            with contextlib.suppress(Exception):
+            try:
                 await server.stop()
+            except Exception:
+                # Stepping down goes on regardless: the lease is gone either way.
+                log.exception("could not stop the active-only request server")
         await stop_task(self._task)
         self._task = None
         await self.checkpoints.stop()

@@ -65,7 +65,7 @@ class CaseLog:
 
     async def decided_with(self, case_id: str, request_id: str, approval_id: str) -> bool:
         """Has the policy service already answered this request with this approval?"""
-        history = await read_case(self.js, self.topology, case_id)
+        history = await self._read(case_id)  # a directory as recent as the log
         return any(
             isinstance(answer, ActionApproved | ActionDenied)
             and answer.payload.approval_id == approval_id

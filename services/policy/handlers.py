@@ -211,10 +211,10 @@ class PolicyHandlers:
         pending = await self._claim(event, ctx)
         if pending is None:
             return
-        if outcome is ActionApproved and event.case_id:
+        if outcome is ActionApproved:
             refusal = human_grant_refusal(
-                event.case_id,
-                await self.case_log.closure_before(event.case_id, ctx.stream_sequence),
+                pending.case_id,
+                await self.case_log.closure_before(pending.case_id, ctx.stream_sequence),
             )
             if refusal is not None:
                 outcome, reason = ActionDenied, f"{reason}; but {refusal}"

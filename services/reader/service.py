@@ -17,6 +17,7 @@ from nats.aio.client import Client
 
 from contracts.audit_bundle import StoredMessage
 from contracts.reader_api import HistoryRequest, ReaderReply, ReplayRequest
+from contracts.subjects import event_type_of
 from mesh.service import (
     KeyDirectory,
     MeshSettings,
@@ -84,11 +85,11 @@ class ReaderService:
             await self.keys.ensure_current(messages[-1].stored_at)
         card = self.keys.card_at(principal, datetime.now(UTC))
         readable = readable_history(
-            card, principal, request.case_id, (self._event_type(m.subject) for m in messages)
+            card, principal, request.case_id, (event_type_of(m.subject) for m in messages)
         )
         return ReaderReply(
             ok=True,
-            messages=[_stored(m) for m in messages if self._event_type(m.subject) in readable],
+            messages=[_stored(m) for m in messages if event_type_of(m.subject) in readable],
             last_sequence=messages[-1].sequence,
         )
 
@@ -100,9 +101,6 @@ class ReaderService:
         replayable(
             self.keys.card_at(principal, datetime.now(UTC)),
             principal,
-            self._event_type(original.subject),
+            event_type_of(original.subject),
         )
         return ReaderReply(ok=True, messages=[_stored(original)], last_sequence=original.sequence)
-
-    def _event_type(self, subject: str) -> str:
-        return self.topology.subjects.parse(subject).event_type

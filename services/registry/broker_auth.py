@@ -70,12 +70,15 @@ class BrokerAuthorization:
         self.principals = principals
         self.topology = topology
         self.confirm_timeout = confirm_timeout
+        # False after a reload some running member did not confirm: the next apply
+        # reloads again even though the file is unchanged, until every member has it.
+        self._current = True
 
     def apply(self, records: Iterable[AgentRecord]) -> bool:
         # A removed principal keeps its entry (its past signatures) but not its user.
         active = [p for p in self.principals if p.active]
         text = authorization_config(records, active, self.topology)
-        if self.auth_file.exists() and self.auth_file.read_text() == text:
+        if self.auth_file.exists() and self.auth_file.read_text() == text and self._current:
             return False
         # Atomic replace: a server never reads a half-written file.
         fd, tmp = tempfile.mkstemp(dir=self.auth_file.parent, prefix=".auth-")
@@ -89,13 +92,21 @@ class BrokerAuthorization:
     def _reload_all(self) -> None:
         reloaded: list[str] = []
         down: list[str] = []
-        for server in self.servers:
+        failed: list[ProvisioningError] = []
+        self._current = False
+        for server in self.servers:  # every member is signalled, whatever one answers
             try:
                 self._reload(server)
             except _Down as exc:
                 down.append(f"{server.name} ({exc})")
+            except ProvisioningError as exc:
+                failed.append(exc)
             else:
                 reloaded.append(server.name)
+        if failed:
+            raise ProvisioningError(
+                "nats-server authorization", "; ".join(exc.reason for exc in failed)
+            )
         if not reloaded:
             raise ProvisioningError(
                 "nats-server authorization",
@@ -109,6 +120,7 @@ class BrokerAuthorization:
             )
         else:
             log.info("authorization regenerated and %d server(s) reloaded", len(reloaded))
+        self._current = True
 
     def _reload(self, server: ServerToReload) -> None:
         """SIGHUP, then until the server's config load time moves. Read after the file

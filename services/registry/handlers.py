@@ -37,7 +37,6 @@ from mesh.service import (
     ConcurrencyConflict,
     MeshError,
     Request,
-    SignatureError,
     StaticPrincipal,
     TokenBucket,
     verify_headers,
@@ -121,13 +120,11 @@ class RegistryHandlers:
     async def serve(self, request: Request) -> bytes | None:
         """One request; the request server (mesh/_runtime/endpoints.py) answers it and
         turns refusals, malformed input and failures into a negative reply. What is the
-        registry's own: a bad signature is a refusal, and a value in the request that
-        does not parse (a key, a base64 field) is malformed input."""
+        registry's own: a value in the request that does not parse (a key, a base64
+        field) is malformed input."""
         operation = request.operation
         try:
             reply = await self.routes()[operation](request.msg)
-        except SignatureError as exc:
-            raise Refused(f"not signed as required: {exc.reason}") from exc
         except ValueError as exc:
             if isinstance(exc, MeshError):
                 raise

@@ -22,8 +22,11 @@ from mesh.service import (
     verify,
     verify_headers,
 )
+from services.registry.rules import MAX_CARD_KEYS
 
 _statement = msgspec.json.Decoder(SignedStatement)
+# A card lists at most this many keys: no registration proves more.
+MAX_KEY_PROOFS = MAX_CARD_KEYS
 
 
 def operator_statement(
@@ -62,6 +65,9 @@ def key_proofs(msg: Msg) -> frozenset[str]:
         proofs = msgspec.json.decode(raw.encode(), type=dict[str, str])
     except msgspec.DecodeError as exc:
         raise Refused(f"unreadable {KEY_PROOFS_HEADER} header: {exc}") from None
+    if len(proofs) > MAX_KEY_PROOFS:
+        # Each proof costs a signature check: an unbounded header is free work for anyone.
+        raise Refused(f"{len(proofs)} key proofs; at most {MAX_KEY_PROOFS} are read")
     for public_key, signature in proofs.items():
         verify(public_key, msg.subject, msg.data, signature)
     return frozenset(proofs)

@@ -128,7 +128,8 @@ def check_card(card: AgentCard, rules: RegistryRules) -> None:
 MAX_CARD_BYTES = 4 * 1024
 MAX_CARD_PERIODS = 32  # cards in force over an agent's life; re-enrol beyond that
 _TEXT_LIMITS = {"name": 200, "version": 64, "owner": 200, "purpose": 1000}
-_LIST_LIMITS = {"keys": 4, "roles": 16, "facts": 32, "actions": 16}
+MAX_CARD_KEYS = 4
+_LIST_LIMITS = {"keys": MAX_CARD_KEYS, "roles": 16, "facts": 32, "actions": 16}
 
 
 def _bounds(card: AgentCard) -> list[str]:

@@ -23,7 +23,8 @@ from services.stack.processes import member_name
 from services.stack.stack import Stack, running_stack
 from tests.e2e.test_mesh import check
 
-pytestmark = pytest.mark.e2e
+# A cluster, the services and a demo, then CLI calls: more than the suite's 120 s default.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[2]
 MEMBERS = [member_name(i) for i in range(3)]

@@ -39,7 +39,14 @@ from mesh.errors import PermissionDenied
 from mesh.testing import eventually
 from services.agents.claims import adjudication
 from services.policy.bundle import PolicyBundleInvalid
-from tests.integration.claims_flow import human, open_case, open_claim, screen, start_agents
+from tests.integration.claims_flow import (
+    approve,
+    human,
+    open_case,
+    open_claim,
+    screen,
+    start_agents,
+)
 from tests.integration.claims_flow import wait_for as first
 from tests.integration.registry_fixtures import SecuredMesh, secured_mesh
 
@@ -449,19 +456,7 @@ async def test_a_grant_after_the_case_closed_approves_nothing(mesh: SecuredMesh)
     )
     assert mesh.harness_nc is not None
     await EventPublisher(mesh.harness_nc.jetstream(), mesh.harness, mesh.topology).publish(closing)
-    grant = ApprovalGranted(
-        case_id="closed-while-waiting",
-        actor="maria",
-        correlation_id=required.correlation_id,
-        causation_id=required.event_id,
-        payload=ApprovalGrantedPayload(
-            request_id=required.payload.request_id,
-            approver="maria",
-            comment="docs checked",
-            request_digest=required.payload.request_digest,
-        ),
-    )
-    await EventPublisher(manager_nc.jetstream(), manager, mesh.topology).publish(grant)  # type: ignore[attr-defined]
+    grant = await approve(mesh, "closed-while-waiting", (manager, manager_nc))
     denied = await first(mesh, "closed-while-waiting", ActionDenied)
     assert isinstance(denied, ActionDenied)
     assert denied.payload.approval_id == grant.event_id

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import msgspec
 import nats.errors
 import nats.js.errors
@@ -556,5 +557,14 @@ async def test_a_member_that_refuses_the_reload_is_an_error_naming_it(
     authorization.principals = [*authorization.principals, second]
     with pytest.raises(ProvisioningError, match=f"{broken.monitor_port} did not load"):
         await asyncio.to_thread(authorization.apply, [])
+    # The members before and after the broken one were signalled all the same.
     assert await _admitted(nodes.nodes[0].url, "second", second_identity)
+    assert await _admitted(nodes.nodes[2].url, "second", second_identity)
+    # The broken one is up (so a refusal is its old authorization, not its absence).
+    async with httpx.AsyncClient() as client:
+        health = await client.get(f"http://127.0.0.1:{broken.monitor_port}/healthz")
+    assert health.status_code == 200, health.text
     assert not await _admitted(broken.url, "second", second_identity)
+    # Nothing changed on file, but not every member has it: the next apply tries again.
+    with pytest.raises(ProvisioningError, match=f"{broken.monitor_port} did not load"):
+        await asyncio.to_thread(authorization.apply, [])
