@@ -48,6 +48,22 @@ log = logging.getLogger(__name__)
 # The advisory lock's key (64-bit, one per database): "mesh.eventstore.views" folded
 # to a number. Advisory locks are per database, so stores on two databases never meet.
 WRITER_LOCK = 0x6D65_7368_7669_6577  # b"meshview"
+# A holder whose session has not changed state for this many lease timeouts is fenced
+# off (its session terminated): an active frozen in the middle of sending a statement
+# is in no idle state, so the server's idle timeouts never end its session (seen: a
+# SIGSTOPped active kept the lease for good). A live active pings every timeout/4.
+STALE_HOLDER_TIMEOUTS = 3
+_FENCE_STALE_HOLDER = text(
+    """
+    SELECT pg_terminate_backend(a.pid)
+    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+      AND l.classid = :high AND l.objid = :low
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND a.pid <> pg_backend_pid()
+      AND a.state_change < now() - make_interval(secs => :stale)
+    """
+)
 
 
 class LeaseLost(MeshError):
@@ -143,15 +159,40 @@ class AdvisoryLease:
                 try:
                     if self._conn is None:
                         self._conn = self._connect()
-                    got = bool(
-                        self._conn.execute(select(func.pg_try_advisory_lock(WRITER_LOCK))).scalar()
-                    )
-                    self._conn.commit()  # never left idle in a transaction
+                    got = self._try_lock(self._conn)
+                    if not got and self._fence_stale_holder(self._conn):
+                        got = self._try_lock(self._conn)
                 except DBAPIError:
                     self._drop()
                     raise
             self._held = got
             return got
+
+    @staticmethod
+    def _try_lock(conn: Connection) -> bool:
+        got = bool(conn.execute(select(func.pg_try_advisory_lock(WRITER_LOCK))).scalar())
+        conn.commit()  # never left idle in a transaction
+        return got
+
+    def _fence_stale_holder(self, conn: Connection) -> bool:
+        """End the session of a holder silent for STALE_HOLDER_TIMEOUTS lease timeouts;
+        whether one was ended (its lock is then free, and its writes fail)."""
+        ended = conn.execute(
+            _FENCE_STALE_HOLDER,
+            {
+                "high": WRITER_LOCK >> 32,
+                "low": WRITER_LOCK & 0xFFFF_FFFF,
+                "stale": self.timeout * STALE_HOLDER_TIMEOUTS,
+            },
+        ).all()
+        conn.commit()
+        if any(row[0] for row in ended):
+            log.warning(
+                "ended the session of a writer silent for %.0fs: it no longer holds the lease",
+                self.timeout * STALE_HOLDER_TIMEOUTS,
+            )
+            return True
+        return False
 
     def keep(self) -> bool:
         with self._mutex:
