@@ -1,6 +1,9 @@
 """Every subject name in the mesh is built and parsed here.
 
     <root>.case.<case_id>.<event_type>        the case log (one stream)
+    <root>.work.<partition>.<case_id>.<type>  the case log again, as agents consume it:
+                                              the server copies each case event and
+                                              computes its partition from the case id
     <root>.registry.<agent_id>.<event_type>   registry / governance history
     <root>.ops.<component>.<event_type>       operational events (breakers, …)
     <root>.ingress.<source>                   initiating events from other systems
@@ -82,6 +85,19 @@ def consumer_of(subject: str) -> str:
     return subject.rsplit(".", 1)[-1]
 
 
+def case_subject_of_work(subject: str) -> str:
+    """`<root>.work.<partition>.<case_id>.<event_type>` back to the case-log subject the
+    event was published and signed on, `<root>.case.<case_id>.<event_type>`. Unchecked:
+    for subjects the broker computed from a case subject (a stream no one publishes to)."""
+    root, _work, _partition, rest = subject.split(".", 3)
+    return f"{root}.case.{rest}"
+
+
+def partition_of_work(subject: str) -> int:
+    """The partition token of a work subject (see `case_subject_of_work`)."""
+    return int(subject.split(".", 3)[2])
+
+
 class Subjects:
     def __init__(self, root: str = "mesh") -> None:
         self.root = check_token(root, "subject root")
@@ -103,6 +119,23 @@ class Subjects:
     def events_of_type(self, family: str, event_type: str) -> str:
         """One event type under every key of a family (every case, every breaker…)."""
         return f"{self.root}.{family}.*.{check_token(event_type, 'event type')}"
+
+    def work_of_type(self, partition: int, event_type: str) -> str:
+        """One event type of every case in one partition of the work stream."""
+        return f"{self.root}.work.{partition}.*.{check_token(event_type, 'event type')}"
+
+    def work_prefix(self) -> str:
+        return f"{self.root}.work."
+
+    def work_transform(self, partitions: int) -> tuple[str, str]:
+        """(source, destination) of the server's subject transform that files a case
+        event under its partition: a hash of the case id, computed by the server, so no
+        publisher can choose which replica handles its event."""
+        return (
+            f"{self.root}.case.*.*",
+            f"{self.root}.work.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}."
+            "{{wildcard(2)}}",
+        )
 
     def case_history(self, case_id: str) -> str:
         """Every event of one case: the scope of per-case optimistic concurrency."""

@@ -48,6 +48,7 @@ from mesh._broker.stream_reader import (
 )
 from mesh._broker.topology import (
     Topology,
+    topology_for,
 )
 from mesh._runtime.command_line import (
     run,
@@ -240,6 +241,7 @@ __all__ = [
     "signing_operator",
     "static_cards",
     "stop_task",
+    "topology_for",
     "verify",
     "verify_headers",
     "write_atomically",

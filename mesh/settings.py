@@ -21,6 +21,13 @@ class MeshSettings(BaseSettings):
     embedded_port: int = Field(default=0, ge=0, le=65535, description="0 takes a free port")
     nats_server_bin: Path | None = Field(default=None, description="override the binary")
     stream_replicas: int = Field(default=1, ge=1, le=5)
+    partitions: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="partitions of the work stream: the most replicas of one agent that "
+        "can share its work (fixed for a mesh's life; every process must agree)",
+    )
 
     agent_seed: SecretStr | None = Field(default=None, description="nkey seed 'SU…'")
     agent_seed_file: Path | None = None
@@ -55,6 +62,17 @@ class MeshSettings(BaseSettings):
     fetch_batch: int = Field(default=64, ge=1, le=1024, description="messages in flight")
     fetch_wait: float = Field(default=1.0, gt=0, description="long-poll of one fetch")
     ack_wait: float = Field(default=30.0, gt=0)
+    pin_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="a replica that has not pulled a partition for this long loses it "
+        "to another (the server's priority_timeout); failover takes this plus ack_wait",
+    )
+    replica: str | None = Field(
+        default=None,
+        description="'i/N': this process is replica i (0-based) of N, and prefers the "
+        "partitions p with p % N == i; unset, it takes whatever partitions are free",
+    )
     max_deliver: int = Field(
         default=6, ge=2, description="deliveries before a message is dead-lettered"
     )
@@ -68,6 +86,16 @@ class MeshSettings(BaseSettings):
     verify_signatures: bool = Field(
         default=False, description="re-verify inbound signatures (costs ~55us/event)"
     )
+
+    @field_validator("replica")
+    @classmethod
+    def _replica_is_index_of_count(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        index, _, count = value.partition("/")
+        if not (index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+            raise ValueError(f"replica must be 'i/N' with 0 <= i < N, not {value!r}")
+        return value
 
     @field_validator("subject_root")
     @classmethod

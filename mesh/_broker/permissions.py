@@ -33,6 +33,7 @@ def agent_permissions(record: AgentRecord, topology: Topology) -> dict[str, obje
     agent_id = record.card.agent_id
     s = topology.subjects
     cases, dlq = topology.cases_stream, topology.dead_letter_stream
+    work = topology.work_stream
     replay_durable = f"{agent_id}_replay"
     publish = [
         *(s.case_events_of_type(t) for t in sorted(record.card.produces)),
@@ -47,8 +48,16 @@ def agent_permissions(record: AgentRecord, topology: Topology) -> dict[str, obje
         # its own durables only, which the registry created from its card: inspect,
         # fetch, ack. Never create: a consumer config could filter on anything or
         # push into another principal's inbox. A card that consumes nothing has none.
+        # One per partition of the work stream (see mesh._runtime.partitions).
         *(
-            [*_durable_api(cases, agent_id), *_durable_api(dlq, replay_durable)]
+            [
+                *(
+                    api
+                    for durable in topology.partition_durables(agent_id)
+                    for api in _durable_api(work, durable)
+                ),
+                *_durable_api(dlq, replay_durable),
+            ]
             if record.card.consumes
             else []
         ),

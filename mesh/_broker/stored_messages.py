@@ -16,6 +16,13 @@ from datetime import datetime
 from contracts.codec import EventDecoder
 from contracts.envelope import Event
 from contracts.errors import ContractError
+from contracts.subjects import case_subject_of_work
+
+# Set by the server on the work stream's copy of a case event: where it came from
+# (`<stream> <sequence> <filter> <transform> <subject> …`), and which pin it came under.
+# No client can publish a message carrying the first (the server refuses it).
+SOURCE_HEADER = "Nats-Stream-Source"
+PIN_HEADER = "Nats-Pin-Id"
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,28 @@ class RawMessage:
     body: bytes
     headers: dict[str, str]
     stored_at: datetime
+
+
+def original_of_work(
+    subject: str, body: bytes, headers: dict[str, str], copied_at: datetime, cases_stream: str
+) -> RawMessage:
+    """The case-log message a work-stream copy carries: its case subject (as published
+    and signed), its sequence in the case log, its bytes and its own headers.
+    `stored_at` is when the copy was made, moments after the original was stored: a
+    key's validity is judged at that time (later, never earlier, than the original's)."""
+    origin = headers.get(SOURCE_HEADER, "").split(" ")
+    original_subject = case_subject_of_work(subject)
+    if len(origin) < 5 or origin[0] != cases_stream or not origin[1].isdigit():
+        raise ContractError(f"work message {subject} does not say it came from {cases_stream}")
+    if original_subject not in origin[2:]:
+        raise ContractError(f"work message {subject} says it came from another subject")
+    return RawMessage(
+        sequence=int(origin[1]),
+        subject=original_subject,
+        body=body,
+        headers={k: v for k, v in headers.items() if k not in (SOURCE_HEADER, PIN_HEADER)},
+        stored_at=copied_at,
+    )
 
 
 def decoded(

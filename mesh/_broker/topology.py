@@ -4,28 +4,50 @@ One stream is the source of truth for cases (the audit log: `deny_delete` and
 `deny_purge`). Registry history, operational events, ingress and dead letters have
 streams of their own. Names derive from the subject root, so a test's unique root
 gives it private streams.
+
+Agents consume the case log through the work stream: the server copies every case
+event into it, filed under a partition it computes from the case id (a subject
+transform with `partition()`). Each agent has one pinned consumer per partition, so
+one replica at a time handles a partition, and so a case (see `mesh._runtime.partitions`).
+The case log itself is never rewritten: its subjects stay what publishers signed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamSource,
+    SubjectTransform,
+)
 
-from contracts.subjects import Subjects
+from contracts.subjects import Subjects, check_token
+from mesh.settings import MeshSettings
 
 # Redelivery after a crash happens within ack_wait (30 s by default); the window must
 # outlast it so a re-published derived event is still recognised as a duplicate.
 DUPLICATE_WINDOW_SECONDS = 600.0
+# How many partitions the work stream has. Fixed for a mesh's life: an agent's
+# partition consumers are created per partition, and a case's partition is a hash of its
+# id modulo this number. More partitions than replicas lets replicas share the work.
+DEFAULT_PARTITIONS = 8
+MAX_PARTITIONS = 64
 
 
 @dataclass(frozen=True)
 class Topology:
     root: str = "mesh"
     replicas: int = 1
+    partitions: int = DEFAULT_PARTITIONS
     subjects: Subjects = field(init=False)
 
     def __post_init__(self) -> None:
+        if not 1 <= self.partitions <= MAX_PARTITIONS:
+            raise ValueError(f"partitions must be 1..{MAX_PARTITIONS}, not {self.partitions}")
         object.__setattr__(self, "subjects", Subjects(self.root))
 
     def _name(self, suffix: str) -> str:
@@ -34,6 +56,14 @@ class Topology:
     @property
     def cases_stream(self) -> str:
         return self._name("CASES")
+
+    @property
+    def work_stream(self) -> str:
+        return self._name("WORK")
+
+    def partition_durables(self, agent_id: str) -> list[str]:
+        """The names of an agent's consumers on the work stream, one per partition."""
+        return [f"{check_token(agent_id, 'agent id')}_p{k}" for k in range(self.partitions)]
 
     @property
     def registry_stream(self) -> str:
@@ -80,8 +110,20 @@ class Topology:
             )
 
         s = self.subjects
+        source, destination = s.work_transform(self.partitions)
+        work = log_stream(self.work_stream, audit=False)
+        # No subjects of its own, so no one can publish into it: only the server's copy
+        # of the case log, whose `Nats-Stream-Source` header no client can forge.
+        work.subjects = None
+        work.sources = [
+            StreamSource(
+                name=self.cases_stream,
+                subject_transforms=[SubjectTransform(src=source, dest=destination)],
+            )
+        ]
         return [
             log_stream(self.cases_stream, s.family_all("case"), audit=True),
+            work,
             log_stream(self.registry_stream, s.family_all("registry"), audit=True),
             # Breaker history and policy activations are evidence: append-only too.
             log_stream(self.ops_stream, s.family_all("ops"), audit=True),
@@ -90,3 +132,8 @@ class Topology:
             # Replays of dead letters to their one consumer live beside them.
             log_stream(self.dead_letter_stream, s.dead_letter_all(), s.replay_all(), audit=False),
         ]
+
+
+def topology_for(settings: MeshSettings) -> Topology:
+    """The topology every process of one mesh derives from the same settings."""
+    return Topology(settings.subject_root, settings.stream_replicas, settings.partitions)

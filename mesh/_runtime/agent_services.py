@@ -24,7 +24,7 @@ from contracts.subjects import check_token
 from mesh._broker.publisher import EventPublisher, Receipt
 from mesh._broker.reading import read_case
 from mesh._broker.stored_messages import RawMessage, StoredEvent, decoded
-from mesh._broker.topology import Topology
+from mesh._broker.topology import Topology, topology_for
 from mesh._runtime.replays import resolve_replay
 from mesh._runtime.resilience import CircuitBreaker, retry_transient
 from mesh._sdk.agent import Agent
@@ -57,7 +57,7 @@ class AgentServices:
         self.js: JetStreamContext = nc.jetstream(timeout=settings.request_timeout)
         self.identity = identity
         self.settings = settings
-        self.topology = topology or Topology(settings.subject_root, settings.stream_replicas)
+        self.topology = topology or topology_for(settings)
         self.publisher = EventPublisher(
             self.js, identity, self.topology, timeout=settings.request_timeout, nc=nc
         )

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from mesh._broker.connection import close, connect
 from mesh._broker.discovery import HINT, find_running
-from mesh._broker.topology import Topology
+from mesh._broker.topology import Topology, topology_for
 from mesh._sdk.app import nats_url
 from mesh._support.text import shown
 from mesh._trust.identity import Identity
@@ -111,6 +111,6 @@ async def session(*, embedded: bool = False) -> AsyncIterator[Session]:
         else:
             nc = await connect(url, name="mesh-cli", connect_timeout=settings.connect_timeout)
         try:
-            yield Session(settings, nc, Topology(settings.subject_root, settings.stream_replicas))
+            yield Session(settings, nc, topology_for(settings))
         finally:
             await close(nc)

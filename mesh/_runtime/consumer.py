@@ -14,6 +14,10 @@ against the window, so a blocker's redelivery always finds room; they are bounde
 
 Settlement (ack / nak / term) is the job of the `process` callback, which returns None
 when the message is settled for good or the NAK delay when it asked for a retry.
+
+Messages come from a `MessageSource`: a plain pull subscription, or an agent's pinned
+partitions (`mesh._runtime.partitions`), which may take back what it handed out when
+another replica takes a partition over; the loop asks it before starting each message.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -45,6 +50,44 @@ def case_ordering_key(msg: Msg) -> str:
     return msg.subject if key is None else key
 
 
+class MessageSource(Protocol):
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+        """Up to `batch` messages; raises TimeoutError (or nats' own) when none came."""
+        ...
+
+    def owns(self, msg: Msg) -> bool:
+        """Whether the message is still ours to handle (cheap, no waiting)."""
+        ...
+
+    async def admissible(self, msg: Msg) -> bool:
+        """Whether the message may be handled now: False when it is no longer ours
+        (the loop then hands it back); may wait until that is known."""
+        ...
+
+    def done(self, msg: Msg) -> None:
+        """The loop is finished with the message (settled, handed back or replaced)."""
+        ...
+
+
+class SubscriptionSource:
+    """A plain pull subscription: every message it fetches is ours."""
+
+    def __init__(self, subscription: JetStreamContext.PullSubscription) -> None:
+        self.subscription = subscription
+
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+        return await self.subscription.fetch(batch, timeout=timeout)
+
+    def owns(self, msg: Msg) -> bool:
+        return True
+
+    async def admissible(self, msg: Msg) -> bool:
+        return True
+
+    def done(self, msg: Msg) -> None:
+        return None
+
+
 @dataclass
 class _Lane:
     queue: deque[Msg] = field(default_factory=deque)
@@ -61,7 +104,7 @@ def _sequence(msg: Msg) -> int:
 class PullConsumerLoop:
     def __init__(
         self,
-        subscription: JetStreamContext.PullSubscription,
+        source: MessageSource,
         process: Process,
         *,
         window: int,
@@ -70,7 +113,7 @@ class PullConsumerLoop:
         ordering_key: OrderingKey = case_ordering_key,
         max_held: int | None = None,
     ) -> None:
-        self.subscription = subscription
+        self.source = source
         self.process = process
         self.window = window
         self.fetch_wait = fetch_wait
@@ -127,7 +170,7 @@ class PullConsumerLoop:
     async def _fetch_unless_stopped(self, room: int) -> list[Msg]:
         """A fetch that stop() interrupts at once (a fetch can outlive its timeout while
         the connection is down, e.g. after the broker dropped our credentials)."""
-        fetch = asyncio.ensure_future(self.subscription.fetch(room, timeout=self.fetch_wait))
+        fetch = asyncio.ensure_future(self.source.fetch(room, self.fetch_wait))
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -155,6 +198,7 @@ class PullConsumerLoop:
         elif lane.blocked_on is not None:
             if self._held >= self.max_held:
                 await settle(msg.nak(delay=max(0.1, lane.blocked_until - time.monotonic())))
+                self.source.done(msg)
                 return
             lane.queue.append(msg)
             self._held += 1
@@ -165,13 +209,17 @@ class PullConsumerLoop:
         if lane.task is None:
             lane.task = asyncio.create_task(self._run_lane(key, lane))
 
-    @staticmethod
-    def _replaced(lane: _Lane, msg: Msg) -> bool:
-        """A redelivery of a message we already hold replaces the stale copy."""
+    def _replaced(self, lane: _Lane, msg: Msg) -> bool:
+        """A redelivery of a message we already hold replaces the stale copy; one of the
+        message being handled now is dropped (its handling settles both)."""
         sequence = _sequence(msg)
+        if lane.current is not None and _sequence(lane.current) == sequence:
+            self.source.done(msg)
+            return True
         for index, queued in enumerate(lane.queue):
             if _sequence(queued) == sequence:
                 lane.queue[index] = msg
+                self.source.done(queued)
                 return True
         return False
 
@@ -179,8 +227,17 @@ class PullConsumerLoop:
         try:
             while lane.queue and lane.blocked_on is None and not self._stopping.is_set():
                 msg = lane.current = lane.queue.popleft()
+                if not await self.source.admissible(msg):
+                    # Another replica has this message's partition now: hand it back.
+                    lane.current = None
+                    self._active -= 1
+                    await settle(msg.nak())
+                    self.source.done(msg)
+                    self._room.set()
+                    continue
                 retry_in = await self._process_guarded(msg)
                 lane.current = None
+                self.source.done(msg)
                 self._active -= 1
                 self.processed += 1
                 if retry_in is not None:
@@ -217,6 +274,7 @@ class PullConsumerLoop:
             await asyncio.sleep(self.keepalive_interval)
             now = time.monotonic()
             for key, lane in list(self._lanes.items()):
+                await self._hand_back_lost(lane)
                 for msg in [lane.current, *lane.queue]:
                     if msg is not None:
                         await settle(msg.in_progress())
@@ -235,6 +293,22 @@ class PullConsumerLoop:
                     elif not lane.queue:
                         self._lanes.pop(key, None)
 
+    async def _hand_back_lost(self, lane: _Lane) -> None:
+        """Messages waiting in a lane whose partition another replica took over go back
+        now (NAK), not after ack_wait: the new holder waits for them before it starts."""
+        lost = [msg for msg in lane.queue if not self.source.owns(msg)]
+        if not lost:
+            return
+        for msg in lost:
+            lane.queue.remove(msg)
+            if lane.blocked_on is None:
+                self._active -= 1
+            else:
+                self._held -= 1
+            await settle(msg.nak())
+            self.source.done(msg)
+        self._room.set()
+
     async def _drain(self) -> None:
         """On stop: let the messages being handled finish; hand the waiting ones back."""
         self._stopping.set()
@@ -243,7 +317,9 @@ class PullConsumerLoop:
             await asyncio.gather(*running, return_exceptions=True)
         for lane in self._lanes.values():
             while lane.queue:
-                await settle(lane.queue.popleft().nak())
+                msg = lane.queue.popleft()
+                await settle(msg.nak())
+                self.source.done(msg)
         self._lanes.clear()
 
 

@@ -44,7 +44,7 @@ from contracts.codec import EventDecoder
 from contracts.envelope import Event
 from contracts.errors import ContractError
 from contracts.subjects import Subjects
-from mesh._broker.stored_messages import RawMessage, StoredEvent
+from mesh._broker.stored_messages import RawMessage, StoredEvent, original_of_work
 from mesh._runtime.consumer import settle
 from mesh._runtime.dead_letters import REPLAY_OF, DeadLetterKind, DeadLetterSink
 from mesh._runtime.resilience import redelivery_delay
@@ -71,6 +71,7 @@ class EventDispatcher:
         services: Services,
         dead_letters: DeadLetterSink,
         subjects: Subjects,
+        cases_stream: str,
         max_deliver: int,
         retry_base_delay: float,
         retry_max_delay: float,
@@ -83,6 +84,7 @@ class EventDispatcher:
         self.services = services
         self.dead_letters = dead_letters
         self.subjects = subjects
+        self.cases_stream = cases_stream
         self.max_deliver = max_deliver
         self.retry_base_delay = retry_base_delay
         self.retry_max_delay = retry_max_delay
@@ -169,6 +171,11 @@ class EventDispatcher:
         """The case-log message this delivery carries: the delivery itself, or — for a
         replay, which only points at a dead letter — the message the dead letter names,
         read from the log by sequence (its subject, bytes and broker time)."""
+        if msg.subject.startswith(self.subjects.work_prefix()):
+            meta = msg.metadata
+            return original_of_work(
+                msg.subject, msg.data, msg.headers or {}, meta.timestamp, self.cases_stream
+            )
         if not msg.subject.startswith(self.subjects.replay_prefix()):
             meta = msg.metadata
             return RawMessage(

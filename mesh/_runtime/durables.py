@@ -1,6 +1,11 @@
 """An agent's durable consumers: declared from its card, provisioned by whoever holds
 the right to create consumers.
 
+An agent consumes case events through one pinned consumer per partition of the work
+stream (`<agent>_p<k>`), so that its replicas share the partitions and each partition
+(and each case in it) is handled by one replica at a time; and dead letters sent back to
+it through one replay durable.
+
 In an open mesh the agent's runtime provisions its own durables. Under registry
 enforcement only the registry may create consumers (a consumer config is free-form:
 an agent allowed to create one could filter on anything or push into another
@@ -10,6 +15,8 @@ only binds and checks that they match its card.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import nats.errors
 import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -17,6 +24,13 @@ from nats.js.client import JetStreamContext
 
 from contracts.cards import AgentCard
 from contracts.subjects import check_token
+from mesh._broker.connection import client_of
+from mesh._broker.pinned import (
+    PinnedConsumer,
+    consumer_info,
+    delete_consumer,
+    ensure_pinned_consumer,
+)
 from mesh._broker.provisioning import ProvisionReport, ensure_consumer
 from mesh._broker.topology import Topology
 from mesh.errors import BrokerError, ConfigurationError
@@ -46,15 +60,26 @@ def _durable(
     )
 
 
-def case_durable(card: AgentCard, topology: Topology, settings: MeshSettings) -> ConsumerConfig:
-    """One durable per agent over the case events it consumes. Agents scale out by
-    running more processes on the same durable."""
-    return _durable(
-        check_token(card.agent_id, "agent id"),
-        f"agent {card.agent_id}",
-        [topology.subjects.case_events_of_type(t) for t in card.consumes],
-        settings,
-    )
+def partition_durables(
+    card: AgentCard, topology: Topology, settings: MeshSettings
+) -> list[PinnedConsumer]:
+    """One pinned consumer per partition of the work stream, over the case event types
+    the card consumes (none for a card that consumes nothing)."""
+    if not card.consumes:
+        return []
+    return [
+        PinnedConsumer(
+            topology.work_stream,
+            _durable(
+                name,
+                f"agent {card.agent_id}, partition {k} of {topology.partitions}",
+                [topology.subjects.work_of_type(k, t) for t in card.consumes],
+                settings,
+            ),
+            settings.pin_timeout,
+        )
+        for k, name in enumerate(topology.partition_durables(card.agent_id))
+    ]
 
 
 def replay_durable(card: AgentCard, topology: Topology, settings: MeshSettings) -> ConsumerConfig:
@@ -71,14 +96,11 @@ def replay_durable(card: AgentCard, topology: Topology, settings: MeshSettings) 
 def agent_durables(
     card: AgentCard, topology: Topology, settings: MeshSettings
 ) -> list[tuple[str, ConsumerConfig]]:
-    """(stream, config) of every durable the agent consumes from: none for a card that
-    consumes nothing (a human approver, a producer-only agent)."""
+    """(stream, config) of the agent's plain durables: its replay durable (none for a
+    card that consumes nothing: a human approver, a producer-only agent)."""
     if not card.consumes:
         return []
-    return [
-        (topology.cases_stream, case_durable(card, topology, settings)),
-        (topology.dead_letter_stream, replay_durable(card, topology, settings)),
-    ]
+    return [(topology.dead_letter_stream, replay_durable(card, topology, settings))]
 
 
 async def provision_agent_durables(
@@ -86,45 +108,69 @@ async def provision_agent_durables(
 ) -> list[ProvisionReport]:
     """Create or bring in line the agent's durables (the agent's or registry's job); a
     card that no longer consumes anything loses the durables it had."""
-    declared = agent_durables(card, topology, settings)
-    if not declared:
-        agent_id = check_token(card.agent_id, "agent id")
-        for stream, name in (
-            (topology.cases_stream, agent_id),
-            (topology.dead_letter_stream, f"{agent_id}_replay"),
-        ):
-            try:
-                await js.delete_consumer(stream, name)
-            except nats.js.errors.NotFoundError:
-                continue
-            except nats.errors.Error as exc:
-                raise BrokerError(f"remove durable {stream}/{name}", repr(exc)) from exc
+    nc = client_of(js)
+    agent_id = check_token(card.agent_id, "agent id")
+    if not card.consumes:
+        for name in topology.partition_durables(agent_id):
+            await delete_consumer(nc, topology.work_stream, name)
+        try:
+            await js.delete_consumer(topology.dead_letter_stream, f"{agent_id}_replay")
+        except nats.js.errors.NotFoundError:
+            pass
+        except nats.errors.Error as exc:
+            raise BrokerError(f"remove durable {agent_id}_replay", repr(exc)) from exc
         return []
-    return [await ensure_consumer(js, stream, config, update=True) for stream, config in declared]
+    reports = [
+        await ensure_pinned_consumer(nc, consumer)
+        for consumer in partition_durables(card, topology, settings)
+    ]
+    for stream, config in agent_durables(card, topology, settings):
+        reports.append(await ensure_consumer(js, stream, config, update=True))
+    return reports
+
+
+@dataclass(frozen=True)
+class LiveDurables:
+    configs: dict[str, ConsumerConfig]  # by durable name
+    pin_timeout: float  # the shortest the server applies to the partition consumers
 
 
 async def check_agent_durables(
-    js: JetStreamContext, card: AgentCard, topology: Topology
-) -> dict[str, ConsumerConfig]:
-    """Under registry enforcement: the durables exist and filter what the card says.
-    Returns the live configs by durable name."""
+    js: JetStreamContext, card: AgentCard, topology: Topology, settings: MeshSettings
+) -> LiveDurables:
+    """Under registry enforcement: the durables exist, filter what the card says and
+    (the partition consumers) pin one client at a time. Returns what the server applies:
+    the consumer's timeouts are the registry's, not this process's preference."""
     live: dict[str, ConsumerConfig] = {}
-    for stream, declared in agent_durables(card, topology, MeshSettings()):
+    pin_timeout = settings.pin_timeout
+    declared_all = [
+        (consumer.stream, consumer.config, consumer)
+        for consumer in partition_durables(card, topology, settings)
+    ] + [(stream, config, None) for stream, config in agent_durables(card, topology, settings)]
+    nc = client_of(js)
+    for stream, declared, pinned in declared_all:
         name = declared.durable_name or ""
-        try:
-            info = await js.consumer_info(stream, name)
-        except nats.js.errors.NotFoundError:
+        raw = await consumer_info(nc, stream, name)
+        if raw is None:
             raise ConfigurationError(
                 f"durable {stream}/{name} does not exist: the registry provisions it when "
-                f"agent {card.agent_id} is activated"
-            ) from None
-        except nats.errors.Error as exc:
-            raise BrokerError(f"inspect durable {stream}/{name}", repr(exc)) from exc
-        filters = sorted(info.config.filter_subjects or [info.config.filter_subject or ""])
+                f"agent {card.agent_id} is activated (with {topology.partitions} partitions: "
+                "do the registry and this agent agree on MESH_PARTITIONS?)"
+            )
+        config = ConsumerConfig.from_response(dict(raw.get("config", {})))
+        filters = sorted(config.filter_subjects or [config.filter_subject or ""])
         if filters != sorted(declared.filter_subjects or []):
             raise ConfigurationError(
                 f"durable {stream}/{name} filters {filters}, but the card consumes "
                 f"{card.consumes}: register the current card"
             )
-        live[name] = info.config
-    return live
+        problems = pinned.pin_problems(raw.get("config", {})) if pinned is not None else []
+        if any(p.startswith(("priority_policy", "priority_groups")) for p in problems):
+            raise ConfigurationError(
+                f"durable {stream}/{name} does not pin one client at a time: " + "; ".join(problems)
+            )
+        if pinned is not None:
+            timeout = raw.get("config", {}).get("priority_timeout") or 0
+            pin_timeout = min(pin_timeout, timeout / 1e9) if timeout else pin_timeout
+        live[name] = config
+    return LiveDurables(live, pin_timeout)

@@ -17,15 +17,21 @@ from contracts.subjects import key_of
 from mesh._broker.provisioning import ProvisionReport, ensure_stream
 from mesh._broker.topology import Topology
 from mesh._runtime.agent_services import AgentServices
-from mesh._runtime.consumer import OrderingKey, PullConsumerLoop, case_ordering_key
+from mesh._runtime.consumer import (
+    MessageSource,
+    OrderingKey,
+    PullConsumerLoop,
+    SubscriptionSource,
+    case_ordering_key,
+)
 from mesh._runtime.dead_letters import ORIGINAL_SUBJECT, DeadLetterSink
 from mesh._runtime.dispatch import EventDispatcher
 from mesh._runtime.durables import (
-    case_durable,
     check_agent_durables,
     provision_agent_durables,
     replay_durable,
 )
+from mesh._runtime.partitions import PinnedPartitions, preferred_partitions
 from mesh._sdk.agent import Agent
 from mesh._trust.identity import Identity
 from mesh._trust.key_directory import KeyDirectory
@@ -34,10 +40,6 @@ from mesh.errors import MeshError
 from mesh.settings import MeshSettings
 
 log = logging.getLogger(__name__)
-
-
-def consumer_config(agent: Agent, topology: Topology, settings: MeshSettings) -> ConsumerConfig:
-    return case_durable(agent.card, topology, settings)
 
 
 def replay_consumer_config(
@@ -85,11 +87,12 @@ class AgentRunner(AgentServices):
         )
         self.reports: list[ProvisionReport] = []
         self._loop: PullConsumerLoop | None = None
+        self.partitions: PinnedPartitions | None = None
         self._replay_loop: PullConsumerLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        ack_wait = self.settings.ack_wait
+        ack_wait, pin_timeout = self.settings.ack_wait, self.settings.pin_timeout
         if self.provision:
             for stream in self.topology.streams():
                 self.reports.append(await ensure_stream(self.js, stream))
@@ -97,14 +100,18 @@ class AgentRunner(AgentServices):
                 self.js, self.agent.card, self.topology, self.settings
             )
         else:
-            live = await check_agent_durables(self.js, self.agent.card, self.topology)
-            # Keep-alives follow the server's ack_wait, not our preference.
-            ack_wait = min(c.ack_wait or ack_wait for c in live.values())
+            live = await check_agent_durables(
+                self.js, self.agent.card, self.topology, self.settings
+            )
+            # Keep-alives and pins follow the server's timeouts, not our preference.
+            ack_wait = min(c.ack_wait or ack_wait for c in live.configs.values())
+            pin_timeout = live.pin_timeout
         dispatcher = EventDispatcher(
             self.agent,
             services=self,
             dead_letters=self.dead_letters,
             subjects=self.topology.subjects,
+            cases_stream=self.topology.cases_stream,
             max_deliver=self.settings.max_deliver,
             retry_base_delay=self.settings.retry_base_delay,
             retry_max_delay=self.settings.retry_max_delay,
@@ -112,11 +119,31 @@ class AgentRunner(AgentServices):
             verify_signatures=self.settings.verify_signatures,
             key_directory=self.key_directory,
         )
-        main = consumer_config(self.agent, self.topology, self.settings)
+        agent_id = self.agent.card.agent_id
+        self.partitions = PinnedPartitions(
+            self.nc,
+            self.topology.work_stream,
+            self.topology.partition_durables(agent_id),
+            window=self.settings.fetch_batch,
+            fetch_wait=self.settings.fetch_wait,
+            pin_timeout=pin_timeout,
+            ack_wait=ack_wait,
+            preferred=preferred_partitions(self.settings.replica, self.topology.partitions),
+            request_timeout=self.settings.request_timeout,
+        )
+        await self.partitions.start()
+        self._loop = self._consume("work", self.partitions, dispatcher, ack_wait)
         replays = replay_consumer_config(self.agent, self.topology, self.settings)
-        self._loop = await self._consume(self.topology.cases_stream, main, dispatcher, ack_wait)
-        self._replay_loop = await self._consume(
-            self.topology.dead_letter_stream, replays, dispatcher, ack_wait, _original_case
+        assert replays.durable_name is not None
+        subscription = await self.js.pull_subscribe_bind(
+            replays.durable_name, stream=self.topology.dead_letter_stream
+        )
+        self._replay_loop = self._consume(
+            replays.durable_name,
+            SubscriptionSource(subscription),
+            dispatcher,
+            ack_wait,
+            _original_case,
         )
         if self.registry is not None:
             self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
@@ -136,25 +163,23 @@ class AgentRunner(AgentServices):
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self.settings.heartbeat_interval)
 
-    async def _consume(
+    def _consume(
         self,
-        stream: str,
-        config: ConsumerConfig,
+        name: str,
+        source: MessageSource,
         dispatcher: EventDispatcher,
         ack_wait: float,
         ordering: OrderingKey = case_ordering_key,
     ) -> PullConsumerLoop:
-        assert config.durable_name is not None
-        subscription = await self.js.pull_subscribe_bind(config.durable_name, stream=stream)
         loop = PullConsumerLoop(
-            subscription,
+            source,
             dispatcher,
             window=self.settings.fetch_batch,
             fetch_wait=self.settings.fetch_wait,
             ack_wait=ack_wait,
             ordering_key=ordering,
         )
-        self._tasks.append(asyncio.create_task(loop.run(), name=f"consume:{config.durable_name}"))
+        self._tasks.append(asyncio.create_task(loop.run(), name=f"consume:{name}"))
         return loop
 
     @property
@@ -186,6 +211,8 @@ class AgentRunner(AgentServices):
         done, pending = await asyncio.wait(tasks, timeout=self.settings.handler_timeout + 5)
         for task in pending:
             task.cancel()
+        if self.partitions is not None:
+            await self.partitions.stop()
         for task in done:
             if task.cancelled():
                 continue

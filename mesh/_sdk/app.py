@@ -15,7 +15,7 @@ from nats.aio.client import Client
 
 from mesh._broker.connection import close, connect
 from mesh._broker.embedded import EmbeddedNats
-from mesh._broker.topology import Topology
+from mesh._broker.topology import topology_for
 from mesh._runtime.runtime import AgentRunner
 from mesh._sdk.agent import Agent
 from mesh._trust.enrolment import load_grant
@@ -96,7 +96,7 @@ async def start_agent(
 ) -> StartedAgent:
     """Connect (registering first with MESH_ONBOARD), follow the registry's keys (with
     MESH_CHECK_SIGNERS), and start consuming: what `mesh run` does before it waits."""
-    topology = Topology(settings.subject_root, settings.stream_replicas)
+    topology = topology_for(settings)
     refused = asyncio.Event()
     if settings.onboard:
         # Under the registry's enforcement every consumer verifies signatures and

@@ -12,6 +12,7 @@ import base64
 import functools
 import hashlib
 import os
+import secrets
 import threading
 from pathlib import Path
 
@@ -62,10 +63,19 @@ class Identity:
 
     @classmethod
     def load_or_create(cls, path: Path) -> Identity:
+        """The key at `path`, made there first if there is none. Replicas of one agent
+        starting at once all end up with the one key that was linked into place first."""
         if path.exists():
             return cls.load(path)
         identity = cls.generate()
-        identity.save(path)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        identity.save(partial)
+        try:
+            os.link(partial, path)  # atomic: fails if another process made it first
+        except FileExistsError:
+            return cls.load(path)
+        finally:
+            partial.unlink(missing_ok=True)
         return identity
 
     @property
@@ -78,6 +88,8 @@ class Identity:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(self.seed + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def sign(self, subject: str, body: bytes) -> str:
         signature: bytes = self._keypair.sign(signed_bytes(subject, body))

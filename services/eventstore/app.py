@@ -33,6 +33,7 @@ from mesh.service import (
     ensure_stream,
     service_main,
     stop_task,
+    topology_for,
 )
 from services.eventstore.checkpoints import Checkpoints
 from services.eventstore.handlers import Endpoints, refusal
@@ -60,7 +61,7 @@ class EventStoreService:
         self.identity = identity
         self.settings = settings
         self.store_settings = store_settings
-        self.topology = topology or Topology(settings.subject_root, settings.stream_replicas)
+        self.topology = topology or topology_for(settings)
         self.js = nc.jetstream(timeout=settings.request_timeout)
         self.provision = provision
         self.store = store

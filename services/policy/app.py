@@ -30,6 +30,7 @@ from mesh.service import (
     Topology,
     ensure_stream,
     service_main,
+    topology_for,
 )
 from services.policy.bundle import PolicyBundleInvalid
 from services.policy.case_log import CaseLog
@@ -53,7 +54,7 @@ class PolicyService:
     ) -> None:
         self.nc = nc
         self.policy = policy
-        self.topology = topology or Topology(settings.subject_root, settings.stream_replicas)
+        self.topology = topology or topology_for(settings)
         self.js = nc.jetstream(timeout=settings.request_timeout)
         self.registry = RegistryClient(nc, self.topology.subjects)
         self.keys = KeyDirectory()

@@ -35,6 +35,7 @@ from mesh.service import (
     run,
     running_mesh_settings,
     shown,
+    topology_for,
 )
 from services.policy.approvals import PendingApproval
 from services.policy.bundle import PolicyBundle, PolicyBundleInvalid
@@ -114,7 +115,7 @@ async def _as_approver() -> AsyncIterator[tuple[Client, Topology, str, Identity]
         settings = running_mesh_settings(settings)
     assert settings.nats_url is not None
     approver_id, identity = _approver()
-    topology = Topology(settings.subject_root, settings.stream_replicas)
+    topology = topology_for(settings)
     if settings.nkey_auth:
         nc = await connect_as(settings.nats_url, approver_id, identity)
     else:

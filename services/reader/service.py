@@ -27,6 +27,7 @@ from mesh.service import (
     Topology,
     read_direct,
     resolve_replay,
+    topology_for,
 )
 from services.reader.domain import readable_history, replayable
 
@@ -48,7 +49,7 @@ def _refusal(reason: str) -> bytes:
 class ReaderService:
     def __init__(self, nc: Client, settings: MeshSettings, topology: Topology | None = None):
         self.nc = nc
-        self.topology = topology or Topology(settings.subject_root, settings.stream_replicas)
+        self.topology = topology or topology_for(settings)
         self.keys = KeyDirectory()
         self.server = RequestServer(
             nc,

@@ -31,6 +31,7 @@ from services.stack.principals import (
     reload_services,
     remove_principal,
 )
+from services.stack.processes import parse_replicas
 from services.stack.stack import check_cluster_size, running_stack
 from services.stack.supervisor import read_status
 
@@ -56,6 +57,20 @@ Cluster = Annotated[
 ]
 
 
+Replicas = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="run an agent as N processes, e.g. --replicas fraud=2 (repeatable); replicas "
+        "share its work by partition and never handle one case at once",
+        show_default=False,
+    ),
+]
+
+
+def _replicas(values: list[str] | None) -> dict[str, int]:
+    return _or_fail(lambda: parse_replicas(values or []))
+
+
 def _cluster_size(cluster: int) -> int:
     if cluster:
         _or_fail(lambda: check_cluster_size(cluster))
@@ -64,15 +79,20 @@ def _cluster_size(cluster: int) -> int:
 
 @up_app.callback(invoke_without_command=True)
 def up(
-    data_dir: DataDir = Path(".mesh/up"), log_level: str = "WARNING", cluster: Cluster = 0
+    data_dir: DataDir = Path(".mesh/up"),
+    log_level: str = "WARNING",
+    cluster: Cluster = 0,
+    replicas: Replicas = None,
 ) -> None:
     """Start nats-server, registry, policy, event store, ingress, the payment gateway
     and the four claims agents, each its own process with its own key, and keep them
     running: a process that exits is started again (with a growing back-off; after
     repeated crashes it is given up on, loudly). `mesh status` shows each one.
     With --cluster N, N nats-server members form a JetStream cluster on loopback
-    (each supervised like any other process). Ctrl-C stops everything cleanly."""
+    (each supervised like any other process). With --replicas NAME=N, that agent runs
+    as N processes. Ctrl-C stops everything cleanly."""
     cluster = _cluster_size(cluster)
+    per_agent = _replicas(replicas)
     configure_logging(log_level)
     data_dir = data_dir.resolve()
 
@@ -86,7 +106,11 @@ def up(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         async with running_stack(
-            data_dir, on_step=lambda s: console.print(f"· {s}"), on_event=event, cluster=cluster
+            data_dir,
+            on_step=lambda s: console.print(f"· {s}"),
+            on_event=event,
+            cluster=cluster,
+            replicas=per_agent,
         ) as stack:
             running = RunningMesh(
                 nats_url=stack.url,
@@ -162,11 +186,14 @@ def demo(
     data_dir: DataDir = Path(".mesh/demo"),
     log_level: str = "WARNING",
     cluster: Cluster = 0,
+    replicas: Replicas = None,
 ) -> None:
     """Bring the mesh up, feed it claims of mixed kinds, approve a share of what waits
     for a human, show the progress, and end with a summary and the audit verification.
-    With --cluster N, on an N-member JetStream cluster with R3 streams."""
+    With --cluster N, on an N-member JetStream cluster with R3 streams; with
+    --replicas NAME=N, that agent runs as N processes."""
     cluster = _cluster_size(cluster)
+    per_agent = _replicas(replicas)
     configure_logging(log_level)
     data_dir = data_dir.resolve()
     shutil.rmtree(data_dir, ignore_errors=True)  # a demo starts from an empty log
@@ -174,7 +201,10 @@ def demo(
     async def go() -> bool:
         started = time.monotonic()
         async with running_stack(
-            data_dir, on_step=lambda s: console.print(f"· {s}"), cluster=cluster
+            data_dir,
+            on_step=lambda s: console.print(f"· {s}"),
+            cluster=cluster,
+            replicas=per_agent,
         ) as stack:
             console.print(f"· the mesh came up in {time.monotonic() - started:.1f}s")
             result = await Demo(stack, make_cases(cases, seed), console).run(timeout)

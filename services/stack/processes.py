@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from mesh._broker.embedded import EmbeddedNats
 from mesh._broker.topology import Topology
+from mesh.errors import ConfigurationError
 from services.agents.claims.cards import ADJUDICATION, FRAUD, INTAKE, PAYMENT
 from services.stack.layout import POLICIES, Layout
 from services.stack.supervisor import ProcessSpec, python_module
@@ -29,15 +30,44 @@ def member_name(index: int) -> str:
     return f"{SERVER}-{index + 1}"
 
 
+def replica_names(name: str, count: int) -> list[str]:
+    """The process names of an agent run as `count` replicas: its name alone for one."""
+    return [name] if count == 1 else [f"{name}-{i + 1}" for i in range(count)]
+
+
+def parse_replicas(values: Sequence[str]) -> dict[str, int]:
+    """`NAME=N` options (NAME an agent's short name or its id) → replicas by short name."""
+    by_id = {agent_id: name for name, agent_id in AGENT_IDS.items()}
+    found: dict[str, int] = {}
+    for value in values:
+        name, _, count = value.partition("=")
+        name = by_id.get(name, name)
+        if name not in AGENTS or not count.isdigit() or not 1 <= int(count) <= 16:
+            raise ConfigurationError(
+                f"--replicas takes NAME=N with NAME one of {', '.join(AGENTS)} (or its "
+                f"agent id) and N from 1 to 16, not {value!r}"
+            )
+        found[name] = int(count)
+    return found
+
+
 def process_specs(
-    layout: Layout, topology: Topology, servers: Sequence[EmbeddedNats], ports: dict[str, int]
+    layout: Layout,
+    topology: Topology,
+    servers: Sequence[EmbeddedNats],
+    ports: dict[str, int],
+    replicas: dict[str, int] | None = None,
 ) -> list[ProcessSpec]:
     """`servers`: the one embedded server, or every member of a cluster. Every client
     is given every member's URL (and fails over between them); every member is
-    reloaded by the registry after it regenerates the authorization they all include."""
+    reloaded by the registry after it regenerates the authorization they all include.
+    `replicas`: how many processes run an agent (by short name; one if not given):
+    replica i of N prefers the work partitions p with p % N == i."""
     common = {
         "MESH_NATS_URL": ",".join(server.url for server in servers),
         "MESH_STREAM_REPLICAS": str(topology.replicas),
+        "MESH_PARTITIONS": str(topology.partitions),
+        "MESH_PIN_TIMEOUT": "3",
         "MESH_SUBJECT_ROOT": topology.root,
         "MESH_DATA_DIR": str(layout.data_dir),
         "MESH_NKEY_AUTH": "1",
@@ -114,23 +144,26 @@ def process_specs(
         ),
     ]
     for name in AGENTS:
-        specs.append(
-            ProcessSpec(
-                name,
-                python_module("mesh", "run", f"services.agents.claims.{name}"),
-                {
-                    **common,
-                    "MESH_ONBOARD": "1",
-                    "MESH_CHECK_SIGNERS": "1",
-                    "MESH_ENROLMENT_GRANT_FILE": str(layout.grant_file(AGENT_IDS[name])),
-                    "MESH_GATEWAY_URL": f"http://127.0.0.1:{ports['gateway']}",
-                    # Only the payment agent is given the gateway's credential.
-                    **(
-                        {"MESH_GATEWAY_TOKEN": layout.http_token("gateway")}
-                        if name == "payment"
-                        else {}
-                    ),
-                },
+        count = (replicas or {}).get(name, 1)
+        for index, process in enumerate(replica_names(name, count)):
+            specs.append(
+                ProcessSpec(
+                    process,
+                    python_module("mesh", "run", f"services.agents.claims.{name}"),
+                    {
+                        **common,
+                        **({"MESH_REPLICA": f"{index}/{count}"} if count > 1 else {}),
+                        "MESH_ONBOARD": "1",
+                        "MESH_CHECK_SIGNERS": "1",
+                        "MESH_ENROLMENT_GRANT_FILE": str(layout.grant_file(AGENT_IDS[name])),
+                        "MESH_GATEWAY_URL": f"http://127.0.0.1:{ports['gateway']}",
+                        # Only the payment agent is given the gateway's credential.
+                        **(
+                            {"MESH_GATEWAY_TOKEN": layout.http_token("gateway")}
+                            if name == "payment"
+                            else {}
+                        ),
+                    },
+                )
             )
-        )
     return specs

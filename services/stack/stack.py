@@ -36,6 +36,7 @@ from services.stack.processes import (
     SERVER,
     member_name,
     process_specs,
+    replica_names,
 )
 from services.stack.supervisor import ProcessSpec, Supervisor
 
@@ -217,11 +218,13 @@ async def running_stack(
     argv: dict[str, list[str]] | None = None,
     on_event: Callable[[str], None] = lambda _: None,
     cluster: int = 0,
+    replicas: dict[str, int] | None = None,
 ) -> AsyncIterator[Stack]:
     """The whole mesh, up and ready (every agent active), until the block ends. Every
     process, nats-server included, is supervised: one that exits is started again
     (`on_event` hears of it). `cluster`: run that many nats-server members (odd, 3 or
-    more) as one JetStream cluster with R3 streams instead of the one embedded server."""
+    more) as one JetStream cluster with R3 streams instead of the one embedded server.
+    `replicas`: processes per agent, by short name (see `process_specs`)."""
     if cluster:
         check_cluster_size(cluster)
     # Resolved once, here: every child gets absolute paths, whatever its working
@@ -268,7 +271,9 @@ async def running_stack(
         ports = {"ingress": free_port(), "gateway": free_port()}
         specs = {
             spec.name: spec
-            for spec in process_specs(layout, topology, list(servers.values()), ports)
+            for spec in process_specs(
+                layout, topology, list(servers.values()), ports, replicas=replicas
+            )
         }
         for name, extra in (env or {}).items():  # per-process overrides (tests, benchmarks)
             specs[name] = ProcessSpec(name, specs[name].argv, {**specs[name].env, **extra})
@@ -297,9 +302,18 @@ async def running_stack(
         await _wait_http(f"{stack.gateway_http}/v1/ledger")
         on_step("policy, event store, ingress (NATS + HTTP), case reader and payment gateway up")
         for name in AGENTS:
-            supervisor.start(specs[name])
+            for process in replica_names(name, (replicas or {}).get(name, 1)):
+                supervisor.start(specs[process])
         await stack.wait_agents()
-        on_step("claims agents registered, active and consuming: " + ", ".join(AGENTS))
+        on_step(
+            "claims agents registered, active and consuming: "
+            + ", ".join(
+                f"{name} x{(replicas or {}).get(name, 1)}"
+                if (replicas or {}).get(name, 1) > 1
+                else name
+                for name in AGENTS
+            )
+        )
         # Where this mesh listens, for the CLI (`mesh status`, `mesh principals`…).
         running = RunningMesh(
             nats_url=stack.url,

@@ -42,7 +42,7 @@ from mesh._broker.connection import connect
 from mesh._broker.embedded import EmbeddedNats
 from mesh._broker.provisioning import ensure_consumer, ensure_stream
 from mesh._broker.publisher import MSG_ID_HEADER, EventPublisher
-from mesh._runtime.runtime import consumer_config
+from mesh._runtime.durables import _durable
 from mesh.testing import unique_root
 
 
@@ -156,7 +156,14 @@ async def run_raw(url: str, count: int, window: int) -> Result:
     settings = MeshSettings(fetch_batch=window, subject_root=topology.root)
     agent = Agent(card())
     agent.on(CaseOpened)(lambda e, c: asyncio.sleep(0))  # only to derive the same config
-    config = consumer_config(agent, topology, settings)
+    # One plain durable on the case log: what an agent consumer was before partitions,
+    # and what raw nats-py does with no replicas to keep in order.
+    config = _durable(
+        "raw_hop",
+        "raw baseline",
+        [topology.subjects.case_events_of_type(t) for t in agent.card.consumes],
+        settings,
+    )
     await ensure_consumer(js, topology.cases_stream, config)
     assert config.durable_name is not None
     subscription = await js.pull_subscribe_bind(config.durable_name, stream=topology.cases_stream)

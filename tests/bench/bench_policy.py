@@ -38,7 +38,7 @@ from mesh._broker.connection import connect
 from mesh._broker.embedded import EmbeddedNats
 from mesh._broker.provisioning import ensure_consumer, ensure_stream
 from mesh._broker.publisher import MSG_ID_HEADER, EventPublisher
-from mesh._runtime.durables import case_durable
+from mesh._runtime.durables import _durable
 from mesh._trust.onboarding import card_with_key
 from mesh._trust.registry_client import RegistryClient
 from mesh.testing import unique_root
@@ -174,7 +174,12 @@ async def raw_decider(url: str, topology: Topology, stop: asyncio.Event) -> None
     bundle = PolicyBundle.load(REFERENCE)
     card = adjudicator_card(Identity.generate())
     decoder = EventDecoder()
-    config = case_durable(policy_card("rawpolicy"), topology, MeshSettings())
+    config = _durable(
+        "rawpolicy",
+        "raw baseline",
+        [topology.subjects.case_events_of_type(t) for t in policy_card("rawpolicy").consumes],
+        MeshSettings(),
+    )
     await ensure_consumer(js, topology.cases_stream, config)
     subscription = await js.pull_subscribe_bind(
         config.durable_name or "", stream=topology.cases_stream

@@ -14,6 +14,7 @@ import pytest
 from nats.aio.client import Client
 
 from contracts import CaseOpened, CaseOpenedPayload
+from mesh._broker.pinned import consumer_info
 from mesh._broker.publisher import EventPublisher
 from mesh._broker.reading import read_case
 from mesh._broker.topology import Topology
@@ -76,11 +77,12 @@ async def test_kill_9_between_publish_and_ack_loses_nothing_and_doubles_nothing(
     log = tmp_path / "agent.log"
     processes.append(AgentProcess(target, agent_env, log))
     js = nc.jetstream()
-    # The agent provisions the streams itself; wait for its consumer to exist.
+    # The agent provisions the streams itself; wait for its consumers to exist.
+    durables = topology.partition_durables("crash-once")
     await eventually(
-        lambda: js.consumer_info(topology.cases_stream, "crash-once"),
+        lambda: consumer_info(nc, topology.work_stream, durables[-1]),
         timeout=20,
-        what="the agent's consumer",
+        what="the agent's consumers",
     )
     opened = CaseOpened(
         case_id="claim-1", actor="crm", payload=CaseOpenedPayload(kind="claim", source="crm")
@@ -96,13 +98,18 @@ async def test_kill_9_between_publish_and_ack_loses_nothing_and_doubles_nothing(
 
     processes.append(AgentProcess(target, agent_env, log))
 
+    copy = await js.get_msg(topology.work_stream, 1)  # filed under the case's partition
+    durable = durables[int(copy.subject.split(".")[2])]
+
     async def settled() -> bool:
-        info = await js.consumer_info(topology.cases_stream, "crash-once")
-        return info.num_ack_pending == 0 and info.num_pending == 0
+        info = await consumer_info(nc, topology.work_stream, durable)
+        return info is not None and info["num_ack_pending"] == 0 and info["num_pending"] == 0
 
     await eventually(settled, timeout=30, what="the input to be redelivered and acked")
-    info = await js.consumer_info(topology.cases_stream, "crash-once")
-    assert info.delivered.consumer_seq == 2  # delivered twice: before and after the kill
+    info = await consumer_info(nc, topology.work_stream, durable)
+    assert info is not None
+    assert info["delivered"]["consumer_seq"] == 2  # delivered twice: before and after the kill
+    assert info["ack_floor"]["stream_seq"] == 1
     events = await read_case(js, topology, "claim-1")
     derived = [s.event for s in events if s.event.event_name() == "case_step_completed"]
     assert len(derived) == 1, "the redelivered handling re-emitted a duplicate"

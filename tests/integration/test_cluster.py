@@ -28,13 +28,14 @@ from contracts import CaseClosed, CaseClosedPayload, CaseOpened, CaseOpenedPaylo
 from contracts.cards import AgentCard
 from contracts.envelope import Event
 from mesh._broker.cluster import NatsCluster, production_config
-from mesh._broker.connection import close, connect
+from mesh._broker.connection import client_of, close, connect
 from mesh._broker.embedded import EmbeddedNats, find_binary
-from mesh._broker.provisioning import Outcome, ensure_consumer, ensure_key_value, ensure_stream
+from mesh._broker.pinned import consumer_info, ensure_pinned_consumer
+from mesh._broker.provisioning import Outcome, ensure_key_value, ensure_stream
 from mesh._broker.publisher import EventPublisher, Receipt
 from mesh._broker.reading import read_case, read_subject
 from mesh._broker.topology import Topology
-from mesh._runtime.durables import case_durable
+from mesh._runtime.durables import partition_durables
 from mesh._trust.identity import Identity
 from mesh.errors import EmbeddedServerError, PublishFailed
 from mesh.settings import MeshSettings
@@ -189,14 +190,16 @@ async def provision_r3(js: JetStreamContext, topology: Topology) -> None:
     assert info.cluster is not None
     assert len(info.cluster.replicas or []) == 2
 
-    durable = case_durable(COUNTER, topology, MeshSettings())
-    assert durable.durable_name is not None
-    await ensure_consumer(js, topology.cases_stream, durable)
-    report = await ensure_consumer(js, topology.cases_stream, durable, strict=True)
+    # An agent's partition consumer is replicated with its stream, and provisioning it
+    # again finds it as declared.
+    durable = partition_durables(COUNTER, topology, MeshSettings())[0]
+    nc = client_of(js)
+    await ensure_pinned_consumer(nc, durable)
+    report = await ensure_pinned_consumer(nc, durable)
     assert report.outcome is Outcome.UNCHANGED
-    consumer = await js.consumer_info(topology.cases_stream, durable.durable_name)
-    assert consumer.cluster is not None
-    assert len(consumer.cluster.replicas or []) == 2
+    consumer = await consumer_info(nc, topology.work_stream, durable.name)
+    assert consumer is not None
+    assert len(consumer["cluster"].get("replicas") or []) == 2
 
     bucket = KeyValueConfig(
         bucket=f"{topology.root}_cards",

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 
 from nats.aio.client import Client
 
 from contracts import CaseOpened, CaseOpenedPayload, CaseStepCompleted, encode
 from mesh import HandlerContext, TransientError
-from mesh._broker.provisioning import Outcome, ensure_consumer, ensure_stream
+from mesh._broker.pinned import PIN_GROUP, consumer_info, ensure_pinned_consumer
+from mesh._broker.provisioning import Outcome, ensure_stream
 from mesh._broker.topology import Topology
-from mesh._runtime.runtime import consumer_config
+from mesh._runtime.durables import partition_durables
 from mesh.testing import MeshTestKit, eventually, unique_root
 from tests.integration.agents import complete_step, stepper
 from tests.integration.test_agent_runtime import FAST, _at_least
@@ -28,16 +30,26 @@ async def test_a_message_whose_last_delivery_crashed_is_dead_lettered(
     for config in topology.streams():
         await ensure_stream(js, config)
     agent = stepper()
-    config = consumer_config(agent, topology, settings)
-    await ensure_consumer(js, topology.cases_stream, config)
+    consumers = partition_durables(agent.card, topology, settings)
+    for consumer in consumers:
+        await ensure_pinned_consumer(nc, consumer)
     opened = CaseOpened(
         case_id="c-crash", actor="crm", payload=CaseOpenedPayload(kind="k", source="s")
     )
     await js.publish(topology.subjects.for_event(opened), encode(opened))
+    copy = await eventually(lambda: js.get_msg(topology.work_stream, 1), what="the work copy")
+    durable = consumers[int(copy.subject.split(".")[2])].name
     # An agent that dies mid-handling on every delivery: fetched, never settled.
-    doomed = await js.pull_subscribe_bind(config.durable_name or "", stream=topology.cases_stream)
+    inbox = nc.new_inbox()
+    doomed = await nc.subscribe(inbox)
     for _ in range(settings.max_deliver):
-        await doomed.fetch(1, timeout=5)
+        request = {"batch": 1, "expires": 5_000_000_000, "group": PIN_GROUP}
+        await nc.publish(
+            f"$JS.API.CONSUMER.MSG.NEXT.{topology.work_stream}.{durable}",
+            json.dumps(request).encode(),
+            reply=inbox,
+        )
+        await doomed.next_msg(timeout=5)
         await asyncio.sleep(0.6)
     await doomed.unsubscribe()
 
@@ -54,16 +66,22 @@ async def test_an_agent_brings_its_drifted_durable_in_line(nc: Client, nats_url:
     for config in topology.streams():
         await ensure_stream(js, config)
     agent = stepper()
-    declared = consumer_config(agent, topology, FAST)
-    stale = dataclasses.replace(declared, max_deliver=3, ack_wait=99.0)
-    await ensure_consumer(js, topology.cases_stream, stale)
+    declared = partition_durables(agent.card, topology, FAST)[0]
+    stale = dataclasses.replace(
+        declared,
+        config=dataclasses.replace(declared.config, max_deliver=3, ack_wait=99.0),
+        pin_timeout=30.0,
+    )
+    await ensure_pinned_consumer(nc, stale)
 
     async with MeshTestKit(agent, nats_url=nats_url, root=topology.root, settings=FAST) as kit:
-        [report] = [r for r in kit.runners[0].reports if r.resource.endswith("/stepper")]
+        [report] = [r for r in kit.runners[0].reports if r.resource.endswith("/stepper_p0")]
         assert report.outcome is Outcome.UPDATED
-        live = await js.consumer_info(topology.cases_stream, "stepper")
-        assert live.config.max_deliver == -1
-        assert live.config.ack_wait == FAST.ack_wait
+        live = await consumer_info(nc, topology.work_stream, "stepper_p0")
+        assert live is not None
+        assert live["config"]["max_deliver"] == -1
+        assert live["config"]["ack_wait"] == FAST.ack_wait * 1e9
+        assert live["config"]["priority_timeout"] == FAST.pin_timeout * 1e9
 
 
 async def test_a_hung_handler_stalls_only_its_own_case(nats_url: str) -> None:

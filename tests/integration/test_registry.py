@@ -30,6 +30,7 @@ from mesh import Agent, Identity
 from mesh._broker.cluster import NatsCluster
 from mesh._broker.connection import close, connect
 from mesh._broker.permissions import authorization_config
+from mesh._broker.pinned import consumer_info
 from mesh._broker.publisher import EventPublisher
 from mesh._broker.reading import read_case, read_subject
 from mesh._broker.topology import Topology
@@ -452,11 +453,15 @@ async def test_an_agent_cannot_create_consumers_to_read_beyond_its_card(
     assert mesh.harness_nc is not None
     with pytest.raises(nats.js.errors.NotFoundError):
         await mesh.harness_nc.jetstream().consumer_info(mesh.topology.cases_stream, "spy")
-    # Its own durable exists all the same: the registry created it from the card.
-    info = await mesh.harness_nc.jetstream().consumer_info(mesh.topology.cases_stream, "intake")
-    assert info.config.filter_subjects == [
-        mesh.topology.subjects.case_events_of_type("case_opened")
-    ]
+    # Its own durables exist all the same: the registry created them from the card, one
+    # per partition of the work stream, each pinning one replica at a time.
+    for k, name in enumerate(mesh.topology.partition_durables("intake")):
+        info = await consumer_info(mesh.harness_nc, mesh.topology.work_stream, name)
+        assert info is not None
+        assert info["config"]["filter_subjects"] == [
+            mesh.topology.subjects.work_of_type(k, "case_opened")
+        ]
+        assert info["config"]["priority_policy"] == "pinned_client"
 
 
 # -- the authorization reload on a cluster: every member, each confirmed ------------------

@@ -56,7 +56,12 @@ def test_an_active_agent_may_publish_only_what_its_card_produces() -> None:
         "mesh.case.*.case_step_completed",
     ]
     assert ">" not in publish
-    assert "$JS.API.CONSUMER.MSG.NEXT.MESH_CASES.intake" in publish
+    # Its partition consumers on the work stream, each of them, and none on the log.
+    for k in range(TOPOLOGY.partitions):
+        assert f"$JS.API.CONSUMER.MSG.NEXT.MESH_WORK.intake_p{k}" in publish
+        assert f"$JS.ACK.MESH_WORK.intake_p{k}.>" in publish
+    assert f"$JS.API.CONSUMER.MSG.NEXT.MESH_WORK.intake_p{TOPOLOGY.partitions}" not in publish
+    assert not any(".MESH_CASES.intake" in s and "CONSUMER" in s for s in publish)
     assert not any(s.startswith("$JS.API.STREAM.CREATE") for s in publish)
     assert not any(s.startswith("$JS.API.CONSUMER.CREATE") for s in publish)
     subscribe = agent["permissions"]["subscribe"]["allow"]  # type: ignore[index]

@@ -184,6 +184,7 @@ SERVICE = [
     "signing_operator",
     "static_cards",
     "stop_task",
+    "topology_for",
     "verify",
     "verify_headers",
     "write_atomically",
