@@ -38,6 +38,11 @@ OPERATIONS = (
 GRANT_HEADER = "Mesh-Enrolment-Grant"
 
 
+# The registry reads an agent asks under its own name (`<root>.svc.registry.<op>.<agent>`):
+# the broker lets it publish only as itself, and the registry answers only on its inbox.
+ASKED_BY_NAME = ("get", "list", "keys")
+
+
 class RegistryQuery(msgspec.Struct, frozen=True, kw_only=True):
     agent_id: str | None = None
     status: AgentStatus | None = None

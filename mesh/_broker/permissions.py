@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from contracts.authorship import DECISION_TYPES
 from contracts.cards import AgentRecord
 from contracts.reader_api import READER_OPERATIONS
+from contracts.registry_api import ASKED_BY_NAME
 from mesh._broker.topology import Topology
 from mesh._trust.onboarding import ONBOARDING_ID, inbox_prefix
 from mesh._trust.principals import StaticPrincipal
@@ -39,7 +40,10 @@ def agent_permissions(record: AgentRecord, topology: Topology) -> dict[str, obje
         *(s.case_events_of_type(t) for t in sorted(record.card.produces)),
         s.events_of_type("ops", "circuit_state_changed"),
         s.dead_letter(cases, agent_id),
-        *(s.service("registry", op) for op in ("register", "heartbeat", "get", "list", "keys")),
+        *(s.service("registry", op) for op in ("register", "heartbeat")),
+        # Reads under its own name: answered only on its own inbox, so the registry is
+        # no channel from one principal to another's inbox.
+        *(s.service_as("registry", op, agent_id) for op in ASKED_BY_NAME),
         s.service_as("policy", "pending", agent_id),  # what waits for it (and it decides)
         # Reading a case goes through the reader, under its own name: only the cases it
         # works on, only the types its card reads. No direct reads of the case stream.

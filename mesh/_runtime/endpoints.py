@@ -18,6 +18,7 @@ inbox (mesh/_runtime/replies.py). Every request gets a definite answer:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class _Route:
     handler: Handler
     as_principal: bool
     what: str  # how logs name the operation ("" → "<service> <operation>")
+    also_named: bool = False  # served unnamed and, for those who must say who they are, named
 
 
 class RequestServer:
@@ -89,12 +91,20 @@ class RequestServer:
         self._subscriptions: list[Subscription] = []
 
     def route(
-        self, operation: str, handler: Handler, *, as_principal: bool = False, what: str = ""
+        self,
+        operation: str,
+        handler: Handler,
+        *,
+        as_principal: bool = False,
+        also_named: bool = False,
+        what: str = "",
     ) -> None:
         """Answer `operation` with `handler`. With `as_principal`, the subject names the
-        asker (`….<operation>.<principal>`) and the request carries that name. `what`
-        names the operation in logs (default "<service> <operation>")."""
-        self._routes[operation] = _Route(handler, as_principal, what)
+        asker (`….<operation>.<principal>`) and the request carries that name; with
+        `also_named`, both forms are served (the broker lets some principals ask only
+        under their own name, others only unnamed). `what` names the operation in logs
+        (default "<service> <operation>")."""
+        self._routes[operation] = _Route(handler, as_principal, what, also_named)
 
     @property
     def operations(self) -> list[str]:
@@ -102,17 +112,24 @@ class RequestServer:
 
     async def start(self) -> None:
         for operation, route in self._routes.items():
-            subject = self.subjects.service(self.service, operation)
-            if route.as_principal:
-                subject += ".*"
-            self._subscriptions.append(
-                await self.nc.subscribe(
-                    subject,
-                    queue=self.queue,
-                    cb=self._callback(operation, route),
-                    pending_msgs_limit=self.pending_msgs_limit,
+            served = [route]
+            if route.also_named:
+                served = [
+                    dataclasses.replace(route, as_principal=False),
+                    dataclasses.replace(route, as_principal=True),
+                ]
+            for form in served:
+                subject = self.subjects.service(self.service, operation)
+                if form.as_principal:
+                    subject += ".*"
+                self._subscriptions.append(
+                    await self.nc.subscribe(
+                        subject,
+                        queue=self.queue,
+                        cb=self._callback(operation, form),
+                        pending_msgs_limit=self.pending_msgs_limit,
+                    )
                 )
-            )
         await self.nc.flush()  # live on the server before the service says it is up
 
     async def stop(self) -> None:

@@ -119,10 +119,14 @@ async def start_agent(
             connect_timeout=settings.connect_timeout,
             on_credentials_refused=refused.set,
         )
+    # Under the registry's enforcement the agent asks the registry under its own name.
+    registry = RegistryClient(
+        nc, topology.subjects, asker=agent.card.agent_id if settings.onboard else None
+    )
     directory = KeyDirectory() if settings.check_signers else None
     try:
         if directory is not None:
-            await directory.follow(nc, topology)
+            await directory.follow(nc, topology, registry)
         runner = AgentRunner(
             agent,
             nc=nc,
@@ -130,7 +134,7 @@ async def start_agent(
             settings=settings,
             topology=topology,
             key_directory=directory,
-            registry=RegistryClient(nc, topology.subjects) if settings.onboard else None,
+            registry=registry if settings.onboard else None,
             provision=not settings.onboard,  # under enforcement the registry provisions
             read_through_reader=settings.onboard,
         )

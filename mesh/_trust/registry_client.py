@@ -13,6 +13,7 @@ from nats.aio.msg import Msg
 
 from contracts.cards import AgentCard, AgentRecord, SignedStatement
 from contracts.registry_api import (
+    ASKED_BY_NAME,
     GRANT_HEADER,
     CardApprovalRequest,
     Heartbeat,
@@ -57,10 +58,15 @@ async def request_with_patience(
 
 
 class RegistryClient:
-    def __init__(self, nc: Client, subjects: Subjects, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self, nc: Client, subjects: Subjects, *, timeout: float = 5.0, asker: str | None = None
+    ) -> None:
+        """`asker`: the agent this connection is (under the registry's enforcement),
+        which asks its reads under its own name."""
         self.nc = nc
         self.subjects = subjects
         self.timeout = timeout
+        self.asker = asker
 
     async def _request(
         self,
@@ -70,7 +76,11 @@ class RegistryClient:
         proofs: tuple[Identity, ...] = (),
         grant: SignedStatement | None = None,
     ) -> RegistryReply:
-        subject = self.subjects.service("registry", operation)
+        subject = (
+            self.subjects.service_as("registry", operation, self.asker)
+            if self.asker is not None and operation in ASKED_BY_NAME
+            else self.subjects.service("registry", operation)
+        )
         headers = identity.signature_headers(subject, body) if identity else None
         if headers is not None and proofs:
             headers[KEY_PROOFS_HEADER] = msgspec.json.encode(

@@ -39,7 +39,10 @@ class PendingApprovals:
 def pending_server(
     nc: Client, subjects: Subjects, endpoint: PendingApprovals, *, private_replies: bool
 ) -> RequestServer:
-    server = RequestServer(nc, subjects, "policy", _refusal, private_replies=private_replies)
+    # One queue group: with several policy replicas, each request is answered once.
+    server = RequestServer(
+        nc, subjects, "policy", _refusal, private_replies=private_replies, queue="policy"
+    )
     server.route("pending", endpoint.answer, as_principal=True, what="pending approvals")
     return server
 

@@ -9,7 +9,7 @@ import msgspec
 from nats.aio.client import Client
 
 from contracts.cards import AgentCard
-from contracts.registry_api import OPERATIONS, RegistryReply
+from contracts.registry_api import ASKED_BY_NAME, OPERATIONS, RegistryReply
 from mesh.service import (
     ConfigurationError,
     EventPublisher,
@@ -107,9 +107,13 @@ class RegistryService:
         for record in state.records.values():
             if record.status == "active":
                 await self._provision_durables(record.card)
-        self.server = RequestServer(self.nc, self.topology.subjects, "registry", _refusal)
+        # Agents ask their reads under their own name and are answered only on their own
+        # inbox; services and operators ask unnamed.
+        self.server = RequestServer(
+            self.nc, self.topology.subjects, "registry", _refusal, private_replies=True
+        )
         for operation in OPERATIONS:
-            self.server.route(operation, self.handlers.serve)
+            self.server.route(operation, self.handlers.serve, also_named=operation in ASKED_BY_NAME)
         await self.server.start()  # live on the server before we say so
         log.info("registry serving %d agents as %s", len(state.records), self.identity.public_key)
 

@@ -34,6 +34,7 @@ from mesh._trust.registry_client import RegistryClient
 from mesh.errors import ConfigurationError
 from services.ingress.domain import source_problem
 from services.stack.layout import STATIC_PRINCIPALS, Layout, write_http_tokens
+from services.stack.processes import role_of
 from services.stack.supervisor import read_status
 
 AddableRole = Literal["external", "operator"]
@@ -179,7 +180,7 @@ def reload_services(layout: Layout) -> list[str]:
         return []
     signalled = []
     for child in status.processes:
-        if child.name not in RELOADED or child.state != "running" or child.pid is None:
+        if role_of(child.name) not in RELOADED or child.state != "running" or child.pid is None:
             continue
         if _parent_of(child.pid) != status.supervisor_pid:
             continue

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from mesh._broker.embedded import EmbeddedNats
+from mesh._broker.embedded import EmbeddedNats, free_port
 from mesh._broker.topology import Topology
 from mesh.errors import ConfigurationError
 from services.agents.claims.cards import ADJUDICATION, FRAUD, INTAKE, PAYMENT
@@ -22,6 +22,11 @@ AGENT_IDS = {
 }
 SERVER = "nats-server"  # the single server; a cluster's members are nats-server-1, -2…
 SERVICES = ("registry", "policy", "eventstore", "ingress", "reader", "gateway")
+# Services that may run as several processes: they share their consumers (the policy's
+# are partitioned like an agent's) and answer requests in one queue group each; the
+# event store runs active/standby, which needs PostgreSQL views. The registry is one
+# writer.
+REPLICATED_SERVICES = ("policy", "ingress", "reader", "eventstore")
 CLAIMS_CARDS = (INTAKE, FRAUD, ADJUDICATION, PAYMENT)
 
 
@@ -31,21 +36,30 @@ def member_name(index: int) -> str:
 
 
 def replica_names(name: str, count: int) -> list[str]:
-    """The process names of an agent run as `count` replicas: its name alone for one."""
+    """The process names of an agent or service run as `count` replicas: its name alone
+    for one."""
     return [name] if count == 1 else [f"{name}-{i + 1}" for i in range(count)]
 
 
+def role_of(process: str) -> str:
+    """The agent or service a process runs (`policy-2` → `policy`)."""
+    base, _, index = process.rpartition("-")
+    return base if index.isdigit() and base in (*AGENTS, *REPLICATED_SERVICES) else process
+
+
 def parse_replicas(values: Sequence[str]) -> dict[str, int]:
-    """`NAME=N` options (NAME an agent's short name or its id) → replicas by short name."""
+    """`NAME=N` options (NAME an agent's short name or its id, or a replicated service)
+    → replicas by short name."""
     by_id = {agent_id: name for name, agent_id in AGENT_IDS.items()}
     found: dict[str, int] = {}
     for value in values:
         name, _, count = value.partition("=")
         name = by_id.get(name, name)
-        if name not in AGENTS or not count.isdigit() or not 1 <= int(count) <= 16:
+        known = (*AGENTS, *REPLICATED_SERVICES)
+        if name not in known or not count.isdigit() or not 1 <= int(count) <= 16:
             raise ConfigurationError(
-                f"--replicas takes NAME=N with NAME one of {', '.join(AGENTS)} (or its "
-                f"agent id) and N from 1 to 16, not {value!r}"
+                f"--replicas takes NAME=N with NAME one of {', '.join(known)} (or an "
+                f"agent's id) and N from 1 to 16, not {value!r}"
             )
         found[name] = int(count)
     return found
@@ -143,6 +157,11 @@ def process_specs(
             },
         ),
     ]
+    specs = [
+        replica
+        for spec in specs
+        for replica in _replicated(spec, (replicas or {}).get(spec.name, 1), ports)
+    ]
     for name in AGENTS:
         count = (replicas or {}).get(name, 1)
         for index, process in enumerate(replica_names(name, count)):
@@ -167,3 +186,17 @@ def process_specs(
                 )
             )
     return specs
+
+
+def _replicated(spec: ProcessSpec, count: int, ports: dict[str, int]) -> list[ProcessSpec]:
+    """A service's spec as `count` processes; each ingress replica gets an HTTP port of
+    its own (`ports["ingress-2"]`…, the first keeps `ports["ingress"]`)."""
+    if count == 1:
+        return [spec]
+    out = []
+    for index, name in enumerate(replica_names(spec.name, count)):
+        env = dict(spec.env)
+        if spec.name == "ingress" and index:
+            env["MESH_INGRESS_HTTP_PORT"] = str(ports.setdefault(name, free_port()))
+        out.append(ProcessSpec(name, spec.argv, env))
+    return out

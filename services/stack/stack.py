@@ -37,6 +37,7 @@ from services.stack.processes import (
     member_name,
     process_specs,
     replica_names,
+    role_of,
 )
 from services.stack.supervisor import ProcessSpec, Supervisor
 
@@ -209,6 +210,21 @@ async def _watch(supervisor: Supervisor, on_event: Callable[[str], None]) -> Non
         await asyncio.sleep(0.1)
 
 
+def _check_standby_views(specs: dict[str, ProcessSpec], replicas: dict[str, int]) -> None:
+    """Event store replicas take turns writing one database: PostgreSQL's, never a
+    SQLite file each."""
+    if replicas.get("eventstore", 1) == 1:
+        return
+    dsn = specs["eventstore-1"].env.get("MESH_EVENTSTORE_DSN") or os.environ.get(
+        "MESH_EVENTSTORE_DSN", ""
+    )
+    if not dsn.startswith("postgresql"):
+        raise MeshError(
+            "event store replicas run active/standby on PostgreSQL views: set "
+            "MESH_EVENTSTORE_DSN=postgresql://… (one database for all of them)"
+        )
+
+
 @contextlib.asynccontextmanager
 async def running_stack(
     data_dir: Path,
@@ -275,10 +291,14 @@ async def running_stack(
                 layout, topology, list(servers.values()), ports, replicas=replicas
             )
         }
-        for name, extra in (env or {}).items():  # per-process overrides (tests, benchmarks)
-            specs[name] = ProcessSpec(name, specs[name].argv, {**specs[name].env, **extra})
-        for name, command in (argv or {}).items():  # another program in a process's place
-            specs[name] = ProcessSpec(name, command, specs[name].env)
+        # Per-process overrides (tests, benchmarks), by process or by the agent or
+        # service it runs (every replica of it).
+        for name, spec in list(specs.items()):
+            role = role_of(name)
+            extra = {**(env or {}).get(role, {}), **(env or {}).get(name, {})}
+            command = (argv or {}).get(name, (argv or {}).get(role, spec.argv))
+            specs[name] = ProcessSpec(name, command, {**spec.env, **extra})
+        _check_standby_views(specs, replicas or {})
         supervisor.start(specs["registry"])
         urls = ",".join(server.url for server in servers.values())
         operator_nc = await connect_as(urls, "operator", layout.identity("operator"))
@@ -294,7 +314,8 @@ async def running_stack(
         await stack.wait_service("registry.keys")
         on_step("registry up")
         for name in ("policy", "eventstore", "ingress", "reader", "gateway"):
-            supervisor.start(specs[name])
+            for process in replica_names(name, (replicas or {}).get(name, 1)):
+                supervisor.start(specs[process])
         await stack.wait_service("policy.pending.operator")
         await stack.wait_service("reader.history.operator", b'{"case_id": "none"}')
         await stack.wait_service("eventstore.status")

@@ -12,6 +12,11 @@ reads or policy evaluation.
 
 Prints cases/s and p50/p99 case latency (first request to final event) for both, and
 the ratios. Run: `python -m tests.bench.bench_mesh [--cases 300] [--concurrency 32]`.
+
+`--cluster 3` runs both on a 3-member JetStream cluster (R3 streams); `--replicas N`
+runs every claims agent as N processes (the raw pipeline stays one process: it has no
+per-case order to keep across processes). `--matrix` runs 1 node, then 3 nodes with 1,
+2 and 4 replicas per agent, one after the other, each against its own raw baseline.
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 
 from contracts.eventstore_api import CaseQuery
 from contracts.ingress import IngressReply
+from mesh._broker.cluster import NatsCluster
 from mesh._broker.connection import connect
 from mesh._broker.embedded import EmbeddedNats, free_port
 from mesh._trust.registry_client import request_with_patience
 from services.agents.claims.gateway import GatewaySettings, Ledger, gateway_app
 from services.eventstore.export import store_request
 from services.stack.demo import make_cases
+from services.stack.processes import AGENTS
 from services.stack.stack import running_stack
 
 
@@ -44,7 +51,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def small_claims(count: int) -> list[bytes]:
-    bodies = []
+    bodies: list[bytes] = []
     for case in make_cases(count * 3, seed=3):
         if case.kind == "small" and len(bodies) < count:
             case.body["data"]["amount_cents"] = 40_001  # paid straight away, no deductible edge
@@ -55,10 +62,17 @@ def small_claims(count: int) -> list[bytes]:
 # --------------------------------------------------------------------------- the mesh
 
 
-async def mesh_run(count: int, concurrency: int) -> tuple[float, list[float]]:
+async def mesh_run(
+    count: int, concurrency: int, cluster: int = 0, replicas: int = 1
+) -> tuple[float, list[float]]:
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as directory:
         overrides = {"gateway": {"MESH_GATEWAY_FAILURE_RATE": "0"}}
-        async with running_stack(Path(directory), env=overrides) as stack:
+        async with running_stack(
+            Path(directory),
+            env=overrides,
+            cluster=cluster,
+            replicas={agent: replicas for agent in AGENTS},
+        ) as stack:
             crm = await stack.connect("crm")
             subject = stack.topology.subjects.service("ingress", "crm")
             gate = asyncio.Semaphore(concurrency)
@@ -97,10 +111,17 @@ async def mesh_run(count: int, concurrency: int) -> tuple[float, list[float]]:
 STAGES = ["intake", "fraud", "adjudication", "policy", "payment"]
 
 
-async def raw_run(count: int, concurrency: int) -> tuple[float, list[float]]:
+async def raw_run(count: int, concurrency: int, cluster: int = 0) -> tuple[float, list[float]]:
     with tempfile.TemporaryDirectory(prefix="raw-bench-") as directory:
-        server = EmbeddedNats(Path(directory) / "nats")
-        server.start()
+        server: EmbeddedNats | NatsCluster
+        if cluster:
+            server = NatsCluster(Path(directory) / "nats", size=cluster)
+            await asyncio.to_thread(server.start)
+            url = server.urls
+        else:
+            server = EmbeddedNats(Path(directory) / "nats")
+            server.start()
+            url = server.url
         port = free_port()
         ledger = Ledger(Path(directory) / "gateway.db")
         config = uvicorn.Config(
@@ -113,9 +134,16 @@ async def raw_run(count: int, concurrency: int) -> tuple[float, list[float]]:
         serving = asyncio.create_task(gateway.serve())
         while not gateway.started:  # noqa: ASYNC110  (uvicorn offers no event)
             await asyncio.sleep(0.01)
-        nc = await connect(server.url, name="raw")
+        nc = await connect(url, name="raw")
         js = nc.jetstream()
-        await js.add_stream(StreamConfig(name="RAW", subjects=["raw.>"], storage=StorageType.FILE))
+        await js.add_stream(
+            StreamConfig(
+                name="RAW",
+                subjects=["raw.>"],
+                storage=StorageType.FILE,
+                num_replicas=3 if cluster else 1,
+            )
+        )
         done: dict[str, float] = {}
         finished = asyncio.Event()
         http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5)
@@ -199,26 +227,28 @@ async def raw_run(count: int, concurrency: int) -> tuple[float, list[float]]:
         await nc.close()
         gateway.should_exit = True
         await serving
-        server.stop()
+        await asyncio.to_thread(server.stop)
         return count / elapsed, latencies
 
 
-async def main(count: int, concurrency: int, rounds: int) -> None:
+async def main(count: int, concurrency: int, rounds: int, configs: list[tuple[int, int]]) -> None:
     print(f"whole mesh vs raw nats-py pipeline: {count} small paid claims, {concurrency} in flight")
     print(
-        f"{'round':>5} {'mesh cases/s':>13} {'p50':>7} {'p99':>7} | {'raw cases/s':>12} "
-        f"{'p50':>7} {'p99':>7} | {'ratio':>5}"
+        f"{'nodes':>5} {'repl':>4} {'round':>5} {'mesh cases/s':>13} {'p50':>7} {'p99':>7} | "
+        f"{'raw cases/s':>12} {'p50':>7} {'p99':>7} | {'ratio':>5}"
     )
-    for n in range(1, rounds + 1):
-        raw_rate, raw_lat = await raw_run(count, concurrency)
-        mesh_rate, mesh_lat = await mesh_run(count, concurrency)
-        mesh_p50, mesh_p99 = pct(mesh_lat, 0.5), pct(mesh_lat, 0.99)
-        raw_p50, raw_p99 = pct(raw_lat, 0.5), pct(raw_lat, 0.99)
-        print(
-            f"{n:>5} {mesh_rate:>13.1f} {mesh_p50:>5.0f}ms {mesh_p99:>5.0f}ms | "
-            f"{raw_rate:>12.1f} {raw_p50:>5.0f}ms {raw_p99:>5.0f}ms | "
-            f"{mesh_rate / raw_rate:>5.2f}"
-        )
+    for cluster, replicas in configs:
+        for n in range(1, rounds + 1):
+            raw_rate, raw_lat = await raw_run(count, concurrency, cluster)
+            mesh_rate, mesh_lat = await mesh_run(count, concurrency, cluster, replicas)
+            mesh_p50, mesh_p99 = pct(mesh_lat, 0.5), pct(mesh_lat, 0.99)
+            raw_p50, raw_p99 = pct(raw_lat, 0.5), pct(raw_lat, 0.99)
+            print(
+                f"{cluster or 1:>5} {replicas:>4} {n:>5} {mesh_rate:>13.1f} {mesh_p50:>5.0f}ms "
+                f"{mesh_p99:>5.0f}ms | {raw_rate:>12.1f} {raw_p50:>5.0f}ms {raw_p99:>5.0f}ms | "
+                f"{mesh_rate / raw_rate:>5.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
@@ -226,5 +256,9 @@ if __name__ == "__main__":
     parser.add_argument("--cases", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cluster", type=int, default=0, help="members (0: one server)")
+    parser.add_argument("--replicas", type=int, default=1, help="processes per claims agent")
+    parser.add_argument("--matrix", action="store_true", help="1 node; 3 nodes x 1, 2, 4")
     args = parser.parse_args()
-    asyncio.run(main(args.cases, args.concurrency, args.rounds))
+    configs = [(0, 1), (3, 1), (3, 2), (3, 4)] if args.matrix else [(args.cluster, args.replicas)]
+    asyncio.run(main(args.cases, args.concurrency, args.rounds, configs))

@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from services.stack.demo import Demo, make_cases
 from services.stack.processes import member_name
 from services.stack.stack import Stack, running_stack
 from tests.e2e.test_mesh import check
+from tests.integration.databases import POSTGRES_ENV, Databases
 
 # A cluster, the services and a demo, then CLI calls: more than the suite's 120 s default.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -105,5 +107,73 @@ async def test_a_member_killed_while_cases_flow_comes_back_and_nothing_is_lost(
         check(result)
         assert any(f"{victim} killed by SIGKILL" in line for line in events), events
         assert stack.supervisor.children[victim].restarts == 1
+        assert not stack.supervisor.failed()
+        await asyncio.to_thread(_cli_checks, stack)
+
+
+FLEET = {
+    **{agent: 2 for agent in ("intake", "fraud", "adjudication", "payment")},
+    "policy": 2,
+    "ingress": 2,
+    "reader": 2,
+}
+
+
+@pytest.mark.timeout(900)
+async def test_a_fleet_under_fire_loses_nothing_and_pays_once(
+    tmp_path: Path, databases: Databases
+) -> None:
+    """Two replicas of every agent and of policy, ingress and reader (and of the event
+    store, active/standby on PostgreSQL when the suite has it), on three members. While
+    cases flow: SIGKILL an agent replica, the active event store and a member (each comes
+    back under supervision), freeze a member with SIGSTOP for longer than its
+    heartbeats, then restart every member in turn. Every case ends, each claim is paid
+    exactly once, and the whole log verifies."""
+    replicas = dict(FLEET)
+    env: dict[str, dict[str, str]] = {}
+    dsn = databases.new("postgresql") if os.environ.get(POSTGRES_ENV) else None
+    if dsn is not None:
+        replicas["eventstore"] = 2
+        env["eventstore"] = {"MESH_EVENTSTORE_DSN": dsn, "MESH_EVENTSTORE_LEASE_TIMEOUT": "3"}
+    events: list[str] = []
+    async with running_stack(
+        tmp_path / "mesh", cluster=3, replicas=replicas, env=env, on_event=events.append
+    ) as stack:
+        assert "fraud-2" in stack.supervisor.children
+        demo = Demo(stack, make_cases(60, seed=21), Console(file=io.StringIO()))
+        running = asyncio.create_task(demo.run(timeout=400))
+
+        async def replies(at_least: int) -> None:
+            while sum(1 for c in demo.cases if c.reply is not None) < at_least:
+                assert not running.done(), running
+                await asyncio.sleep(0.05)
+
+        async def killed_and_back(name: str) -> None:
+            old = stack.supervisor.pid(name)
+            await asyncio.to_thread(stack.supervisor.kill, name)
+            deadline = time.monotonic() + 30
+            while (pid := stack.supervisor.pid(name)) is None or pid == old:
+                assert time.monotonic() < deadline, events
+                await asyncio.sleep(0.05)
+
+        await replies(8)
+        await killed_and_back("fraud-1")  # an agent replica, pinned to its partitions
+        await killed_and_back("eventstore-1" if dsn else "eventstore")
+        await replies(16)
+        await killed_and_back(MEMBERS[1])
+        await stack.wait_cluster_healthy(timeout=90)
+        frozen = stack.supervisor.pid(MEMBERS[2])
+        assert frozen is not None
+        os.kill(frozen, signal.SIGSTOP)  # alive to the kernel, silent to the cluster
+        try:
+            await asyncio.sleep(8)
+        finally:
+            os.kill(frozen, signal.SIGCONT)
+        await stack.wait_cluster_healthy(timeout=90)
+        for member in MEMBERS:  # a rolling restart
+            await killed_and_back(member)
+            await stack.wait_cluster_healthy(timeout=90)
+        result = await running
+        check(result)
         assert not stack.supervisor.failed()
         await asyncio.to_thread(_cli_checks, stack)

@@ -405,17 +405,10 @@ async def test_a_refusal_that_echoes_the_input_still_reaches_the_asker(mesh: Mes
     assert silent == [], f"no answer from {silent}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN LIMIT: the registry's reads (get, list, keys) are not asked under the "
-    "asker's name, so the registry cannot tell the asker's inbox from another's and "
-    "answers on any `_INBOX.` subject. What it sends is what every agent may read anyway "
-    "(cards, keys, a refusal quoting at most 1000 characters of the request), so no data "
-    "leaks, but two colluding principals have an unlogged channel through it. Fix: ask "
-    "the registry under one's own name (service_as), as the reader and the pending list "
-    "are, and answer only on the asker's own inbox.",
-)
 async def test_the_registry_answers_only_its_asker(mesh: Mesh) -> None:
+    """An agent asks the registry under its own name and is answered only on its own
+    inbox: it can neither ask unnamed (the broker refuses) nor, named, have the answer
+    sent to another principal's inbox (the registry will not)."""
     listener_id = f"sink-{uuid.uuid4().hex[:6]}"
     listener = await mesh.human(listener_id, roles=["approver"], produces=["approval_granted"])
     received: list[Msg] = []
@@ -426,12 +419,15 @@ async def test_the_registry_answers_only_its_asker(mesh: Mesh) -> None:
     await listener.nc.subscribe(f"_INBOX.{listener_id}.>", cb=keep)
     await listener.nc.flush()
     fraud = await mesh.connect("claims-fraud")
-    await fraud.send(
-        mesh.subjects.service("registry", "get"),
-        json.dumps({"agent_id": "meet me at the usual place"}).encode(),
-        reply=f"_INBOX.{listener_id}.note",
-    )
-    await ask(fraud, mesh.subjects.service("registry", "keys"))  # served in order
+    note = json.dumps({"agent_id": "meet me at the usual place"}).encode()
+    # Unnamed: the broker refuses it outright.
+    await fraud.refused_publish(mesh.subjects.service("registry", "get"), note)
+    # Named, with another principal's inbox to answer on: the registry does not answer.
+    named = mesh.subjects.service_as("registry", "get", "claims-fraud")
+    await fraud.send(named, note, reply=f"_INBOX.{listener_id}.note")
+    # Named, on its own inbox: answered (and after the one above: served in order).
+    keys = await ask(fraud, mesh.subjects.service_as("registry", "keys", "claims-fraud"))
+    assert keys["ok"] is True
     await asyncio.sleep(1.0)
     assert received == []
 

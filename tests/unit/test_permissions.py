@@ -56,6 +56,10 @@ def test_an_active_agent_may_publish_only_what_its_card_produces() -> None:
         "mesh.case.*.case_step_completed",
     ]
     assert ">" not in publish
+    # The registry's reads under its own name only (answered on its own inbox).
+    for op in ("get", "list", "keys"):
+        assert f"mesh.svc.registry.{op}.intake" in publish
+        assert f"mesh.svc.registry.{op}" not in publish
     # Its partition consumers on the work stream, each of them, and none on the log.
     for k in range(TOPOLOGY.partitions):
         assert f"$JS.API.CONSUMER.MSG.NEXT.MESH_WORK.intake_p{k}" in publish
