@@ -147,7 +147,8 @@ class PinnedPartitions:
         self._tasks: list[asyncio.Task[None]] = []
         self._subscriptions: list[Subscription] = []
         self._inbox = ""
-        self._settling: set[asyncio.Future[None]] = set()
+        self._settling: set[asyncio.Future[None]] = set()  # NAKs sent from sync code
+        self._openers: set[asyncio.Future[None]] = set()  # gates waiting to open
         self.handovers = 0  # pins gained after the first: failovers and rebalancing
 
     # -- lifecycle ---------------------------------------------------------------
@@ -176,12 +177,15 @@ class PinnedPartitions:
         self._room.set()
         for part in self._parts:
             part.confirmed.set()
-        for task in self._tasks:
+        running = [*self._tasks, *self._openers]
+        for task in running:
             task.cancel()
-        for task in self._tasks:
+        for task in running:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
         waiting = [*(m for part in self._parts for m in part.gate), *self._ready]
         self._ready.clear()
         for part in self._parts:
@@ -373,9 +377,9 @@ class PinnedPartitions:
             part.hold_for = self.pin_timeout * 2
         self.handovers += 1
         log.info("pinned to partition %s of %s", part.index, self.stream)
-        task = asyncio.ensure_future(self._open_when_clear(part, part.generation))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        opener = asyncio.ensure_future(self._open_when_clear(part, part.generation))
+        self._openers.add(opener)
+        opener.add_done_callback(self._openers.discard)
 
     def _lose(self, part: _Partition, why: str) -> None:
         if part.pin is None:

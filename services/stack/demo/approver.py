@@ -71,7 +71,13 @@ async def approve(stack: Stack, nc: Client, identity: Identity, approvals: Count
             # fails over, the request does not): a poll, so simply the next one.
             log.info("pending approvals not read just now: %s", exc)
             continue
-        for item in msgspec.json.decode(reply.data):
+        answer = msgspec.json.decode(reply.data)
+        if isinstance(answer, dict):
+            # The policy service could not list them just now (say, the approvals
+            # bucket was between leaders): it says why; ask again on the next poll.
+            log.info("pending approvals not listed just now: %s", answer.get("error"))
+            continue
+        for item in answer:
             request_id = item["request_id"]
             if request_id in decided:
                 continue
