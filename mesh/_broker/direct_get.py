@@ -75,7 +75,7 @@ async def read_direct(
             while True:
                 msg = await asyncio.wait_for(queue.get(), timeout)
                 headers = dict(msg.headers or {})
-                status = headers.get(Header.STATUS)
+                status = _status(headers)
                 if status is not None:
                     break
                 sequence = int(headers["Nats-Sequence"])
@@ -111,7 +111,7 @@ async def read_one(
     except (nats.errors.Error, TimeoutError) as exc:
         raise BrokerError(f"read {stream} #{sequence}", repr(exc)) from exc
     headers = dict(msg.headers or {})
-    status = headers.get(Header.STATUS)
+    status = _status(headers)
     if status == "404":
         return None
     if status is not None:
@@ -136,7 +136,7 @@ async def last_sequence(
     except (nats.errors.Error, TimeoutError) as exc:
         raise BrokerError(what, repr(exc)) from exc
     headers = reply.headers or {}
-    if headers.get("Status") == "404":
+    if _status(headers) == "404":
         return 0
     sequence = headers.get("Nats-Sequence")
     if sequence is None:
@@ -163,3 +163,12 @@ async def first_stored_at(
             what, f"{headers.get('Status', '?')} {headers.get('Description', '')}".strip()
         )
     return broker_time(stamp)
+
+
+def _status(headers: dict[str, str]) -> str | None:
+    """The status of a direct-get answer, or None for a stored message. A stored message
+    always comes with the server's `Nats-Sequence`, and may carry any header its
+    publisher gave it — `Status` too — so a `Status` header alone proves nothing."""
+    if "Nats-Sequence" in headers:
+        return None
+    return headers.get(Header.STATUS, "")

@@ -187,7 +187,10 @@ class StreamReader:
         done = self._done
         if done is None or done.done():
             return
-        status = msg.headers.get(Header.STATUS) if msg.headers else None
+        # By subject, never by header alone: a publisher may put a `Status` header on
+        # an event, and that event must still be read.
+        ours = msg.subject.startswith(f"{self._inbox}.")
+        status = msg.headers.get(Header.STATUS) if ours and msg.headers else None
         if status is None:
             self._batch.append(msg)
             if len(self._batch) >= self._wanted:

@@ -35,7 +35,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from contracts.subjects import key_of
+from contracts.subjects import case_subject_of_work, key_of
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,14 @@ OrderingKey = Callable[[Msg], str]
 
 
 def case_ordering_key(msg: Msg) -> str:
-    # <root>.<family>.<key>.<event_type>: the key token orders a case's events.
-    key = key_of(msg.subject)
-    return msg.subject if key is None else key
+    # <root>.<family>.<key>.<event_type>: the key token orders a case's events; a work
+    # copy, <root>.work.<partition>.<case>.<event_type>, is ordered by its case too (not
+    # by its partition, which would make every case in it wait for each other).
+    subject = msg.subject
+    if subject.split(".", 2)[1:2] == ["work"]:
+        subject = case_subject_of_work(subject)
+    key = key_of(subject)
+    return subject if key is None else key
 
 
 class MessageSource(Protocol):

@@ -249,6 +249,14 @@ class PinnedPartitions:
 
     # -- pulling -----------------------------------------------------------------
 
+    def _status_of(self, msg: Msg) -> str | None:
+        """A pull's status (408, 423…), or None for a message of the stream. Told by
+        subject: a status comes on the pull's own reply subject, a message under its own
+        subject — whatever headers a publisher gave it (an event may carry `Status`)."""
+        if not msg.subject.startswith(f"{self._inbox}."):
+            return None
+        return (msg.headers or {}).get("Status", "")
+
     def _answer_to(self, part: _Partition) -> Callable[[Msg], Awaitable[None]]:
         async def answer(msg: Msg) -> None:
             part.answers.put_nowait(msg)
@@ -259,7 +267,7 @@ class PinnedPartitions:
         """Messages that came for a partition we are not pulling now go straight back."""
         while not part.answers.empty():
             msg = part.answers.get_nowait()
-            if not (msg.headers or {}).get("Status") and msg.reply:
+            if self._status_of(msg) is None and msg.reply:
                 await settle(msg.nak())
 
     async def _pull_forever(self, part: _Partition) -> None:
@@ -310,7 +318,7 @@ class PinnedPartitions:
                 msg = await asyncio.wait_for(part.answers.get(), left)
             except TimeoutError:
                 continue
-            status = (msg.headers or {}).get("Status")
+            status = self._status_of(msg)
             if status is None:
                 received += 1
                 self._receive(part, msg, earliest)

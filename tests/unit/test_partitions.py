@@ -10,8 +10,10 @@ import pytest
 from contracts.errors import ContractError
 from contracts.subjects import Subjects, case_subject_of_work, partition_of_work
 from mesh import MeshSettings
+from mesh._broker.direct_get import _status as direct_status
 from mesh._broker.stored_messages import original_of_work
 from mesh._broker.topology import Topology
+from mesh._runtime.consumer import case_ordering_key
 from mesh._runtime.partitions import preferred_partitions
 from mesh.errors import ConfigurationError
 from services.stack.processes import parse_replicas, replica_names, role_of
@@ -100,3 +102,21 @@ def test_replicas_are_named_and_parsed_for_agents_and_services() -> None:
     for wrong in (["registry=2"], ["fraud=0"], ["fraud"], ["nobody=2"]):
         with pytest.raises(ConfigurationError, match="--replicas"):
             parse_replicas(wrong)
+
+
+class _Delivered:
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+
+
+def test_work_copies_are_ordered_by_case_not_by_partition() -> None:
+    key = case_ordering_key
+    assert key(_Delivered("mesh.work.3.claim-1.case_opened")) == "claim-1"  # type: ignore[arg-type]
+    assert key(_Delivered("mesh.work.3.claim-2.case_opened")) == "claim-2"  # type: ignore[arg-type]
+    assert key(_Delivered("mesh.case.claim-1.case_opened")) == "claim-1"  # type: ignore[arg-type]
+
+
+def test_a_status_header_on_a_stored_message_does_not_make_it_a_status() -> None:
+    assert direct_status({"Nats-Sequence": "7", "Status": "404"}) is None
+    assert direct_status({"Status": "404", "Description": "Message Not Found"}) == "404"
+    assert direct_status({"Status": "204", "Nats-Num-Pending": "0"}) == "204"
