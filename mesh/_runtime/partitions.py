@@ -131,6 +131,12 @@ class PinnedPartitions:
         self.stream = stream
         self.window = window
         self.fetch_wait = fetch_wait
+        # A waiting pull is served the moment a message comes, so its expiry adds no
+        # latency; it only has to be renewed often enough to keep the pin (the server
+        # moves it after pin_timeout without a pull) and to confirm it while idle
+        # (FRESH_SHARE of it). Every replica keeps one on every partition: long enough
+        # that idle standbys cost the server little.
+        self.pull_expires = pin_timeout / 4
         self.pin_timeout = pin_timeout
         self.ack_wait = ack_wait
         self.preferred = preferred
@@ -226,7 +232,7 @@ class PinnedPartitions:
             # Not confirmed recently (we were slow, or frozen): the next pull tells.
             part.confirmed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(part.confirmed.wait(), self.fetch_wait + 1.0)
+                await asyncio.wait_for(part.confirmed.wait(), self.pull_expires + 1.0)
 
     def done(self, msg: Msg) -> None:
         if self._generation_of.pop(id(msg), None) is None:
@@ -297,13 +303,13 @@ class PinnedPartitions:
         reply = part.reply = f"{self._inbox}.{part.index}.{part.pulls}"
         request: dict[str, object] = {
             "batch": batch,
-            "expires": int(self.fetch_wait * 1e9),
+            "expires": int(self.pull_expires * 1e9),
             "group": PIN_GROUP,
         }
         if part.pin is not None:
             request["id"] = part.pin
         sent = part.last_pull_at = time.monotonic()
-        deadline = sent + self.fetch_wait + max(1.0, self.fetch_wait)
+        deadline = sent + self.pull_expires + max(1.0, self.pull_expires)
         await self.nc.publish(part.next_subject, json.dumps(request).encode(), reply=reply)
         earliest = sent if part.unfinished_since is None else part.unfinished_since
         received = 0

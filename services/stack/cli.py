@@ -60,8 +60,10 @@ Cluster = Annotated[
 Replicas = Annotated[
     list[str] | None,
     typer.Option(
-        help="run an agent as N processes, e.g. --replicas fraud=2 (repeatable); replicas "
-        "share its work by partition and never handle one case at once",
+        help="run an agent (or policy, ingress, reader, eventstore) as N processes, e.g. "
+        "--replicas fraud=2 (repeatable); an agent's replicas share its work by partition "
+        "and never handle one case at once",
+        metavar="NAME=N",
         show_default=False,
     ),
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from contracts.cards import AgentCard
 from mesh._broker.embedded import EmbeddedNats, free_port
 from mesh._broker.topology import Topology
 from mesh.errors import ConfigurationError
@@ -28,6 +29,7 @@ SERVICES = ("registry", "policy", "eventstore", "ingress", "reader", "gateway")
 # writer.
 REPLICATED_SERVICES = ("policy", "ingress", "reader", "eventstore")
 CLAIMS_CARDS = (INTAKE, FRAUD, ADJUDICATION, PAYMENT)
+Observer = tuple[AgentCard, str]  # a card, and the `mesh run` target that runs it
 
 
 def member_name(index: int) -> str:
@@ -71,12 +73,15 @@ def process_specs(
     servers: Sequence[EmbeddedNats],
     ports: dict[str, int],
     replicas: dict[str, int] | None = None,
+    observers: Sequence[Observer] = (),
 ) -> list[ProcessSpec]:
     """`servers`: the one embedded server, or every member of a cluster. Every client
     is given every member's URL (and fails over between them); every member is
     reloaded by the registry after it regenerates the authorization they all include.
     `replicas`: how many processes run an agent (by short name; one if not given):
-    replica i of N prefers the work partitions p with p % N == i."""
+    replica i of N prefers the work partitions p with p % N == i. `observers`: more
+    agents beside the claims agents (a card and its `mesh run` target), enrolled alike
+    and named by agent id (tests run an order-checking agent this way)."""
     common = {
         "MESH_NATS_URL": ",".join(server.url for server in servers),
         "MESH_STREAM_REPLICAS": str(topology.replicas),
@@ -162,19 +167,21 @@ def process_specs(
         for spec in specs
         for replica in _replicated(spec, (replicas or {}).get(spec.name, 1), ports)
     ]
-    for name in AGENTS:
+    targets = [(name, AGENT_IDS[name], f"services.agents.claims.{name}") for name in AGENTS]
+    targets += [(card.agent_id, card.agent_id, target) for card, target in observers]
+    for name, agent_id, target in targets:
         count = (replicas or {}).get(name, 1)
         for index, process in enumerate(replica_names(name, count)):
             specs.append(
                 ProcessSpec(
                     process,
-                    python_module("mesh", "run", f"services.agents.claims.{name}"),
+                    python_module("mesh", "run", target),
                     {
                         **common,
                         **({"MESH_REPLICA": f"{index}/{count}"} if count > 1 else {}),
                         "MESH_ONBOARD": "1",
                         "MESH_CHECK_SIGNERS": "1",
-                        "MESH_ENROLMENT_GRANT_FILE": str(layout.grant_file(AGENT_IDS[name])),
+                        "MESH_ENROLMENT_GRANT_FILE": str(layout.grant_file(agent_id)),
                         "MESH_GATEWAY_URL": f"http://127.0.0.1:{ports['gateway']}",
                         # Only the payment agent is given the gateway's credential.
                         **(

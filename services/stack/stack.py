@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,10 +34,10 @@ from services.stack.processes import (
     AGENTS,
     CLAIMS_CARDS,
     SERVER,
+    Observer,
     member_name,
     process_specs,
     replica_names,
-    role_of,
 )
 from services.stack.supervisor import ProcessSpec, Supervisor
 
@@ -210,6 +210,12 @@ async def _watch(supervisor: Supervisor, on_event: Callable[[str], None]) -> Non
         await asyncio.sleep(0.1)
 
 
+def _role(process: str, roles: set[str]) -> str:
+    """Which of `roles` a process runs: itself, or the one it is a numbered replica of."""
+    base, _, index = process.rpartition("-")
+    return base if index.isdigit() and base in roles else process
+
+
 def _check_standby_views(specs: dict[str, ProcessSpec], replicas: dict[str, int]) -> None:
     """Event store replicas take turns writing one database: PostgreSQL's, never a
     SQLite file each."""
@@ -235,6 +241,7 @@ async def running_stack(
     on_event: Callable[[str], None] = lambda _: None,
     cluster: int = 0,
     replicas: dict[str, int] | None = None,
+    observers: Sequence[Observer] = (),
 ) -> AsyncIterator[Stack]:
     """The whole mesh, up and ready (every agent active), until the block ends. Every
     process, nats-server included, is supervised: one that exits is started again
@@ -261,7 +268,7 @@ async def running_stack(
         # The stack's operator enrols its own agents as any operator would: a signed,
         # expiring, one-time grant per agent, of exactly the scope its card asks for.
         operator = layout.identity("operator")
-        for card in CLAIMS_CARDS:
+        for card in (*CLAIMS_CARDS, *(card for card, _ in observers)):
             grant = issue_grant(card, operator, "operator")
             write_grant(grant, layout.grant_file(card.agent_id))
         if cluster:
@@ -288,13 +295,18 @@ async def running_stack(
         specs = {
             spec.name: spec
             for spec in process_specs(
-                layout, topology, list(servers.values()), ports, replicas=replicas
+                layout,
+                topology,
+                list(servers.values()),
+                ports,
+                replicas=replicas,
+                observers=observers,
             )
         }
         # Per-process overrides (tests, benchmarks), by process or by the agent or
         # service it runs (every replica of it).
         for name, spec in list(specs.items()):
-            role = role_of(name)
+            role = _role(name, {*(env or {}), *(argv or {})})
             extra = {**(env or {}).get(role, {}), **(env or {}).get(name, {})}
             command = (argv or {}).get(name, (argv or {}).get(role, spec.argv))
             specs[name] = ProcessSpec(name, command, {**spec.env, **extra})
@@ -322,7 +334,7 @@ async def running_stack(
         await _wait_http(f"{stack.ingress_http}/healthz")
         await _wait_http(f"{stack.gateway_http}/v1/ledger")
         on_step("policy, event store, ingress (NATS + HTTP), case reader and payment gateway up")
-        for name in AGENTS:
+        for name in (*AGENTS, *(card.agent_id for card, _ in observers)):
             for process in replica_names(name, (replicas or {}).get(name, 1)):
                 supervisor.start(specs[process])
         await stack.wait_agents()

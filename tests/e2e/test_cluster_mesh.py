@@ -1,8 +1,9 @@
 """`mesh up --cluster 3`: the claims mesh on a 3-member JetStream cluster on loopback
 (R3 streams), every member a supervised process including the registry's one auth.conf.
-Every case ends, each claim is paid exactly once and the whole log verifies — also when
-one member is SIGKILLed while cases flow and the supervisor brings it back (same ports,
-same store), with every service and agent failing over between the members' URLs."""
+Every case ends, each claim is paid exactly once and the whole log verifies — also with
+replicas of every agent and service while members, replicas and the active event store
+are killed, a member is frozen and every member restarted in turn (the supervisor brings
+each back on the same ports and store; every client fails over between the members)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from services.stack.processes import member_name
 from services.stack.stack import Stack, running_stack
 from tests.e2e.test_mesh import check
 from tests.integration.databases import POSTGRES_ENV, Databases
+from tests.integration.order_journal import CLAIMS_STEPS, orderly_card, read_journal
 
 # A cluster, the services and a demo, then CLI calls: more than the suite's 120 s default.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -84,33 +86,7 @@ async def test_the_claims_mesh_runs_on_a_three_member_cluster(tmp_path: Path) ->
         await asyncio.to_thread(_cli_checks, stack)
 
 
-async def test_a_member_killed_while_cases_flow_comes_back_and_nothing_is_lost(
-    tmp_path: Path,
-) -> None:
-    events: list[str] = []
-    async with running_stack(tmp_path / "mesh", cluster=3, on_event=events.append) as stack:
-        victim = MEMBERS[1]
-        demo = Demo(stack, make_cases(40, seed=13), Console(file=io.StringIO()))
-        running = asyncio.create_task(demo.run(timeout=100))
-        while sum(1 for c in demo.cases if c.reply is not None) < 10:
-            assert not running.done()
-            await asyncio.sleep(0.02)
-        old = stack.supervisor.pid(victim)
-        assert old is not None
-        await asyncio.to_thread(stack.supervisor.kill, victim)  # SIGKILL
-        deadline = time.monotonic() + 20
-        while (pid := stack.supervisor.pid(victim)) is None or pid == old:
-            assert time.monotonic() < deadline, events
-            await asyncio.sleep(0.05)
-        await stack.wait_cluster_healthy()  # back on its ports and store, caught up
-        result = await running
-        check(result)
-        assert any(f"{victim} killed by SIGKILL" in line for line in events), events
-        assert stack.supervisor.children[victim].restarts == 1
-        assert not stack.supervisor.failed()
-        await asyncio.to_thread(_cli_checks, stack)
-
-
+WATCHER = orderly_card("claims-watcher", "claims-team", CLAIMS_STEPS)
 FLEET = {
     **{agent: 2 for agent in ("intake", "fraud", "adjudication", "payment")},
     "policy": 2,
@@ -129,15 +105,27 @@ async def test_a_fleet_under_fire_loses_nothing_and_pays_once(
     back under supervision), freeze a member with SIGSTOP for longer than its
     heartbeats, then restart every member in turn. Every case ends, each claim is paid
     exactly once, and the whole log verifies."""
-    replicas = dict(FLEET)
-    env: dict[str, dict[str, str]] = {}
+    replicas = {**FLEET, WATCHER.agent_id: 2}
+    journal = tmp_path / "order-journal"
+    env: dict[str, dict[str, str]] = {
+        # An order-checking agent, two replicas, watching every step of every claim.
+        **{
+            process: {"MESH_ORDER_JOURNAL": str(journal), "MESH_ORDER_NAME": process}
+            for process in (f"{WATCHER.agent_id}-1", f"{WATCHER.agent_id}-2")
+        }
+    }
     dsn = databases.new("postgresql") if os.environ.get(POSTGRES_ENV) else None
     if dsn is not None:
         replicas["eventstore"] = 2
         env["eventstore"] = {"MESH_EVENTSTORE_DSN": dsn, "MESH_EVENTSTORE_LEASE_TIMEOUT": "3"}
     events: list[str] = []
     async with running_stack(
-        tmp_path / "mesh", cluster=3, replicas=replicas, env=env, on_event=events.append
+        tmp_path / "mesh",
+        cluster=3,
+        replicas=replicas,
+        env=env,
+        on_event=events.append,
+        observers=[(WATCHER, "tests.e2e.orderly_agent:claims_watcher")],
     ) as stack:
         assert "fraud-2" in stack.supervisor.children
         demo = Demo(stack, make_cases(60, seed=21), Console(file=io.StringIO()))
@@ -158,6 +146,7 @@ async def test_a_fleet_under_fire_loses_nothing_and_pays_once(
 
         await replies(8)
         await killed_and_back("fraud-1")  # an agent replica, pinned to its partitions
+        await killed_and_back(f"{WATCHER.agent_id}-1")  # mid-handler, as likely as not
         await killed_and_back("eventstore-1" if dsn else "eventstore")
         await replies(16)
         await killed_and_back(MEMBERS[1])
@@ -176,4 +165,20 @@ async def test_a_fleet_under_fire_loses_nothing_and_pays_once(
         result = await running
         check(result)
         assert not stack.supervisor.failed()
+        assert any(f"{MEMBERS[1]} killed by SIGKILL" in line for line in events), events
         await asyncio.to_thread(_cli_checks, stack)
+        # The watcher saw every case, each in stream order, never two replicas at once
+        # (a replica killed mid-handler never ends that handling: it is excused).
+        final = {view.case_id for view in result.views.values()}
+        killed = {f"{WATCHER.agent_id}-1"}
+        await eventually_all_seen(journal, final, killed)
+        verdict = read_journal(journal, dead=killed)
+        assert verdict.violations == []
+        assert len([r for r, n in verdict.by_replica.items() if n > 0]) >= 2
+
+
+async def eventually_all_seen(journal: Path, cases: set[str], dead: set[str]) -> None:
+    deadline = time.monotonic() + 60
+    while not cases <= set(read_journal(journal, dead=dead).handled):
+        assert time.monotonic() < deadline, cases - set(read_journal(journal, dead=dead).handled)
+        await asyncio.sleep(0.5)

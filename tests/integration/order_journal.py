@@ -15,40 +15,75 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from contracts import AgentCard, CaseStepCompleted, CaseStepCompletedPayload
+from contracts import (
+    ActionApproved,
+    ActionCompleted,
+    ActionRequested,
+    AgentCard,
+    CaseClosed,
+    CaseOpened,
+    CaseStepCompleted,
+    CaseStepCompletedPayload,
+)
+from contracts.envelope import Event
 from mesh import Agent, HandlerContext
 from mesh.service import EventPublisher
 
 CARD_ID = "orderly"
 
 
-def orderly_card(agent_id: str = CARD_ID) -> AgentCard:
+# In the claims mesh it watches every step of every claim (a reader of nothing else,
+# writing nothing), so a case gives it many events to keep in order.
+CLAIMS_STEPS: tuple[type[Event], ...] = (
+    CaseOpened,
+    CaseStepCompleted,
+    ActionRequested,
+    ActionApproved,
+    ActionCompleted,
+    CaseClosed,
+)
+
+
+def orderly_card(
+    agent_id: str = CARD_ID,
+    owner: str = "platform-team",
+    events: tuple[type[Event], ...] = (CaseStepCompleted,),
+) -> AgentCard:
     return AgentCard(
         agent_id=agent_id,
         name="Orderly",
         version="1.0.0",
-        owner="platform-team",
+        owner=owner,
         purpose="proves that no case is handled by two replicas at once or out of order",
-        consumes=["case_step_completed"],
+        consumes=[event.event_name() for event in events],
         produces=[],
     )
 
 
-def orderly(journal: Path, replica: str, *, agent_id: str = CARD_ID, work: float = 0.01) -> Agent:
-    """An agent whose handler journals start and end around `work` seconds of waiting."""
-    agent = Agent(orderly_card(agent_id))
+def orderly(
+    journal: Path,
+    replica: str,
+    *,
+    agent_id: str = CARD_ID,
+    owner: str = "platform-team",
+    events: tuple[type[Event], ...] = (CaseStepCompleted,),
+    work: float = 0.01,
+) -> Agent:
+    """An agent whose handlers journal start and end around `work` seconds of waiting."""
+    agent = Agent(orderly_card(agent_id, owner, events))
     fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
-    def note(kind: str, event: CaseStepCompleted, ctx: HandlerContext) -> None:
+    def note(kind: str, event: Event, ctx: HandlerContext) -> None:
         line = f"{kind} {replica} {event.case_id} {ctx.stream_sequence} {time.time():.6f}\n"
         os.write(fd, line.encode())
 
-    @agent.on(CaseStepCompleted)
-    async def handle(event: CaseStepCompleted, ctx: HandlerContext) -> None:
+    async def handle(event: Event, ctx: HandlerContext) -> None:
         note("start", event, ctx)
         await asyncio.sleep(random.uniform(0, work))
         note("end", event, ctx)
 
+    for event_type in events:
+        agent.on(event_type)(handle)
     return agent
 
 

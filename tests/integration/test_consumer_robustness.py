@@ -25,7 +25,9 @@ async def test_a_message_whose_last_delivery_crashed_is_dead_lettered(
     nc: Client, nats_url: str
 ) -> None:
     topology = Topology(unique_root())
-    settings = FAST.model_copy(update={"ack_wait": 0.5, "subject_root": topology.root})
+    settings = FAST.model_copy(
+        update={"ack_wait": 0.5, "pin_timeout": 1.0, "subject_root": topology.root}
+    )
     js = nc.jetstream()
     for config in topology.streams():
         await ensure_stream(js, config)

@@ -266,7 +266,7 @@ async def test_hostile_requests_get_a_definite_answer(mesh: Mesh) -> None:
 
     for operation in ("get", "list", "keys"):
         for body in (b"\xff\xfe", deep, b'{"agent_id": 5}', b'{"status": "nonsense"}'):
-            refused(await ask(fraud, s.service("registry", operation), body))
+            refused(await ask(fraud, s.service_as("registry", operation, "claims-fraud"), body))
     beat = s.service("registry", "heartbeat")
     beat_body = json.dumps({"agent_id": "claims-payment", "sent_at": "2026-01-01T00:00:00Z"})
     for headers in (
@@ -341,7 +341,7 @@ async def test_hostile_requests_get_a_definite_answer(mesh: Mesh) -> None:
 
     # Everyone still serves.
     assert (await ask(operator, s.service("eventstore", "status")))["ok"] is True
-    assert (await ask(fraud, s.service("registry", "keys")))["ok"] is True
+    assert (await ask(fraud, s.service_as("registry", "keys", "claims-fraud")))["ok"] is True
     assert "no case" in refused(await ask(fraud, history, b'{"case_id": "nothing-here"}'))
     assert isinstance(await ask(fraud, pending), list)
 
@@ -378,7 +378,7 @@ async def test_a_reply_goes_only_to_the_askers_own_inbox(mesh: Mesh) -> None:
     await fraud.send(history, body, reply=f"_INBOX.{listener_id}.loot")
     # Served in order: these answered means those were handled.
     assert (await ask(fraud, history, body))["ok"] is True
-    await ask(fraud, mesh.subjects.service("registry", "keys"))
+    await ask(fraud, mesh.subjects.service_as("registry", "keys", "claims-fraud"))
     await asyncio.sleep(1.0)
     shown = {m.subject: len(msgspec.json.decode(m.data).get("messages") or []) for m in received}
     assert received == [], f"replies reached {listener_id}: {shown} (subject: case messages)"
@@ -392,7 +392,7 @@ async def test_a_refusal_that_echoes_the_input_still_reaches_the_asker(mesh: Mes
     name = "\x7f" * 250_000
     asks = [
         (mesh.subjects.service_as("reader", "history", "claims-fraud"), {"case_id": name}),
-        (mesh.subjects.service("registry", "get"), {"agent_id": name}),
+        (mesh.subjects.service_as("registry", "get", "claims-fraud"), {"agent_id": name}),
     ]
     silent = []
     for subject, body in asks:

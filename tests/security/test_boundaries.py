@@ -58,12 +58,16 @@ async def test_no_reply_lands_in_a_log(mesh: Mesh) -> None:
 
     intake = await mesh.connect("claims-intake")
     registry_target = f"{root}.registry.{new_ref('victim')}.agent_activated"
-    await intake.send(mesh.subjects.service("registry", "list"), b"{}", reply=registry_target)
+    await intake.send(
+        mesh.subjects.service_as("registry", "list", "claims-intake"), b"{}", reply=registry_target
+    )
     decision_target = f"{root}.case.{victim}.action_approved"
     await intake.send(
         mesh.subjects.service_as("policy", "pending", "claims-intake"), reply=decision_target
     )
-    await logged(mesh, "registry", f"not answering registry list on '{registry_target}'")
+    await logged(
+        mesh, "registry", f"not answering registry list for claims-intake on '{registry_target}'"
+    )
     await logged(mesh, "policy", f"not answering pending approvals on '{decision_target}'")
 
     operator = await mesh.connect("operator")
