@@ -51,7 +51,7 @@ async def test_every_case_ends_even_when_a_process_is_killed(
     tmp_path: Path, victim: str | None
 ) -> None:
     async with running_stack(tmp_path / "mesh") as stack:
-        demo = Demo(stack, make_cases(120, seed=11), Console(file=io.StringIO()))
+        demo = Demo(stack, make_cases(80, seed=11), Console(file=io.StringIO()))
         running = asyncio.create_task(demo.run(timeout=90))
         if victim is not None:
             # Mid-run: as soon as claims are flowing, so that some are in every stage.
