@@ -105,7 +105,6 @@ class _Partition:
     # arrive under their own subjects) and the pulls' status answers (under the pull's
     # reply subject, which tells an old pull's answer from the current one's).
     answers: asyncio.Queue[Msg] = field(default_factory=asyncio.Queue)
-    reply: str = ""
     # When a pull we stopped waiting for was sent: a message that still comes from it
     # confirms the pin only as of then.
     unfinished_since: float | None = None
@@ -300,7 +299,7 @@ class PinnedPartitions:
 
     async def _pull_once(self, part: _Partition, batch: int) -> None:
         part.pulls += 1
-        reply = part.reply = f"{self._inbox}.{part.index}.{part.pulls}"
+        reply = f"{self._inbox}.{part.index}.{part.pulls}"
         request: dict[str, object] = {
             "batch": batch,
             "expires": int(self.pull_expires * 1e9),
