@@ -118,6 +118,15 @@ class Stack:
             patience=30,
         )
 
+    async def wait_services(self) -> None:
+        """Until policy, the case reader and the event store answer on NATS, and the
+        ingress and the payment gateway on HTTP (after a start, or a restart)."""
+        await self.wait_service("policy.pending.operator")
+        await self.wait_service("reader.history.operator", b'{"case_id": "none"}')
+        await self.wait_service("eventstore.status")
+        await _wait_http(f"{self.ingress_http}/healthz")
+        await _wait_http(f"{self.gateway_http}/v1/ledger")
+
     def check_processes(self) -> None:
         """Fails once the supervisor has given up on a process (a crash or two is
         its business: it brings the process back)."""
@@ -328,11 +337,7 @@ async def running_stack(
         for name in ("policy", "eventstore", "ingress", "reader", "gateway"):
             for process in replica_names(name, (replicas or {}).get(name, 1)):
                 supervisor.start(specs[process])
-        await stack.wait_service("policy.pending.operator")
-        await stack.wait_service("reader.history.operator", b'{"case_id": "none"}')
-        await stack.wait_service("eventstore.status")
-        await _wait_http(f"{stack.ingress_http}/healthz")
-        await _wait_http(f"{stack.gateway_http}/v1/ledger")
+        await stack.wait_services()
         on_step("policy, event store, ingress (NATS + HTTP), case reader and payment gateway up")
         for name in (*AGENTS, *(card.agent_id for card, _ in observers)):
             for process in replica_names(name, (replicas or {}).get(name, 1)):

@@ -60,7 +60,9 @@ async def test_every_process_killed_comes_back_and_the_mesh_still_works(
         assert {p["name"]: p["state"] for p in status["processes"]} == dict.fromkeys(
             names, "running"
         )
-        # Nobody restarted anything by hand: the mesh must still end every case.
+        # Nobody restarted anything by hand: the mesh must still end every case, once
+        # every process it restarted serves again (a pid is not yet a listening port).
+        await stack.wait_services()
         await stack.wait_agents()
         result = await Demo(stack, make_cases(40, seed=5), Console(file=io.StringIO())).run(
             timeout=90
