@@ -1,11 +1,22 @@
-"""The registry service: wiring and entry point (`python -m services.registry`)."""
+"""The registry service: wiring and entry point (`python -m services.registry`).
+
+Active/standby. Any number of replicas may run; exactly one — the holder of the writer
+lease (lease.py) — serves: it provisions, decides, appends to the history, writes the
+view and the broker's authorization, and answers every request. A standby tries for
+the lease every `standby_poll` seconds and, once it has it, rebuilds the state from the
+history and serves; an active whose term ends (its renewals refused or unconfirmed for
+the lease timeout, as when it was frozen) stops serving and stands by. The history
+itself is kept whole by each append's condition on the stream's newest sequence
+(store.py), lease or not."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client
 
 from contracts.cards import AgentCard
@@ -24,10 +35,12 @@ from mesh.service import (
     load_principals,
     provision_agent_durables,
     service_main,
+    stop_task,
 )
 from services.registry.broker_auth import BrokerAuthorization, ServerToReload
 from services.registry.domain import RegistryRules, RegistryState
 from services.registry.handlers import RegistryHandlers
+from services.registry.lease import WriterLease
 from services.registry.rules import rules_for, vetted
 from services.registry.settings import RegistrySettings
 from services.registry.store import RegistryStore
@@ -66,11 +79,80 @@ class RegistryService:
         registry_keys = {identity.public_key} | {
             p.public_key for p in self.principals if p.role == "registry"
         }
-        self.store = RegistryStore(self.js, publisher, self.topology, frozenset(registry_keys))
+        self.lease = WriterLease(self.js, self.topology, registry.lease_timeout)
+        self.store = RegistryStore(
+            self.js, publisher, self.topology, frozenset(registry_keys), fence=self.lease.check
+        )
+        self.active = False  # holds the writer lease, and so serves
+        self._serving = asyncio.Event()
         self.handlers: RegistryHandlers | None = None
         self.server: RequestServer | None = None
+        self._leading: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        await self.lease.open()
+        first_term = await self._try_lease()
+        if not first_term:
+            log.info("registry standing by: another instance is the writer")
+        self._leading = asyncio.create_task(self._lead(first_term), name="registry-lease")
+        if first_term:
+            # Alone (or first), it serves by the time start() returns.
+            serving = asyncio.create_task(self._serving.wait())
+            await asyncio.wait({serving, self._leading}, return_when=asyncio.FIRST_COMPLETED)
+            serving.cancel()
+            if self._leading.done():
+                self._leading.result()  # what stopped it
+
+    # ------------------------------------------------------------ active/standby
+
+    async def _lead(self, holding: bool) -> None:
+        """Serve a term while the lease is ours; stand by and try for it otherwise."""
+        poll = self.registry.standby_poll
+        while True:
+            try:
+                if holding or await self._try_lease():
+                    await self._serve_term()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("the registry's term as the writer failed; standing by")
+            holding = False
+            await self._step_down()
+            await asyncio.sleep(poll)
+
+    async def _try_lease(self) -> bool:
+        try:
+            return await self.lease.try_acquire()
+        except MeshError as exc:
+            log.warning("cannot try for the registry's writer lease now: %s", exc)
+            return False
+
+    async def _serve_term(self) -> None:
+        """One term: the lease is renewed from the moment it is ours, while the state is
+        rebuilt and the durables provisioned (slow on a cluster that is electing
+        leaders) and then while it serves. Returns once the lease is lost; a take-over
+        that fails ends the term (and releases the lease) with its error."""
+        renewing = asyncio.create_task(self._renew_until_lost(), name="registry-renew")
+        taking = asyncio.create_task(self._take_over(), name="registry-take-over")
+        try:
+            await asyncio.wait({renewing, taking}, return_when=asyncio.FIRST_COMPLETED)
+            if taking.done():
+                taking.result()
+                await renewing
+        finally:
+            await stop_task(taking)
+            await stop_task(renewing)
+        log.warning("standing by: this registry's term as the writer has ended")
+
+    async def _renew_until_lost(self) -> None:
+        while True:
+            if not await self.lease.renew():
+                return
+            await asyncio.sleep(self.lease.timeout / 4)
+
+    async def _take_over(self) -> None:
+        """Become the writer: the state is rebuilt from the history *after* the lease
+        is ours, so it holds every write of the previous writer that the stream took."""
         # The registry provisions the mesh's streams: under generated authorization,
         # agents may inspect streams but not create them.
         for config in self.topology.streams():
@@ -80,6 +162,8 @@ class RegistryService:
         repaired = await self.store.reconcile_view(state)
         if repaired:
             log.info("registry view: %d record(s) repaired from history", repaired)
+        if self.registry.principals_file:  # as it is now: it may have changed meanwhile
+            self.principals = load_principals(self.registry.principals_file)
         principals = self.principals = _vetted(self.principals, state)
         authorization = None
         if self.registry.auth_file is not None:
@@ -92,6 +176,7 @@ class RegistryService:
                 principals,
                 self.topology,
             )
+            self.lease.check()
             await asyncio.to_thread(authorization.apply, list(state.records.values()))
         self.handlers = RegistryHandlers(
             state,
@@ -115,7 +200,25 @@ class RegistryService:
         for operation in OPERATIONS:
             self.server.route(operation, self.handlers.serve, also_named=operation in ASKED_BY_NAME)
         await self.server.start()  # live on the server before we say so
-        log.info("registry serving %d agents as %s", len(state.records), self.identity.public_key)
+        self.active = True
+        self._serving.set()
+        log.info(
+            "registry active, serving %d agents as %s",
+            len(state.records),
+            self.identity.public_key,
+        )
+
+    async def _step_down(self) -> None:
+        """Stop serving; give the lease up if this registry still holds it (a take-over
+        that failed), so that a standby — or this one, next — need not wait it out."""
+        self.active = False
+        self._serving.clear()
+        if self.server is not None:
+            with contextlib.suppress(nats.errors.ConnectionClosedError):
+                await self.server.stop()
+        self.server = None
+        self.handlers = None
+        await self.lease.release()
 
     def _rules(self, principals: list[StaticPrincipal]) -> RegistryRules:
         return rules_for(self.registry.service_id, self.registry.known_owners, principals)
@@ -147,8 +250,8 @@ class RegistryService:
         await provision_agent_durables(self.js, card, self.topology, self.settings)
 
     async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop()
+        await stop_task(self._leading)
+        await self._step_down()
 
 
 def _refusal(reason: str) -> bytes:

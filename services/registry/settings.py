@@ -51,6 +51,14 @@ class RegistrySettings(BaseSettings):
         description="each member's monitoring URL, comma-separated, in server_pid_files' order",
     )
     stale_after: float = Field(default=30.0, gt=0, description="seconds without a heartbeat")
+    lease_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="seconds a writer's lease lasts unrenewed: how soon a standby takes over",
+    )
+    standby_poll: float = Field(
+        default=0.5, gt=0, description="how often a standby tries for the writer lease"
+    )
 
     @field_validator("server_pid_files", "server_monitor_urls", mode="before")
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import datetime
 
 import msgspec
@@ -50,12 +51,17 @@ class RegistryStore:
         publisher: EventPublisher,
         topology: Topology,
         registry_keys: frozenset[str],
+        fence: Callable[[], None] = lambda: None,
     ) -> None:
+        """`fence` raises unless this registry may write now (the writer lease)."""
         self.js = js
+        self.fence = fence
         self.registry_keys = registry_keys  # who may have written the history
         self.publisher = publisher
         self.topology = topology
-        self.last_sequence: dict[str, int] = {}  # agent id -> newest history sequence
+        # The newest sequence of the registry stream this registry has read or written:
+        # every append is conditional on it (see `append`).
+        self.newest = 0
         self._view: KeyValue | None = None
         self._liveness: KeyValue | None = None
 
@@ -82,10 +88,13 @@ class RegistryStore:
         so it cannot be removed) is named in the log and passed over, never applied."""
         state = RegistryState()
 
+        self.newest = 0
+
         def unreadable(sequence: int, subject: str, error: Exception) -> None:
             # Passed over, but counted as read: readers compare the sequence a registry
             # answer reflects with the stream's newest.
             state.sequence = max(state.sequence, sequence)
+            self.newest = max(self.newest, sequence)
             log.error(
                 "registry history #%d on %s is not an event (%s); ignored", sequence, subject, error
             )
@@ -97,8 +106,7 @@ class RegistryStore:
             on_unreadable=unreadable,
         )
         for item in stored:
-            key = item.event.subject_key() if item.event.family == "registry" else item.subject
-            self.last_sequence[key] = item.sequence
+            self.newest = max(self.newest, item.sequence)
             try:
                 signer = verify_headers(item.subject, item.body, item.headers)
             except SignatureError as exc:
@@ -116,15 +124,21 @@ class RegistryStore:
         return state
 
     async def append(self, event: Event) -> tuple[int, datetime]:
-        """Append an event, conditional on the agent's history being where we last saw
-        it: a second registry writing at the same time gets a conflict instead of
-        interleaving. Returns its stream sequence and the broker time it was stored,
-        from which it is in force."""
-        key = event.subject_key()
+        """Append an event, conditional on the whole registry history being where this
+        registry last saw it: every decision is taken on the complete state before it.
+        A second registry that wrote meanwhile (a writer whose term ended while its
+        request was in flight, or an active and a standby in the moment of a
+        hand-over) gets a conflict instead of interleaving, whichever agent either
+        wrote about — one agent's activation cannot be lost to a decision about
+        another. Returns its stream sequence and the broker time it was stored, from
+        which it is in force."""
+        self.fence()
         receipt = await self.publisher.publish(
-            event, expected_sequence=self.last_sequence.get(key, 0)
+            event,
+            expected_sequence=self.newest,
+            expected_scope=self.topology.subjects.family_all("registry"),
         )
-        self.last_sequence[key] = receipt.sequence
+        self.newest = receipt.sequence
         what = f"read back registry event {receipt.sequence}"
         # On a replicated stream a direct get may be answered by a follower that has
         # not applied the write yet ("not found", although the ack says it is stored):
@@ -145,6 +159,7 @@ class RegistryStore:
 
     async def write_view(self, record: AgentRecord) -> None:
         assert self._view is not None
+        self.fence()
         with broker_errors(f"write view of {record.card.agent_id}"):
             await self._view.put(record.card.agent_id, msgspec.json.encode(record))
 

@@ -60,7 +60,8 @@ Cluster = Annotated[
 Replicas = Annotated[
     list[str] | None,
     typer.Option(
-        help="run an agent (or policy, ingress, reader, eventstore) as N processes, e.g. "
+        help="run an agent (or registry, policy, ingress, reader, eventstore) as N "
+        "processes, e.g. "
         "--replicas fraud=2 (repeatable); an agent's replicas share its work by partition "
         "and never handle one case at once",
         metavar="NAME=N",

@@ -25,9 +25,9 @@ SERVER = "nats-server"  # the single server; a cluster's members are nats-server
 SERVICES = ("registry", "policy", "eventstore", "ingress", "reader", "gateway")
 # Services that may run as several processes: they share their consumers (the policy's
 # are partitioned like an agent's) and answer requests in one queue group each; the
-# event store runs active/standby, which needs PostgreSQL views. The registry is one
-# writer.
-REPLICATED_SERVICES = ("policy", "ingress", "reader", "eventstore")
+# event store runs active/standby, which needs PostgreSQL views; the registry runs
+# active/standby on its writer lease (the standby serves nothing until it takes over).
+REPLICATED_SERVICES = ("registry", "policy", "ingress", "reader", "eventstore")
 CLAIMS_CARDS = (INTAKE, FRAUD, ADJUDICATION, PAYMENT)
 Observer = tuple[AgentCard, str]  # a card, and the `mesh run` target that runs it
 

@@ -320,7 +320,8 @@ async def running_stack(
             command = (argv or {}).get(name, (argv or {}).get(role, spec.argv))
             specs[name] = ProcessSpec(name, command, {**spec.env, **extra})
         _check_standby_views(specs, replicas or {})
-        supervisor.start(specs["registry"])
+        for process in replica_names("registry", (replicas or {}).get("registry", 1)):
+            supervisor.start(specs[process])
         urls = ",".join(server.url for server in servers.values())
         operator_nc = await connect_as(urls, "operator", layout.identity("operator"))
         stack = Stack(

@@ -72,6 +72,7 @@ class SecuredMesh:
     # The ingress's key: cases opened with it state the claim's facts with authority.
     ingress_identity: Identity = field(default_factory=Identity.generate)
     readers: list[ReaderService] = field(default_factory=list)
+    standbys: list[RegistryService] = field(default_factory=list)
     # An enrolled fraud screener: the authority for `fraud_score` (see SCREENER_CARD).
     screener: Identity = field(default_factory=Identity.generate)
     _screener_enrolled: bool = False
@@ -161,6 +162,23 @@ class SecuredMesh:
             await self.registry_nc.close()
         self.service, self.registry_nc = None, None
 
+    async def start_standby_registry(self) -> tuple[RegistryService, Client]:
+        """A second registry process, same key and settings: it stands by while the
+        first one holds the writer lease."""
+        nc = await connect(
+            self.url,
+            name="registry-standby",
+            identity=self.registry_identity,
+            inbox_prefix=inbox_prefix("registry"),
+        )
+        self.connections.append(nc)
+        service = RegistryService(
+            nc, self.registry_identity, self.settings, self.registry_settings, self.topology
+        )
+        await service.start()
+        self.standbys.append(service)
+        return service, nc
+
     def client(self, nc: Client) -> RegistryClient:
         return RegistryClient(nc, self.topology.subjects)
 
@@ -216,6 +234,8 @@ class SecuredMesh:
             await service.stop()
         for started in self.started:
             await started.stop()
+        for standby in self.standbys:
+            await standby.stop()
         for nc in self.connections:
             await close(nc)
         if self.harness_nc is not None:
@@ -263,6 +283,8 @@ async def secured_mesh(directory: Path) -> AsyncIterator[SecuredMesh]:
             server_pid_file=server.pid_path,
             server_monitor_url=f"http://127.0.0.1:{server.monitor_port}",
             stale_after=5.0,
+            lease_timeout=2.0,
+            standby_poll=0.1,
         ),
         settings=MeshSettings(
             subject_root=topology.root,

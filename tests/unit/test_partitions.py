@@ -98,8 +98,13 @@ def test_replicas_are_named_and_parsed_for_agents_and_services() -> None:
     assert replica_names("fraud", 3) == ["fraud-1", "fraud-2", "fraud-3"]
     assert role_of("policy-2") == "policy"
     assert role_of("nats-server-2") == "nats-server-2"
-    assert parse_replicas(["claims-fraud=2", "policy=3"]) == {"fraud": 2, "policy": 3}
-    for wrong in (["registry=2"], ["fraud=0"], ["fraud"], ["nobody=2"]):
+    assert parse_replicas(["claims-fraud=2", "policy=3", "registry=2"]) == {
+        "fraud": 2,
+        "policy": 3,
+        "registry": 2,
+    }
+    assert role_of("registry-2") == "registry"
+    for wrong in (["gateway=2"], ["fraud=0"], ["fraud"], ["nobody=2"]):
         with pytest.raises(ConfigurationError, match="--replicas"):
             parse_replicas(wrong)
 

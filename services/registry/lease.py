@@ -1,0 +1,128 @@
+"""Who writes the registry: it runs active/standby, and the active is whoever holds
+the writer lease — one key in a KV bucket whose entries expire (`max_age` = the lease
+timeout).
+
+- Taking it is the server's compare-and-set: `create` stores the key only if nobody
+  holds it, so of two standbys trying at once exactly one gets it.
+- Holding it is renewing it well within the timeout with `update(last=revision)`: an
+  update on any other revision (the key expired and someone else took it) is refused,
+  and the holder stands down.
+- A dead or frozen holder stops renewing; the server drops its entry after the timeout,
+  and a standby's `create` then succeeds. Nothing of ours decides it: the stream's
+  retention does.
+- The holder judges its own term by its own clock: it is valid until the timeout after
+  the renewal was *sent* (the server started the entry's clock later than that), so a
+  holder frozen past its term finds, when it wakes, that it may not write any more —
+  before its first write, not after.
+
+The lease keeps one writer at a time and gives readers one current answer. It is not
+what keeps the history whole: each append is conditional on the registry stream's
+newest sequence (store.py), so a write by a holder whose term ended while its request
+was in flight is refused by the stream, never interleaved.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+from mesh.service import MeshError, Topology, broker_errors, client_of, ensure_key_value
+
+log = logging.getLogger(__name__)
+
+WRITER_KEY = "writer"
+
+
+def lease_bucket(topology: Topology) -> str:
+    return f"{topology.root.upper()}_REGISTRY_WRITER"
+
+
+class NotTheWriter(MeshError):
+    """This registry's term as the writer has ended (or never began): it must not write.
+    Asking again reaches the writer that took over."""
+
+    retryable = True
+
+
+class WriterLease:
+    def __init__(self, js: JetStreamContext, topology: Topology, timeout: float) -> None:
+        self.js = js
+        self.topology = topology
+        self.timeout = timeout
+        # Who holds it, for the operator reading the bucket: host, pid.
+        self.holder = f"{socket.gethostname()}:{os.getpid()}".encode()
+        self._kv: KeyValue | None = None
+        self._revision = 0
+        self._valid_until = 0.0  # monotonic
+
+    async def open(self) -> None:
+        config = KeyValueConfig(
+            bucket=lease_bucket(self.topology),
+            history=1,
+            ttl=self.timeout,
+            storage=StorageType.FILE,
+            replicas=self.topology.replicas,
+        )
+        await ensure_key_value(self.js, config)
+        # A renewal that the broker does not answer must not outlast the term it is
+        # renewing: a few tries fit in one.
+        patient_enough = client_of(self.js).jetstream(timeout=self.timeout / 4)
+        self._kv = await patient_enough.key_value(config.bucket)
+
+    @property
+    def held(self) -> bool:
+        return time.monotonic() < self._valid_until
+
+    def check(self) -> None:
+        """Before each write: raises unless this registry's term is still running."""
+        if not self.held:
+            raise NotTheWriter("this registry's term as the writer has ended")
+
+    async def try_acquire(self) -> bool:
+        """Take the lease if nobody holds it; True if this registry holds it now."""
+        assert self._kv is not None, "open() first"
+        sent = time.monotonic()
+        with broker_errors("take the registry's writer lease"):
+            try:
+                self._revision = await self._kv.create(WRITER_KEY, self.holder)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                return False  # somebody holds it
+        self._valid_until = sent + self.timeout
+        return True
+
+    async def renew(self) -> bool:
+        """Renew the term; False (and the term ended) once the lease is somebody else's
+        or the broker could not confirm the renewal."""
+        assert self._kv is not None, "open() first"
+        sent = time.monotonic()
+        try:
+            self._revision = await self._kv.update(WRITER_KEY, self.holder, last=self._revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            log.warning("the registry's writer lease was taken over")
+            self._valid_until = 0.0
+            return False
+        except (nats.errors.Error, TimeoutError) as exc:
+            # Not confirmed: the term still runs out on its own clock; try again.
+            log.warning("writer lease not renewed just now: %r", exc)
+            return self.held
+        self._valid_until = sent + self.timeout
+        return True
+
+    async def release(self) -> None:
+        """On a clean stop: a standby need not wait for the timeout."""
+        if self._kv is None or not self.held:
+            return
+        self._valid_until = 0.0
+        try:
+            # Only our own revision: a lease somebody else holds by now stays theirs.
+            await self._kv.delete(WRITER_KEY, last=self._revision)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("writer lease not released (it expires on its own): %r", exc)
