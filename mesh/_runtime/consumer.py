@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -39,6 +39,8 @@ from contracts.subjects import case_subject_of_work, key_of
 
 log = logging.getLogger(__name__)
 
+# How many settled sequences a loop remembers, to ack (not handle) their redeliveries.
+SETTLED_REMEMBERED = 16384
 # None: settled for good (acked or dead-lettered). A float: NAK'ed, back after that delay.
 Process = Callable[[Msg], Awaitable[float | None]]
 OrderingKey = Callable[[Msg], str]
@@ -73,6 +75,10 @@ class MessageSource(Protocol):
         """The loop is finished with the message (settled, handed back or replaced)."""
         ...
 
+    def settled(self, msg: Msg) -> None:
+        """The message was settled for good (acked or dead-lettered), before `done`."""
+        ...
+
 
 class SubscriptionSource:
     """A plain pull subscription: every message it fetches is ours."""
@@ -90,6 +96,9 @@ class SubscriptionSource:
         return True
 
     def done(self, msg: Msg) -> None:
+        return None
+
+    def settled(self, msg: Msg) -> None:
         return None
 
 
@@ -127,6 +136,13 @@ class PullConsumerLoop:
         self.ordering_key = ordering_key
         self.max_held = max_held if max_held is not None else window * 2
         self.processed = 0
+        self.repeats_acked = 0  # redeliveries of what this loop had settled: not handled
+        # Stream sequences this loop settled for good, newest last (bounded): a message
+        # that comes back after that was acked and the ack was lost (a consumer leader
+        # changed under it), so it is acked again rather than handled a second time —
+        # after later events of its case. Across a hand-over to another replica this is
+        # not known there; the handler's idempotency is the guard then.
+        self._settled: OrderedDict[int, None] = OrderedDict()
         self._lanes: dict[str, _Lane] = {}
         self._active = 0  # messages in unblocked lanes: queued or being processed
         self._held = 0  # messages waiting behind a blocked lane
@@ -189,9 +205,15 @@ class PullConsumerLoop:
         return fetch.result()
 
     async def _admit(self, msg: Msg) -> None:
+        sequence = _sequence(msg)
+        if sequence in self._settled:
+            self.repeats_acked += 1
+            log.info("%s #%d came back after it was settled; acked again", msg.subject, sequence)
+            await settle(msg.ack())
+            self.source.done(msg)
+            return
         key = self.ordering_key(msg)
         lane = self._lanes.setdefault(key, _Lane())
-        sequence = _sequence(msg)
         if lane.blocked_on == sequence:
             # The retried message is back: it goes first, then the lane runs again.
             lane.queue.appendleft(msg)
@@ -242,6 +264,9 @@ class PullConsumerLoop:
                     continue
                 retry_in = await self._process_guarded(msg)
                 lane.current = None
+                if retry_in is None:
+                    self._remember_settled(_sequence(msg))
+                    self.source.settled(msg)
                 self.source.done(msg)
                 self._active -= 1
                 self.processed += 1
@@ -256,6 +281,11 @@ class PullConsumerLoop:
             lane.task = None
             if not lane.queue and lane.blocked_on is None:
                 self._lanes.pop(key, None)
+
+    def _remember_settled(self, sequence: int) -> None:
+        self._settled[sequence] = None
+        if len(self._settled) > SETTLED_REMEMBERED:
+            self._settled.popitem(last=False)
 
     async def _process_guarded(self, msg: Msg) -> float | None:
         try:

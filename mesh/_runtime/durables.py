@@ -15,6 +15,7 @@ only binds and checks that they match its card.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import nats.errors
@@ -33,6 +34,7 @@ from mesh._broker.pinned import (
 )
 from mesh._broker.provisioning import ProvisionReport, ensure_consumer
 from mesh._broker.topology import Topology
+from mesh._runtime.resilience import retry_transient
 from mesh.errors import BrokerError, ConfigurationError
 from mesh.settings import MeshSettings
 
@@ -150,7 +152,15 @@ async def check_agent_durables(
     nc = client_of(js)
     for stream, declared, pinned in declared_all:
         name = declared.durable_name or ""
-        raw = await consumer_info(nc, stream, name)
+        # Patient: a replica starting while the cluster elects leaders (a member just
+        # died) is answered late, not refused; giving up would only restart it into
+        # the same wait.
+        raw = await retry_transient(
+            functools.partial(consumer_info, nc, stream, name),
+            attempts=8,
+            maximum=4.0,
+            deadline=45.0,
+        )
         if raw is None:
             raise ConfigurationError(
                 f"durable {stream}/{name} does not exist: the registry provisions it when "

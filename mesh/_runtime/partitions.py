@@ -40,7 +40,7 @@ import json
 import logging
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -64,6 +64,8 @@ FRESH_SHARE = 0.6
 # before pulling it again, so the server moves it to the replica that was waiting.
 RELEASE_PAUSE = 2.0
 MAX_HOLD_BEFORE_RELEASE = 600.0
+# How many settled messages a partition remembers, to ack again after a pin change.
+SETTLED_REMEMBERED = 2048
 
 
 def _sequence(msg: Msg) -> int:
@@ -108,6 +110,8 @@ class _Partition:
     # When a pull we stopped waiting for was sent: a message that still comes from it
     # confirms the pin only as of then.
     unfinished_since: float | None = None
+    # What this replica settled lately: sequence → (ack reply subject, when).
+    settled: OrderedDict[int, tuple[str, float]] = field(default_factory=OrderedDict)
 
 
 class PinnedPartitions:
@@ -232,6 +236,14 @@ class PinnedPartitions:
             part.confirmed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(part.confirmed.wait(), self.pull_expires + 1.0)
+
+    def settled(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        remembered = self._parts[partition_of_work(msg.subject)].settled
+        remembered[_sequence(msg)] = (msg.reply, time.monotonic())
+        if len(remembered) > SETTLED_REMEMBERED:
+            remembered.popitem(last=False)
 
     def done(self, msg: Msg) -> None:
         if self._generation_of.pop(id(msg), None) is None:
@@ -390,6 +402,7 @@ class PinnedPartitions:
             part.hold_for = self.pin_timeout * 2
         self.handovers += 1
         log.info("pinned to partition %s of %s", part.index, self.stream)
+        self._ack_again(part)
         opener = asyncio.ensure_future(self._open_when_clear(part, part.generation))
         self._openers.add(opener)
         opener.add_done_callback(self._openers.discard)
@@ -409,6 +422,20 @@ class PinnedPartitions:
             self._hand_back(msg)
             self.done(msg)
         # Buffered messages of this partition go back when the loop asks (owns → False).
+
+    def _ack_again(self, part: _Partition) -> None:
+        """A new pin comes after a hand-over, a consumer leader change or a server
+        restart — the moments acks get lost: a server killed before it stored an ack
+        counts the message pending again and redelivers it only after `ack_wait`, and
+        until then the gate (which waits for every pending message) stays shut. So
+        what this replica settled lately is acked again: harmless where the first ack
+        counted, and where it was lost the gate opens now, not ack_wait later."""
+        horizon = time.monotonic() - 2 * self.ack_wait
+        for reply, at in part.settled.values():
+            if at >= horizon:
+                task = asyncio.ensure_future(settle(self.nc.publish(reply, b"+ACK")))
+                self._settling.add(task)
+                task.add_done_callback(self._settling.discard)
 
     def _hand_back(self, msg: Msg) -> None:
         """NAK from synchronous code: the settlement runs as a task we keep."""
