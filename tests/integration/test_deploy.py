@@ -83,7 +83,7 @@ def test_every_setting_given_is_one_the_code_reads(compose: dict[str, Any]) -> N
 def test_the_views_go_to_postgresql_and_streams_are_replicated(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert services["eventstore"]["environment"]["MESH_EVENTSTORE_DSN"].startswith("postgresql://")
-    for name in ("policy", "payment"):
+    for name in ("policy", "payment-1", "payment-2"):
         assert services[name]["environment"]["MESH_STREAM_REPLICAS"] == "3"
     assert len(services["policy"]["environment"]["MESH_NATS_URL"].split(",")) == 3
 
@@ -179,6 +179,34 @@ def of_kind(kind: str) -> dict[str, dict[str, Any]]:
     return {doc["metadata"]["name"]: doc for _, doc in k8s_documents() if doc["kind"] == kind}
 
 
+MESH_IMAGE = "agent-mesh:latest"
+
+
+def mesh_workloads() -> dict[str, dict[str, Any]]:
+    """Every part of the mesh: services as Deployments, agents as StatefulSets (each
+    pod learns its ordinal, its MESH_REPLICA); PostgreSQL's StatefulSet is not ours."""
+    found = {**of_kind("Deployment"), **of_kind("StatefulSet")}
+    return {
+        name: workload
+        for name, workload in found.items()
+        if main_container(workload)["image"] == MESH_IMAGE
+    }
+
+
+def compose_parts(compose: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The mesh's compose services by the part they run (`fraud-1`, `fraud-2` → fraud),
+    each as many times as it runs (a service's `deploy.replicas`)."""
+    parts: dict[str, list[dict[str, Any]]] = {}
+    for name, spec in compose["services"].items():
+        if "build" not in spec:
+            continue
+        base, _, index = name.rpartition("-")
+        part = base if index.isdigit() else name
+        count = spec.get("deploy", {}).get("replicas", 1)
+        parts.setdefault(part, []).extend([spec] * count)
+    return parts
+
+
 def example_secrets() -> dict[str, dict[str, str]]:
     documents = yaml.safe_load_all((K8S / "secrets.example.yaml").read_text())
     return {doc["metadata"]["name"]: doc["stringData"] for doc in documents}
@@ -241,19 +269,45 @@ def test_kustomize_builds_the_manifests_into_one_namespace() -> None:
             assert doc["metadata"]["namespace"] == "agent-mesh", doc["metadata"]["name"]
 
 
-def test_every_part_of_compose_runs_as_a_deployment(compose: dict[str, Any]) -> None:
-    deployments = of_kind("Deployment")
-    mesh_services = {name: spec for name, spec in compose["services"].items() if "build" in spec}
-    assert set(deployments) == set(mesh_services)
-    for name, deployment in deployments.items():
-        assert main_container(deployment)["args"] == mesh_services[name]["command"], name
-        assert importlib.util.find_spec(module_of(deployment)) is not None, name
+def test_every_part_of_compose_runs_in_kubernetes_as_many_times(compose: dict[str, Any]) -> None:
+    workloads = mesh_workloads()
+    parts = compose_parts(compose)
+    assert set(workloads) == set(parts)
+    for name, workload in workloads.items():
+        for spec in parts[name]:
+            assert main_container(workload)["args"] == spec["command"], name
+        assert importlib.util.find_spec(module_of(workload)) is not None, name
+        assert workload["spec"]["replicas"] == len(parts[name]), name
+
+
+def test_agent_replicas_each_know_which_one_they_are(compose: dict[str, Any]) -> None:
+    """`mesh up --replicas` gives replica i of N `MESH_REPLICA=i/N`; so do compose (one
+    service per replica) and Kubernetes (the StatefulSet's pod ordinal)."""
+    for name, specs in compose_parts(compose).items():
+        if name in AGENTS:
+            count = len(specs)
+            given = sorted(spec["environment"]["MESH_REPLICA"] for spec in specs)
+            assert given == [f"{i}/{count}" for i in range(count)], name
+    for name, workload in of_kind("StatefulSet").items():
+        if name not in AGENTS:
+            continue
+        env = main_container(workload)["env"]
+        index = next(e for e in env if e["name"] == "POD_INDEX")
+        assert index["valueFrom"]["fieldRef"]["fieldPath"] == (
+            "metadata.labels['apps.kubernetes.io/pod-index']"
+        )
+        replica = next(e for e in env if e["name"] == "MESH_REPLICA")
+        assert env.index(index) < env.index(replica)  # $(POD_INDEX) is defined before
+        assert replica["value"] == f"$(POD_INDEX)/{workload['spec']['replicas']}", name
+        service = of_kind("Service")[workload["spec"]["serviceName"]]
+        assert service["spec"]["clusterIP"] == "None", name
+    assert set(of_kind("StatefulSet")) >= AGENTS
 
 
 def test_every_deployment_has_its_own_service_account_and_resources() -> None:
     accounts = of_kind("ServiceAccount")
     seen = set()
-    for name, deployment in of_kind("Deployment").items():
+    for name, deployment in mesh_workloads().items():
         pod = deployment["spec"]["template"]["spec"]
         account = pod["serviceAccountName"]
         assert account in accounts, name
@@ -273,20 +327,36 @@ def literal_env(container: dict[str, Any]) -> dict[str, str]:
     secrets = example_secrets()
     env = {}
     for variable in container["env"]:
+        if "fieldRef" in variable.get("valueFrom", {}):
+            continue  # the pod's own (its ordinal): see pod_fields
         if "valueFrom" in variable:
             ref = variable["valueFrom"]["secretKeyRef"]
             assert ref["key"] in secrets[ref["name"]], f"no secret {ref['name']}/{ref['key']}"
             env[variable["name"]] = secrets[ref["name"]][ref["key"]]
         else:
-            env[variable["name"]] = variable["value"]
+            # $(NAME) is expanded by Kubernetes from the variables defined before it;
+            # here, as for the first pod of a StatefulSet.
+            env[variable["name"]] = re.sub(
+                r"\$\((\w+)\)", lambda m: pod_fields(container)[m.group(1)], variable["value"]
+            )
     return env
 
 
-@pytest.mark.parametrize("name", sorted(of_kind("Deployment")))
+def pod_fields(container: dict[str, Any]) -> dict[str, str]:
+    """Variables a container takes from its pod's fields, as the first pod has them."""
+    first_pod = {"metadata.labels['apps.kubernetes.io/pod-index']": "0"}
+    return {
+        v["name"]: first_pod[v["valueFrom"]["fieldRef"]["fieldPath"]]
+        for v in container["env"]
+        if "fieldRef" in v.get("valueFrom", {})
+    }
+
+
+@pytest.mark.parametrize("name", sorted(mesh_workloads()))
 def test_every_deployment_setting_is_one_the_code_reads_and_accepts(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    deployment = of_kind("Deployment")[name]
+    deployment = mesh_workloads()[name]
     env = literal_env(main_container(deployment))
     known = known_variables()
     for variable in env:
@@ -316,9 +386,9 @@ def credential_files(deployment: dict[str, Any]) -> dict[str, Path]:
     return files
 
 
-@pytest.mark.parametrize("name", sorted(of_kind("Deployment")))
+@pytest.mark.parametrize("name", sorted(mesh_workloads()))
 def test_every_credential_is_read_from_its_own_read_only_secret(name: str) -> None:
-    deployment = of_kind("Deployment")[name]
+    deployment = mesh_workloads()[name]
     pod = deployment["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m for m in main_container(deployment)["volumeMounts"]}
@@ -352,7 +422,7 @@ def test_every_credential_is_read_from_its_own_read_only_secret(name: str) -> No
 def test_replicated_deployments_have_a_disruption_budget_and_singletons_never_overlap() -> None:
     budgets = of_kind("PodDisruptionBudget")
     replicated = set()
-    for name, deployment in of_kind("Deployment").items():
+    for name, deployment in mesh_workloads().items():
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         covering = [b for b in budgets.values() if matches(b["spec"]["selector"], labels)]
         if deployment["spec"]["replicas"] > 1:
@@ -363,7 +433,8 @@ def test_replicated_deployments_have_a_disruption_budget_and_singletons_never_ov
         else:
             assert not covering, f"{name}: a budget on one replica blocks every drain"
             assert deployment["spec"]["strategy"]["type"] == "Recreate", name
-    assert replicated == {"policy", "ingress", "reader"}
+    # Every part but the payment gateway (a stand-in for the bank's, with its ledger).
+    assert replicated == {"registry", "policy", "eventstore", "ingress", "reader", *AGENTS}
 
 
 def test_the_ingress_is_probed_on_the_port_it_serves() -> None:
@@ -410,7 +481,7 @@ def test_the_network_is_closed_but_for_what_the_mesh_needs() -> None:
     assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
     dns = {("dns", 53)}
     extra_egress = {"eventstore": {("postgres", 5432)}, "payment": {("gateway", 8099)}}
-    for name, deployment in of_kind("Deployment").items():
+    for name, deployment in mesh_workloads().items():
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         if name == "gateway":
             assert allowed("Egress", labels) == dns
