@@ -42,6 +42,9 @@ from mesh._broker.stored_messages import (
     RawMessage,
     StoredEvent,
 )
+from mesh._broker.stream_provisioning import (
+    provision_streams,
+)
 from mesh._broker.stream_reader import (
     StreamReader,
     read_raw,
@@ -212,6 +215,7 @@ __all__ = [
     "connect_as",
     "ensure_key_value",
     "ensure_stream",
+    "provision_streams",
     "human_decision_refusal",
     "inbox_prefix",
     "is_inbox",

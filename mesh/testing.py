@@ -28,10 +28,10 @@ from contracts.envelope import Event
 from contracts.events.case import CaseOpened, CaseOpenedPayload
 from mesh._broker.connection import connect
 from mesh._broker.embedded import EmbeddedNats
-from mesh._broker.provisioning import ensure_stream
 from mesh._broker.publisher import EventPublisher, Receipt
 from mesh._broker.reading import read_case
 from mesh._broker.stored_messages import StoredEvent
+from mesh._broker.stream_provisioning import provision_streams
 from mesh._broker.topology import Topology
 from mesh._runtime.dead_letters import DeadLetter, read_dead_letters
 from mesh._runtime.runtime import AgentRunner
@@ -114,8 +114,7 @@ class MeshTestKit:
             url = self._server.url
         self.url = url
         self.nc = await connect(url, name=f"test-kit:{self.root}")
-        for stream in self.topology.streams():
-            await ensure_stream(self.js, stream)
+        await provision_streams(self.js, self.topology)
         for agent in self.agents:
             runner = AgentRunner(
                 agent,

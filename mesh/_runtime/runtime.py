@@ -14,7 +14,8 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
 from contracts.subjects import key_of
-from mesh._broker.provisioning import ProvisionReport, ensure_stream
+from mesh._broker.provisioning import ProvisionReport
+from mesh._broker.stream_provisioning import provision_streams
 from mesh._broker.topology import Topology
 from mesh._runtime.agent_services import AgentServices
 from mesh._runtime.consumer import (
@@ -94,8 +95,7 @@ class AgentRunner(AgentServices):
     async def start(self) -> None:
         ack_wait, pin_timeout = self.settings.ack_wait, self.settings.pin_timeout
         if self.provision:
-            for stream in self.topology.streams():
-                self.reports.append(await ensure_stream(self.js, stream))
+            self.reports += await provision_streams(self.js, self.topology)
             self.reports += await provision_agent_durables(
                 self.js, self.agent.card, self.topology, self.settings
             )

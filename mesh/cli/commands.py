@@ -16,7 +16,8 @@ from rich.table import Table
 
 from contracts import schema_export
 from mesh._broker.embedded import EmbeddedNats
-from mesh._broker.provisioning import Outcome, ensure_stream
+from mesh._broker.provisioning import Outcome
+from mesh._broker.stream_provisioning import provision_streams
 from mesh._runtime.command_line import LogLevel, configure_logging, fail, run, session
 from mesh._runtime.dead_letters import read_dead_letters, replay_dead_letter
 from mesh._sdk.app import load_agent, run_agent
@@ -106,8 +107,7 @@ def streams_provision(
     async def provision() -> int:
         async with session(embedded=True) as mesh:
             drifted = 0
-            for config in mesh.topology.streams():
-                report = await ensure_stream(mesh.js, config)
+            for report in await provision_streams(mesh.js, mesh.topology):
                 typer.echo(f"{report.resource}: {report.outcome.value}")
                 for difference in report.differences:
                     typer.echo(f"  {difference}")

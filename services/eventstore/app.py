@@ -30,7 +30,7 @@ from mesh.service import (
     RegistryClient,
     RequestServer,
     Topology,
-    ensure_stream,
+    provision_streams,
     service_main,
     stop_task,
     topology_for,
@@ -88,8 +88,7 @@ class EventStoreService:
 
     async def start(self) -> None:
         if self.provision:
-            for config in self.topology.streams():
-                await ensure_stream(self.js, config)
+            await provision_streams(self.js, self.topology)
         if self.store is None:
             dsn = self.store_settings.database_url(self.settings.data_dir)
             self.store = await asyncio.to_thread(ViewStore.open, dsn)

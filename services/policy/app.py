@@ -28,7 +28,7 @@ from mesh.service import (
     RegistryClient,
     Service,
     Topology,
-    ensure_stream,
+    provision_streams,
     service_main,
     topology_for,
 )
@@ -87,8 +87,7 @@ class PolicyService:
 
     async def start(self) -> None:
         if self.runner.provision:
-            for config in self.topology.streams():
-                await ensure_stream(self.js, config)
+            await provision_streams(self.js, self.topology)
         await self.handlers.activate(self.policy.bundle_dir)
         await self.approvals.open()
         await self.keys.follow(self.nc, self.topology, self.registry)

@@ -31,9 +31,9 @@ from mesh.service import (
     Service,
     StaticPrincipal,
     Topology,
-    ensure_stream,
     load_principals,
     provision_agent_durables,
+    provision_streams,
     service_main,
     stop_task,
 )
@@ -108,17 +108,20 @@ class RegistryService:
     async def _lead(self, holding: bool) -> None:
         """Serve a term while the lease is ours; stand by and try for it otherwise."""
         poll = self.registry.standby_poll
+        failures = 0  # terms in a row that failed: what fails again waits longer
         while True:
             try:
                 if holding or await self._try_lease():
                     await self._serve_term()
+                failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception:
+                failures += 1
                 log.exception("the registry's term as the writer failed; standing by")
             holding = False
             await self._step_down()
-            await asyncio.sleep(poll)
+            await asyncio.sleep(min(poll * 2 ** min(failures, 8), 30.0))
 
     async def _try_lease(self) -> bool:
         try:
@@ -155,8 +158,7 @@ class RegistryService:
         is ours, so it holds every write of the previous writer that the stream took."""
         # The registry provisions the mesh's streams: under generated authorization,
         # agents may inspect streams but not create them.
-        for config in self.topology.streams():
-            await ensure_stream(self.js, config)
+        await provision_streams(self.js, self.topology)
         await self.store.open()
         state = await self.store.rebuild()
         repaired = await self.store.reconcile_view(state)

@@ -163,6 +163,7 @@ SERVICE = [
     "on_reconnect",
     "prior_actions",
     "provision_agent_durables",
+    "provision_streams",
     "read_case",
     "read_direct",
     "read_raw",
