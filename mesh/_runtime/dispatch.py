@@ -105,6 +105,25 @@ class EventDispatcher:
             log.warning("%s: %s", self.agent_id, exc)
             await settle(msg.term())
             return None
+        except ContractError as exc:
+            if not msg.subject.startswith(self.subjects.work_prefix()):
+                return await self._retry_or_give_up(msg, None, exc)
+            # A work-stream copy that does not lead back to the case log (only the
+            # server writes that stream, so: a server or a stream config gone wrong).
+            # It cannot be filed as a dead letter of the log, whose message it does not
+            # prove; retrying cannot change it. It stays in the work stream, where it
+            # is, and the operator is told where; the log keeps whatever it had.
+            meta = msg.metadata
+            log.error(  # noqa: TRY400 - the reason is the message; no traceback helps
+                "%s: %s #%d is not a copy of the case log (%s); not handled, left in %s",
+                self.agent_id,
+                msg.subject,
+                meta.sequence.stream,
+                exc,
+                meta.stream,
+            )
+            await settle(msg.term())
+            return None
         except MeshError as exc:
             return await self._retry_or_give_up(msg, None, exc)
         if delivery > self.max_deliver:

@@ -1,12 +1,20 @@
-"""The consumer loop's own rules, with a scripted message source: a message that comes
-back after it was settled (its ack lost) is acked again, never handled again."""
+"""The consumer loop's and the dispatcher's own rules, with scripted messages: a message
+that comes back after it was settled (its ack lost) is acked again, never handled
+again; a work copy that does not lead back to the case log is set aside."""
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
+import pytest
+
+from contracts import AgentCard
+from contracts.subjects import Subjects
+from mesh import Agent
 from mesh._runtime.consumer import PullConsumerLoop
+from mesh._runtime.dispatch import EventDispatcher
 
 
 class _Msg:
@@ -25,6 +33,9 @@ class _Msg:
 
     async def in_progress(self) -> None:
         self.settled.append("wip")
+
+    async def term(self) -> None:
+        self.settled.append("term")
 
 
 class _Script:
@@ -105,3 +116,32 @@ async def test_a_message_back_for_its_retry_is_handled_again() -> None:
     assert handled[:2] == [7, 7]
     assert loop.repeats_acked == 0
     assert source.settled_ones == []
+
+
+async def test_a_work_copy_that_does_not_lead_back_to_the_log_is_set_aside_not_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Only the server writes the work stream; a copy without the case log's origin (a
+    server or stream config gone wrong) cannot be filed as a dead letter of the log and
+    retrying cannot change it: it is terminated, named in the log, left where it is."""
+    agent = Agent(AgentCard(agent_id="watcher", name="w", version="1", owner="o", purpose="p"))
+    dispatcher = EventDispatcher(
+        agent,
+        services=None,  # type: ignore[arg-type]
+        dead_letters=None,  # type: ignore[arg-type]
+        subjects=Subjects("mesh"),
+        cases_stream="MESH_CASES",
+        max_deliver=5,
+        retry_base_delay=0.1,
+        retry_max_delay=1.0,
+        handler_timeout=1.0,
+    )
+    copy = _Msg(9, "c-1")
+    copy.subject = "mesh.work.3.c-1.case_opened"
+    copy.headers = {"Nats-Stream-Source": "MESH_OTHER 4 mesh.case.c-1.case_opened"}
+    copy.metadata.stream = "MESH_WORK"
+    copy.metadata.timestamp = datetime(2026, 11, 30, tzinfo=UTC)
+    copy.data = b"{}"
+    assert await dispatcher(copy) is None  # type: ignore[arg-type]
+    assert copy.settled == ["term"]
+    assert "is not a copy of the case log" in caplog.text
