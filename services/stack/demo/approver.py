@@ -84,35 +84,31 @@ async def approve(stack: Stack, nc: Client, identity: Identity, approvals: Count
             decided.add(request_id)
             # Most are approved; one in five is rejected (no receipt attached).
             grant = int(hashlib.sha256(request_id.encode()).hexdigest(), 16) % 5 != 0
-            envelope: dict[str, Any] = {
-                "case_id": item["case_id"],
-                "correlation_id": item["correlation_id"],
-                "causation_id": item["required_event_id"],
-                "actor": APPROVER,
-            }
-            decision: ApprovalGranted | ApprovalRejected
-            if grant:
-                decision = ApprovalGranted(
-                    **envelope,
-                    payload=ApprovalGrantedPayload(
-                        request_id=request_id,
-                        approver=APPROVER,
-                        comment="documents ok",
-                        request_digest=item["request_digest"],
-                    ),
-                )
-            else:
-                decision = ApprovalRejected(
-                    **envelope,
-                    payload=ApprovalRejectedPayload(
-                        request_id=request_id,
-                        approver=APPROVER,
-                        reason="no receipt",
-                        request_digest=item["request_digest"],
-                    ),
-                )
+            decision = _decision(item, grant)
             await _publish_until_stored(publisher, decision)
             approvals["approved" if grant else "rejected"] += 1
+
+
+def _decision(item: dict[str, Any], grant: bool) -> ApprovalGranted | ApprovalRejected:
+    """The human's answer to one pending request, as the approver states it."""
+    envelope: dict[str, Any] = {
+        "case_id": item["case_id"],
+        "correlation_id": item["correlation_id"],
+        "causation_id": item["required_event_id"],
+        "actor": APPROVER,
+    }
+    about = {
+        "request_id": item["request_id"],
+        "approver": APPROVER,
+        "request_digest": item["request_digest"],
+    }
+    if grant:
+        return ApprovalGranted(
+            **envelope, payload=ApprovalGrantedPayload(**about, comment="documents ok")
+        )
+    return ApprovalRejected(
+        **envelope, payload=ApprovalRejectedPayload(**about, reason="no receipt")
+    )
 
 
 async def _publish_until_stored(
