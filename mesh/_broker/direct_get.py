@@ -48,12 +48,38 @@ _DIRECT_HEADERS = frozenset(
 )
 
 
+# A replicated stream answers a direct get from any replica, a follower that has not
+# applied the newest writes included: a read that must reach a sequence it knows is
+# stored asks again, this many times, before it says so.
+CATCH_UP_ATTEMPTS = 12
+
+
 async def read_direct(
-    nc: Client, stream: str, subject: str, *, batch: int = 256, timeout: float = 5.0
+    nc: Client,
+    stream: str,
+    subject: str,
+    *,
+    batch: int = 256,
+    timeout: float = 5.0,
+    at_least: int = 0,
 ) -> list[RawMessage]:
     """Every message on `subject`, in order, by batched direct gets (ADR-31): no
     consumer is created, so a principal allowed `$JS.API.DIRECT.GET.<stream>` — every
-    agent, for the case stream — can read a case's history."""
+    agent, for the case stream — can read a case's history. With `at_least`, the
+    sequence of a message on `subject` the caller knows is stored (the event it is
+    handling), a read from a replica that has not caught up with it is made again, so
+    that nobody decides on a history older than what it is deciding about."""
+    for attempt in range(CATCH_UP_ATTEMPTS):
+        found = await _read_direct_once(nc, stream, subject, batch, timeout)
+        if not at_least or (found and found[-1].sequence >= at_least):
+            return found
+        await asyncio.sleep(min(0.005 * 2**attempt, 0.5))
+    raise BrokerError(f"read {subject}", f"no replica of {stream} answered with #{at_least} yet")
+
+
+async def _read_direct_once(
+    nc: Client, stream: str, subject: str, batch: int, timeout: float
+) -> list[RawMessage]:
     found: list[RawMessage] = []
     inbox = nc.new_inbox()
     queue: asyncio.Queue[Msg] = asyncio.Queue()

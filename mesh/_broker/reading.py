@@ -31,12 +31,20 @@ async def read_subject(
     decoder: EventDecoder | None = None,
     batch: int = 256,
     on_unreadable: Callable[[int, str, ContractError], None] | None = None,
+    at_least: int = 0,
 ) -> list[StoredEvent]:
     """Every event on `subject`, in stream order. A message that is not a valid event
-    raises, unless `on_unreadable` is given: then it is reported there and skipped."""
-    messages = await read_direct(client_of(js), stream, subject, batch=batch)
+    raises, unless `on_unreadable` is given: then it is reported there and skipped.
+    `at_least`: see `read_direct`."""
+    messages = await read_direct(client_of(js), stream, subject, batch=batch, at_least=at_least)
     return decoded(messages, decoder, on_unreadable or _raise)
 
 
-async def read_case(js: JetStreamContext, topology: Topology, case_id: str) -> list[StoredEvent]:
-    return await read_subject(js, topology.cases_stream, topology.subjects.case_history(case_id))
+async def read_case(
+    js: JetStreamContext, topology: Topology, case_id: str, *, at_least: int = 0
+) -> list[StoredEvent]:
+    """The case's events; with `at_least`, a history that reaches that sequence of the
+    case log (the event being handled): never one from a replica behind it."""
+    return await read_subject(
+        js, topology.cases_stream, topology.subjects.case_history(case_id), at_least=at_least
+    )

@@ -85,11 +85,12 @@ class AgentServices:
             # A conflict is not retried here: the handler must re-read and decide again.
             return await retry_transient(publish, retry_on=lambda e: isinstance(e, BrokerError))
 
-    async def _read(self, case_id: str) -> list[StoredEvent]:
-        """The case as stored (through the reader under enforcement), not yet checked."""
+    async def _read(self, case_id: str, at_least: int = 0) -> list[StoredEvent]:
+        """The case as stored (through the reader under enforcement), not yet checked;
+        reaching sequence `at_least` (see `read_direct`)."""
         if self.reader is not None:
-            return decoded(await self.reader.history(case_id))
-        return await read_case(self.js, self.topology, case_id)
+            return decoded(await self.reader.history(case_id, at_least))
+        return await read_case(self.js, self.topology, case_id, at_least=at_least)
 
     async def _verified(self, events: list[StoredEvent]) -> list[StoredEvent]:
         """With a key directory, only what verifies (signature, key, and the author's
@@ -110,8 +111,8 @@ class AgentServices:
             verified.append(stored)
         return verified
 
-    async def history(self, case_id: str) -> list[StoredEvent]:
-        return await self._verified(await self._read(case_id))
+    async def history(self, case_id: str, at_least: int = 0) -> list[StoredEvent]:
+        return await self._verified(await self._read(case_id, at_least))
 
     async def authorize(self, case_id: str, request_id: str) -> Authorization:
         if self.key_directory is None:

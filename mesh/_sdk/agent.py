@@ -53,7 +53,7 @@ class Services(Protocol):
 
     def breaker(self, name: str) -> CircuitBreaker: ...
 
-    async def history(self, case_id: str) -> list[StoredEvent]: ...
+    async def history(self, case_id: str, at_least: int = 0) -> list[StoredEvent]: ...
 
     async def authorize(self, case_id: str, request_id: str) -> Authorization: ...
 
@@ -140,9 +140,10 @@ class HandlerContext:
         return message_digest(self.message.subject, self.message.body)
 
     async def history(self) -> list[StoredEvent]:
-        """This case's log so far, in order (read from the stream, not a cache)."""
+        """This case's log so far, in order (read from the stream, not a cache), up to
+        the event being handled at least: never from a replica that is behind it."""
         assert self.event.case_id is not None
-        return await self._services.history(self.event.case_id)
+        return await self._services.history(self.event.case_id, at_least=self.stream_sequence)
 
     async def facts(self, history: list[StoredEvent] | None = None) -> dict[str, FactSource]:
         """The case's facts as the log establishes them: each from the latest statement

@@ -45,8 +45,8 @@ class CaseReader:
             raise ReadRefused(operation, reply.error or "no reason given")
         return reply
 
-    async def history(self, case_id: str) -> list[RawMessage]:
-        reply = await self._ask("history", HistoryRequest(case_id=case_id))
+    async def history(self, case_id: str, at_least: int = 0) -> list[RawMessage]:
+        reply = await self._ask("history", HistoryRequest(case_id=case_id, at_least=at_least))
         return [_raw(m) for m in reply.messages]
 
     async def replayed(self, dead_letter_sequence: int) -> RawMessage:

@@ -46,7 +46,7 @@ class CaseLog:
         the request's id is not decided (PermanentError)."""
         assert event.case_id is not None
         assert ctx.message is not None
-        history = await self._read(event.case_id)
+        history = await self._read(event.case_id, at_least=ctx.stream_sequence)
         first = first_copy(history, event.event_id)
         if first is not None and first.sequence != ctx.stream_sequence:
             # A copy (replayed under a fresh Nats-Msg-Id) or another event reusing the
@@ -59,21 +59,27 @@ class CaseLog:
             return None  # redelivered after we answered: never decide (or reopen) twice
         return case_evidence(history, self.keys, request=ctx.message, considered=considered)
 
-    async def closure_before(self, case_id: str, sequence: int) -> CaseClosure | None:
+    async def closure_before(
+        self, case_id: str, sequence: int, *, at_least: int = 0
+    ) -> CaseClosure | None:
         """How the case was closed before stream sequence `sequence`, if it was."""
-        return closure_before(await self._read(case_id), self.keys, sequence)
+        return closure_before(await self._read(case_id, at_least), self.keys, sequence)
 
-    async def decided_with(self, case_id: str, request_id: str, approval_id: str) -> bool:
+    async def decided_with(
+        self, case_id: str, request_id: str, approval_id: str, *, at_least: int = 0
+    ) -> bool:
         """Has the policy service already answered this request with this approval?"""
-        history = await self._read(case_id)  # a directory as recent as the log
+        history = await self._read(case_id, at_least)  # a directory as recent as the log
         return any(
             isinstance(answer, ActionApproved | ActionDenied)
             and answer.payload.approval_id == approval_id
             for answer in answers(history, request_id, self.service_id, self.keys)
         )
 
-    async def _read(self, case_id: str) -> list[StoredEvent]:
-        history = await read_case(self.js, self.topology, case_id)
+    async def _read(self, case_id: str, at_least: int = 0) -> list[StoredEvent]:
+        """`at_least`: the sequence of the event being handled when it is of this case
+        — a replica behind it could hide an answer already given (see `read_direct`)."""
+        history = await read_case(self.js, self.topology, case_id, at_least=at_least)
         if history:
             await self.keys.ensure_current(max(s.stored_at for s in history))
         return history

@@ -214,7 +214,11 @@ class PolicyHandlers:
         if outcome is ActionApproved:
             refusal = human_grant_refusal(
                 pending.case_id,
-                await self.case_log.closure_before(pending.case_id, ctx.stream_sequence),
+                await self.case_log.closure_before(
+                    pending.case_id,
+                    ctx.stream_sequence,
+                    at_least=ctx.stream_sequence if ctx.event.case_id == pending.case_id else 0,
+                ),
             )
             if refusal is not None:
                 outcome, reason = ActionDenied, f"{reason}; but {refusal}"
@@ -244,7 +248,9 @@ class PolicyHandlers:
         if (
             loaded is None
             and event.case_id
-            and await self.case_log.decided_with(event.case_id, request_id, event.event_id)
+            and await self.case_log.decided_with(
+                event.case_id, request_id, event.event_id, at_least=ctx.stream_sequence
+            )
         ):
             return None
         # The card the approver held when the approval was stored (the dispatcher has

@@ -1,0 +1,50 @@
+"""A case's history read by direct gets reaches the event being handled: a replicated
+stream answers from any replica, a follower behind the newest writes included, so a
+read that must reach a sequence it knows is stored asks again until it does — and says
+so, rather than answering with less, when no replica catches up."""
+
+from __future__ import annotations
+
+import pytest
+from nats.aio.client import Client
+
+from contracts import CaseOpened, CaseOpenedPayload, CaseStepCompleted, CaseStepCompletedPayload
+from mesh import Identity
+from mesh._broker import direct_get
+from mesh._broker.publisher import EventPublisher
+from mesh._broker.reading import read_case
+from mesh._broker.topology import Topology
+from mesh.errors import BrokerError
+
+
+async def _case_of_two(nc: Client, topology: Topology, case_id: str) -> int:
+    publisher = EventPublisher(nc.jetstream(), Identity.generate(), topology)
+    opened = CaseOpened(
+        case_id=case_id, actor="harness", payload=CaseOpenedPayload(kind="claim", source="t")
+    )
+    await publisher.publish(opened)
+    step = CaseStepCompleted(
+        case_id=case_id,
+        actor="harness",
+        causation_id=opened.event_id,
+        payload=CaseStepCompletedPayload(step="intake", outcome="ok"),
+    )
+    return (await publisher.publish(step)).sequence
+
+
+async def test_a_read_that_reaches_the_event_being_handled_answers_at_once(
+    nc: Client, provisioned: Topology
+) -> None:
+    newest = await _case_of_two(nc, provisioned, "c-1")
+    history = await read_case(nc.jetstream(), provisioned, "c-1", at_least=newest)
+    assert [s.sequence for s in history][-1] == newest
+    assert len(history) == 2
+
+
+async def test_a_read_that_no_replica_brings_up_to_the_event_says_so(
+    nc: Client, provisioned: Topology, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    newest = await _case_of_two(nc, provisioned, "c-2")
+    monkeypatch.setattr(direct_get, "CATCH_UP_ATTEMPTS", 3)
+    with pytest.raises(BrokerError, match=rf"no replica of .* answered with #{newest + 7} yet"):
+        await read_case(nc.jetstream(), provisioned, "c-2", at_least=newest + 7)
