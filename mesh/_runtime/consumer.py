@@ -46,6 +46,18 @@ Process = Callable[[Msg], Awaitable[float | None]]
 OrderingKey = Callable[[Msg], str]
 
 
+def delivered_by(msg: Msg, stream: str, consumer: str) -> bool:
+    """Whether `msg` was delivered by that consumer: its reply (the ack subject the
+    server gives each delivery) names the stream and the consumer. A message anyone
+    else got into our inbox — a peer's own delivery, sent here by a pull whose reply
+    subject it chose — fails this, and is never handled, acked or remembered."""
+    try:
+        meta = msg.metadata
+    except (nats.errors.Error, ValueError, IndexError):
+        return False
+    return bool(meta.stream == stream and meta.consumer == consumer)
+
+
 def case_ordering_key(msg: Msg) -> str:
     # <root>.<family>.<key>.<event_type>: the key token orders a case's events; a work
     # copy, <root>.work.<partition>.<case>.<event_type>, is ordered by its case too (not
@@ -81,13 +93,27 @@ class MessageSource(Protocol):
 
 
 class SubscriptionSource:
-    """A plain pull subscription: every message it fetches is ours."""
+    """A plain pull subscription bound to `stream`/`consumer`: what it fetches is ours,
+    once checked to come from that consumer (see `delivered_by`)."""
 
-    def __init__(self, subscription: JetStreamContext.PullSubscription) -> None:
+    def __init__(
+        self, subscription: JetStreamContext.PullSubscription, stream: str, consumer: str
+    ) -> None:
         self.subscription = subscription
+        self.stream = stream
+        self.consumer = consumer
 
     async def fetch(self, batch: int, timeout: float) -> list[Msg]:
-        return await self.subscription.fetch(batch, timeout=timeout)
+        fetched = await self.subscription.fetch(batch, timeout=timeout)
+        ours = [msg for msg in fetched if delivered_by(msg, self.stream, self.consumer)]
+        if len(ours) < len(fetched):
+            log.warning(
+                "%s/%s: %d message(s) in its inbox not delivered by it; dropped",
+                self.stream,
+                self.consumer,
+                len(fetched) - len(ours),
+            )
+        return ours
 
     def owns(self, msg: Msg) -> bool:
         return True

@@ -51,7 +51,7 @@ from nats.aio.subscription import Subscription
 
 from contracts.subjects import partition_of_work
 from mesh._broker.pinned import API, PIN_GROUP, consumer_info
-from mesh._runtime.consumer import settle
+from mesh._runtime.consumer import delivered_by, settle
 from mesh.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -361,6 +361,17 @@ class PinnedPartitions:
         part.unfinished_since = None  # the whole batch came
 
     def _receive(self, part: _Partition, msg: Msg, sent: float) -> None:
+        if not delivered_by(msg, self.stream, part.durable):
+            # Not this partition's delivery (a peer's, sent into our inbox by a pull
+            # whose reply it chose): neither handled, nor acked, nor remembered.
+            log.warning(
+                "partition %s of %s: a message on %s not delivered by %s; dropped",
+                part.index,
+                self.stream,
+                msg.subject,
+                part.durable,
+            )
+            return
         pin = (msg.headers or {}).get(PIN_HEADER)
         if pin is None:
             # Not a pinned consumer after all (someone changed it): refuse to guess.

@@ -140,7 +140,9 @@ class AgentRunner(AgentServices):
         )
         self._replay_loop = self._consume(
             replays.durable_name,
-            SubscriptionSource(subscription),
+            SubscriptionSource(
+                subscription, self.topology.dead_letter_stream, replays.durable_name
+            ),
             dispatcher,
             ack_wait,
             _original_case,

@@ -57,16 +57,30 @@ async def request_with_patience(
             raise BrokerError(what, repr(exc)) from exc
 
 
+# How long a request waits for a registry to answer at all: the registry runs
+# active/standby, and a standby serves only once the dead writer's lease has expired
+# and it has rebuilt the state (longer while the cluster elects leaders).
+REGISTRY_PATIENCE = 20.0
+
+
 class RegistryClient:
     def __init__(
-        self, nc: Client, subjects: Subjects, *, timeout: float = 5.0, asker: str | None = None
+        self,
+        nc: Client,
+        subjects: Subjects,
+        *,
+        timeout: float = 5.0,
+        asker: str | None = None,
+        patience: float = REGISTRY_PATIENCE,
     ) -> None:
         """`asker`: the agent this connection is (under the registry's enforcement),
-        which asks its reads under its own name."""
+        which asks its reads under its own name. `patience`: how long "no registry
+        answers" is asked again before it is an error."""
         self.nc = nc
         self.subjects = subjects
         self.timeout = timeout
         self.asker = asker
+        self.patience = patience
 
     async def _request(
         self,
@@ -95,6 +109,7 @@ class RegistryClient:
             timeout=self.timeout,
             headers=headers,
             what=f"registry {operation}",
+            patience=self.patience,
         )
         try:
             reply = _reply_decoder.decode(msg.data)

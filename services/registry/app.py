@@ -79,7 +79,9 @@ class RegistryService:
         registry_keys = {identity.public_key} | {
             p.public_key for p in self.principals if p.role == "registry"
         }
-        self.lease = WriterLease(self.js, self.topology, registry.lease_timeout)
+        self.lease = WriterLease(
+            self.js, self.topology, registry.lease_timeout, identity, frozenset(registry_keys)
+        )
         self.store = RegistryStore(
             self.js, publisher, self.topology, frozenset(registry_keys), fence=self.lease.check
         )
@@ -121,7 +123,7 @@ class RegistryService:
                 log.exception("the registry's term as the writer failed; standing by")
             holding = False
             await self._step_down()
-            await asyncio.sleep(min(poll * 2 ** min(failures, 8), 30.0))
+            await asyncio.sleep(min(poll * 2 ** min(failures, 8), self.lease.timeout))
 
     async def _try_lease(self) -> bool:
         try:

@@ -123,6 +123,9 @@ class RegistryHandlers:
         registry's own: a value in the request that does not parse (a key, a base64
         field) is malformed input."""
         operation = request.operation
+        # Reads too: a registry whose term ended (it was frozen while a standby took
+        # over and moved on) would answer from a state that is no longer the truth.
+        self.store.fence()
         try:
             reply = await self.routes()[operation](request.msg)
         except ValueError as exc:

@@ -15,6 +15,11 @@ timeout).
   holder frozen past its term finds, when it wakes, that it may not write any more —
   before its first write, not after.
 
+- The key's value is the holder's name signed with a registry key. The bucket takes
+  whatever lands on its subject — a JetStream API answer sent there by anyone who can
+  make a request with a reply subject of their choosing — so a value that is not a
+  signed lease counts for nothing: the holder renews over it, a standby takes it.
+
 The lease keeps one writer at a time and gives readers one current answer. It is not
 what keeps the history whole: each append is conditional on the registry stream's
 newest sequence (store.py), so a write by a holder whose term ended while its request
@@ -23,6 +28,7 @@ was in flight is refused by the stream, never interleaved.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -34,11 +40,21 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
-from mesh.service import MeshError, Topology, broker_errors, client_of, ensure_key_value
+from mesh.service import (
+    Identity,
+    MeshError,
+    SignatureError,
+    Topology,
+    broker_errors,
+    client_of,
+    ensure_key_value,
+    verify,
+)
 
 log = logging.getLogger(__name__)
 
 WRITER_KEY = "writer"
+LEASE_STATEMENT = "agent-mesh.registry-writer-lease"  # what a lease's signature covers
 
 
 def lease_bucket(topology: Topology) -> str:
@@ -53,12 +69,29 @@ class NotTheWriter(MeshError):
 
 
 class WriterLease:
-    def __init__(self, js: JetStreamContext, topology: Topology, timeout: float) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        topology: Topology,
+        timeout: float,
+        identity: Identity,
+        writers: frozenset[str],
+    ) -> None:
+        """`identity` signs this registry's leases; `writers`: the registry keys whose
+        signed leases count."""
         self.js = js
         self.topology = topology
         self.timeout = timeout
-        # Who holds it, for the operator reading the bucket: host, pid.
-        self.holder = f"{socket.gethostname()}:{os.getpid()}".encode()
+        self.writers = writers
+        # Who holds it, for the operator reading the bucket (host, pid), signed.
+        holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.holder = json.dumps(
+            {
+                "holder": holder,
+                "signer": identity.public_key,
+                "signature": identity.sign(LEASE_STATEMENT, holder.encode()),
+            }
+        ).encode()
         self._kv: KeyValue | None = None
         self._revision = 0
         self._valid_until = 0.0  # monotonic
@@ -94,7 +127,8 @@ class WriterLease:
             try:
                 self._revision = await self._kv.create(WRITER_KEY, self.holder)
             except nats.js.errors.KeyWrongLastSequenceError:
-                return False  # somebody holds it
+                if not await self._over_stray_value():
+                    return False  # somebody holds it
         self._valid_until = sent + self.timeout
         return True
 
@@ -106,15 +140,49 @@ class WriterLease:
         try:
             self._revision = await self._kv.update(WRITER_KEY, self.holder, last=self._revision)
         except nats.js.errors.KeyWrongLastSequenceError:
-            log.warning("the registry's writer lease was taken over")
-            self._valid_until = 0.0
-            return False
+            # Somebody else's lease — or a stray value over ours, renewed over while
+            # the term still runs (after it, a standby may hold the lease meanwhile).
+            if not (self.held and await self._over_stray_value()):
+                log.warning("the registry's writer lease was taken over")
+                self._valid_until = 0.0
+                return False
         except (nats.errors.Error, TimeoutError) as exc:
             # Not confirmed: the term still runs out on its own clock; try again.
             log.warning("writer lease not renewed just now: %r", exc)
             return self.held
         self._valid_until = sent + self.timeout
         return True
+
+    async def _over_stray_value(self) -> bool:
+        """If the key holds what no registry signed, write our lease over it (by its
+        revision: of two registries doing so at once, one wins); True if we did."""
+        assert self._kv is not None
+        try:
+            entry = await self._kv.get(WRITER_KEY)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return False  # expired meanwhile: `create` takes it on the next try
+        if self.is_lease(entry.value):
+            return False
+        log.warning(
+            "the registry's writer lease key holds a value no registry signed "
+            "(revision %s); written over",
+            entry.revision,
+        )
+        try:
+            self._revision = await self._kv.update(WRITER_KEY, self.holder, last=entry.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        return True
+
+    def is_lease(self, value: bytes | None) -> bool:
+        """Whether `value` is a lease a registry signed."""
+        try:
+            lease = json.loads(value or b"")
+            signer = lease["signer"]
+            verify(signer, LEASE_STATEMENT, str(lease["holder"]).encode(), lease["signature"])
+        except (ValueError, KeyError, TypeError, SignatureError):
+            return False
+        return signer in self.writers
 
     async def release(self) -> None:
         """On a clean stop: a standby need not wait for the timeout."""

@@ -205,6 +205,12 @@ class RegistryStore:
             return seen
         for key in keys:
             entry = await self._liveness.get(key)
-            if entry.value:
+            if not entry.value:
+                continue
+            try:
                 seen[key] = datetime.fromisoformat(entry.value.decode())
+            except ValueError:
+                # Not a heartbeat this registry wrote (the bucket takes what a stray
+                # reply puts there): passed over, named, never a reason not to serve.
+                log.warning("liveness entry %r is not a time; ignored", key)
         return seen
