@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
 
 from contracts.eventstore_api import CaseView
 from mesh._runtime.dead_letters import read_dead_letters
+from mesh._runtime.resilience import retry_transient
 from mesh._support.text import shown
+from mesh.errors import BrokerError, StoreRefused
 from services.eventstore.audit import Report, verify_bundle
 from services.eventstore.export import build_bundle
 from services.stack.demo.payments import completions_in, payment_problems
 from services.stack.demo.workload import MIX, DemoCase
 from services.stack.stack import Stack
+
+T = TypeVar("T")
 
 FINAL = ("closed", "escalated")
 
@@ -67,12 +72,15 @@ async def collect_result(
     elapsed: float,
     timed_out: bool,
 ) -> DemoResult:
-    """Everything the summary shows, read from the running mesh once the demo ends."""
-    letters = await read_dead_letters(stack.operator_nc.jetstream(), stack.topology, limit=10_000)
+    """Everything the summary shows, read from the running mesh once the demo ends —
+    patiently: on a cluster the last case may end while streams still elect leaders
+    (a member just restarted), and the registry's standby may be taking over."""
+    js = stack.operator_nc.jetstream()
+    letters = await _patiently(lambda: read_dead_letters(js, stack.topology, limit=10_000))
     dead = Counter(letter.kind for letter in letters)
     async with stack.gateway_client() as http:
         ledger = (await http.get("/v1/ledger")).json()["payments"]
-    bundle = await build_bundle(stack.operator_nc, stack.topology, None)
+    bundle = await _patiently(lambda: build_bundle(stack.operator_nc, stack.topology, None))
     completions = completions_in(bundle)
     report = verify_bundle(bundle, store_key=stack.layout.identity("eventstore").public_key)
     outcomes: dict[str, Counter[str]] = defaultdict(Counter)
@@ -98,6 +106,17 @@ async def collect_result(
         timed_out=timed_out,
         outcomes=dict(outcomes),
         completions=completions,
+    )
+
+
+async def _patiently(read: Callable[[], Awaitable[T]]) -> T:
+    """A read retried while the broker, or a service it asks, is not there yet."""
+    return await retry_transient(
+        read,
+        attempts=12,
+        maximum=5.0,
+        deadline=90.0,
+        retry_on=lambda e: isinstance(e, BrokerError | StoreRefused),
     )
 
 
