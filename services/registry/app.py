@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import msgspec
 import nats.errors
@@ -22,6 +25,7 @@ from nats.aio.client import Client
 from contracts.cards import AgentCard
 from contracts.registry_api import ASKED_BY_NAME, OPERATIONS, RegistryReply
 from mesh.service import (
+    BrokerError,
     ConfigurationError,
     EventPublisher,
     Identity,
@@ -34,6 +38,7 @@ from mesh.service import (
     load_principals,
     provision_agent_durables,
     provision_streams,
+    retry_transient,
     service_main,
     stop_task,
 )
@@ -46,6 +51,7 @@ from services.registry.settings import RegistrySettings
 from services.registry.store import RegistryStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _vetted(principals: list[StaticPrincipal], state: RegistryState) -> list[StaticPrincipal]:
@@ -160,10 +166,12 @@ class RegistryService:
         is ours, so it holds every write of the previous writer that the stream took."""
         # The registry provisions the mesh's streams: under generated authorization,
         # agents may inspect streams but not create them.
-        await provision_streams(self.js, self.topology)
-        await self.store.open()
-        state = await self.store.rebuild()
-        repaired = await self.store.reconcile_view(state)
+        # Each step patiently: a take-over is most likely while the cluster is in
+        # trouble (a member died with the writer), and the lease is renewed meanwhile.
+        await _patiently(lambda: provision_streams(self.js, self.topology))
+        await _patiently(self.store.open)
+        state = await _patiently(self.store.rebuild)
+        repaired = await _patiently(lambda: self.store.reconcile_view(state))
         if repaired:
             log.info("registry view: %d record(s) repaired from history", repaired)
         if self.registry.principals_file:  # as it is now: it may have changed meanwhile
@@ -189,13 +197,13 @@ class RegistryService:
             principals=principals,
             authorization=authorization,
             stale_after=self.registry.stale_after,
-            heartbeats=await self.store.heartbeats(),
+            heartbeats=await _patiently(self.store.heartbeats),
             provision=self._provision_durables,
             registrations_per_second=self.registry.registrations_per_second,
         )
         for record in state.records.values():
             if record.status == "active":
-                await self._provision_durables(record.card)
+                await _patiently(functools.partial(self._provision_durables, record.card))
         # Agents ask their reads under their own name and are answered only on their own
         # inbox; services and operators ask unnamed.
         self.server = RequestServer(
@@ -256,6 +264,13 @@ class RegistryService:
     async def stop(self) -> None:
         await stop_task(self._leading)
         await self._step_down()
+
+
+async def _patiently(step: Callable[[], Awaitable[T]]) -> T:
+    """A take-over step, retried while the broker answers late or not at all."""
+    return await retry_transient(
+        step, attempts=10, maximum=2.0, deadline=30.0, retry_on=lambda e: isinstance(e, BrokerError)
+    )
 
 
 def _refusal(reason: str) -> bytes:

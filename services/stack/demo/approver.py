@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
+import time
 from collections import Counter
 from typing import Any
 
@@ -115,14 +117,16 @@ async def _publish_until_stored(
     publisher: EventPublisher, decision: ApprovalGranted | ApprovalRejected
 ) -> None:
     """The same event (same id: the stream de-duplicates) again, if its publish failed
-    while the cluster failed over."""
-    for attempt in range(1, 6):
+    while the cluster failed over — for up to a minute: a rolling restart of every
+    member leaves the case stream without a leader more than once."""
+    deadline = time.monotonic() + 60.0
+    for attempt in itertools.count(1):
         try:
             await publisher.publish(decision)
         except MeshError as exc:
-            if attempt == 5:
+            if time.monotonic() > deadline:
                 raise
             log.info("approval not stored yet (%s); again", exc)
-            await asyncio.sleep(0.5 * attempt)
+            await asyncio.sleep(min(0.5 * attempt, 2.0))
         else:
             return
