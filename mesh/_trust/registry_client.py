@@ -60,7 +60,7 @@ async def request_with_patience(
 # How long a request waits for a registry to answer at all: the registry runs
 # active/standby, and a standby serves only once the dead writer's lease has expired
 # and it has rebuilt the state (longer while the cluster elects leaders).
-REGISTRY_PATIENCE = 20.0
+REGISTRY_PATIENCE = 30.0
 
 
 class RegistryClient:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import socket
 import time
 
@@ -83,8 +84,9 @@ class WriterLease:
         self.topology = topology
         self.timeout = timeout
         self.writers = writers
-        # Who holds it, for the operator reading the bucket (host, pid), signed.
-        holder = f"{socket.gethostname()}:{os.getpid()}"
+        # Who holds it, for the operator reading the bucket (host, pid), and which
+        # instance (two in one process are two registries), signed.
+        holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.holder = json.dumps(
             {
                 "holder": holder,
@@ -127,7 +129,7 @@ class WriterLease:
             try:
                 self._revision = await self._kv.create(WRITER_KEY, self.holder)
             except nats.js.errors.KeyWrongLastSequenceError:
-                if not await self._over_stray_value():
+                if not await self._reclaim(stray_too=True):
                     return False  # somebody holds it
         self._valid_until = sent + self.timeout
         return True
@@ -138,14 +140,16 @@ class WriterLease:
         assert self._kv is not None, "open() first"
         sent = time.monotonic()
         try:
-            self._revision = await self._kv.update(WRITER_KEY, self.holder, last=self._revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            # Somebody else's lease — or a stray value over ours, renewed over while
-            # the term still runs (after it, a standby may hold the lease meanwhile).
-            if not (self.held and await self._over_stray_value()):
-                log.warning("the registry's writer lease was taken over")
-                self._valid_until = 0.0
-                return False
+            try:
+                self._revision = await self._kv.update(WRITER_KEY, self.holder, last=self._revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                # Somebody else's lease — or still ours (a renewal whose answer was
+                # lost), or a stray value over ours, renewed over while the term still
+                # runs (after it, a standby may hold the lease meanwhile).
+                if not await self._reclaim(stray_too=self.held):
+                    log.warning("the registry's writer lease was taken over")
+                    self._valid_until = 0.0
+                    return False
         except (nats.errors.Error, TimeoutError) as exc:
             # Not confirmed: the term still runs out on its own clock; try again.
             log.warning("writer lease not renewed just now: %r", exc)
@@ -153,21 +157,24 @@ class WriterLease:
         self._valid_until = sent + self.timeout
         return True
 
-    async def _over_stray_value(self) -> bool:
-        """If the key holds what no registry signed, write our lease over it (by its
-        revision: of two registries doing so at once, one wins); True if we did."""
+    async def _reclaim(self, *, stray_too: bool) -> bool:
+        """Write our lease over the key's entry (by its revision: of two registries
+        doing so at once, one wins) if it is our own lease — a renewal stored whose
+        answer was lost — or, with `stray_too`, a value no registry signed. True if
+        we did."""
         assert self._kv is not None
         try:
             entry = await self._kv.get(WRITER_KEY)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return False  # expired meanwhile: `create` takes it on the next try
-        if self.is_lease(entry.value):
-            return False
-        log.warning(
-            "the registry's writer lease key holds a value no registry signed "
-            "(revision %s); written over",
-            entry.revision,
-        )
+        if entry.value != self.holder:
+            if not stray_too or self.is_lease(entry.value):
+                return False  # somebody else's
+            log.warning(
+                "the registry's writer lease key holds a value no registry signed "
+                "(revision %s); written over",
+                entry.revision,
+            )
         try:
             self._revision = await self._kv.update(WRITER_KEY, self.holder, last=entry.revision)
         except nats.js.errors.KeyWrongLastSequenceError:

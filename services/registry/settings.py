@@ -52,7 +52,9 @@ class RegistrySettings(BaseSettings):
     )
     stale_after: float = Field(default=30.0, gt=0, description="seconds without a heartbeat")
     lease_timeout: float = Field(
-        default=5.0,
+        # Longer than a JetStream leader election on a loaded cluster (seconds): a
+        # writer must not lose its term each time the lease's stream changes leader.
+        default=10.0,
         gt=0,
         description="seconds a writer's lease lasts unrenewed: how soon a standby takes over",
     )
