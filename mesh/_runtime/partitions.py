@@ -110,6 +110,7 @@ class _Partition:
     # When a pull we stopped waiting for was sent: a message that still comes from it
     # confirms the pin only as of then.
     unfinished_since: float | None = None
+    troubled: int = 0  # pulls in a row answered with an unexpected status (503…)
     # What this replica settled lately: sequence → (ack reply subject, when).
     settled: OrderedDict[int, tuple[str, float]] = field(default_factory=OrderedDict)
 
@@ -338,11 +339,14 @@ class PinnedPartitions:
             status = self._status_of(msg)
             if status is None:
                 received += 1
+                part.troubled = 0
                 self._receive(part, msg, earliest)
                 continue
             if msg.subject != reply:
                 continue  # an earlier pull's answer
             part.unfinished_since = None
+            if status in ("100", "408"):
+                part.troubled = 0
             if status == "100":
                 continue  # idle heartbeat
             if status == "408":
@@ -356,7 +360,19 @@ class PinnedPartitions:
                     log.info("pull on %s: %s", part.durable, description)
                     await asyncio.sleep(min(self.fetch_wait, 0.5))
             elif status != "404":
-                log.warning("pull on %s answered %s", part.durable, status)
+                # 503 (the consumer has no leader: a member died, an election runs) or
+                # anything unexpected: the same pull would be answered the same at
+                # once, so back off — every replica spinning on it would starve the
+                # very servers that are recovering.
+                part.troubled += 1
+                if part.troubled == 1 or part.troubled % 20 == 0:
+                    log.warning(
+                        "pull on %s answered %s (%d in a row); backing off",
+                        part.durable,
+                        status,
+                        part.troubled,
+                    )
+                await asyncio.sleep(min(0.05 * 2 ** min(part.troubled, 6), 2.0))
             return
         part.unfinished_since = None  # the whole batch came
 
