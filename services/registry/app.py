@@ -226,6 +226,7 @@ class RegistryService:
         self.active = False
         self._serving.clear()
         if self.server is not None:
+            # A closed connection has no subscriptions left to take down.
             with contextlib.suppress(nats.errors.ConnectionClosedError):
                 await self.server.stop()
         self.server = None

@@ -29,6 +29,7 @@ import httpx
 import msgspec
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from contracts import (
     ActionRequested,
@@ -179,6 +180,73 @@ async def store(connection: Connection, subject: str, body: bytes, headers: dict
     return int(ack.seq)
 
 
+async def pull(
+    who: Connection, stream: str, durable: str, request: dict[str, Any], wait: float = 2.0
+) -> tuple[list[Msg], list[str]]:
+    """One raw pull (`$JS.API.CONSUMER.MSG.NEXT`) as `who` sends it: (messages delivered,
+    status answers as 'code text'). It ends at the first status, a full batch, or `wait`."""
+    messages: list[Msg] = []
+    statuses: list[str] = []
+    done = asyncio.Event()
+    inbox = who.nc.new_inbox()
+
+    async def keep(msg: Msg) -> None:
+        status = (msg.headers or {}).get("Status")
+        if status is None:
+            messages.append(msg)
+        elif status != "100":
+            statuses.append(f"{status} {(msg.headers or {}).get('Description', '')}")
+            done.set()
+        if len(messages) >= int(request.get("batch", 1)):
+            done.set()
+
+    subscription = await who.nc.subscribe(inbox, cb=keep)
+    try:
+        await who.send(
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
+            json.dumps(request).encode(),
+            reply=inbox,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), wait)
+    finally:
+        await subscription.unsubscribe()
+    return messages, statuses
+
+
+async def open_connection(url: str, name: str, identity: Identity | None) -> Connection:
+    """Connect as `name` with `identity` (None: no credentials, the onboarding user),
+    keeping what the broker refuses it; no reconnects, so a refusal is final."""
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    async def on_event() -> None:
+        return None
+
+    nc = Client()
+    options: dict[str, Any] = {} if identity is None else {"nkeys_seed_str": identity.seed}
+    try:
+        await nc.connect(
+            url,
+            name=f"attacker:{name}",
+            inbox_prefix=f"_INBOX.{name}",
+            allow_reconnect=False,
+            connect_timeout=5,
+            error_cb=on_error,
+            disconnected_cb=on_event,
+            closed_cb=on_event,
+            **options,
+        )
+    except BaseException:
+        # nats-py leaves a refused attempt's socket open.
+        with contextlib.suppress(Exception):
+            await nc.close()
+        raise
+    return Connection(name, nc, identity, errors)
+
+
 def events(history: Sequence[StoredEvent], event_type: type[E]) -> list[tuple[StoredEvent, E]]:
     return [(s, s.event) for s in history if isinstance(s.event, event_type)]
 
@@ -212,36 +280,7 @@ class Mesh:
         return await self._connect(ONBOARDING_ID, None)
 
     async def _connect(self, name: str, identity: Identity | None) -> Connection:
-        errors: list[str] = []
-
-        async def on_error(exc: Exception) -> None:
-            errors.append(str(exc))
-
-        async def on_event() -> None:
-            return None
-
-        nc = Client()
-        options: dict[str, Any] = {}
-        if identity is not None:
-            options["nkeys_seed_str"] = identity.seed
-        try:
-            await nc.connect(
-                self.stack.url,
-                name=f"attacker:{name}",
-                inbox_prefix=f"_INBOX.{name}",
-                allow_reconnect=False,
-                connect_timeout=5,
-                error_cb=on_error,
-                disconnected_cb=on_event,
-                closed_cb=on_event,
-                **options,
-            )
-        except BaseException:
-            # nats-py leaves a refused attempt's socket open.
-            with contextlib.suppress(Exception):
-                await nc.close()
-            raise
-        connection = Connection(name, nc, identity, errors)
+        connection = await open_connection(self.stack.url, name, identity)
         self._connections.append(connection)
         return connection
 

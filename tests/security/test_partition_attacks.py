@@ -24,7 +24,6 @@ This module runs its own mesh: some attacks leave the append-only log poisoned f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -57,6 +56,7 @@ from tests.security.kit import (
     claim,
     lapsed,
     new_ref,
+    pull,
     screening,
     signed,
     store,
@@ -130,37 +130,6 @@ def escalation(case_id: str, actor: str, cause: Event, reason: str = "x") -> Cas
         actor=actor,
         payload=CaseEscalatedPayload(step="review", reason=reason),
     )
-
-
-async def pull(
-    who: Connection, stream: str, durable: str, request: dict[str, Any], wait: float = 2.0
-) -> tuple[list[Msg], list[str]]:
-    """One raw pull on a consumer: (messages delivered, status answers as 'code text')."""
-    messages: list[Msg] = []
-    statuses: list[str] = []
-    done = asyncio.Event()
-    inbox = who.nc.new_inbox()
-
-    async def keep(msg: Msg) -> None:
-        status = (msg.headers or {}).get("Status")
-        if status is None:
-            messages.append(msg)
-        elif status != "100":
-            statuses.append(f"{status} {(msg.headers or {}).get('Description', '')}")
-            done.set()
-
-    subscription = await who.nc.subscribe(inbox, cb=keep)
-    try:
-        await who.send(
-            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
-            json.dumps(request).encode(),
-            reply=inbox,
-        )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), wait)
-    finally:
-        await subscription.unsubscribe()
-    return messages, statuses
 
 
 async def work_copy(mesh: Mesh, work_subject: str) -> Msg:

@@ -61,7 +61,6 @@ import httpx
 import msgspec
 import nats.js.errors
 import pytest
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
@@ -86,7 +85,8 @@ from services.registry.lease import WRITER_KEY, lease_bucket
 from services.registry.store import liveness_bucket, view_bucket
 from tests.integration.agents import complete_step
 from tests.integration.registry_fixtures import KNOWN_OWNER, SecuredMesh, secured_mesh
-from tests.security.kit import Connection, signed, store
+from tests.security.kit import Connection, open_connection, signed, store
+from tests.security.kit import pull as raw_pull
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 
@@ -152,28 +152,7 @@ class Attack:
 
     async def connect(self, name: str, identity: Identity | None) -> Connection:
         """As `name` with `identity` (None: no credentials, the onboarding user)."""
-        errors: list[str] = []
-
-        async def on_error(exc: Exception) -> None:
-            errors.append(str(exc))
-
-        nc = Client()
-        options: dict[str, Any] = {} if identity is None else {"nkeys_seed_str": identity.seed}
-        try:
-            await nc.connect(
-                self.mesh.url,
-                name=f"attacker:{name}",
-                inbox_prefix=f"_INBOX.{name}",
-                allow_reconnect=False,
-                connect_timeout=5,
-                error_cb=on_error,
-                **options,
-            )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await nc.close()
-            raise
-        connection = Connection(name, nc, identity, errors)
+        connection = await open_connection(self.mesh.url, name, identity)
         self.connections.append(connection)
         return connection
 
@@ -324,31 +303,14 @@ def case_in_partition(partition: int, partitions: int) -> str:
 async def pull(
     who: Connection, stream: str, durable: str, request: dict[str, Any], wait: float = 2.0
 ) -> list[Msg]:
-    """One raw pull on a pinned consumer: the messages it delivered."""
-    messages: list[Msg] = []
-    done = asyncio.Event()
-    inbox = who.nc.new_inbox()
-
-    async def keep(msg: Msg) -> None:
-        status = (msg.headers or {}).get("Status")
-        if status is None:
-            messages.append(msg)
-        elif status != "100":
-            done.set()
-        if len(messages) >= int(request.get("batch", 1)):
-            done.set()
-
-    subscription = await who.nc.subscribe(inbox, cb=keep)
-    try:
-        await who.send(
-            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
-            json.dumps({"group": PIN_GROUP, "expires": int(wait * 1e9), **request}).encode(),
-            reply=inbox,
-        )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(done.wait(), wait + 0.5)
-    finally:
-        await subscription.unsubscribe()
+    """One pull in the pin group, waiting up to `wait`: the messages it delivered."""
+    messages, _ = await raw_pull(
+        who,
+        stream,
+        durable,
+        {"group": PIN_GROUP, "expires": int(wait * 1e9), **request},
+        wait=wait + 0.5,
+    )
     return messages
 
 
