@@ -26,9 +26,6 @@ READER_OPERATIONS = ("history", "replay")
 
 class HistoryRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     case_id: str
-    # The sequence of an event of this case the asker knows is stored (the one it is
-    # handling): the history answered reaches it, never from a replica behind it.
-    at_least: int = msgspec.field(default=0)
 
 
 class ReplayRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

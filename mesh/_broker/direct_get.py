@@ -15,7 +15,9 @@ import calendar
 import contextlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import nats.errors
 from nats.aio.client import Client
@@ -24,6 +26,8 @@ from nats.js.api import Header
 
 from mesh._broker.stored_messages import RawMessage
 from mesh.errors import BrokerError
+
+T = TypeVar("T")
 
 
 def broker_time(stamp: str) -> datetime:
@@ -69,12 +73,27 @@ async def read_direct(
     sequence of a message on `subject` the caller knows is stored (the event it is
     handling), a read from a replica that has not caught up with it is made again, so
     that nobody decides on a history older than what it is deciding about."""
-    for attempt in range(CATCH_UP_ATTEMPTS):
+
+    async def read() -> tuple[list[RawMessage], int]:
         found = await _read_direct_once(nc, stream, subject, batch, timeout)
-        if not at_least or (found and found[-1].sequence >= at_least):
+        return found, found[-1].sequence if found else 0
+
+    return await read_until(read, at_least, f"read {subject}", f"replica of {stream}")
+
+
+async def read_until(
+    read: Callable[[], Awaitable[tuple[T, int]]], at_least: int, what: str, source: str
+) -> T:
+    """`read()` (what it found, the newest sequence it reflects) again, with backoff,
+    until that reaches `at_least`; BrokerError (retryable) when it never does. The one
+    who needs the guarantee loops — never a service on someone else's say-so, or one
+    asker's `at_least` from the future would hold the service for everyone."""
+    for attempt in range(CATCH_UP_ATTEMPTS):
+        found, newest = await read()
+        if newest >= at_least:
             return found
         await asyncio.sleep(min(0.005 * 2**attempt, 0.5))
-    raise BrokerError(f"read {subject}", f"no replica of {stream} answered with #{at_least} yet")
+    raise BrokerError(what, f"no {source} answered with #{at_least} yet")
 
 
 async def _read_direct_once(

@@ -11,6 +11,7 @@ from nats.aio.client import Client
 
 from contracts.audit_bundle import StoredMessage
 from contracts.reader_api import HistoryRequest, ReaderReply, ReplayRequest
+from mesh._broker.direct_get import read_until
 from mesh._broker.stored_messages import RawMessage
 from mesh._broker.topology import Topology
 from mesh._trust.registry_client import request_with_patience
@@ -46,8 +47,15 @@ class CaseReader:
         return reply
 
     async def history(self, case_id: str, at_least: int = 0) -> list[RawMessage]:
-        reply = await self._ask("history", HistoryRequest(case_id=case_id, at_least=at_least))
-        return [_raw(m) for m in reply.messages]
+        """The case as the reader lets us read it; with `at_least`, asked again until
+        the reader's answer reflects that sequence (it may have read a replica behind
+        it). The asker loops, not the reader (see `read_until`)."""
+
+        async def ask() -> tuple[list[RawMessage], int]:
+            reply = await self._ask("history", HistoryRequest(case_id=case_id))
+            return [_raw(m) for m in reply.messages], reply.last_sequence
+
+        return await read_until(ask, at_least, "reader history", "case reader")
 
     async def replayed(self, dead_letter_sequence: int) -> RawMessage:
         """The message a dead letter of ours points to; ReplayRefused if the reader

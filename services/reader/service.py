@@ -81,7 +81,6 @@ class ReaderService:
             self.nc,
             self.topology.cases_stream,
             self.topology.subjects.case_history(request.case_id),
-            at_least=request.at_least,
         )
         if messages:
             await self.keys.ensure_current(messages[-1].stored_at)
