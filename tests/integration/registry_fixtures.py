@@ -159,7 +159,7 @@ class SecuredMesh:
         if self.service is not None:
             await self.service.stop()
         if self.registry_nc is not None:
-            await self.registry_nc.close()
+            await close(self.registry_nc)  # lost with a broker restart: not an error
         self.service, self.registry_nc = None, None
 
     async def start_standby_registry(self) -> tuple[RegistryService, Client]:
