@@ -61,6 +61,14 @@ from contracts.events.registry import (
     AgentStatusChangePayload,
     AgentSuspended,
 )
+from contracts.events.timers import (
+    TimerCancelled,
+    TimerCancelledPayload,
+    TimerFired,
+    TimerFiredPayload,
+    TimerSet,
+    TimerSetPayload,
+)
 from contracts.ids import derived_event_id, new_event_id
 from contracts.subjects import ParsedSubject, Subjects
 
@@ -121,6 +129,12 @@ __all__ = [
     "Period",
     "PolicyReference",
     "Subjects",
+    "TimerCancelled",
+    "TimerCancelledPayload",
+    "TimerFired",
+    "TimerFiredPayload",
+    "TimerSet",
+    "TimerSetPayload",
     "UnknownEventType",
     "UnsupportedSchemaVersion",
     "decode",

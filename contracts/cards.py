@@ -59,6 +59,12 @@ class AgentCard(msgspec.Struct, frozen=True, kw_only=True):
     reads: list[str] = msgspec.field(default_factory=list)
 
     @property
+    def sets_timers(self) -> bool:
+        """Does this agent set durable timers (and so hold a schedule subject and a
+        consumer of their firings)?"""
+        return "timer_set" in self.produces
+
+    @property
     def readable(self) -> frozenset[str]:
         """Every event type of a case this agent may read."""
         return frozenset(self.consumes) | frozenset(self.produces) | frozenset(self.reads)

@@ -38,6 +38,7 @@ from contracts.events.registry import (
     AgentRevoked,
     AgentSuspended,
 )
+from contracts.events.timers import TimerCancelled, TimerFired, TimerSet
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -87,6 +88,9 @@ CATALOG = EventCatalog(
         CaseStepCompleted,
         CaseEscalated,
         CaseClosed,
+        TimerSet,
+        TimerCancelled,
+        TimerFired,
         ActionRequested,
         ActionApproved,
         ActionDenied,

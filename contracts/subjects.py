@@ -11,6 +11,8 @@
     <root>.replay.<stream>.<consumer>         a dead letter sent back to its one consumer
     <root>.svc.<service>.<operation>          request/reply with a service (core NATS)
     <root>.svc.<service>.<operation>.<who>    the same, where the broker binds who asks
+    <root>.timers.set.<agent>.<case>.<timer>  an agent's timer, held by the broker until due
+    <root>.timers.due.<agent>.<case>.<timer>  the broker's firing of it (no client publishes)
 
 Family subjects have a fixed token count, so a consumer filters one event type
 across all cases with `<root>.case.*.<event_type>`. The root defaults to "mesh"; tests
@@ -96,6 +98,15 @@ def case_subject_of_work(subject: str) -> str:
 def partition_of_work(subject: str) -> int:
     """The partition token of a work subject (see `case_subject_of_work`)."""
     return int(subject.split(".", 3)[2])
+
+
+class TimerSubject(msgspec.Struct, frozen=True):
+    """`<root>.timers.<set|due>.<agent>.<case>.<timer>`."""
+
+    kind: str  # "set" (the schedule) or "due" (its firing)
+    agent_id: str
+    case_id: str
+    timer_id: str
 
 
 class Subjects:
@@ -188,6 +199,35 @@ class Subjects:
 
     def replay_all(self) -> str:
         return f"{self.root}.replay.>"
+
+    def timer(self, kind: str, agent_id: str, case_id: str, timer_id: str) -> str:
+        """Where the broker holds an agent's timer (`set`: one schedule per subject, so
+        publishing there again replaces or cancels it) and where it fires it (`due`)."""
+        if kind not in ("set", "due"):
+            raise InvalidSubject(kind, "a timer subject is 'set' or 'due'")
+        return (
+            f"{self.root}.timers.{kind}.{check_token(agent_id, 'agent id')}."
+            f"{check_token(case_id, 'case key')}.{check_token(timer_id, 'timer id')}"
+        )
+
+    def timers_of(self, kind: str, agent_id: str) -> str:
+        """Every timer subject of one kind of one agent."""
+        return f"{self.root}.timers.{kind}.{check_token(agent_id, 'agent id')}.>"
+
+    def parse_timer(self, subject: str) -> TimerSubject:
+        tokens = subject.split(".")
+        if (
+            len(tokens) != 6
+            or tokens[0] != self.root
+            or tokens[1] != "timers"
+            or tokens[2] not in ("set", "due")
+        ):
+            raise InvalidSubject(
+                subject, f"expected {self.root}.timers.<set|due>.<agent>.<case>.<timer>"
+            )
+        for token in tokens[3:]:
+            check_token(token, "subject token")
+        return TimerSubject(tokens[2], tokens[3], tokens[4], tokens[5])
 
     def parse(self, subject: str) -> ParsedSubject:
         tokens = subject.split(".")

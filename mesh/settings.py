@@ -86,6 +86,15 @@ class MeshSettings(BaseSettings):
     verify_signatures: bool = Field(
         default=False, description="re-verify inbound signatures (costs ~55us/event)"
     )
+    clock_rate: float = Field(
+        default=1.0,
+        ge=1.0,
+        le=10_000_000.0,
+        description="DEMO AND TESTS ONLY: business time passes this many times faster "
+        "than real time for durable timers (86400: a day a second). Every timer records "
+        "the rate it was set under, and `mesh audit verify` names each compressed one; a "
+        "real mesh keeps 1",
+    )
 
     @field_validator("replica")
     @classmethod

@@ -65,6 +65,16 @@ def agent_permissions(record: AgentRecord, topology: Topology) -> dict[str, obje
             if record.card.consumes
             else []
         ),
+        # Its own timers: set or cancel them (one schedule per subject), and take their
+        # firings from the durable the registry created (mesh._runtime.timers).
+        *(
+            [
+                s.timers_of("set", agent_id),
+                *_durable_api(topology.timers_stream(agent_id), topology.timer_durable(agent_id)),
+            ]
+            if record.card.sets_timers and record.card.consumes
+            else []
+        ),
         # how far the registry's history goes: a consumer never judges a message with
         # a key directory older than it (mesh._trust.key_directory.ensure_current)
         f"$JS.API.DIRECT.GET.{topology.registry_stream}",

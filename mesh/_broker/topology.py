@@ -81,6 +81,45 @@ class Topology:
     def dead_letter_stream(self) -> str:
         return self._name("DLQ")
 
+    def timers_stream(self, agent_id: str) -> str:
+        """Where one agent's timers are held (see `timers_stream_config`)."""
+        return self._name(f"TIMERS_{check_token(agent_id, 'agent id')}")
+
+    def timer_durable(self, agent_id: str) -> str:
+        """The agent's consumer of its own timers' firings."""
+        return f"{check_token(agent_id, 'agent id')}_timers"
+
+    def timers_stream_config(self, agent_id: str) -> StreamConfig:
+        """One agent's timers, held by the server until due (ADR-51 message schedules;
+        see mesh._runtime.timers). One message per subject: a timer's schedule is
+        replaced (or cancelled) by the next message on its subject, and each firing has
+        a subject of its own. It records nothing (the case log says what was set, fired
+        and cancelled); it only wakes the agent.
+
+        A stream per agent, because a stream that allows schedules allows rollups (the
+        server insists: it rolls a schedule up itself), and a `Nats-Rollup: all` from any
+        publisher empties the whole stream: in a shared stream, one agent could wipe
+        every other's timers. Here it can only wipe its own; and a schedule's target
+        must lie in the same stream, so it can only ever fire its own."""
+        s = self.subjects
+        return StreamConfig(
+            name=self.timers_stream(agent_id),
+            subjects=[s.timers_of("set", agent_id), s.timers_of("due", agent_id)],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            num_replicas=self.replicas,
+            duplicate_window=DUPLICATE_WINDOW_SECONDS,
+            max_msgs=-1,
+            max_bytes=-1,
+            max_age=0,  # a timer may be due in months: nothing ages out
+            max_msgs_per_subject=1,
+            allow_msg_schedules=True,
+            allow_rollup_hdrs=True,  # what the server sets with schedules, declared
+            deny_delete=False,
+            deny_purge=False,
+        )
+
     def stream_for_family(self, family: str) -> str:
         return {
             "case": self.cases_stream,

@@ -20,6 +20,7 @@ from contracts.authorship import APPROVAL_CHAIN_TYPES
 from contracts.envelope import Event
 from contracts.events.actions import FactSource
 from contracts.events.operations import CircuitStateChanged, CircuitStateChangedPayload
+from contracts.events.timers import TimerCancelled, TimerSet
 from contracts.subjects import check_token
 from mesh._broker.publisher import EventPublisher, Receipt
 from mesh._broker.reading import read_case
@@ -27,6 +28,7 @@ from mesh._broker.stored_messages import RawMessage, StoredEvent, decoded
 from mesh._broker.topology import Topology, topology_for
 from mesh._runtime.replays import resolve_replay
 from mesh._runtime.resilience import CircuitBreaker, retry_transient
+from mesh._runtime.timers import TimerSchedules
 from mesh._sdk.agent import Agent
 from mesh._sdk.case_reader import CaseReader
 from mesh._trust.authorization import Authorization, require_authorization, signed_actor
@@ -69,10 +71,26 @@ class AgentServices:
             else None
         )
         self._breakers: dict[str, CircuitBreaker] = {}
+        self.timers = TimerSchedules(self.js, self.topology.subjects, agent.card.agent_id)
 
     @property
     def id_key(self) -> bytes:
         return self.identity.id_key
+
+    @property
+    def clock_rate(self) -> float:
+        return self.settings.clock_rate
+
+    async def set_timer(self, event: TimerSet) -> Receipt:
+        # The schedule first: a crash before the record leaves a firing the log does not
+        # know (dropped when it comes), never a record without its schedule — the
+        # handler runs again on redelivery and writes both again.
+        await self.timers.schedule(event)
+        return await self.emit(event)
+
+    async def cancel_timer(self, event: TimerCancelled) -> Receipt:
+        await self.timers.withdraw(event)
+        return await self.emit(event)
 
     async def emit(self, event: Event, *, expected_case_sequence: int | None = None) -> Receipt:
         def publish() -> Awaitable[Receipt]:

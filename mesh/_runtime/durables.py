@@ -32,7 +32,7 @@ from mesh._broker.pinned import (
     delete_consumer,
     ensure_pinned_consumer,
 )
-from mesh._broker.provisioning import ProvisionReport, ensure_consumer
+from mesh._broker.provisioning import ProvisionReport, ensure_consumer, ensure_stream
 from mesh._broker.topology import Topology
 from mesh._runtime.resilience import retry_transient
 from mesh.errors import BrokerError, ConfigurationError
@@ -95,14 +95,30 @@ def replay_durable(card: AgentCard, topology: Topology, settings: MeshSettings) 
     )
 
 
+def timer_durable(card: AgentCard, topology: Topology, settings: MeshSettings) -> ConsumerConfig:
+    """The firings of this agent's own timers (see mesh._runtime.timers)."""
+    return _durable(
+        topology.timer_durable(card.agent_id),
+        f"timer firings for agent {card.agent_id}",
+        [topology.subjects.timers_of("due", card.agent_id)],
+        settings,
+    )
+
+
 def agent_durables(
     card: AgentCard, topology: Topology, settings: MeshSettings
 ) -> list[tuple[str, ConsumerConfig]]:
-    """(stream, config) of the agent's plain durables: its replay durable (none for a
-    card that consumes nothing: a human approver, a producer-only agent)."""
+    """(stream, config) of the agent's plain durables: its replay durable and, if it
+    sets timers, its timer durable (none for a card that consumes nothing: a human
+    approver, a producer-only agent)."""
     if not card.consumes:
         return []
-    return [(topology.dead_letter_stream, replay_durable(card, topology, settings))]
+    durables = [(topology.dead_letter_stream, replay_durable(card, topology, settings))]
+    if card.sets_timers:
+        durables.append(
+            (topology.timers_stream(card.agent_id), timer_durable(card, topology, settings))
+        )
+    return durables
 
 
 async def provision_agent_durables(
@@ -126,6 +142,8 @@ async def provision_agent_durables(
         await ensure_pinned_consumer(nc, consumer)
         for consumer in partition_durables(card, topology, settings)
     ]
+    if card.sets_timers:
+        reports.append(await ensure_stream(js, topology.timers_stream_config(agent_id)))
     for stream, config in agent_durables(card, topology, settings):
         reports.append(await ensure_consumer(js, stream, config, update=True))
     return reports

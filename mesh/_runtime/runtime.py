@@ -21,6 +21,7 @@ from mesh._runtime.agent_services import AgentServices
 from mesh._runtime.consumer import (
     MessageSource,
     OrderingKey,
+    Process,
     PullConsumerLoop,
     SubscriptionSource,
     case_ordering_key,
@@ -33,6 +34,7 @@ from mesh._runtime.durables import (
     replay_durable,
 )
 from mesh._runtime.partitions import PinnedPartitions, preferred_partitions
+from mesh._runtime.timers import TimerFirings
 from mesh._sdk.agent import Agent
 from mesh._trust.identity import Identity
 from mesh._trust.key_directory import KeyDirectory
@@ -90,6 +92,7 @@ class AgentRunner(AgentServices):
         self._loop: PullConsumerLoop | None = None
         self.partitions: PinnedPartitions | None = None
         self._replay_loop: PullConsumerLoop | None = None
+        self._timer_loop: PullConsumerLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -147,6 +150,8 @@ class AgentRunner(AgentServices):
             ack_wait,
             _original_case,
         )
+        if self.agent.card.sets_timers:
+            await self._consume_timers(ack_wait)
         if self.registry is not None:
             self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
         log.info(
@@ -154,6 +159,28 @@ class AgentRunner(AgentServices):
             self.agent.card.agent_id,
             self.agent.card.consumes,
             self.identity.public_key,
+        )
+
+    async def _consume_timers(self, ack_wait: float) -> None:
+        """Firings of this agent's timers, from its one durable: whichever replica is
+        free takes one (they need no order: each becomes an event in its case's log)."""
+        durable = self.topology.timer_durable(self.agent.card.agent_id)
+        stream = self.topology.timers_stream(self.agent.card.agent_id)
+        subscription = await self.js.pull_subscribe_bind(durable, stream=stream)
+        firings = TimerFirings(
+            self,
+            self.topology.subjects,
+            self.agent.card.agent_id,
+            self.identity.id_key,
+            retry_base_delay=self.settings.retry_base_delay,
+            retry_max_delay=self.settings.retry_max_delay,
+        )
+        self._timer_loop = self._consume(
+            durable,
+            SubscriptionSource(subscription, stream, durable),
+            firings,
+            ack_wait,
+            lambda msg: msg.subject,
         )
 
     async def _heartbeats(self) -> None:
@@ -169,7 +196,7 @@ class AgentRunner(AgentServices):
         self,
         name: str,
         source: MessageSource,
-        dispatcher: EventDispatcher,
+        dispatcher: Process,
         ack_wait: float,
         ordering: OrderingKey = case_ordering_key,
     ) -> PullConsumerLoop:
@@ -201,7 +228,7 @@ class AgentRunner(AgentServices):
 
     async def stop(self) -> None:
         """Stop consuming; never raises, so every runner and connection still closes."""
-        for loop in (self._loop, self._replay_loop):
+        for loop in (self._loop, self._replay_loop, self._timer_loop):
             if loop is not None:
                 loop.stop()
         tasks, self._tasks = self._tasks, []

@@ -17,17 +17,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from contracts.cards import AgentCard
 from contracts.catalog import CATALOG, EventCatalog
 from contracts.envelope import Event
 from contracts.events.actions import FactSource
+from contracts.events.timers import (
+    TimerCancelled,
+    TimerCancelledPayload,
+    TimerFired,
+    TimerSet,
+)
 from contracts.ids import derived_event_id
 from mesh._broker.publisher import Receipt
 from mesh._broker.stored_messages import RawMessage, StoredEvent
 from mesh._runtime.resilience import CircuitBreaker
+from mesh._sdk.timers import TIMER_CONSUMES, TIMER_PRODUCES, timer_payload
 from mesh._trust.identity import message_digest
 from mesh.errors import ConfigurationError, PermanentError
 
@@ -50,6 +57,13 @@ class Services(Protocol):
     def id_key(self) -> bytes: ...
 
     async def emit(self, event: Event, *, expected_case_sequence: int | None = None) -> Receipt: ...
+
+    @property
+    def clock_rate(self) -> float: ...
+
+    async def set_timer(self, event: TimerSet) -> Receipt: ...
+
+    async def cancel_timer(self, event: TimerCancelled) -> Receipt: ...
 
     def breaker(self, name: str) -> CircuitBreaker: ...
 
@@ -128,6 +142,36 @@ class HandlerContext:
         event = self.derive(event_type, payload)
         return await self._services.emit(event, expected_case_sequence=expected_case_sequence)
 
+    async def schedule(
+        self,
+        name: str,
+        *,
+        after: timedelta | None = None,
+        at: datetime | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> str:
+        """Set a durable timer in this case: the handler `@agent.on_timer(name)` runs
+        once it is due (`after` a delay or `at` a time), even if this process, every
+        replica and the broker restart in between. Recorded as `timer_set`; returns the
+        timer's id (that event's id). `data` comes back in the firing."""
+        payload = timer_payload(
+            name,
+            now=datetime.now(UTC),
+            after=after,
+            at=at,
+            clock_rate=self._services.clock_rate,
+            data=data,
+        )
+        event = self.derive(TimerSet, payload)
+        await self._services.set_timer(event)
+        return event.event_id
+
+    async def cancel_timer(self, timer_id: str, reason: str = "") -> None:
+        """Withdraw a timer this agent set in this case: it will not fire (recorded as
+        `timer_cancelled`; a firing already on its way is dropped)."""
+        payload = TimerCancelledPayload(timer_id=timer_id, reason=reason)
+        await self._services.cancel_timer(self.derive(TimerCancelled, payload))
+
     def breaker(self, name: str) -> CircuitBreaker:
         """The agent's breaker guarding dependency `name` (shared by all its handlers)."""
         return self._services.breaker(name)
@@ -163,6 +207,7 @@ class Agent:
     def __init__(self, card: AgentCard) -> None:
         self.card = card
         self.handlers: dict[str, Callable[[Any, HandlerContext], Awaitable[None]]] = {}
+        self.timer_handlers: dict[str, Handler[TimerFired]] = {}
 
     def on(self, event_type: type[E]) -> Callable[[Handler[E]], Handler[E]]:
         name = event_type.event_name()
@@ -175,9 +220,41 @@ class Agent:
 
         return register
 
+    def on_timer(self, name: str) -> Callable[[Handler[TimerFired]], Handler[TimerFired]]:
+        """The handler of this agent's timers called `name` (see `HandlerContext.schedule`).
+        The card must produce timer_set and timer_fired and consume timer_fired."""
+
+        def register(handler: Handler[TimerFired]) -> Handler[TimerFired]:
+            if name in self.timer_handlers:
+                raise ConfigurationError(f"{self.card.agent_id}: two handlers for timer {name}")
+            if not self.timer_handlers:
+                self.on(TimerFired)(self._timer_fired)
+            self.timer_handlers[name] = handler
+            return handler
+
+        return register
+
+    async def _timer_fired(self, event: TimerFired, ctx: HandlerContext) -> None:
+        # Every timer_fired of the cases it works on reaches this agent; only its own
+        # wake it (another agent's timers are that agent's business).
+        if event.actor != self.card.agent_id:
+            return
+        handler = self.timer_handlers.get(event.payload.name)
+        if handler is None:
+            raise PermanentError(
+                f"agent {self.card.agent_id} has no handler for its timer {event.payload.name!r}"
+            )
+        await handler(event, ctx)
+
     def check(self, catalog: EventCatalog = CATALOG) -> None:
         """The card and the handlers must agree, and name only known event types."""
         problems = []
+        if self.timer_handlers:
+            lacking = [f"produces {t}" for t in TIMER_PRODUCES if t not in self.card.produces] + [
+                f"consumes {t}" for t in TIMER_CONSUMES if t not in self.card.consumes
+            ]
+            if lacking:
+                problems.append(f"sets timers but its card lacks {lacking}")
         for name in (*self.card.consumes, *self.card.produces):
             if name not in catalog:
                 problems.append(f"unknown event type {name!r} on the card")

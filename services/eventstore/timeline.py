@@ -22,6 +22,7 @@ from contracts.events.actions import (
     ApprovalRequired,
 )
 from contracts.events.case import CaseClosed, CaseEscalated, CaseOpened, CaseStepCompleted
+from contracts.events.timers import TimerCancelled, TimerFired, TimerSet
 from contracts.eventstore_api import TimelineEntry
 from services.eventstore.domain import LogRecord, one_line
 
@@ -140,5 +141,19 @@ def _describe(event: Event) -> dict[str, Any]:
                 "summary": f"{p.action_type} failed (attempt {p.attempts}, {again})",
                 "rationale": p.error,
                 "request_id": p.request_id,
+            }
+        case TimerSet(payload=p):
+            compressed = f" (clock rate {p.clock_rate:g})" if p.clock_rate != 1 else ""
+            return {
+                "summary": f"set timer {p.name} for {p.due_at.isoformat(timespec='seconds')}"
+                f"{compressed}",
+                "evidence": p.data,
+            }
+        case TimerCancelled(payload=p):
+            return {"summary": f"cancelled timer {p.timer_id}", "rationale": p.reason or None}
+        case TimerFired(payload=p):
+            return {
+                "summary": f"timer {p.name} fired (due {p.due_at.isoformat(timespec='seconds')})",
+                "evidence": p.data,
             }
     return {"summary": event.event_name()}

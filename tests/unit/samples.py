@@ -18,6 +18,8 @@ def _sample_value(annotation: Any) -> Any:
         return "sample"
     if annotation is int:
         return 3
+    if annotation is float:
+        return 2.5
     if annotation is bool:
         return True
     if annotation is dt.datetime:

@@ -6,7 +6,8 @@ message goes, in log order, to the checks of its family —
 - `approvals`: human decisions, and the grant an approval needed, by the approval
   chain's rule;
 - `case_flow`: opened first, closed once, nothing approved that was requested after
-  the closing; every execution approved before it; one obligation, one execution.
+  the closing; every execution approved before it; one obligation, one execution;
+- `timers`: a timer fires once, when due, as its own agent set it, never once cancelled.
 
 Messages that failed their signature, key or card check do not get here: they are
 reported as such and count for nothing (a decision by anyone but a principal whose
@@ -29,6 +30,7 @@ from contracts.events.actions import (
     ApprovalRequired,
 )
 from contracts.events.case import CaseStepCompleted
+from contracts.events.timers import TimerCancelled, TimerFired, TimerSet
 from mesh.service import KeyDirectory, message_digest
 from services.eventstore.audit.approvals import check_human_approval, check_human_decision
 from services.eventstore.audit.case_flow import (
@@ -40,6 +42,7 @@ from services.eventstore.audit.case_state import CaseSoFar, Finding, RequestSeen
 from services.eventstore.audit.decisions import check_decision
 from services.eventstore.audit.report import Report, where
 from services.eventstore.audit.statements import check_statement
+from services.eventstore.audit.timers import Note, check_timer
 from services.eventstore.domain import LogRecord
 
 
@@ -54,11 +57,20 @@ def check_policy(records: list[LogRecord], keys: KeyDirectory, report: Report) -
     def found(record: LogRecord, problem: str) -> None:
         report.add("policy", where(record), problem)
 
+    def note(record: LogRecord, remark: str) -> None:
+        report.notes.append(f"{where(record)}: {remark}")
+
     for case_records in by_case.values():
-        check_case(case_records, keys, found)
+        check_case(case_records, keys, found, note)
 
 
-def check_case(records: list[LogRecord], keys: KeyDirectory, found: Finding) -> None:
+def _unnoted(record: LogRecord, remark: str) -> None:
+    return None
+
+
+def check_case(
+    records: list[LogRecord], keys: KeyDirectory, found: Finding, note: Note = _unnoted
+) -> None:
     """`records`: one case's verified messages, first copies only, in log order."""
     case = CaseSoFar()
     for record in records:
@@ -89,3 +101,5 @@ def check_case(records: list[LogRecord], keys: KeyDirectory, found: Finding) -> 
                 check_human_decision(case, record, event, found)
             case ActionCompleted() | ActionFailed():
                 check_execution(case, record, event, found)
+            case TimerSet() | TimerCancelled() | TimerFired():
+                check_timer(case, record, event, found, note)

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from contracts.envelope import Event
 from contracts.events.actions import ActionRequested, ApprovalGranted
+from contracts.events.timers import TimerSet
 from services.eventstore.domain import LogRecord
 
 # What a check found: the message it is about, and what is wrong with it.
@@ -22,6 +23,14 @@ class RequestSeen(NamedTuple):
 
 
 @dataclass
+class TimerSeen:
+    record: LogRecord  # its timer_set
+    event: TimerSet
+    fired: LogRecord | None = None
+    cancelled: LogRecord | None = None
+
+
+@dataclass
 class CaseSoFar:
     requests: dict[str, RequestSeen] = field(default_factory=dict)
     # Policy's asks for a human (approval_required, escalations), for the role asked.
@@ -31,3 +40,4 @@ class CaseSoFar:
     executed: dict[str, str] = field(default_factory=dict)  # action type -> its request
     opened: LogRecord | None = None
     closed: LogRecord | None = None
+    timers: dict[str, TimerSeen] = field(default_factory=dict)  # by timer (timer_set) id

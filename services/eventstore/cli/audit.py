@@ -121,6 +121,7 @@ def _print_report(report: Report, as_json: bool) -> None:
                         {"check": v.check, "where": v.where, "problem": v.problem}
                         for v in report.violations
                     ],
+                    "notes": report.notes,
                 },
                 option=orjson.OPT_INDENT_2,
             ).decode()
@@ -130,6 +131,8 @@ def _print_report(report: Report, as_json: bool) -> None:
         # Subjects, ids and reasons come from the log: whatever they hold is shown as
         # text, never read as markup (a "[/b]" in a subject must not break the report).
         console.print(f"[red]✗[/red] {shown(str(violation))}", highlight=False)
+    for remark in report.notes:
+        console.print(f"[yellow]note:[/yellow] {shown(remark)}", highlight=False)
     verdict = "[green]verified[/green]" if report.ok else "[red]FAILED[/red]"
     console.print(
         f"{verdict}: {report.events} events in {report.cases} cases, "

@@ -1,0 +1,101 @@
+"""The verifier's timer checks (pure): once, on time, by its own agent, never after a
+cancellation; a compressed clock is noted, not passed off as real time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from contracts import (
+    TimerCancelled,
+    TimerCancelledPayload,
+    TimerFired,
+    TimerFiredPayload,
+    TimerSet,
+    TimerSetPayload,
+)
+from contracts.envelope import Event
+from services.eventstore.audit.case_state import CaseSoFar
+from services.eventstore.audit.timers import check_timer
+from services.eventstore.domain import LogRecord
+from services.eventstore.merkle import leaf_hash
+
+DUE = datetime(2026, 11, 30, 12, 0, 10, tzinfo=UTC)
+SET = TimerSet(
+    case_id="c1",
+    actor="reminder",
+    payload=TimerSetPayload(name="follow_up", due_at=DUE, delay_seconds=10),
+)
+
+
+def record(sequence: int, event: Event, stored_at: datetime) -> LogRecord:
+    return LogRecord(
+        sequence=sequence,
+        subject=f"m.case.c1.{event.event_name()}",
+        case_id="c1",
+        stored_at=stored_at,
+        headers={},
+        body=b"",
+        leaf=leaf_hash(str(sequence).encode()),
+        event=event,
+        signer="U",
+        problem=None,
+    )
+
+
+def fired(actor: str = "reminder", timer: TimerSet = SET) -> TimerFired:
+    payload = TimerFiredPayload(timer_id=timer.event_id, name="follow_up", due_at=DUE)
+    return TimerFired(case_id="c1", actor=actor, causation_id=timer.event_id, payload=payload)
+
+
+def cancelled(actor: str = "reminder") -> TimerCancelled:
+    payload = TimerCancelledPayload(timer_id=SET.event_id, reason="withdrawn")
+    return TimerCancelled(case_id="c1", actor=actor, payload=payload)
+
+
+def problems(*log: tuple[Event, datetime]) -> tuple[list[str], list[str]]:
+    case, found, notes = CaseSoFar(), [], []
+    for sequence, (event, at) in enumerate(log, start=1):
+        assert isinstance(event, TimerSet | TimerCancelled | TimerFired)
+        check_timer(
+            case,
+            record(sequence, event, at),
+            event,
+            lambda _r, problem: found.append(problem),
+            lambda _r, remark: notes.append(remark),
+        )
+    return found, notes
+
+
+LATER = DUE + timedelta(seconds=1)
+
+
+def test_a_timer_fired_once_on_time_is_clean() -> None:
+    assert problems((SET, DUE - timedelta(seconds=10)), (fired(), LATER)) == ([], [])
+
+
+def test_firing_early_twice_after_cancelling_or_for_another_is_named() -> None:
+    early, _ = problems((SET, DUE), (fired(), DUE - timedelta(seconds=5)))
+    assert any("before its due time" in p for p in early)
+    twice, _ = problems((SET, DUE), (fired(), LATER), (fired(), LATER))
+    assert any("again (fired at sequence 2)" in p for p in twice)
+    after_cancel, _ = problems((SET, DUE), (cancelled(), DUE), (fired(), LATER))
+    assert any("cancelled at sequence 2" in p for p in after_cancel)
+    foreign, _ = problems((SET, DUE), (fired("intruder"), LATER))
+    assert any("which intruder did not set" in p for p in foreign)
+    foreign_cancel, _ = problems((SET, DUE), (cancelled("intruder"), LATER))
+    assert any("which intruder did not set" in p for p in foreign_cancel)
+    unknown, _ = problems((fired(), LATER))
+    assert any("did not set in this case" in p for p in unknown)
+
+
+def test_a_compressed_clock_is_noted() -> None:
+    fast = TimerSet(
+        case_id="c1",
+        actor="reminder",
+        payload=TimerSetPayload(
+            name="deadline", due_at=DUE, delay_seconds=14 * 86_400, clock_rate=86_400
+        ),
+    )
+    found, notes = problems((fast, DUE))
+    assert found == []
+    assert "compressed clock (rate 86400)" in notes[0]
