@@ -19,6 +19,9 @@ DECISION_TYPES = (
 )
 # What only the policy service may publish besides decisions: its own operations.
 POLICY_OPERATION_TYPES = ("policy_bundle_activated", "circuit_state_changed")
+# Durable timers (contracts.events.timers): reserved to nobody; the policy service sets
+# them for approval deadlines, as any agent whose card says so may.
+TIMER_TYPES = ("timer_set", "timer_fired", "timer_cancelled")
 # What only a human approver may publish.
 APPROVAL_TYPES = ("approval_granted", "approval_rejected")
 # What only the registry may publish: its history.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from contracts.authorship import DECISION_TYPES
+from contracts.authorship import DECISION_TYPES, TIMER_TYPES
 from contracts.cards import AgentRecord
 from contracts.reader_api import READER_OPERATIONS
 from contracts.registry_api import ASKED_BY_NAME
@@ -206,6 +206,9 @@ def principal_permissions(principal: StaticPrincipal, topology: Topology) -> dic
                     *decisions,
                     s.family_event("ops", "policy", "policy_bundle_activated"),
                     s.events_of_type("ops", "circuit_state_changed"),
+                    # its approval deadlines: durable timers of its own
+                    *(s.case_events_of_type(t) for t in TIMER_TYPES),
+                    s.timers_of("set", principal.name),
                     s.dead_letter_all(),
                     *registry_reads,
                     "$JS.API.>",

@@ -24,6 +24,7 @@ from contracts.authorship import (
     DECISION_TYPES,
     POLICY_OPERATION_TYPES,
     REGISTRY_TYPES,
+    TIMER_TYPES,
 )
 from contracts.cards import AgentCard, CardPeriod, PrincipalKind
 from contracts.catalog import CATALOG
@@ -62,7 +63,7 @@ def role_produces(role: PrincipalRole) -> tuple[str, ...]:
         case "registry":
             return REGISTRY_TYPES
         case "policy":
-            return (*DECISION_TYPES, *POLICY_OPERATION_TYPES)
+            return (*DECISION_TYPES, *POLICY_OPERATION_TYPES, *TIMER_TYPES)
         case "eventstore":
             return ("log_checkpointed",)
         case "ingress":

@@ -8,7 +8,7 @@ produce, so the broker refuses a forged decision from an agent.
     handlers.py   reactions: action_requested, approval_granted/_rejected; activate
     domain.py     deciding one request (pure);   approvals.py  human approvals (pure)
     evidence.py   what the log's history establishes;  case_log.py  reading it
-    store.py      the approvals KV bucket;       deadlines.py  the approval deadline timer
+    store.py      the approvals KV bucket;       deadlines.py  approval deadlines (timers)
     pending.py    the pending-approvals endpoint
 """
 
@@ -34,7 +34,6 @@ from mesh.service import (
 )
 from services.policy.bundle import PolicyBundleInvalid
 from services.policy.case_log import CaseLog
-from services.policy.deadlines import DeadlineTimer
 from services.policy.handlers import PolicyHandlers, policy_card
 from services.policy.pending import PendingApprovals, pending_server
 from services.policy.settings import PolicySettings
@@ -75,9 +74,6 @@ class PolicyService:
             topology=self.topology,
             key_directory=self.keys,  # forged or revoked approvals never reach a handler
         )
-        self.deadlines = DeadlineTimer(
-            self.approvals, self.runner, policy.service_id, policy.deadline_check_every
-        )
         self.requests = pending_server(
             nc,
             self.topology.subjects,
@@ -93,11 +89,9 @@ class PolicyService:
         await self.keys.follow(self.nc, self.topology, self.registry)
         await self.runner.start()
         await self.requests.start()
-        self.deadlines.start()
 
     async def stop(self) -> None:
         await self.requests.stop()
-        await self.deadlines.stop()
         await self.runner.stop()
         await self.keys.close()
 

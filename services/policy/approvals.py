@@ -48,6 +48,7 @@ class PendingApproval(msgspec.Struct, frozen=True, kw_only=True):
     # and its parameters, read from those very bytes, for the approver to see.
     request_digest: str = ""
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+    deadline_timer: str = ""  # the timer set for the deadline, cancelled by a decision
 
 
 class ApprovalRefused(Refused):

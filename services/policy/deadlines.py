@@ -1,95 +1,117 @@
-"""The approval deadline timer: every `deadline_check_every` seconds, each request that
-waited past its deadline escalates once or expires (what that means: `approvals.py`),
-and the log is told so.
+"""Approval deadlines, on durable timers: asking a human sets a timer for the deadline
+(`approval_deadline`, round 0); when it fires and the request still waits, the request
+escalates once (and a round-1 timer is set for the new deadline) or expires — what that
+means: `approvals.py` — and the log is told so. A human's decision cancels the timer.
+
+The timer is the mesh's own (`ctx.schedule`): held by the broker, fired once, recorded
+in the case as timer_set / timer_fired / timer_cancelled. Nothing polls.
 
 The record changes first (compare-and-swap: a human who decided meanwhile wins), then
 the step is announced under an id derived from the approval it concerns, so announcing
-it again after a crash stores it once.
+it again after a crash stores it once; a firing handled again after a crash between the
+two finds the step taken (the round it names is behind the record's) and finishes it.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
-from datetime import UTC, datetime
+from datetime import datetime
+from typing import Any
 
 import msgspec
 
-from contracts.envelope import Event
 from contracts.events.actions import ApprovalEscalated, ApprovalExpired
-from contracts.ids import derived_event_id
-from mesh.service import AgentRunner, ConcurrencyConflict, MeshError, stop_task
+from contracts.events.timers import TimerFired
+from mesh.service import Agent, ConcurrencyConflict, HandlerContext
 from services.policy.approvals import PendingApproval, TimeoutStep, on_deadline, timed_out
 from services.policy.store import ApprovalStore
 
 log = logging.getLogger(__name__)
 
+DEADLINE_TIMER = "approval_deadline"
 
-class DeadlineTimer:
-    def __init__(
-        self, approvals: ApprovalStore, runner: AgentRunner, service_id: str, every: float
-    ) -> None:
+
+def deadline_data(pending: PendingApproval) -> dict[str, Any]:
+    """What an approval's deadline timer carries: the request, which deadline (round 0,
+    or 1 after the escalation) and whom it waited for until when."""
+    return {
+        "request_id": pending.request_id,
+        "round": 1 if pending.escalated else 0,
+        "role": pending.approver_role,
+        "deadline": pending.deadline.isoformat(),
+    }
+
+
+async def set_deadline(ctx: HandlerContext, pending: PendingApproval) -> str:
+    """Set the timer for the pending approval's deadline; its timer id."""
+    return await ctx.schedule(DEADLINE_TIMER, at=pending.deadline, data=deadline_data(pending))
+
+
+class ApprovalDeadlines:
+    def __init__(self, approvals: ApprovalStore) -> None:
         self.approvals = approvals
-        self.runner = runner
-        self.service_id = service_id
-        self.every = every
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="approval-deadlines")
+    def subscribe(self, agent: Agent) -> None:
+        agent.on_timer(DEADLINE_TIMER)(self.on_deadline)
 
-    async def stop(self) -> None:
-        await stop_task(self._task)
+    async def on_deadline(self, fired: TimerFired, ctx: HandlerContext) -> None:
+        data = fired.payload.data
+        loaded = await self.approvals.load(str(data.get("request_id", "")))
+        if loaded is None:
+            return  # decided, or expired and announced: the deadline changes nothing
+        pending, revision = loaded
+        if pending.state == "expired":
+            await self._announce(ctx, pending, "expire", pending)  # finish a crash
+            return
+        if pending.state != "waiting":
+            return  # a human decided; the decision's handler announces it
+        if int(data.get("round", 0)) < deadline_data(pending)["round"]:
+            # This deadline's escalation was recorded before a crash: finish it, as the
+            # record stood before it (the timer says whom it waited for until when).
+            before = msgspec.structs.replace(
+                pending,
+                approver_role=str(data.get("role", pending.approver_role)),
+                deadline=datetime.fromisoformat(str(data["deadline"])),
+            )
+            await self._escalate(ctx, before, pending)
+            return
+        step, updated = on_deadline(pending, ctx.written_at)
+        if step == "expire":
+            updated = msgspec.structs.replace(pending, state="expired")
+        try:
+            await self.approvals.swap(updated, revision)
+        except ConcurrencyConflict:
+            return  # a human decided meanwhile: theirs stands
+        if step == "escalate":
+            await self._escalate(ctx, pending, updated)
+        else:
+            await self._announce(ctx, pending, step, updated)
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.every)
-            try:
-                await self.check_deadlines(datetime.now(UTC))
-            except MeshError:
-                log.exception("approval deadline check failed; will retry")
-
-    async def check_deadlines(self, now: datetime) -> None:
-        for key in await self.approvals.keys():
-            loaded = await self.approvals.load(key)
-            if loaded is None:
-                continue
-            pending, revision = loaded
-            if pending.state == "expired":
-                await self._announce(pending, "expire", pending)  # finish a crash
-                continue
-            if pending.state != "waiting" or now <= pending.deadline:
-                continue
-            step, updated = on_deadline(pending, now)
-            if step == "expire":
-                updated = msgspec.structs.replace(pending, state="expired")
-            try:
-                await self.approvals.swap(updated, revision)
-            except ConcurrencyConflict:
-                continue  # a human decided meanwhile: theirs stands
-            await self._announce(pending, step, updated)
+    async def _escalate(
+        self, ctx: HandlerContext, before: PendingApproval, escalated: PendingApproval
+    ) -> None:
+        """Set the new deadline's timer (kept on the record, for a decision to cancel),
+        then tell the log whom it waits for now."""
+        timer_id = await set_deadline(ctx, escalated)
+        loaded = await self.approvals.load(escalated.request_id)
+        if loaded is not None and loaded[0].deadline_timer != timer_id:
+            with contextlib.suppress(ConcurrencyConflict):  # a human decided meanwhile
+                await self.approvals.swap(
+                    msgspec.structs.replace(loaded[0], deadline_timer=timer_id), loaded[1]
+                )
+        await self._announce(ctx, before, "escalate", escalated)
 
     async def _announce(
-        self, pending: PendingApproval, step: TimeoutStep, updated: PendingApproval
+        self,
+        ctx: HandlerContext,
+        pending: PendingApproval,
+        step: TimeoutStep,
+        updated: PendingApproval,
     ) -> None:
-        event_type: type[Event] = ApprovalEscalated if step == "escalate" else ApprovalExpired
-        # Derived ids: announcing the same step twice (after a crash) stores it once.
-        index = 100 + (1 if step == "escalate" else 2)
-        await self.runner.emit(
-            event_type(  # type: ignore[call-arg]
-                event_id=derived_event_id(
-                    pending.case_id,
-                    pending.required_event_id,
-                    self.service_id,
-                    index,
-                    self.runner.id_key,
-                ),
-                case_id=pending.case_id,
-                correlation_id=pending.correlation_id,
-                causation_id=pending.required_event_id,
-                actor=self.service_id,
-                payload=timed_out(pending, step, updated),
-            )
-        )
+        # Derived from the firing: announcing the same step again after a crash (the
+        # firing redelivered, the same emits in the same order) stores it once.
+        event_type = ApprovalEscalated if step == "escalate" else ApprovalExpired
+        await ctx.emit(event_type, timed_out(pending, step, updated))
         if step == "expire":
             await self.approvals.forget(pending.request_id)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import msgspec
 
-from contracts.authorship import DECISION_TYPES
+from contracts.authorship import DECISION_TYPES, TIMER_TYPES
 from contracts.cards import AgentCard
 from contracts.envelope import Event
 from contracts.events.actions import (
@@ -36,6 +36,7 @@ from mesh.service import Agent, HandlerContext, KeyDirectory, PermanentError
 from services.policy.approvals import ApprovalRefused, PendingApproval, check_approver
 from services.policy.bundle import PolicyBundle
 from services.policy.case_log import CaseLog
+from services.policy.deadlines import ApprovalDeadlines, set_deadline
 from services.policy.domain import (
     ActionRequest,
     Decision,
@@ -60,8 +61,8 @@ def policy_card(service_id: str) -> AgentCard:
         owner="platform",
         purpose="decides every requested action by Cedar policy and human approval",
         kind="service",
-        consumes=DECIDES,
-        produces=PUBLISHES,
+        consumes=[*DECIDES, "timer_fired"],
+        produces=[*PUBLISHES, *TIMER_TYPES],
     )
 
 
@@ -82,12 +83,14 @@ class PolicyHandlers:
         self.approvals = approvals
         self.case_log = case_log
         self.emit = emit  # the runner's: for events built before they are sent
+        self.deadlines = ApprovalDeadlines(approvals)
         self.bundle: PolicyBundle | None = None
 
     def subscribe(self, agent: Agent) -> None:
         agent.on(ActionRequested)(self.on_action_requested)
         agent.on(ApprovalGranted)(self.on_approval_granted)
         agent.on(ApprovalRejected)(self.on_approval_rejected)
+        self.deadlines.subscribe(agent)
 
     async def activate(self, directory: Path) -> PolicyBundle:
         """Load, validate and put a bundle in force. An invalid one raises
@@ -170,25 +173,26 @@ class PolicyHandlers:
             ),
         )
         # Kept (create-only) before it is announced: an approval never finds nothing
-        # pending, and a redelivered request never reopens one.
-        await self.approvals.create(
-            PendingApproval(
-                request_id=event.event_id,
-                case_id=event.case_id,
-                correlation_id=event.correlation_id,
-                action_type=event.payload.action_type,
-                requester=event.actor,
-                approver_role=decision.approver_role,
-                requested_at=ctx.written_at,  # the broker's time, not the requester's
-                deadline=deadline,
-                sla_seconds=decision.approval_sla.total_seconds(),
-                provenance=why,
-                required_event_id=receipt_event.event_id,
-                escalate_to=decision.escalate_to,
-                request_digest=digest,
-                parameters=event.payload.parameters,
-            )
+        # pending, and a redelivered request never reopens one. Its deadline is a
+        # durable timer, set first (a redelivery sets the same one again).
+        pending = PendingApproval(
+            request_id=event.event_id,
+            case_id=event.case_id,
+            correlation_id=event.correlation_id,
+            action_type=event.payload.action_type,
+            requester=event.actor,
+            approver_role=decision.approver_role,
+            requested_at=ctx.written_at,  # the broker's time, not the requester's
+            deadline=deadline,
+            sla_seconds=decision.approval_sla.total_seconds(),
+            provenance=why,
+            required_event_id=receipt_event.event_id,
+            escalate_to=decision.escalate_to,
+            request_digest=digest,
+            parameters=event.payload.parameters,
         )
+        timer_id = await set_deadline(ctx, pending)
+        await self.approvals.create(msgspec.structs.replace(pending, deadline_timer=timer_id))
         await self.emit(receipt_event)
 
     # ------------------------------------------------------------------ by a human
@@ -234,6 +238,8 @@ class PolicyHandlers:
                 request_digest=pending.request_digest,
             ),
         )
+        if pending.deadline_timer:
+            await ctx.cancel_timer(pending.deadline_timer, f"decided by {event.actor}")
         await self.approvals.forget(pending.request_id)
 
     async def _claim(

@@ -14,4 +14,3 @@ class PolicySettings(BaseSettings):
     service_id: str = Field(default="policy", description="actor of decision events")
     seed_file: Path | None = Field(default=None, description="the policy service's nkey seed")
     bundle_dir: Path = Field(default=Path("deploy/policies"), description="Cedar bundle")
-    deadline_check_every: float = Field(default=1.0, gt=0, description="approval SLA timer")

@@ -124,7 +124,6 @@ def process_specs(
                 **common,
                 "MESH_POLICY_SEED_FILE": str(layout.seed("policy")),
                 "MESH_POLICY_BUNDLE_DIR": str(POLICIES),
-                "MESH_POLICY_DEADLINE_CHECK_EVERY": "0.5",
             },
         ),
         ProcessSpec(

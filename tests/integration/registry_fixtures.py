@@ -118,7 +118,7 @@ class SecuredMesh:
             nc,
             self.policy_identity,
             self.settings,
-            PolicySettings(bundle_dir=bundle_dir, deadline_check_every=0.1),
+            PolicySettings(bundle_dir=bundle_dir),
             self.topology,
         )
         await service.start()

@@ -6,7 +6,7 @@ import asyncio
 import json
 import shutil
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,8 @@ from contracts import (
     CaseClosedPayload,
     DecisionProvenance,
     PolicyBundleActivated,
+    TimerCancelled,
+    TimerSet,
 )
 from mesh import HandlerContext, Identity
 from mesh._broker.publisher import EventPublisher
@@ -375,8 +377,20 @@ async def test_an_approval_filed_in_another_case_is_refused(mesh: SecuredMesh) -
     assert [p.request_id for p in await service.approvals.waiting()] == [request_id]
 
 
-async def test_a_decided_request_is_never_reopened_or_decided_twice(mesh: SecuredMesh) -> None:
-    service = await mesh.start_policy(REFERENCE)
+def _hurried(directory: Path, sla: str) -> Path:
+    """The reference bundle with the payout approval's SLA cut from 4h to `sla`."""
+    bundle = directory / f"hurried-{sla}"
+    shutil.copytree(REFERENCE, bundle)
+    cedar = bundle / "payments.cedar"
+    assert '@approval_sla("4h")' in cedar.read_text()
+    cedar.write_text(cedar.read_text().replace('@approval_sla("4h")', f'@approval_sla("{sla}")'))
+    return bundle
+
+
+async def test_a_decided_request_is_never_reopened_or_decided_twice(
+    mesh: SecuredMesh, tmp_path: Path
+) -> None:
+    service = await mesh.start_policy(_hurried(tmp_path, "2s"))
     await start_agents(mesh)
     manager, manager_nc = await human(mesh, "maria", ["approver", "claims_manager"])
     await open_claim(mesh, "once", 250_000)
@@ -387,8 +401,16 @@ async def test_a_decided_request_is_never_reopened_or_decided_twice(mesh: Secure
     await first(mesh, "once", ActionApproved)
     await eventually(lambda: _no_pending(service), what="the approval closed")
 
-    # The deadline passing later announces nothing; a second grant is refused.
-    await service.deadlines.check_deadlines(datetime.now(UTC) + timedelta(days=30))
+    # The decision cancelled the deadline's timer: its time passes, and nothing fires.
+    assert mesh.harness_nc is not None
+    history = await read_case(mesh.harness_nc.jetstream(), mesh.topology, "once")
+    [timer] = [s.event for s in history if isinstance(s.event, TimerSet)]
+    [cancelled] = [s.event for s in history if isinstance(s.event, TimerCancelled)]
+    assert timer.payload.name == "approval_deadline"
+    assert cancelled.payload.timer_id == timer.event_id
+    assert "decided by maria" in cancelled.payload.reason
+    await asyncio.sleep(max(0.0, (timer.payload.due_at - datetime.now(UTC)).total_seconds()) + 1.5)
+    # A second grant is refused.
     await _grant(mesh, manager, manager_nc, "once", request_id, digest)
     [letter] = await eventually(lambda: _policy_letters(mesh), what="the second grant refused")
     assert "no approval is pending" in letter.reason  # type: ignore[attr-defined]
@@ -413,6 +435,7 @@ async def test_a_decided_request_is_never_reopened_or_decided_twice(mesh: Secure
     assert names.count("action_approved") == 1
     assert "approval_escalated" not in names
     assert "approval_expired" not in names
+    assert "timer_fired" not in names
 
 
 async def _no_pending(service: object) -> bool:
@@ -420,16 +443,15 @@ async def _no_pending(service: object) -> bool:
 
 
 async def test_a_grant_that_loses_the_race_with_the_deadline_is_refused(
-    mesh: SecuredMesh,
+    mesh: SecuredMesh, tmp_path: Path
 ) -> None:
-    service = await mesh.start_policy(REFERENCE)
+    await mesh.start_policy(_hurried(tmp_path, "3s"))
     await start_agents(mesh)
     manager, manager_nc = await human(mesh, "maria", ["approver", "claims_manager"])
     await open_claim(mesh, "race", 250_000)
     required = await first(mesh, "race", ApprovalRequired)
     request_id = required.payload.request_id  # type: ignore[attr-defined]
     # The deadline wins: escalated to the head of claims before maria's grant lands.
-    await service.deadlines.check_deadlines(datetime.now(UTC) + timedelta(hours=5))
     escalated = await first(mesh, "race", ApprovalEscalated)
     assert escalated.payload.escalated_to == "head_of_claims"  # type: ignore[attr-defined]
     await _grant(mesh, manager, manager_nc, "race", request_id, required.payload.request_digest)  # type: ignore[attr-defined]
