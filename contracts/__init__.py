@@ -42,6 +42,8 @@ from contracts.events.case import (
     CaseOpenedPayload,
     CaseStepCompleted,
     CaseStepCompletedPayload,
+    EvidenceReceived,
+    EvidenceReceivedPayload,
 )
 from contracts.events.operations import (
     CircuitStateChanged,
@@ -121,6 +123,8 @@ __all__ = [
     "ContractError",
     "DecisionProvenance",
     "Event",
+    "EvidenceReceived",
+    "EvidenceReceivedPayload",
     "EventCatalog",
     "EventDecoder",
     "InvalidSubject",

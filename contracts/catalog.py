@@ -24,7 +24,13 @@ from contracts.events.actions import (
     ApprovalRejected,
     ApprovalRequired,
 )
-from contracts.events.case import CaseClosed, CaseEscalated, CaseOpened, CaseStepCompleted
+from contracts.events.case import (
+    CaseClosed,
+    CaseEscalated,
+    CaseOpened,
+    CaseStepCompleted,
+    EvidenceReceived,
+)
 from contracts.events.operations import (
     CircuitStateChanged,
     LogCheckpointed,
@@ -85,6 +91,7 @@ class EventCatalog:
 CATALOG = EventCatalog(
     [
         CaseOpened,
+        EvidenceReceived,
         CaseStepCompleted,
         CaseEscalated,
         CaseClosed,

@@ -26,6 +26,18 @@ and is not this request's, 413 the body is over the limit, 422 it breaks the con
 `problems` for machines, `errors` (one line each) for people; `dead_letter` says where
 the refused input is kept.
 
+A system adds evidence or a business event to an open case it is party to: the case's
+opener, or a system the opener named in `parties`. Over NATS: a request to
+`<root>.svc.ingress.events.<source>` (its own source) with a `CaseEventRequest`
+(`ingress_case_event_request.json`); over HTTP: `POST
+/v1/cases/<case_source>/<external_ref>/events` with its own bearer token and the
+request's `event_id`, `kind` and `data`. What `data` must be depends on the kind
+(`ingress_police_report.json` for a claim's `police_report`). The answer is an
+`IngressReply`: 201 added (as `evidence_received` in the case), 200 this `event_id` was
+added already with the same content, 404 no case it is party to has that reference,
+409 the `event_id` came before with other content, or the case is closed, 422 the
+contract, 429 too many events just now, and as above. Refused events are kept.
+
 A system reads the status of a case it opened. Over NATS: a request to
 `<root>.svc.ingress.status.<source>` (again only its own: the broker lets it publish
 there and nowhere else) with a `CaseStatusRequest` as JSON
@@ -51,6 +63,8 @@ import msgspec
 CLAIM_KIND = "insurance_claim"
 Cents = Annotated[int, msgspec.Meta(gt=0, le=1_000_000_000, description="an amount in cents")]
 Token = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# A system's source name: the last token of its ingress subject (no "-": see case ids).
+SourceName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_]{1,60}$")]
 
 # What `Problem.code` can say, and what it means.
 PROBLEM_CODES: dict[str, str] = {
@@ -69,7 +83,9 @@ PROBLEM_CODES: dict[str, str] = {
     "unknown_kind": "no process here handles this kind of case",
     "invalid_source": "the source named by the subject or URL is not a valid name",
     "unauthorized": "over HTTP, the bearer token is missing or not the source's",
-    "conflict": "the case exists and was not opened by this source and reference",
+    "conflict": "the case exists and was not opened by this source and reference; or an "
+    "event id was sent before with other content",
+    "case_closed": "the case is closed: nothing more can be added to it",
     "not_found": "no case this source opened has this reference (another source's case "
     "is not found either)",
     "rate_limited": "too many requests from this source just now: retry after a moment",
@@ -82,6 +98,38 @@ class OpenCaseRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     kind: str  # which process handles the case, e.g. "insurance_claim"
     external_ref: Token  # the sender's own id: the same ref never opens two cases
     data: dict[str, Any]
+    # Other systems (their source names) that may add events to the case besides the
+    # opener, e.g. the police force's system that files a report.
+    parties: Annotated[list[SourceName], msgspec.Meta(max_length=16)] = msgspec.field(
+        default_factory=list
+    )
+
+
+class CaseEventRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a system adds to a case it is party to: evidence or a business event.
+
+    Over NATS: a request to `<root>.svc.ingress.events.<source>` (the sender's own
+    source), naming the case by `case_source` (who opened it: the sender itself, or the
+    system that named the sender a party) and `external_ref`. Over HTTP: `POST
+    /v1/cases/<case_source>/<external_ref>/events` with the sender's bearer token, the
+    body holding only `event_id`, `kind` and `data`."""
+
+    case_source: SourceName
+    external_ref: Token
+    # The sender's own id of this event: sent again, it is added once (the same content
+    # is answered as a duplicate, other content refused as a conflict).
+    event_id: Token
+    kind: str  # e.g. "police_report": what its `data` must be (CASE_EVENT_KINDS)
+    data: dict[str, Any]
+
+
+class PoliceReport(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A police report on an insurance claim's incident."""
+
+    report_number: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{2,4}-[0-9]{4,12}$")]
+    police_force: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    filed_on: date
+    summary: Annotated[str, msgspec.Meta(max_length=4000)] = ""
 
 
 class ClaimData(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -120,8 +168,8 @@ class Problem(msgspec.Struct, frozen=True, kw_only=True):
 class IngressReply(msgspec.Struct, frozen=True, kw_only=True):
     ok: bool
     case_id: str | None = None
-    event_id: str | None = None  # the case_opened event
-    duplicate: bool = False  # this external_ref had opened the case already
+    event_id: str | None = None  # the case_opened (or evidence_received) event
+    duplicate: bool = False  # this external_ref had opened the case (this event was added)
     errors: list[str] = msgspec.field(default_factory=list)
     dead_letter: int | None = None  # where the refused input is kept (DLQ sequence)
     problems: list[Problem] = msgspec.field(default_factory=list)  # `errors`, structured
@@ -169,6 +217,11 @@ class CaseStatusReply(msgspec.Struct, frozen=True, kw_only=True):
     errors: list[str] = msgspec.field(default_factory=list)
     problems: list[Problem] = msgspec.field(default_factory=list)  # `errors`, structured
 
+
+# What each kind of case takes from outside once open, by the request's `kind`.
+CASE_EVENT_KINDS: dict[str, dict[str, type[msgspec.Struct]]] = {
+    CLAIM_KIND: {"police_report": PoliceReport},
+}
 
 # The facts a case's opening states: what the outside system sent. Their authority is
 # the ingress, which opens cases (mesh/_trust/principals.py), and no agent.

@@ -16,11 +16,13 @@ import msgspec
 
 from contracts.catalog import CATALOG, EventCatalog
 from contracts.ingress import (
+    CaseEventRequest,
     CaseStatusReply,
     CaseStatusRequest,
     ClaimData,
     IngressReply,
     OpenCaseRequest,
+    PoliceReport,
 )
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
@@ -45,6 +47,8 @@ def event_schemas(catalog: EventCatalog = CATALOG) -> dict[str, dict[str, Any]]:
         ("ingress_reply", IngressReply),
         ("ingress_case_status_request", CaseStatusRequest),
         ("ingress_case_status_reply", CaseStatusReply),
+        ("ingress_case_event_request", CaseEventRequest),
+        ("ingress_police_report", PoliceReport),
     ):
         documents[f"{title}.json"] = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -14,10 +14,26 @@ class CaseOpenedPayload(msgspec.Struct, frozen=True, kw_only=True):
     source: str  # the external system that opened it
     external_ref: str | None = None  # the opener's own id, for its reconciliation
     data: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Other systems the opener named, which may add events to the case as it may.
+    parties: list[str] = msgspec.field(default_factory=list)
 
 
 class CaseOpened(Event, frozen=True, kw_only=True, tag="case_opened"):
     payload: CaseOpenedPayload
+
+
+class EvidenceReceivedPayload(msgspec.Struct, frozen=True, kw_only=True):
+    """What a system outside the mesh added to an open case (written by the ingress,
+    which checked it against the contract of its `kind`)."""
+
+    source: str  # the system that sent it: the case's opener or a party it named
+    external_event_id: str  # that system's own id of it
+    kind: str  # e.g. "police_report"
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class EvidenceReceived(Event, frozen=True, kw_only=True, tag="evidence_received"):
+    payload: EvidenceReceivedPayload
 
 
 class CaseStepCompletedPayload(msgspec.Struct, frozen=True, kw_only=True):

@@ -122,6 +122,7 @@ def principal_permissions(principal: StaticPrincipal, topology: Topology) -> dic
                 "allow": [
                     s.service("ingress", principal.name),
                     s.service_as("ingress", "status", principal.name),
+                    s.service_as("ingress", "events", principal.name),
                 ]
             },
             "subscribe": {"allow": [f"{inbox_prefix(principal.name)}.>"]},
@@ -173,7 +174,8 @@ def principal_permissions(principal: StaticPrincipal, topology: Topology) -> dic
             },
         }
     if principal.role == "ingress":
-        # Opens cases and keeps refused input; nothing else of the log is its to write.
+        # Opens cases, adds what outside systems send to them later, and keeps refused
+        # input; nothing else of the log is its to write.
         # It reads a case's log to answer its opener, checked against the registry's
         # cards like every consumer.
         cases = topology.cases_stream
@@ -181,6 +183,7 @@ def principal_permissions(principal: StaticPrincipal, topology: Topology) -> dic
             "publish": {
                 "allow": [
                     s.case_events_of_type("case_opened"),
+                    s.case_events_of_type("evidence_received"),
                     s.dead_letter(topology.ingress_stream, principal.name),
                     f"$JS.API.DIRECT.GET.{cases}",
                     f"$JS.API.DIRECT.GET.{cases}.>",

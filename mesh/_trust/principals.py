@@ -67,7 +67,8 @@ def role_produces(role: PrincipalRole) -> tuple[str, ...]:
         case "eventstore":
             return ("log_checkpointed",)
         case "ingress":
-            return ("case_opened",)
+            # Opens cases, and adds to them what outside systems send later.
+            return ("case_opened", "evidence_received")
         case "service":
             # A generic mesh service (a test harness): any case event but the policy's
             # decisions, humans' approvals and the registry's history.

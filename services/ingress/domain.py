@@ -87,6 +87,7 @@ def open_case(
             source=source,
             external_ref=request.external_ref,
             data=msgspec.to_builtins(details),
+            parties=sorted(set(request.parties) - {source}),
         ),
     )
 

@@ -1,6 +1,8 @@
 """The ingress over HTTP: `POST /v1/cases/<source>` with `Authorization: Bearer <token>`
 (a token per source, from the settings) opens a case; `GET /v1/cases/<source>/<ref>`
-with the same token says where the source's case with that reference stands.
+with the same token says where the source's case with that reference stands; `POST
+/v1/cases/<source>/<ref>/events` adds an event to that case, sent by whichever system
+the token is (the opener, or a party it named).
 
 The body is read in chunks: the start of it is held (up to one byte over the limit, to
 tell that it is over), the rest only counted and hashed, so a huge body never sits in
@@ -24,6 +26,8 @@ from services.ingress.tokens import BearerTokens
 
 Submit = Callable[[str, ReceivedBody, str], Awaitable[IngressReply]]
 Status = Callable[[str, str], Awaitable[CaseStatusReply]]  # (source, external_ref)
+# (sender, body, received_on, (case_source, external_ref))
+AddEvent = Callable[[str, ReceivedBody, str, tuple[str, str]], Awaitable[IngressReply]]
 
 _encode = msgspec.json.Encoder().encode
 # The first code found decides the status; below these, a refusal is 422.
@@ -32,6 +36,7 @@ _STATUS_BY_CODE = (
     ("unavailable", 503),
     ("too_large", 413),
     ("conflict", 409),
+    ("case_closed", 409),
     ("not_json", 400),
     ("too_deep", 400),
     ("duplicate_key", 400),
@@ -45,6 +50,7 @@ def http_app(
     tokens: BearerTokens,
     *,
     status: Status | None = None,
+    add_event: AddEvent | None = None,
     max_body_bytes: int,
     drain_bytes: int,
     healthy: Callable[[], bool],
@@ -81,6 +87,24 @@ def http_app(
                 return _json(401, reply)
             reply = await answer_status(source, external_ref)
             return _json(200 if reply.ok else _refusal_status(reply.problems), reply)
+
+    if add_event is not None:
+        add = add_event
+
+        @app.post("/v1/cases/{source}/{external_ref}/events", status_code=201)
+        async def add_event_http(source: str, external_ref: str, request: Request) -> Response:
+            scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+            sender = tokens.source_of(given.strip()) if scheme.lower() == "bearer" else None
+            if sender is None:
+                found = Problem(path="$", code="unauthorized", message="not an authorized source")
+                return _json(401, IngressReply(ok=False, errors=[found.message], problems=[found]))
+            try:
+                body = await read_body(request, hold=max_body_bytes + 1, drain=drain_bytes)
+            except ClientDisconnect:
+                return Response(status_code=400)
+            where = f"http:/v1/cases/{source}/{external_ref}/events"
+            reply = await add(sender, body, where, (source, external_ref))
+            return _json(status_of(reply), reply)
 
     @app.get("/healthz")
     async def health(response: Response) -> dict[str, bool]:

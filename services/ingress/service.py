@@ -6,6 +6,9 @@
   an `_INBOX.` reply subject (`mesh._runtime.replies`): never into the log.
 - HTTP: `POST /v1/cases/<source>` with `Authorization: Bearer <token>` (the token is
   configured per source); see `services.ingress.http`.
+- Adding evidence or a business event to an open case the sender is party to: a
+  request to `<root>.svc.ingress.events.<source>`, or `POST
+  /v1/cases/<case_source>/<external_ref>/events`; see `services.ingress.continuing`.
 - The status of a case the source opened: a request to
   `<root>.svc.ingress.status.<source>`, or `GET /v1/cases/<source>/<external_ref>`.
   It is read from the case log with the ingress's own rights (direct gets on the case
@@ -45,6 +48,7 @@ from mesh.service import (
     respond,
     stop_task,
 )
+from services.ingress.continuing import CaseContinuations
 from services.ingress.domain import Limits
 from services.ingress.http import http_app
 from services.ingress.openings import CaseOpenings
@@ -80,6 +84,7 @@ class IngressService:
         # `<root>.svc.ingress.status.<source>`: a source named "status" opens its cases on
         # `<root>.svc.ingress.status`, a subject of one token less.
         self._status_prefix = self.topology.subjects.service("ingress", "status") + "."
+        self._events_prefix = self.topology.subjects.service("ingress", "events") + "."
         self.tokens = BearerTokens(
             {source: secret.get_secret_value() for source, secret in ingress.http_tokens.items()},
             ingress.http_tokens_file,
@@ -89,6 +94,17 @@ class IngressService:
         self.keys = KeyDirectory()
         self.openings = CaseOpenings(
             self.js, self.topology, self.publisher, self.dead_letters, ingress, self.limits
+        )
+        self.continuations = CaseContinuations(
+            nc,
+            self.topology,
+            self.publisher,
+            self.dead_letters,
+            self.keys,
+            ingress,
+            self.limits,
+            id_key=identity.id_key,
+            timeout=settings.request_timeout,
         )
         self.statuses = StatusReads(
             nc, self.topology, self.keys, ingress, self.limits, timeout=settings.request_timeout
@@ -119,6 +135,9 @@ class IngressService:
                 queue="ingress-status",
                 cb=self._on_status_request,
                 pending_msgs_limit=1024,
+            ),
+            await self.nc.subscribe(
+                self._events_prefix + "*", queue="ingress-events", cb=self._on_event_request
             ),
         ]
         await self.nc.flush()
@@ -153,9 +172,14 @@ class IngressService:
         status = await self.statuses.status(source, msg.data)
         await respond(msg, _encode(status), what=f"a status request from {source!r}")
 
+    async def _on_event_request(self, msg: Msg) -> None:
+        source = msg.subject.removeprefix(self._events_prefix)
+        reply = await self.continuations.submit(source, msg.data, msg.subject)
+        await respond(msg, _encode(reply), what=f"an event from {source!r}")
+
     async def _on_request(self, msg: Msg) -> None:
-        if msg.subject.startswith(self._status_prefix):
-            return  # the status subscription answers it; skipping it here costs nothing
+        if msg.subject.startswith((self._status_prefix, self._events_prefix)):
+            return  # their own subscriptions answer them; skipping costs nothing
         source = msg.subject.removeprefix(self._source_prefix)
         reply = await self.openings.submit(source, msg.data, msg.subject)
         # A request without an inbox to answer still opened its case, if it could.
@@ -168,6 +192,7 @@ class IngressService:
             self.openings.submit,
             self.tokens,
             status=lambda source, ref: self.statuses.status(source, {"external_ref": ref}),
+            add_event=self.continuations.submit,
             max_body_bytes=self.limits.max_body_bytes,
             drain_bytes=self.ingress.http_drain_bytes,
             healthy=lambda: self.nc.is_connected,

@@ -35,6 +35,12 @@ class IngressSettings(BaseSettings):
         description="status reads each source may make a second (bursts of twice that); "
         "more are answered `rate_limited` (HTTP 429)",
     )
+    events_per_second: float = Field(
+        default=20.0,
+        gt=0,
+        description="events each source may add to its cases a second (bursts of twice "
+        "that); more are answered `rate_limited` (HTTP 429), and kept",
+    )
     max_body_bytes: int = Field(
         default=64 * KIB,
         ge=KIB,

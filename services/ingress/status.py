@@ -36,7 +36,15 @@ from services.ingress.domain import case_id_for, source_problem
 from services.ingress.json_body import Limits, read_json
 from services.ingress.problems import Refusal, convert_struct, problem
 
-__all__ = ["CaseProgress", "case_status", "not_found", "progress", "status_request"]
+__all__ = [
+    "CaseProgress",
+    "case_status",
+    "event_of",
+    "not_found",
+    "opening_of",
+    "progress",
+    "status_request",
+]
 
 _decoder = EventDecoder()
 
@@ -116,24 +124,14 @@ def case_status(
     and so does every event `trusted` refuses (a signature that does not hold, a type
     its actor's card did not let it write): a forged close must not close a case."""
     case_id = case_id_for(source, external_ref)
-    at = next(
-        (i for i, m in enumerate(messages) if event_type_of(m.subject) == "case_opened"), None
-    )
-    opening = _event_of(messages[at], case_id) if at is not None else None
-    if opening is not None and at is not None and not trusted(messages[at], opening):
-        opening = None
-    if (
-        at is None
-        or not isinstance(opening, CaseOpened)
-        or opening.actor != opener
-        or opening.payload.source != source
-        or opening.payload.external_ref != external_ref
-    ):
+    found = opening_of(messages, case_id, source, external_ref, opener, trusted)
+    if found is None:
         return not_found(external_ref)
+    at, opening = found
     state = progress(
         (event, message.stored_at)
         for message in messages[at:]
-        if (event := _event_of(message, case_id)) is not None and trusted(message, event)
+        if (event := event_of(message, case_id)) is not None and trusted(message, event)
     )
     return CaseStatusReply(
         ok=True,
@@ -147,6 +145,33 @@ def case_status(
     )
 
 
+def opening_of(
+    messages: Sequence[RawMessage],
+    case_id: str,
+    source: str,
+    external_ref: str,
+    opener: str,
+    trusted: Trusted,
+) -> tuple[int, CaseOpened] | None:
+    """The case's opening and where it is among `messages`, if `opener` (the ingress)
+    opened it for this source and reference, and it holds up; None otherwise."""
+    at = next(
+        (i for i, m in enumerate(messages) if event_type_of(m.subject) == "case_opened"), None
+    )
+    if at is None:
+        return None
+    opening = event_of(messages[at], case_id)
+    if (
+        not isinstance(opening, CaseOpened)
+        or not trusted(messages[at], opening)
+        or opening.actor != opener
+        or opening.payload.source != source
+        or opening.payload.external_ref != external_ref
+    ):
+        return None
+    return at, opening
+
+
 def not_found(external_ref: str) -> CaseStatusReply:
     """One answer for a case that does not exist and for another source's case."""
     found = problem(
@@ -155,7 +180,7 @@ def not_found(external_ref: str) -> CaseStatusReply:
     return CaseStatusReply(ok=False, errors=[found.message], problems=[found])
 
 
-def _event_of(message: RawMessage, case_id: str) -> Event | None:
+def event_of(message: RawMessage, case_id: str) -> Event | None:
     """The event `message` holds, if it can be read and is what its subject says; any
     other moves nothing (the event store flags it)."""
     try:

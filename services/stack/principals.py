@@ -229,6 +229,14 @@ def connection_details(
                 "request_schema": "contracts/schema/ingress_case_status_request.json",
                 "reply_schema": "contracts/schema/ingress_case_status_reply.json",
             },
+            "add_to_a_case": {
+                "nats_request": subjects.service_as("ingress", "events", principal.name),
+                "http_post": f"{ingress_http}/v1/cases/<case_source>/<external_ref>/events",
+                "request_schema": "contracts/schema/ingress_case_event_request.json",
+                "reply_schema": "contracts/schema/ingress_reply.json",
+                "data_schemas": "contracts/schema/ingress_<kind>.json, e.g. "
+                "ingress_police_report.json",
+            },
             "http_token": f"{principal.name}.http-token (Authorization: Bearer …)",
         }
     return details

@@ -126,6 +126,15 @@ def test_the_event_store_ingress_and_external_systems_write_only_their_own() -> 
     ingress_may = allowed(ingress)
     assert "mesh.case.*.case_opened" in ingress_may
     assert "mesh.dlq.MESH_INGRESS.ingress" in ingress_may
-    assert not [s for s in ingress_may if s.startswith("mesh.case.") and "case_opened" not in s]
-    assert allowed(crm) == ["mesh.svc.ingress.crm", "mesh.svc.ingress.status.crm"]
+    assert "mesh.case.*.evidence_received" in ingress_may
+    assert not [
+        s
+        for s in ingress_may
+        if s.startswith("mesh.case.") and not s.endswith(("case_opened", "evidence_received"))
+    ]
+    assert allowed(crm) == [
+        "mesh.svc.ingress.crm",
+        "mesh.svc.ingress.status.crm",
+        "mesh.svc.ingress.events.crm",
+    ]
     assert by_key[crm.public_key]["subscribe"]["allow"] == ["_INBOX.crm.>"]  # type: ignore[index]

@@ -59,6 +59,8 @@ CONTRACTS = [
     "Event",
     "EventCatalog",
     "EventDecoder",
+    "EvidenceReceived",
+    "EvidenceReceivedPayload",
     "InvalidSubject",
     "LogCheckpointed",
     "LogCheckpointedPayload",

@@ -1,0 +1,184 @@
+"""Adding to an open case: the one path every such request takes, from NATS or HTTP.
+What a system may add, and when, is `services.ingress.continuations` (pure); here the
+case's log is read (direct gets, with the ingress's own rights, each message judged
+against the registry's cards as every consumer judges it), the event written, refused
+input kept in the dead-letter stream with its reasons, and every request answered.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.aio.client import Client
+
+from contracts.envelope import Event
+from contracts.events.case import EvidenceReceived
+from contracts.ingress import IngressReply
+from mesh.service import (
+    DeadLetterSink,
+    EventPublisher,
+    KeyDirectory,
+    MeshError,
+    RawMessage,
+    SignatureError,
+    TokenBucket,
+    Topology,
+    read_direct,
+    verify_headers,
+)
+from services.ingress.body import ReceivedBody
+from services.ingress.continuations import (
+    AlreadyAdded,
+    conflict,
+    continue_case,
+    event_request,
+    same_content,
+)
+from services.ingress.domain import Limits, Refusal, case_id_for
+from services.ingress.problems import describe, problem
+from services.ingress.settings import IngressSettings
+from services.ingress.status import event_of
+
+log = logging.getLogger(__name__)
+
+
+class CaseContinuations:
+    def __init__(
+        self,
+        nc: Client,
+        topology: Topology,
+        publisher: EventPublisher,
+        dead_letters: DeadLetterSink,
+        keys: KeyDirectory,
+        ingress: IngressSettings,
+        limits: Limits,
+        *,
+        id_key: bytes,
+        timeout: float,
+    ) -> None:
+        self.nc = nc
+        self.topology = topology
+        self.publisher = publisher
+        self.dead_letters = dead_letters
+        self.keys = keys
+        self.ingress = ingress
+        self.limits = limits
+        self.id_key = id_key
+        self.timeout = timeout
+        self._rate: dict[str, TokenBucket] = {}
+
+    async def submit(
+        self,
+        source: str,
+        body: bytes | ReceivedBody,
+        received_on: str,
+        case: tuple[str, str] | None = None,
+    ) -> IngressReply:
+        """Add what `source` sent to the case it names (`case`: the case_source and
+        external_ref of an HTTP URL), or refuse it with reasons and keep it. Always
+        answers: a mesh that cannot take it now is "unavailable", a bug "internal"."""
+        received = body if isinstance(body, ReceivedBody) else ReceivedBody.of(body)
+        try:
+            request = event_request(
+                source, received.head, self.limits, size=received.size, case=case
+            )
+            if isinstance(request, Refusal):
+                return await self._refuse(source, received, received_on, request)
+            if (wait := self._bucket(source).take()) > 0:
+                found = problem("$", "rate_limited", f"too many events: retry in {wait:.2f}s")
+                return await self._refuse(source, received, received_on, Refusal([found]))
+            case_id = case_id_for(request.case_source, request.external_ref)
+            messages = await self._read(case_id)
+            outcome = continue_case(
+                source,
+                request,
+                messages,
+                opener=self.ingress.service_id,
+                trusted=self._trusted,
+                id_key=self.id_key,
+            )
+            if isinstance(outcome, Refusal):
+                return await self._refuse(source, received, received_on, outcome)
+            if isinstance(outcome, AlreadyAdded):
+                return IngressReply(
+                    ok=True, case_id=outcome.case_id, event_id=outcome.event_id, duplicate=True
+                )
+            receipt = await self.publisher.publish(outcome)
+            if receipt.duplicate and not await self._stored_as_sent(outcome):
+                # Another copy under the same id, with other content, won the race.
+                return await self._refuse(source, received, received_on, conflict(request))
+            return IngressReply(
+                ok=True, case_id=case_id, event_id=outcome.event_id, duplicate=receipt.duplicate
+            )
+        except MeshError as exc:
+            log.warning("could not add an event from %r: %s", source, exc)
+            return _failed("unavailable", f"the mesh could not take it now: {exc}")
+        except Exception:
+            log.exception("the ingress failed on an event from %r", source)
+            return _failed("internal", "the ingress failed on this request")
+
+    def _bucket(self, source: str) -> TokenBucket:
+        rate = self.ingress.events_per_second
+        return self._rate.setdefault(source, TokenBucket(rate=rate, burst=2 * rate))
+
+    async def _read(self, case_id: str) -> list[RawMessage]:
+        messages = await read_direct(
+            self.nc,
+            self.topology.cases_stream,
+            self.topology.subjects.case_history(case_id),
+            timeout=self.timeout,
+        )
+        if messages:
+            if not self.keys.loaded.is_set():
+                raise _NotReady("the registry's cards are not loaded yet: retry later")
+            # Judge no event by a directory older than it (a revocation just before).
+            await self.keys.ensure_current(messages[-1].stored_at)
+        return messages
+
+    async def _stored_as_sent(self, sent: EvidenceReceived) -> bool:
+        assert sent.case_id is not None
+        for message in await self._read(sent.case_id):
+            stored = event_of(message, sent.case_id)
+            if stored is not None and stored.event_id == sent.event_id:
+                return isinstance(stored, EvidenceReceived) and same_content(sent, stored)
+        return False
+
+    def _trusted(self, message: RawMessage, event: Event) -> bool:
+        """Whether `event` holds up as the event store would judge it (see
+        `services.ingress.status_reads`)."""
+        try:
+            signer = verify_headers(message.subject, message.body, message.headers)
+            self.keys.check(
+                signer, event.actor, message.stored_at, message.subject, event.event_name()
+            )
+        except SignatureError:
+            return False
+        return True
+
+    async def _refuse(
+        self, source: str, received: ReceivedBody, received_on: str, refusal: Refusal
+    ) -> IngressReply:
+        body, headers = received.kept(
+            whole_up_to=self.limits.max_body_bytes, prefix=self.ingress.dead_letter_keep_bytes
+        )
+        kept = await self.dead_letters.refused_input(
+            received_on=received_on,
+            body=body,
+            reason="; ".join(refusal.errors),
+            source=source,
+            consumer=self.ingress.service_id,
+            headers=headers,
+        )
+        log.info("refused an event from %r (dead letter %d): %s", source, kept, refusal.errors)
+        return IngressReply(
+            ok=False, errors=refusal.errors, problems=refusal.problems, dead_letter=kept
+        )
+
+
+class _NotReady(MeshError):
+    retryable = True
+
+
+def _failed(code: str, message: str) -> IngressReply:
+    found = problem("$", code, message)
+    return IngressReply(ok=False, errors=[describe(found)], problems=[found])
