@@ -22,6 +22,9 @@ POLICY_OPERATION_TYPES = ("policy_bundle_activated", "circuit_state_changed")
 # Durable timers (contracts.events.timers): reserved to nobody; the policy service sets
 # them for approval deadlines, as any agent whose card says so may.
 TIMER_TYPES = ("timer_set", "timer_fired", "timer_cancelled")
+# What only the ingress may publish besides openings: what outside systems add to their
+# cases (an agent that could write it could forge a police report).
+INGRESS_TYPES = ("evidence_received",)
 # What only a human approver may publish.
 APPROVAL_TYPES = ("approval_granted", "approval_rejected")
 # What only the registry may publish: its history.

@@ -29,7 +29,9 @@ from contracts.events.case import (
     CaseEscalated,
     CaseOpened,
     CaseStepCompleted,
+    CaseWaiting,
     EvidenceReceived,
+    WaitEnded,
 )
 from contracts.events.operations import (
     CircuitStateChanged,
@@ -93,6 +95,8 @@ CATALOG = EventCatalog(
         CaseOpened,
         EvidenceReceived,
         CaseStepCompleted,
+        CaseWaiting,
+        WaitEnded,
         CaseEscalated,
         CaseClosed,
         TimerSet,

@@ -14,7 +14,7 @@ import msgspec
 
 from contracts.audit_bundle import Proofs, SignedDocument
 
-CaseStatus = Literal["open", "escalated", "closed"]
+CaseStatus = Literal["open", "waiting", "escalated", "closed"]
 ActionStatus = Literal[
     "requested",  # waiting for policy
     "approved",  # policy (or a human) allowed it: the executor may run it

@@ -175,10 +175,12 @@ class IngressReply(msgspec.Struct, frozen=True, kw_only=True):
     problems: list[Problem] = msgspec.field(default_factory=list)  # `errors`, structured
 
 
-CaseState = Literal["open", "awaiting_approval", "escalated", "closed"]
+CaseState = Literal["open", "waiting", "awaiting_approval", "escalated", "closed"]
 # What `CaseStatusReply.status` can say, and what it means.
 CASE_STATES: dict[str, str] = {
     "open": "the mesh is working on the case",
+    "waiting": "the case waits for something from outside (`waiting_for` says what), "
+    "until a deadline",
     "awaiting_approval": "a step waits for a person's approval",
     "escalated": "the case was handed to a person to finish",
     "closed": "the case is finished; `outcome` says how",
@@ -214,6 +216,10 @@ class CaseStatusReply(msgspec.Struct, frozen=True, kw_only=True):
         datetime | None,
         msgspec.Meta(description="when the log last took an event of the case (RFC 3339, UTC)"),
     ] = None
+    waiting_for: Annotated[
+        list[str],
+        msgspec.Meta(description='what a waiting case waits for, e.g. ["police_report"]'),
+    ] = msgspec.field(default_factory=list)
     errors: list[str] = msgspec.field(default_factory=list)
     problems: list[Problem] = msgspec.field(default_factory=list)  # `errors`, structured
 

@@ -27,6 +27,7 @@ from mesh._broker.topology import Topology
 from mesh._runtime.resilience import CircuitBreaker, RetryBudget, redelivery_span, retry_transient
 from mesh._runtime.runtime import AgentRunner
 from mesh._sdk.agent import Agent, HandlerContext
+from mesh._sdk.waits import OpenWait
 from mesh._trust.identity import Identity
 from mesh.errors import (
     BrokerError,
@@ -58,6 +59,7 @@ __all__ = [
     "MeshError",
     "MeshSettings",
     "NotAuthorized",
+    "OpenWait",
     "PermanentError",
     "PermissionDenied",
     "PublishFailed",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, Literal
 
 import msgspec
 
@@ -64,3 +65,31 @@ class CaseClosedPayload(msgspec.Struct, frozen=True, kw_only=True):
 
 class CaseClosed(Event, frozen=True, kw_only=True, tag="case_closed"):
     payload: CaseClosedPayload
+
+
+class CaseWaitingPayload(msgspec.Struct, frozen=True, kw_only=True):
+    """An agent puts the case on hold for something from outside, until a deadline."""
+
+    step: str  # the agent's step that waits
+    waiting_for: str  # what it waits for, e.g. "police_report" (a subject-safe token)
+    until: datetime  # when the wait ends without it (the timer's due time)
+    timer_id: str  # the timer_set that ends the wait at `until`
+    reason: str = ""
+
+
+class CaseWaiting(Event, frozen=True, kw_only=True, tag="case_waiting"):
+    payload: CaseWaitingPayload
+
+
+WaitOutcome = Literal["arrived", "deadline_passed"]
+
+
+class WaitEndedPayload(msgspec.Struct, frozen=True, kw_only=True):
+    wait_id: str  # the case_waiting it ends
+    waiting_for: str
+    outcome: WaitOutcome  # what it waited for arrived, or the deadline passed first
+    by: str | None = None  # the event that ended it: what arrived, or the timer_fired
+
+
+class WaitEnded(Event, frozen=True, kw_only=True, tag="wait_ended"):
+    payload: WaitEndedPayload

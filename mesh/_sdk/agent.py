@@ -24,6 +24,12 @@ from contracts.cards import AgentCard
 from contracts.catalog import CATALOG, EventCatalog
 from contracts.envelope import Event
 from contracts.events.actions import FactSource
+from contracts.events.case import (
+    CaseWaiting,
+    CaseWaitingPayload,
+    WaitEnded,
+    WaitEndedPayload,
+)
 from contracts.events.timers import (
     TimerCancelled,
     TimerCancelledPayload,
@@ -35,6 +41,7 @@ from mesh._broker.publisher import Receipt
 from mesh._broker.stored_messages import RawMessage, StoredEvent
 from mesh._runtime.resilience import CircuitBreaker
 from mesh._sdk.timers import TIMER_CONSUMES, TIMER_PRODUCES, timer_payload
+from mesh._sdk.waits import WAIT_PRODUCES, OpenWait, open_waits, wait_timer
 from mesh._trust.identity import message_digest
 from mesh.errors import ConfigurationError, PermanentError
 
@@ -47,6 +54,9 @@ E_contra = TypeVar("E_contra", bound=Event, contravariant=True)
 
 class Handler(Protocol[E_contra]):
     def __call__(self, event: E_contra, ctx: HandlerContext, /) -> Awaitable[None]: ...
+
+
+WaitDeadlineHandler = Callable[["OpenWait", "HandlerContext"], Awaitable[None]]
 
 
 class Services(Protocol):
@@ -154,6 +164,16 @@ class HandlerContext:
         once it is due (`after` a delay or `at` a time), even if this process, every
         replica and the broker restart in between. Recorded as `timer_set`; returns the
         timer's id (that event's id). `data` comes back in the firing."""
+        return (await self._set_timer(name, after=after, at=at, data=data)).event_id
+
+    async def _set_timer(
+        self,
+        name: str,
+        *,
+        after: timedelta | None,
+        at: datetime | None,
+        data: dict[str, Any] | None,
+    ) -> TimerSet:
         payload = timer_payload(
             name,
             now=datetime.now(UTC),
@@ -164,13 +184,58 @@ class HandlerContext:
         )
         event = self.derive(TimerSet, payload)
         await self._services.set_timer(event)
-        return event.event_id
+        return event
 
     async def cancel_timer(self, timer_id: str, reason: str = "") -> None:
         """Withdraw a timer this agent set in this case: it will not fire (recorded as
         `timer_cancelled`; a firing already on its way is dropped)."""
         payload = TimerCancelledPayload(timer_id=timer_id, reason=reason)
         await self._services.cancel_timer(self.derive(TimerCancelled, payload))
+
+    async def wait_for(
+        self,
+        what: str,
+        *,
+        after: timedelta | None = None,
+        at: datetime | None = None,
+        step: str = "",
+        reason: str = "",
+    ) -> str:
+        """Put the case on hold for `what` (e.g. "police_report") until a deadline
+        (`after` a delay or `at` a time): recorded as `case_waiting`, with a durable timer
+        for the deadline. Resume with `end_wait` when it arrives; if the deadline passes
+        first, the agent's `@agent.on_wait_deadline(what)` handler runs. Returns the
+        wait's id (its case_waiting event's)."""
+        timer = await self._set_timer(
+            wait_timer(what), after=after, at=at, data={"waiting_for": what}
+        )
+        payload = CaseWaitingPayload(
+            step=step,
+            waiting_for=what,
+            until=timer.payload.due_at,
+            timer_id=timer.event_id,
+            reason=reason,
+        )
+        event = self.derive(CaseWaiting, payload)
+        await self._services.emit(event)
+        return event.event_id
+
+    async def open_waits(self, history: list[StoredEvent] | None = None) -> dict[str, OpenWait]:
+        """This agent's waits in this case that have not ended, by what they wait for
+        (from `history`, as `history()` returned it, if given)."""
+        events = history if history is not None else await self.history()
+        return open_waits((stored.event for stored in events), self.agent.card.agent_id)
+
+    async def end_wait(self, wait: OpenWait, *, by: str) -> None:
+        """What `wait` waited for arrived (`by`: the event that brought it): its deadline
+        timer is cancelled and `wait_ended` recorded; the case goes on."""
+        await self.cancel_timer(wait.timer_id, f"{wait.waiting_for} arrived")
+        await self.emit(
+            WaitEnded,
+            WaitEndedPayload(
+                wait_id=wait.wait_id, waiting_for=wait.waiting_for, outcome="arrived", by=by
+            ),
+        )
 
     def breaker(self, name: str) -> CircuitBreaker:
         """The agent's breaker guarding dependency `name` (shared by all its handlers)."""
@@ -208,6 +273,7 @@ class Agent:
         self.card = card
         self.handlers: dict[str, Callable[[Any, HandlerContext], Awaitable[None]]] = {}
         self.timer_handlers: dict[str, Handler[TimerFired]] = {}
+        self.wait_handlers: set[str] = set()  # what its waits wait for
 
     def on(self, event_type: type[E]) -> Callable[[Handler[E]], Handler[E]]:
         name = event_type.event_name()
@@ -234,6 +300,34 @@ class Agent:
 
         return register
 
+    def on_wait_deadline(self, what: str) -> Callable[[WaitDeadlineHandler], WaitDeadlineHandler]:
+        """The handler that runs when a wait for `what` (`HandlerContext.wait_for`)
+        reaches its deadline before `end_wait`: escalate, or run the compensation. The
+        SDK records `wait_ended` ("deadline_passed") first. The card must produce
+        case_waiting, wait_ended and the timer events, and consume timer_fired."""
+
+        def register(handler: WaitDeadlineHandler) -> WaitDeadlineHandler:
+            async def deadline(fired: TimerFired, ctx: HandlerContext) -> None:
+                wait = (await ctx.open_waits()).get(what)
+                if wait is None or wait.timer_id != fired.payload.timer_id:
+                    return  # it ended (what it waited for arrived) before the deadline
+                await ctx.emit(
+                    WaitEnded,
+                    WaitEndedPayload(
+                        wait_id=wait.wait_id,
+                        waiting_for=what,
+                        outcome="deadline_passed",
+                        by=fired.event_id,
+                    ),
+                )
+                await handler(wait, ctx)
+
+            self.on_timer(wait_timer(what))(deadline)
+            self.wait_handlers.add(what)
+            return handler
+
+        return register
+
     async def _timer_fired(self, event: TimerFired, ctx: HandlerContext) -> None:
         # Every timer_fired of the cases it works on reaches this agent; only its own
         # wake it (another agent's timers are that agent's business).
@@ -255,6 +349,12 @@ class Agent:
             ]
             if lacking:
                 problems.append(f"sets timers but its card lacks {lacking}")
+        if self.wait_handlers:
+            lacking = [f"produces {t}" for t in WAIT_PRODUCES if t not in self.card.produces]
+            if lacking:
+                problems.append(
+                    f"waits for {sorted(self.wait_handlers)} but its card lacks {lacking}"
+                )
         for name in (*self.card.consumes, *self.card.produces):
             if name not in catalog:
                 problems.append(f"unknown event type {name!r} on the card")

@@ -22,6 +22,7 @@ from typing import Literal
 from contracts.authorship import (
     APPROVAL_TYPES,
     DECISION_TYPES,
+    INGRESS_TYPES,
     POLICY_OPERATION_TYPES,
     REGISTRY_TYPES,
     TIMER_TYPES,
@@ -68,11 +69,11 @@ def role_produces(role: PrincipalRole) -> tuple[str, ...]:
             return ("log_checkpointed",)
         case "ingress":
             # Opens cases, and adds to them what outside systems send later.
-            return ("case_opened", "evidence_received")
+            return ("case_opened", *INGRESS_TYPES)
         case "service":
             # A generic mesh service (a test harness): any case event but the policy's
             # decisions, humans' approvals and the registry's history.
-            closed = {*DECISION_TYPES, *APPROVAL_TYPES, *REGISTRY_TYPES}
+            closed = {*DECISION_TYPES, *APPROVAL_TYPES, *REGISTRY_TYPES, *INGRESS_TYPES}
             return tuple(name for name in CATALOG.names() if name not in closed)
         case "operator" | "reader" | "external":
             # Operators act through the registry and the CLI, outside systems through

@@ -35,7 +35,14 @@ from contracts.events.actions import (
     ApprovalRejected,
     ApprovalRequired,
 )
-from contracts.events.case import CaseClosed, CaseEscalated, CaseOpened, CaseStepCompleted
+from contracts.events.case import (
+    CaseClosed,
+    CaseEscalated,
+    CaseOpened,
+    CaseStepCompleted,
+    CaseWaiting,
+    WaitEnded,
+)
 from contracts.eventstore_api import (
     FINISHED_ACTIONS,
     ActionStatus,
@@ -127,6 +134,14 @@ def _case_changes(view: CaseView, event: Event, at: datetime) -> dict[str, Any]:
             if view.status == "closed":
                 return {}  # a step reported after the end (again?) does not reopen the outcome
             return {"step": p.step, "outcome": p.outcome}
+        case CaseWaiting(payload=p):
+            if view.status != "open":
+                return {}  # an escalated or closed case does not go back to waiting
+            return {"status": "waiting", "step": p.step, "outcome": f"waiting for {p.waiting_for}"}
+        case WaitEnded(payload=p):
+            if view.status != "waiting":
+                return {}
+            return {"status": "open", "outcome": f"{p.waiting_for}: {p.outcome}"}
         case CaseEscalated(payload=p):
             if view.status == "closed":
                 return {}  # a closed case stays as it was closed

@@ -21,7 +21,15 @@ from contracts.events.actions import (
     ApprovalRejected,
     ApprovalRequired,
 )
-from contracts.events.case import CaseClosed, CaseEscalated, CaseOpened, CaseStepCompleted
+from contracts.events.case import (
+    CaseClosed,
+    CaseEscalated,
+    CaseOpened,
+    CaseStepCompleted,
+    CaseWaiting,
+    EvidenceReceived,
+    WaitEnded,
+)
 from contracts.events.timers import TimerCancelled, TimerFired, TimerSet
 from contracts.eventstore_api import TimelineEntry
 from services.eventstore.domain import LogRecord, one_line
@@ -142,6 +150,20 @@ def _describe(event: Event) -> dict[str, Any]:
                 "rationale": p.error,
                 "request_id": p.request_id,
             }
+        case EvidenceReceived(payload=p):
+            return {
+                "summary": f"received {p.kind} {p.external_event_id} from {p.source}",
+                "evidence": p.data,
+            }
+        case CaseWaiting(payload=p):
+            return {
+                "summary": f"{p.step} waits for {p.waiting_for} until "
+                f"{p.until.isoformat(timespec='seconds')}",
+                "rationale": p.reason or None,
+            }
+        case WaitEnded(payload=p):
+            ended = "arrived" if p.outcome == "arrived" else "did not come by the deadline"
+            return {"summary": f"the wait for {p.waiting_for} ended: {ended}"}
         case TimerSet(payload=p):
             compressed = f" (clock rate {p.clock_rate:g})" if p.clock_rate != 1 else ""
             return {

@@ -28,7 +28,13 @@ from contracts.events.actions import (
     ApprovalExpired,
     ApprovalRequired,
 )
-from contracts.events.case import CaseClosed, CaseEscalated, CaseOpened
+from contracts.events.case import (
+    CaseClosed,
+    CaseEscalated,
+    CaseOpened,
+    CaseWaiting,
+    WaitEnded,
+)
 from contracts.ingress import CaseState, CaseStatusReply, CaseStatusRequest
 from contracts.subjects import event_type_of
 from mesh.service import RawMessage
@@ -77,6 +83,7 @@ class CaseProgress:
     outcome: str | None = None
     updated_at: datetime | None = None
     awaiting: set[str] = field(default_factory=set)  # request ids waiting for a person
+    waiting_for: dict[str, str] = field(default_factory=dict)  # open waits: id -> for what
 
     def evolve(self, event: Event, at: datetime) -> None:
         self.updated_at = at
@@ -89,6 +96,10 @@ class CaseProgress:
                 self.status = "escalated"
             case ApprovalRequired(payload=p):
                 self.awaiting.add(p.request_id)
+            case CaseWaiting(payload=p):
+                self.waiting_for[event.event_id] = p.waiting_for
+            case WaitEnded(payload=p):
+                self.waiting_for.pop(p.wait_id, None)
             # Only the policy's decision settles a wait: a person's answer it refused
             # (a clerk without the role) leaves the case waiting.
             case (
@@ -97,8 +108,10 @@ class CaseProgress:
                 | ApprovalExpired(payload=settled)
             ):
                 self.awaiting.discard(settled.request_id)
-        if self.status in ("open", "awaiting_approval"):
-            self.status = "awaiting_approval" if self.awaiting else "open"
+        if self.status in ("open", "awaiting_approval", "waiting"):
+            self.status = (
+                "awaiting_approval" if self.awaiting else "waiting" if self.waiting_for else "open"
+            )
 
 
 def progress(events: Iterable[tuple[Event, datetime]]) -> CaseProgress:
@@ -142,6 +155,7 @@ def case_status(
         outcome=state.outcome,
         opened_at=messages[at].stored_at,
         updated_at=state.updated_at,
+        waiting_for=sorted(set(state.waiting_for.values())) if state.status == "waiting" else [],
     )
 
 

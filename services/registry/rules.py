@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from contracts.authorship import APPROVAL_TYPES, DECISION_TYPES, REGISTRY_TYPES
+from contracts.authorship import APPROVAL_TYPES, DECISION_TYPES, INGRESS_TYPES, REGISTRY_TYPES
 from contracts.cards import AgentCard, AgentKey, AgentRecord
 from contracts.catalog import CATALOG, EventCatalog
 from contracts.subjects import check_token
@@ -93,11 +93,11 @@ def check_card(card: AgentCard, rules: RegistryRules) -> None:
         if event_type not in rules.catalog:
             problems.append(f"unknown event type {event_type!r}")
     produced = set(card.produces)
-    closed = produced & {*DECISION_TYPES, *REGISTRY_TYPES}
+    closed = produced & {*DECISION_TYPES, *REGISTRY_TYPES, *INGRESS_TYPES}
     if closed:
         problems.append(
-            f"no card may produce {sorted(closed)}: "
-            "decisions come from the policy service, history from the registry"
+            f"no card may produce {sorted(closed)}: decisions come from the policy "
+            "service, history from the registry, what outside systems add from the ingress"
         )
     if produced & set(APPROVAL_TYPES) and (card.kind != "human" or "approver" not in card.roles):
         problems.append("only a human with the approver role may produce approvals")

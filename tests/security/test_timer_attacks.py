@@ -70,7 +70,7 @@ from contracts.errors import InvalidSubject
 from contracts.eventstore_api import CaseRequest
 from mesh import HandlerContext
 from mesh._broker.publisher import EventPublisher
-from mesh._broker.reading import read_case
+from mesh._broker.reading import read_subject
 from mesh._broker.stored_messages import StoredEvent
 from mesh._sdk.agent import Agent
 from mesh._sdk.timers import schedule_header, timer_payload
@@ -178,7 +178,14 @@ class Attack:
         return case_id
 
     async def history(self, case_id: str) -> list[StoredEvent]:
-        return await read_case(self.harness.jetstream(), self.mesh.topology, case_id)
+        """The case's events as stored (read as the operator; unreadable ones left out)."""
+        topology = self.mesh.topology
+        return await read_subject(
+            self.harness.jetstream(),
+            topology.cases_stream,
+            topology.subjects.case_history(case_id),
+            on_unreadable=lambda *_: None,
+        )
 
     async def wait_for(
         self, case_id: str, event_type: type[Any], actor: str = "victim", timeout: float = 15
@@ -302,7 +309,7 @@ async def test_the_broker_keeps_every_agent_out_of_others_timers(attack: Attack)
     victim = await attack.victim()
     spy = await attack.agent("spy", timers=False)
     peer = await attack.agent("peer", timers=True)
-    case_id = await attack.open(delay=5)
+    case_id = await attack.open(delay=10)
     _, timer = await attack.wait_for(case_id, TimerSet)
     topology = attack.mesh.topology
     vs, vd = topology.timers_stream("victim"), topology.timer_durable("victim")
@@ -565,13 +572,15 @@ async def test_a_timer_set_replayed_into_another_case_fires_nothing_there(
 async def test_hostile_timer_names_and_data_stop_nobody(attack: Attack) -> None:
     """The SDK refuses a timer name that is no subject token and data over 4 kB. The
     compromised peer writes them into the victim's case anyway: a timer_set named with
-    60,000 characters of markup, bidi controls, newlines and astral unicode, carrying
-    data nested 400 deep and 200 kB of text, a cancellation with a 300 kB reason, and a
+    60,000 characters of markup, bidi controls, NULs, newlines and astral unicode,
+    carrying data nested 200 deep and 50 kB of combining marks, due in ten years on a
+    clock rate of 1e-308; a cancellation of it with the same name as its reason; and a
     body nested 5,000 deep. The victim's timer fires once, on time; the event store
-    projects the case and draws its timeline; the verifier completes."""
+    projects the case and draws its timeline; the verifier completes and names the
+    unreadable body."""
     hostile = ("[/b]<script>\u202e\n\U0001f4a5\x00." * 3_000)[:60_000]
     nested: dict[str, Any] = {"leaf": "\u202e" * 10}
-    for _ in range(400):
+    for _ in range(200):
         nested = {"n": nested}
     with pytest.raises(InvalidSubject):
         timer_payload(
@@ -612,15 +621,16 @@ async def test_hostile_timer_names_and_data_stop_nobody(attack: Attack) -> None:
         ),
     )
     deep = b'{"event_type":"timer_set","actor":"peer","payload":' + b"[" * 5000 + b"]" * 5000
-    await peer.js.publish(
+    unreadable = await store(
+        peer,
         attack.mesh.topology.subjects.case_event(case_id, "timer_set"),
         deep + b"}",
-        headers={"Nats-Msg-Id": str(uuid.uuid4())},
+        {"Nats-Msg-Id": str(uuid.uuid4())},
     )
 
     await woken_once(attack, victim, case_id, timer)
     report = await attack.verify(case_id)
-    assert report.events >= 6
+    assert any("unreadable" in v for v in named(report, unreadable)), report.violations
     events = len(await attack.history(case_id))  # the deep one is no event
     request = CaseRequest(case_id=case_id)
     reply = await store_request(attack.harness, attack.mesh.topology, "case", request)
@@ -781,6 +791,36 @@ async def test_a_stuffed_case_does_not_silence_the_victims_timer(attack: Attack)
             ),
         )
     await woken_once(attack, victim, case_id, timer)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="timer data nested 300 deep (1.8 kB: the SDK's 4 kB bound takes it, "
+    "mesh/_sdk/timers.py:53; the log's decoder reads it) stops the event store for the "
+    "whole mesh: the timeline puts timer data as evidence (services/eventstore/"
+    "timeline.py:152), orjson refuses more than 254 levels (services/eventstore/views/"
+    "rows.py:26, TypeError 'Recursion limit reached') and the projector retries the "
+    "same batch for ever, so views, checkpoints and `mesh audit verify` stop. Fix: bound "
+    "depth where data enters (timer_payload and the decoder: a malformed event past ~32 "
+    "levels), and have json_text store an over-deep value as a marked string",
+)
+async def test_deep_timer_data_does_not_stop_the_event_store(attack: Attack) -> None:
+    peer = await attack.agent("peer", timers=True)
+    nested: dict[str, Any] = {}
+    for _ in range(300):
+        nested = {"n": nested}
+    case_id = await attack.open()
+    payload = timer_payload(
+        DEADLINE,
+        now=datetime.now(UTC),
+        after=timedelta(days=1),
+        at=None,
+        clock_rate=1,
+        data=nested,
+    )
+    await attack.publish(peer, TimerSet(case_id=case_id, actor="peer", payload=payload))
+    after = await attack.open()
+    await attack.verify(after)
 
 
 @pytest.mark.xfail(

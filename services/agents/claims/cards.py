@@ -27,9 +27,18 @@ def card(agent_id: str, name: str, purpose: str, **scope: list[str]) -> AgentCar
 INTAKE = card(
     "claims-intake",
     "Claims intake",
-    "checks that a claim is covered and complete",
-    consumes=["case_opened"],
-    produces=["case_step_completed", "case_closed"],
+    "checks that a claim is covered and complete, waiting for a theft's police report",
+    consumes=["case_opened", "evidence_received", "timer_fired"],
+    produces=[
+        "case_step_completed",
+        "case_closed",
+        "case_escalated",
+        "case_waiting",
+        "wait_ended",
+        "timer_set",
+        "timer_fired",
+        "timer_cancelled",
+    ],
     facts=[CLAIM_ACCEPTED],  # no claim is paid unless intake accepted it
 )
 FRAUD = card(

@@ -18,6 +18,10 @@ COVERAGE_LIMIT = {"auto": 2_500_000, "home": 5_000_000, "travel": 500_000, "heal
 DEDUCTIBLE = {"auto": 10_000, "home": 25_000, "travel": 5_000, "health": 0}
 REPORTING_WINDOW = timedelta(days=365)
 SUSPICIOUS_WORDS = ("staged", "cash only", "no witnesses", "total loss again")
+# A theft is covered only on a police report: intake asks for one and waits this long.
+THEFT_WORDS = ("theft", "stolen", "break-in")
+POLICE_REPORT = "police_report"
+POLICE_REPORT_WAIT = timedelta(days=14)
 # The fact intake states (and is the one authority for) when it accepts a claim: no
 # payment without it, whoever screened or adjudicated the case afterwards.
 CLAIM_ACCEPTED = "claim_accepted"
@@ -104,6 +108,12 @@ def intake(claim: ClaimData, today: date) -> IntakeResult:
     if claim.amount_cents > 4 * limit:
         reasons.append(f"claimed {claim.amount_cents} cents, far above the {limit} cover")
     return IntakeResult(accepted=not reasons, reasons=reasons)
+
+
+def needs_police_report(claim: ClaimData) -> bool:
+    """A claim for a theft is covered only once a police report is on file."""
+    text = claim.description.lower()
+    return any(word in text for word in THEFT_WORDS)
 
 
 def fraud_score(claim: ClaimData) -> tuple[int, list[str]]:

@@ -7,7 +7,8 @@ message goes, in log order, to the checks of its family —
   chain's rule;
 - `case_flow`: opened first, closed once, nothing approved that was requested after
   the closing; every execution approved before it; one obligation, one execution;
-- `timers`: a timer fires once, when due, as its own agent set it, never once cancelled.
+- `timers`: a timer fires once, when due, as its own agent set it, never once cancelled;
+  a wait ends once, as its own agent began it, its deadline only by its timer's firing.
 
 Messages that failed their signature, key or card check do not get here: they are
 reported as such and count for nothing (a decision by anyone but a principal whose
@@ -29,7 +30,7 @@ from contracts.events.actions import (
     ApprovalRejected,
     ApprovalRequired,
 )
-from contracts.events.case import CaseStepCompleted
+from contracts.events.case import CaseStepCompleted, CaseWaiting, WaitEnded
 from contracts.events.timers import TimerCancelled, TimerFired, TimerSet
 from mesh.service import KeyDirectory, message_digest
 from services.eventstore.audit.approvals import check_human_approval, check_human_decision
@@ -42,7 +43,7 @@ from services.eventstore.audit.case_state import CaseSoFar, Finding, RequestSeen
 from services.eventstore.audit.decisions import check_decision
 from services.eventstore.audit.report import Report, where
 from services.eventstore.audit.statements import check_statement
-from services.eventstore.audit.timers import Note, check_timer
+from services.eventstore.audit.timers import Note, check_timer, check_wait
 from services.eventstore.domain import LogRecord
 
 
@@ -103,3 +104,5 @@ def check_case(
                 check_execution(case, record, event, found)
             case TimerSet() | TimerCancelled() | TimerFired():
                 check_timer(case, record, event, found, note)
+            case CaseWaiting() | WaitEnded():
+                check_wait(case, record, event, found)

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from contracts.envelope import Event
 from contracts.events.actions import ActionRequested, ApprovalGranted
+from contracts.events.case import CaseWaiting
 from contracts.events.timers import TimerSet
 from services.eventstore.domain import LogRecord
 
@@ -31,6 +32,13 @@ class TimerSeen:
 
 
 @dataclass
+class WaitSeen:
+    record: LogRecord  # its case_waiting
+    event: CaseWaiting
+    ended: LogRecord | None = None
+
+
+@dataclass
 class CaseSoFar:
     requests: dict[str, RequestSeen] = field(default_factory=dict)
     # Policy's asks for a human (approval_required, escalations), for the role asked.
@@ -41,3 +49,4 @@ class CaseSoFar:
     opened: LogRecord | None = None
     closed: LogRecord | None = None
     timers: dict[str, TimerSeen] = field(default_factory=dict)  # by timer (timer_set) id
+    waits: dict[str, WaitSeen] = field(default_factory=dict)  # by wait (case_waiting) id

@@ -1,6 +1,8 @@
-"""A case's timers (pure): each `timer_fired` answers a `timer_set` of the same agent in
-the same case, was stored no earlier than its due time, is the only firing of it and
-came after no cancellation of it; a cancellation names a timer its own agent set.
+"""A case's timers and waits (pure): each `timer_fired` answers a `timer_set` of the same
+agent in the same case, was stored no earlier than its due time, is the only firing of
+it and came after no cancellation of it; a cancellation names a timer its own agent set.
+A `wait_ended` ends, once, a wait its own agent began in the case; one that says the
+deadline passed cites the firing of that wait's timer.
 
 A timer set under a compressed clock (a demo's or a test's; `MESH_CLOCK_RATE`) is no
 violation, but it is no real delay either: the report notes each one.
@@ -10,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from contracts.events.case import CaseWaiting, WaitEnded
 from contracts.events.timers import TimerCancelled, TimerFired, TimerSet
-from services.eventstore.audit.case_state import CaseSoFar, Finding, TimerSeen
+from services.eventstore.audit.case_state import CaseSoFar, Finding, TimerSeen, WaitSeen
 from services.eventstore.domain import LogRecord
 
 Note = Callable[[LogRecord, str], None]
@@ -59,3 +62,29 @@ def check_timer(
             f"fires timer {timer_id}, cancelled at sequence {seen.cancelled.sequence}",
         )
     seen.fired = seen.fired or record
+
+
+def check_wait(
+    case: CaseSoFar, record: LogRecord, event: CaseWaiting | WaitEnded, found: Finding
+) -> None:
+    if isinstance(event, CaseWaiting):
+        case.waits[event.event_id] = WaitSeen(record, event)
+        return
+    seen = case.waits.get(event.payload.wait_id)
+    if seen is None or seen.event.actor != event.actor:
+        found(record, f"ends wait {event.payload.wait_id}, which {event.actor} did not begin")
+        return
+    if seen.ended is not None:
+        found(
+            record, f"ends wait {event.payload.wait_id} again (at sequence {seen.ended.sequence})"
+        )
+    seen.ended = seen.ended or record
+    if event.payload.outcome == "deadline_passed":
+        timer = case.timers.get(seen.event.payload.timer_id)
+        fired = timer.fired if timer is not None else None
+        if fired is None or fired.event is None or fired.event.event_id != event.payload.by:
+            found(
+                record,
+                f"says the deadline of wait {event.payload.wait_id} passed, but cites no "
+                "firing of its timer",
+            )

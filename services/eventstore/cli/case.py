@@ -18,7 +18,7 @@ case_app = typer.Typer(help="Cases: their current state.", no_args_is_help=True)
 
 @case_app.command("list")
 def list_cases(
-    status: Annotated[str | None, typer.Option(help="open, escalated, closed")] = None,
+    status: Annotated[str | None, typer.Option(help="open, waiting, escalated, closed")] = None,
     kind: Annotated[str | None, typer.Option(help="the case kind")] = None,
     limit: Annotated[int, typer.Option(help="at most this many")] = 100,
     after: Annotated[str | None, typer.Option(help="page on after this case id")] = None,

@@ -6,16 +6,21 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from contracts import (
+    CaseWaiting,
+    CaseWaitingPayload,
     TimerCancelled,
     TimerCancelledPayload,
     TimerFired,
     TimerFiredPayload,
     TimerSet,
     TimerSetPayload,
+    WaitEnded,
+    WaitEndedPayload,
 )
 from contracts.envelope import Event
+from contracts.events.case import WaitOutcome
 from services.eventstore.audit.case_state import CaseSoFar
-from services.eventstore.audit.timers import check_timer
+from services.eventstore.audit.timers import check_timer, check_wait
 from services.eventstore.domain import LogRecord
 from services.eventstore.merkle import leaf_hash
 
@@ -99,3 +104,48 @@ def test_a_compressed_clock_is_noted() -> None:
     found, notes = problems((fast, DUE))
     assert found == []
     assert "compressed clock (rate 86400)" in notes[0]
+
+
+def waiting(actor: str = "reminder") -> CaseWaiting:
+    payload = CaseWaitingPayload(
+        step="intake", waiting_for="police_report", until=DUE, timer_id=SET.event_id
+    )
+    return CaseWaiting(case_id="c1", actor=actor, payload=payload)
+
+
+WAIT = waiting()
+
+
+def ended(outcome: WaitOutcome, by: str | None, actor: str = "reminder") -> WaitEnded:
+    payload = WaitEndedPayload(
+        wait_id=WAIT.event_id, waiting_for="police_report", outcome=outcome, by=by
+    )
+    return WaitEnded(case_id="c1", actor=actor, payload=payload)
+
+
+def wait_problems(*log: tuple[Event, datetime]) -> list[str]:
+    case, found = CaseSoFar(), []
+    for sequence, (event, at) in enumerate(log, start=1):
+        entry = record(sequence, event, at)
+        if isinstance(event, CaseWaiting | WaitEnded):
+            check_wait(case, entry, event, lambda _r, problem: found.append(problem))
+        else:
+            assert isinstance(event, TimerSet | TimerCancelled | TimerFired)
+            check_timer(case, entry, event, lambda _r, p: found.append(p), lambda *_: None)
+    return found
+
+
+def test_a_wait_ends_once_by_its_agent_and_its_deadline_by_its_timer() -> None:
+    firing = fired()
+    start = [(SET, DUE), (WAIT, DUE)]
+    assert wait_problems(*start, (ended("arrived", "ev-1"), DUE)) == []
+    assert (
+        wait_problems(*start, (firing, LATER), (ended("deadline_passed", firing.event_id), LATER))
+        == []
+    )
+    twice = wait_problems(*start, (ended("arrived", "e"), DUE), (ended("arrived", "e"), DUE))
+    assert any("again" in p for p in twice)
+    early = wait_problems(*start, (ended("deadline_passed", None), DUE))
+    assert any("cites no firing of its timer" in p for p in early)
+    foreign = wait_problems(*start, (ended("arrived", "e", actor="intruder"), DUE))
+    assert any("which intruder did not begin" in p for p in foreign)
