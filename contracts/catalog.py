@@ -45,6 +45,8 @@ from contracts.events.registry import (
     AgentRegistered,
     AgentRevoked,
     AgentSuspended,
+    DelegationGranted,
+    DelegationRevoked,
 )
 from contracts.events.timers import TimerCancelled, TimerFired, TimerSet
 
@@ -118,6 +120,8 @@ CATALOG = EventCatalog(
         AgentActivated,
         AgentSuspended,
         AgentRevoked,
+        DelegationGranted,
+        DelegationRevoked,
         CircuitStateChanged,
         PolicyBundleActivated,
         LogCheckpointed,

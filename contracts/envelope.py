@@ -15,13 +15,16 @@ change is a new event type (or a new schema_version with an upcaster from the ol
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
 from contracts.ids import new_event_id
 
 EventFamily = Literal["case", "registry", "ops"]
+# A point in time that says its zone (RFC 3339 with an offset): compared with the log's
+# times, a naive one would be off by the writer's zone, or not comparable at all.
+UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 def utc_now() -> datetime:

@@ -6,7 +6,8 @@ the reader, under its own name (the broker lets each principal publish only its 
 
     history    HistoryRequest: a case's messages, oldest first, of the event types the
                asker's card in force reads (consumes, produces or `reads`) — only if
-               the case holds an event of a type the asker consumes (it works on it)
+               the case holds an event of a type the asker consumes (it works on it);
+               in pages (`more`, then `after`), each well inside a NATS message
     replay     ReplayRequest: the message a dead letter of the asker's own consumer
                points to, taken from the case log by sequence (never from the dead
                letter's headers), if its type is one the asker consumes
@@ -26,6 +27,7 @@ READER_OPERATIONS = ("history", "replay")
 
 class HistoryRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     case_id: str
+    after: int = 0  # only messages stored after this sequence (the next page)
 
 
 class ReplayRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -39,3 +41,6 @@ class ReaderReply(msgspec.Struct, frozen=True, kw_only=True):
     # The case's newest stream sequence (any type): what optimistic concurrency needs,
     # without the asker reading what it may not.
     last_sequence: int = 0
+    # A history answers in pages that fit a NATS message: `more` says there is another,
+    # asked for with `after` = the last message's sequence here.
+    more: bool = False

@@ -23,6 +23,7 @@ from datetime import datetime
 import msgspec
 
 from contracts.cards import AgentKey, AgentRecord, AgentStatus, CardPeriod, Period
+from contracts.delegation import DelegationRecord
 
 OPERATIONS = (
     "register",
@@ -34,6 +35,8 @@ OPERATIONS = (
     "suspend",
     "revoke",
     "approve",
+    "delegate",
+    "revoke_delegation",
 )
 GRANT_HEADER = "Mesh-Enrolment-Grant"
 
@@ -81,6 +84,8 @@ class PrincipalKeys(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: datetime  # the newest registry event applied to this principal
     suspensions: list[Period] = msgspec.field(default_factory=list)
     cards: list[CardPeriod] = msgspec.field(default_factory=list)  # in force over time
+    # The delegations this principal received (as delegate), revoked ones included.
+    delegations: list[DelegationRecord] = msgspec.field(default_factory=list)
 
 
 class RegistryReply(msgspec.Struct, frozen=True, kw_only=True):

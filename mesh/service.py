@@ -99,9 +99,16 @@ from mesh._support.text import (
     shown,
 )
 from mesh._trust.approval_chain import (
+    AMOUNT,
+    ActingFor,
+    DecisionScope,
+    acting_for,
     approver_refusal,
     human_decision_refusal,
+    own_limit,
     role_asked,
+    root_problems,
+    widening,
 )
 from mesh._trust.authorization import (
     signed_actor,
@@ -204,6 +211,10 @@ __all__ = [
     "TokenBucket",
     "Topology",
     "TransientError",
+    "AMOUNT",
+    "ActingFor",
+    "DecisionScope",
+    "acting_for",
     "approver_refusal",
     "authoritative_facts",
     "authorization_config",
@@ -217,6 +228,9 @@ __all__ = [
     "ensure_stream",
     "provision_streams",
     "human_decision_refusal",
+    "own_limit",
+    "root_problems",
+    "widening",
     "inbox_prefix",
     "is_inbox",
     "load_principals",

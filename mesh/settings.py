@@ -86,6 +86,12 @@ class MeshSettings(BaseSettings):
     verify_signatures: bool = Field(
         default=False, description="re-verify inbound signatures (costs ~55us/event)"
     )
+    timer_sweep_every: float = Field(
+        default=60.0,
+        gt=0,
+        description="how often an agent re-arms timers whose schedule something foreign "
+        "disarmed (mesh._runtime.timers)",
+    )
     clock_rate: float = Field(
         default=1.0,
         ge=1.0,

@@ -64,6 +64,10 @@ class ActionDecisionPayload(msgspec.Struct, frozen=True, kw_only=True):
     approval_id: str | None = None
     approver: str | None = None
     request_digest: str = ""  # the exact request decided on
+    # A decision by an agent acting for a person: whom it acted for, under which
+    # delegation chain (the delegate's own first, its root last).
+    acting_for: str | None = None
+    delegations: list[str] = msgspec.field(default_factory=list)
 
 
 class ActionApproved(Event, frozen=True, kw_only=True, tag="action_approved"):
@@ -92,6 +96,8 @@ class ApprovalGrantedPayload(msgspec.Struct, frozen=True, kw_only=True):
     approver: str
     comment: str = ""
     request_digest: str = ""  # the exact request the human read and approved
+    # An agent deciding for a person: the delegation it acts under (contracts.delegation).
+    delegation_id: str | None = None
 
 
 class ApprovalGranted(Event, frozen=True, kw_only=True, tag="approval_granted"):
@@ -103,6 +109,7 @@ class ApprovalRejectedPayload(msgspec.Struct, frozen=True, kw_only=True):
     approver: str
     reason: str
     request_digest: str = ""
+    delegation_id: str | None = None  # as for a grant
 
 
 class ApprovalRejected(Event, frozen=True, kw_only=True, tag="approval_rejected"):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 import msgspec
 
-from contracts.envelope import Event
+from contracts.envelope import Event, UtcTime
 
 
 class CaseOpenedPayload(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,7 +71,7 @@ class CaseWaitingPayload(msgspec.Struct, frozen=True, kw_only=True):
 
     step: str  # the agent's step that waits
     waiting_for: str  # what it waits for, e.g. "police_report" (a subject-safe token)
-    until: datetime  # when the wait ends without it (the timer's due time)
+    until: UtcTime  # when the wait ends without it (the timer's due time)
     timer_id: str  # the timer_set that ends the wait at `until`
     reason: str = ""
 

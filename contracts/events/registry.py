@@ -9,6 +9,7 @@ from __future__ import annotations
 import msgspec
 
 from contracts.cards import AgentCard, SignedStatement
+from contracts.delegation import Delegation
 from contracts.envelope import Event
 
 
@@ -91,3 +92,35 @@ class AgentRevoked(_RegistryEvent, frozen=True, kw_only=True, tag="agent_revoked
 
     def subject_key(self) -> str:
         return self.payload.agent_id
+
+
+class DelegationGrantedPayload(msgspec.Struct, frozen=True, kw_only=True):
+    delegation: Delegation
+    statement: SignedStatement  # the delegator's signature over exactly that delegation
+
+
+class DelegationGranted(_RegistryEvent, frozen=True, kw_only=True, tag="delegation_granted"):
+    """A delegation checked and in force from the time this event was stored."""
+
+    payload: DelegationGrantedPayload
+
+    def subject_key(self) -> str:
+        return self.payload.delegation.delegate
+
+
+class DelegationRevokedPayload(msgspec.Struct, frozen=True, kw_only=True):
+    delegation_id: str
+    delegate: str
+    by: str  # the principal who revoked it
+    reason: str = ""
+    statement: SignedStatement | None = None  # their signed revocation
+
+
+class DelegationRevoked(_RegistryEvent, frozen=True, kw_only=True, tag="delegation_revoked"):
+    """No approval stored from this time on counts under the delegation (nor under any
+    passed on from it)."""
+
+    payload: DelegationRevokedPayload
+
+    def subject_key(self) -> str:
+        return self.payload.delegate

@@ -12,12 +12,11 @@ before its due time and never after it was cancelled: the log shows all three, a
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 import msgspec
 
-from contracts.envelope import Event
+from contracts.envelope import Event, UtcTime
 
 # What a timer may carry back to its handler: a little context, not a payload store.
 MAX_TIMER_DATA_BYTES = 4096
@@ -25,7 +24,7 @@ MAX_TIMER_DATA_BYTES = 4096
 
 class TimerSetPayload(msgspec.Struct, frozen=True, kw_only=True):
     name: str  # which of the agent's timer handlers it wakes (a subject-safe token)
-    due_at: datetime  # when the broker fires it (UTC, whole seconds)
+    due_at: UtcTime  # when the broker fires it (UTC, whole seconds)
     # The business delay it stands for, in seconds: `due_at` is that delay divided by
     # `clock_rate`, which is 1 on any real mesh (a demo or a test may compress time).
     delay_seconds: float
@@ -49,7 +48,7 @@ class TimerCancelled(Event, frozen=True, kw_only=True, tag="timer_cancelled"):
 class TimerFiredPayload(msgspec.Struct, frozen=True, kw_only=True):
     timer_id: str  # the event id of the timer_set it fires (also its causation_id)
     name: str
-    due_at: datetime
+    due_at: UtcTime
     data: dict[str, Any] = msgspec.field(default_factory=dict)
 
 

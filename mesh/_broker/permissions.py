@@ -40,7 +40,10 @@ def agent_permissions(record: AgentRecord, topology: Topology) -> dict[str, obje
         *(s.case_events_of_type(t) for t in sorted(record.card.produces)),
         s.events_of_type("ops", "circuit_state_changed"),
         s.dead_letter(cases, agent_id),
-        *(s.service("registry", op) for op in ("register", "heartbeat")),
+        *(
+            s.service("registry", op)
+            for op in ("register", "heartbeat", "delegate", "revoke_delegation")
+        ),
         # Reads under its own name: answered only on its own inbox, so the registry is
         # no channel from one principal to another's inbox.
         *(s.service_as("registry", op, agent_id) for op in ASKED_BY_NAME),
@@ -71,6 +74,8 @@ def agent_permissions(record: AgentRecord, topology: Topology) -> dict[str, obje
             [
                 s.timers_of("set", agent_id),
                 *_durable_api(topology.timers_stream(agent_id), topology.timer_durable(agent_id)),
+                # its sweep reads its own schedule subjects (mesh._runtime.timers)
+                f"$JS.API.DIRECT.GET.{topology.timers_stream(agent_id)}",
             ]
             if record.card.sets_timers and record.card.consumes
             else []

@@ -35,6 +35,13 @@ DUPLICATE_WINDOW_SECONDS = 600.0
 # partition consumers are created per partition, and a case's partition is a hash of its
 # id modulo this number. More partitions than replicas lets replicas share the work.
 DEFAULT_PARTITIONS = 8
+# The largest event the case log stores (the server refuses a larger one): every reader
+# must be able to pass it on in a NATS message of its own, and the ingress takes no more
+# than 64 KiB of any request.
+CASE_EVENT_MAX_BYTES = 256 * 1024
+# One agent's timers stream holds at most this much (schedules, firings, markers).
+TIMER_STREAM_MAX_MSGS = 1_000_000
+TIMER_STREAM_MAX_BYTES = 256 * 1024 * 1024
 MAX_PARTITIONS = 64
 
 
@@ -91,10 +98,12 @@ class Topology:
 
     def timers_stream_config(self, agent_id: str) -> StreamConfig:
         """One agent's timers, held by the server until due (ADR-51 message schedules;
-        see mesh._runtime.timers). One message per subject: a timer's schedule is
-        replaced (or cancelled) by the next message on its subject, and each firing has
-        a subject of its own. It records nothing (the case log says what was set, fired
-        and cancelled); it only wakes the agent.
+        see mesh._runtime.timers). A timer's schedule is replaced by the next schedule
+        on its subject and cancelled by a rollup of it; each firing has a subject of its
+        own. It records nothing (the case log says what was set, fired and cancelled);
+        it only wakes the agent. Bounded (nats-server allows schedules only with
+        discard old): an agent flooding its own timers loses its own oldest, nobody
+        else's.
 
         A stream per agent, because a stream that allows schedules allows rollups (the
         server insists: it rolls a schedule up itself), and a `Nats-Rollup: all` from any
@@ -110,12 +119,14 @@ class Topology:
             discard=DiscardPolicy.OLD,
             num_replicas=self.replicas,
             duplicate_window=DUPLICATE_WINDOW_SECONDS,
-            max_msgs=-1,
-            max_bytes=-1,
+            max_msgs=TIMER_STREAM_MAX_MSGS,
+            max_bytes=TIMER_STREAM_MAX_BYTES,
             max_age=0,  # a timer may be due in months: nothing ages out
-            max_msgs_per_subject=1,
+            # Not one per subject: a foreign message must not replace a firing.
+            max_msgs_per_subject=-1,
             allow_msg_schedules=True,
             allow_rollup_hdrs=True,  # what the server sets with schedules, declared
+            allow_direct=True,  # the agent's sweep reads its schedule subjects
             deny_delete=False,
             deny_purge=False,
         )
@@ -160,8 +171,10 @@ class Topology:
                 subject_transforms=[SubjectTransform(src=source, dest=destination)],
             )
         ]
+        cases = log_stream(self.cases_stream, s.family_all("case"), audit=True)
+        cases.max_msg_size = CASE_EVENT_MAX_BYTES
         return [
-            log_stream(self.cases_stream, s.family_all("case"), audit=True),
+            cases,
             work,
             log_stream(self.registry_stream, s.family_all("registry"), audit=True),
             # Breaker history and policy activations are evidence: append-only too.

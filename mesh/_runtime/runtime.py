@@ -34,7 +34,7 @@ from mesh._runtime.durables import (
     replay_durable,
 )
 from mesh._runtime.partitions import PinnedPartitions, preferred_partitions
-from mesh._runtime.timers import TimerFirings
+from mesh._runtime.timers import TimerFirings, sweep
 from mesh._sdk.agent import Agent
 from mesh._trust.identity import Identity
 from mesh._trust.key_directory import KeyDirectory
@@ -182,6 +182,17 @@ class AgentRunner(AgentServices):
             ack_wait,
             lambda msg: msg.subject,
         )
+        self._tasks.append(asyncio.create_task(self._sweep_timers(stream), name="timer-sweep"))
+
+    async def _sweep_timers(self, stream: str) -> None:
+        while True:
+            try:
+                await sweep(self.timers, self, self.nc, stream, self.settings.request_timeout)
+            except MeshError as exc:
+                log.warning(
+                    "timer sweep failed (%s); next in %ss", exc, self.settings.timer_sweep_every
+                )
+            await asyncio.sleep(self.settings.timer_sweep_every)
 
     async def _heartbeats(self) -> None:
         assert self.registry is not None
@@ -233,7 +244,7 @@ class AgentRunner(AgentServices):
                 loop.stop()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
-            if task.get_name() == "heartbeats":
+            if task.get_name() in ("heartbeats", "timer-sweep"):
                 task.cancel()
         if not tasks:
             return

@@ -6,8 +6,17 @@ Setting a timer is two writes, in this order:
    (ADR-51): the server holds it on disk, through restarts of every process and of
    itself, and at the due time publishes the firing and removes the schedule;
 2. `timer_set` in the case log: the record.
-Cancelling publishes a plain message on the schedule's subject (the stream keeps one
-message per subject, so the schedule is gone) and records `timer_cancelled`.
+Cancelling rolls the schedule's subject up to a marker (`Nats-Rollup: sub`, so the
+schedule is gone) and records `timer_cancelled`.
+
+Anyone can make the server publish on a subject (a JetStream API request whose reply
+subject is it), and a message with no schedule on a schedule's subject disarms it
+(ADR-51: the last message on the subject holds the schedule). Such a message cannot
+carry a rollup, so it removes nothing; the agent's sweep (at start, then every
+`MESH_TIMER_SWEEP_EVERY` seconds) reads the last message of each of its schedule
+subjects, and re-arms, from the log, every timer whose schedule something foreign
+disarmed and that the log says is neither fired nor cancelled. Until nats-server accounts
+isolate the mesh's streams from its clients, this is what keeps a timer alive.
 
 The broker only wakes the agent; the log decides. A firing, taken from the agent's own
 durable by whichever replica is free, becomes the signed `timer_fired` event only if the
@@ -25,9 +34,9 @@ order.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
@@ -40,11 +49,11 @@ from contracts.events.timers import (
 )
 from contracts.ids import derived_event_id
 from contracts.subjects import Subjects, TimerSubject
-from mesh._broker.stored_messages import StoredEvent
+from mesh._broker.direct_get import read_direct
 from mesh._runtime.consumer import settle
 from mesh._runtime.resilience import redelivery_delay, retry_transient
 from mesh._sdk.agent import Services
-from mesh._sdk.timers import schedule_header
+from mesh._sdk.timers import schedule_header, timer_record
 from mesh.errors import BrokerError, MeshError
 
 log = logging.getLogger(__name__)
@@ -52,36 +61,14 @@ log = logging.getLogger(__name__)
 SCHEDULE = "Nats-Schedule"
 SCHEDULE_TARGET = "Nats-Schedule-Target"
 SCHEDULER = "Nats-Scheduler"  # set by the server on a firing; no client can set it
+ROLLUP = "Nats-Rollup"
+# What this runtime writes on a schedule subject besides schedules: its cancellation.
+MARKER = "Mesh-Timer"
 # A firing may overtake its own `timer_set` (a timer due at once, a lagging read): it
 # waits for the record this many deliveries before it is given up as a timer nobody set.
 DELIVERIES_AWAITING_RECORD = 8
 # The index a firing's event id is derived with: distinct from every handler emit (>= 0).
 FIRING_INDEX = -1
-
-
-@dataclass(frozen=True)
-class TimerRecord:
-    """What one case's log says of one timer of one agent."""
-
-    set: TimerSet | None = None
-    fired_at: int | None = None  # the sequence of its timer_fired
-    cancelled_at: int | None = None  # the sequence of its timer_cancelled
-
-
-def timer_record(history: list[StoredEvent], agent_id: str, timer_id: str) -> TimerRecord:
-    """The log's account of a timer: only the setting agent's own events count."""
-    found = TimerRecord()
-    for stored in history:
-        event = stored.event
-        if event.actor != agent_id:
-            continue
-        if isinstance(event, TimerSet) and event.event_id == timer_id:
-            found = TimerRecord(event, found.fired_at, found.cancelled_at)
-        elif isinstance(event, TimerFired) and event.payload.timer_id == timer_id:
-            found = TimerRecord(found.set, found.fired_at or stored.sequence, found.cancelled_at)
-        elif isinstance(event, TimerCancelled) and event.payload.timer_id == timer_id:
-            found = TimerRecord(found.set, found.fired_at, found.cancelled_at or stored.sequence)
-    return found
 
 
 class TimerSchedules:
@@ -104,7 +91,24 @@ class TimerSchedules:
     async def withdraw(self, event: TimerCancelled) -> None:
         assert event.case_id is not None
         subject = self.subjects.timer("set", self.agent_id, event.case_id, event.payload.timer_id)
-        await self._publish(subject, {})
+        await self._publish(subject, {ROLLUP: "sub", MARKER: "cancelled"})
+
+    async def disarmed(self, nc: Client, stream: str, timeout: float) -> list[TimerSubject]:
+        """The agent's schedule subjects whose last message is neither a schedule nor
+        its own cancellation: something foreign landed there (see the module doc)."""
+        messages = await read_direct(
+            nc, stream, self.subjects.timers_of("set", self.agent_id), timeout=timeout
+        )
+        last = {message.subject: message for message in messages}
+        return [
+            self.subjects.parse_timer(subject)
+            for subject, message in sorted(last.items())
+            if SCHEDULE not in message.headers and MARKER not in message.headers
+        ]
+
+    async def rearm(self, timer: TimerSet) -> None:
+        """Schedule `timer` again, as the log has it (a due time past fires at once)."""
+        await self.schedule(timer)
 
     async def _publish(self, subject: str, headers: dict[str, str]) -> None:
         # The body is nothing: the log holds the timer; the schedule only wakes its agent.
@@ -115,6 +119,35 @@ class TimerSchedules:
                 raise BrokerError(f"write the timer schedule {subject}", repr(exc)) from exc
 
         await retry_transient(publish, retry_on=lambda e: isinstance(e, BrokerError))
+
+
+async def sweep(
+    schedules: TimerSchedules,
+    services: Services,
+    nc: Client,
+    stream: str,
+    timeout: float,
+) -> int:
+    """Re-arm every timer of the agent that something foreign disarmed and the log
+    says is still open; how many were."""
+    rearmed = 0
+    for timer in await schedules.disarmed(nc, stream, timeout):
+        record = timer_record(
+            await services.history(timer.case_id), schedules.agent_id, timer.timer_id
+        )
+        if record.set is None or record.fired_at is not None or record.cancelled_at is not None:
+            continue
+        log.warning(
+            "%s: the schedule of timer %s in case %s was overwritten by a foreign message; "
+            "re-armed for %s",
+            schedules.agent_id,
+            timer.timer_id,
+            timer.case_id,
+            record.set.payload.due_at.isoformat(),
+        )
+        await schedules.rearm(record.set)
+        rearmed += 1
+    return rearmed
 
 
 class TimerFirings:

@@ -40,7 +40,7 @@ from contracts.ids import derived_event_id
 from mesh._broker.publisher import Receipt
 from mesh._broker.stored_messages import RawMessage, StoredEvent
 from mesh._runtime.resilience import CircuitBreaker
-from mesh._sdk.timers import TIMER_CONSUMES, TIMER_PRODUCES, timer_payload
+from mesh._sdk.timers import TIMER_CONSUMES, TIMER_PRODUCES, timer_payload, timer_record
 from mesh._sdk.waits import WAIT_PRODUCES, OpenWait, open_waits, wait_timer
 from mesh._trust.identity import message_digest
 from mesh.errors import ConfigurationError, PermanentError
@@ -330,9 +330,25 @@ class Agent:
 
     async def _timer_fired(self, event: TimerFired, ctx: HandlerContext) -> None:
         # Every timer_fired of the cases it works on reaches this agent; only its own
-        # wake it (another agent's timers are that agent's business).
+        # wake it (another agent's timers are that agent's business), and only the
+        # firing the log holds first, at or after the due time: a copy of its own
+        # signed firing, replayed under a fresh message id, wakes nothing.
         if event.actor != self.card.agent_id:
             return
+        history = await ctx.history()
+        first = timer_record(history, self.card.agent_id, event.payload.timer_id)
+        if first.set is None or first.fired_at != ctx.stream_sequence:
+            ctx.log.warning(
+                "timer_fired #%d (timer %s) is not the first firing of a timer of ours; ignored",
+                ctx.stream_sequence,
+                event.payload.timer_id,
+            )
+            return
+        if ctx.written_at < first.set.payload.due_at:
+            raise PermanentError(
+                f"timer {event.payload.timer_id} fired at {ctx.written_at.isoformat()}, before "
+                f"it was due ({first.set.payload.due_at.isoformat()})"
+            )
         handler = self.timer_handlers.get(event.payload.name)
         if handler is None:
             raise PermanentError(

@@ -20,6 +20,10 @@ from mesh.errors import BrokerError, ReadRefused, ReplayRefused
 _reply = msgspec.json.Decoder(ReaderReply)
 
 
+# A case longer than this many reply pages is not read (about 640 MB of events).
+MAX_PAGES = 1000
+
+
 class CaseReader:
     def __init__(
         self, nc: Client, topology: Topology, principal: str, *, timeout: float = 5.0
@@ -53,7 +57,15 @@ class CaseReader:
 
         async def ask() -> tuple[list[RawMessage], int]:
             reply = await self._ask("history", HistoryRequest(case_id=case_id))
-            return [_raw(m) for m in reply.messages], reply.last_sequence
+            found = [_raw(m) for m in reply.messages]
+            newest = reply.last_sequence
+            for _ in range(MAX_PAGES):
+                if not reply.more or not reply.messages:
+                    return found, newest
+                after = reply.messages[-1].sequence
+                reply = await self._ask("history", HistoryRequest(case_id=case_id, after=after))
+                found += [_raw(m) for m in reply.messages]
+            raise BrokerError("reader history", f"case {case_id} is longer than {MAX_PAGES} pages")
 
         return await read_until(ask, at_least, "reader history", "case reader")
 

@@ -13,15 +13,26 @@ the runtime's side is `mesh._runtime.timers`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
-from contracts.events.timers import MAX_TIMER_DATA_BYTES, TimerSetPayload
+from contracts.events.timers import (
+    MAX_TIMER_DATA_BYTES,
+    TimerCancelled,
+    TimerFired,
+    TimerSet,
+    TimerSetPayload,
+)
 from contracts.subjects import check_token
+from mesh._broker.stored_messages import StoredEvent
 from mesh.errors import PermanentError
 
+# A timer's data is a little context: this deep at most (every reader stores it).
+MAX_TIMER_DATA_DEPTH = 16
 # Handlers of a timer-setting agent's card: what its timers need on it.
 TIMER_PRODUCES = ("timer_set", "timer_fired")
 TIMER_CONSUMES = ("timer_fired",)
@@ -49,6 +60,8 @@ def timer_payload(
         after = at - now
     assert after is not None
     delay = max(after.total_seconds(), 0.0)
+    if _depth(data or {}) > MAX_TIMER_DATA_DEPTH:
+        raise PermanentError(f"timer {name}: data nests deeper than {MAX_TIMER_DATA_DEPTH}")
     encoded = msgspec.json.encode(data or {})
     if len(encoded) > MAX_TIMER_DATA_BYTES:
         raise PermanentError(
@@ -64,3 +77,36 @@ def timer_payload(
 def schedule_header(due_at: datetime) -> str:
     """The `Nats-Schedule` value that fires once at `due_at` (ADR-51, RFC 3339 UTC)."""
     return "@at " + due_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _depth(value: Any, limit: int = MAX_TIMER_DATA_DEPTH + 1) -> int:
+    """How deep `value` nests (counted up to `limit`: deeper is refused anyway)."""
+    if limit <= 0 or not isinstance(value, dict | list):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(child, limit - 1) for child in children), default=0)
+
+
+@dataclass(frozen=True)
+class TimerRecord:
+    """What one case's log says of one timer of one agent."""
+
+    set: TimerSet | None = None
+    fired_at: int | None = None  # the sequence of its timer_fired
+    cancelled_at: int | None = None  # the sequence of its timer_cancelled
+
+
+def timer_record(history: Iterable[StoredEvent], agent_id: str, timer_id: str) -> TimerRecord:
+    """The log's account of a timer: only the setting agent's own events count."""
+    found = TimerRecord()
+    for stored in history:
+        event = stored.event
+        if event.actor != agent_id:
+            continue
+        if isinstance(event, TimerSet) and event.event_id == timer_id:
+            found = TimerRecord(event, found.fired_at, found.cancelled_at)
+        elif isinstance(event, TimerFired) and event.payload.timer_id == timer_id:
+            found = TimerRecord(found.set, found.fired_at or stored.sequence, found.cancelled_at)
+        elif isinstance(event, TimerCancelled) and event.payload.timer_id == timer_id:
+            found = TimerRecord(found.set, found.fired_at, found.cancelled_at or stored.sequence)
+    return found

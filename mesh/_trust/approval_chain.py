@@ -7,7 +7,11 @@ another), a human's decision — a grant or a rejection — counts for the reque
 - the approver it names is the principal who signed it (nobody decides in another's name);
 - its signer is not the requester (nobody approves its own request);
 - the card its signer held when the decision was stored was a human's, holding the role
-  asked then.
+  asked then — or the signer is an agent deciding for a person under a delegation
+  (`contracts.delegation`) that was in force then, every link of its chain in force
+  too, each link no wider than the one it came from, covering this role, action type,
+  amount and kind of case, its root a human who held the role then and within that
+  person's own limit; and neither the root nor any delegate in the chain requested it.
 
 Who reads it: the policy service, before it turns a human's decision into its own
 (`services/policy/approvals.py`); the executor of a side effect, on the chain it acts
@@ -19,10 +23,152 @@ checks signatures and key validity itself before it asks this module.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
 
 from contracts.cards import AgentCard
+from contracts.delegation import Delegation, DelegationRecord
 from contracts.envelope import Event
 from contracts.events.actions import ApprovalEscalated, ApprovalRequired
+
+# How far a delegation may be passed on: a person, and at most this many agents after.
+MAX_DELEGATION_DEPTH = 4
+# The request parameter a delegation's max_amount bounds.
+AMOUNT = "amount"
+
+
+class Delegations(Protocol):
+    """What the chain's check reads: the registry's history (a key directory)."""
+
+    def delegation(self, delegation_id: str) -> DelegationRecord | None: ...
+
+    def card_at(self, actor: str, at: datetime) -> AgentCard | None: ...
+
+
+@dataclass(frozen=True)
+class DecisionScope:
+    """What an approval under delegation would decide."""
+
+    role: str  # the role policy asked
+    action_type: str
+    parameters: dict[str, Any]  # of the exact request (its `amount` is bounded)
+    case_kind: str | None  # the case's kind, from its opening
+    requester: str
+
+
+@dataclass(frozen=True)
+class ActingFor:
+    """Whom an agent decided for: the person at the root, and the delegations from the
+    agent's own up to the person's."""
+
+    principal: str
+    delegations: list[str]
+
+
+def own_limit(card: AgentCard, action_type: str) -> int | None:
+    """The most a person may approve of `action_type`: the `max_amount` their card's
+    grant for it names; None when the card names no limit (the role decides alone)."""
+    for grant in card.actions:
+        if grant.action_type == action_type and "max_amount" in grant.limits:
+            return int(grant.limits["max_amount"])
+    return None
+
+
+def widening(child: Delegation, parent: Delegation) -> list[str]:
+    """How `child` (passed on by `parent`'s delegate) would give more than `parent` holds."""
+    problems = []
+    if child.delegator != parent.delegate:
+        problems.append(f"it is {parent.delegate}'s to pass on, not {child.delegator}'s")
+    if not parent.may_delegate:
+        problems.append(f"{parent.delegation_id} may not be passed on")
+    if child.role != parent.role:
+        problems.append(f"role {child.role!r} is not {parent.role!r}")
+    if extra := sorted(set(child.action_types) - set(parent.action_types)):
+        problems.append(f"action types {extra} beyond {parent.action_types}")
+    if child.max_amount > parent.max_amount:
+        problems.append(f"max_amount {child.max_amount} above {parent.max_amount}")
+    if extra := sorted(set(child.case_kinds) - set(parent.case_kinds)):
+        problems.append(f"case kinds {extra} beyond {parent.case_kinds}")
+    if child.valid_from < parent.valid_from or child.valid_until > parent.valid_until:
+        problems.append("a validity beyond the parent's")
+    return problems
+
+
+def root_problems(delegation: Delegation, card: AgentCard | None) -> list[str]:
+    """How the person at a chain's root (holding `card`) could not give `delegation`."""
+    who = delegation.delegator
+    refusal = approver_refusal(who, card, delegation.role)
+    if refusal is not None:
+        return [refusal]
+    assert card is not None
+    problems = []
+    for action_type in delegation.action_types:
+        limit = own_limit(card, action_type)
+        if limit is not None and delegation.max_amount > limit:
+            problems.append(
+                f"max_amount {delegation.max_amount} of {action_type} above {who}'s own "
+                f"limit {limit}"
+            )
+    return problems
+
+
+def acting_for(
+    approver: str,
+    delegation_id: str,
+    scope: DecisionScope,
+    at: datetime,
+    registry: Delegations,
+) -> ActingFor | str:
+    """Whom `approver` decided for under `delegation_id`, as the chain stood at `at`
+    (when the decision was stored); or why the decision does not count."""
+    chain: list[str] = []
+    record = registry.delegation(delegation_id)
+    expected_delegate = approver
+    while True:
+        if record is None:
+            return f"delegation {delegation_id} is not in the registry's history"
+        d = record.delegation
+        if d.delegation_id in chain:
+            return f"delegation {d.delegation_id} passes itself on"
+        chain.append(d.delegation_id)
+        if len(chain) > MAX_DELEGATION_DEPTH:
+            return f"delegation chain longer than {MAX_DELEGATION_DEPTH}"
+        if d.delegate != expected_delegate:
+            return f"delegation {d.delegation_id} is {d.delegate}'s, not {expected_delegate}'s"
+        if not record.in_force(at):
+            state = "revoked" if record.revoked_at and record.revoked_at <= at else "not valid"
+            return f"delegation {d.delegation_id} was {state} at {at.isoformat()}"
+        if problems := _scope_problems(d, scope):
+            return f"delegation {d.delegation_id} does not cover it: " + "; ".join(problems)
+        if scope.requester in (d.delegator, d.delegate):
+            return f"{scope.requester} requested {scope.action_type} itself and cannot decide it"
+        if d.parent is None:
+            if problems := root_problems(d, registry.card_at(d.delegator, at)):
+                return f"delegation {d.delegation_id}: " + "; ".join(problems)
+            return ActingFor(d.delegator, chain)
+        parent = registry.delegation(d.parent)
+        if parent is not None and (problems := widening(d, parent.delegation)):
+            return f"delegation {d.delegation_id} gives more than {d.parent}: " + "; ".join(
+                problems
+            )
+        expected_delegate, record, delegation_id = d.delegator, parent, d.parent
+
+
+def _scope_problems(d: Delegation, scope: DecisionScope) -> list[str]:
+    problems = []
+    if d.role != scope.role:
+        problems.append(f"it is for the role {d.role!r}; policy asked {scope.role!r}")
+    if scope.action_type not in d.action_types:
+        problems.append(f"{scope.action_type} is not among {d.action_types}")
+    amount = scope.parameters.get(AMOUNT)
+    if not isinstance(amount, int) or isinstance(amount, bool):
+        problems.append("the request names no amount to bound")
+    elif amount > d.max_amount:
+        problems.append(f"amount {amount} above its max_amount {d.max_amount}")
+    if scope.case_kind not in d.case_kinds:
+        problems.append(f"a {scope.case_kind} case is not among {d.case_kinds}")
+    return problems
 
 
 def role_asked(answers: Iterable[Event], request_id: str) -> str | None:
@@ -63,11 +209,12 @@ def human_decision_refusal(
     requester: str,
     action_type: str,
     role: str,
+    delegated: ActingFor | str | None = None,
 ) -> str | None:
     """Why a human's decision signed by `approver` (holding `card` when it was stored,
     naming `named` as approver, citing `cited_digest`) cannot count for the request of
     `requester` whose stored bytes have `request_digest`, put to `role`; None if it
-    counts."""
+    counts. A decision under a delegation passes `delegated`: what `acting_for` found."""
     if cited_digest != request_digest:
         return (
             f"approves request bytes with digest {cited_digest or '(none)'}, but the request "
@@ -77,4 +224,6 @@ def human_decision_refusal(
         return f"signed by {approver} but names {named} as approver"
     if approver == requester:
         return f"{approver} requested {action_type} itself and cannot decide it"
+    if delegated is not None:
+        return delegated if isinstance(delegated, str) else None
     return approver_refusal(approver, card, role)

@@ -30,8 +30,14 @@ from contracts.events.actions import (
     ApprovalGranted,
     ApprovalRequired,
 )
+from contracts.events.case import CaseOpened
 from mesh._broker.stored_messages import StoredEvent
-from mesh._trust.approval_chain import human_decision_refusal, role_asked
+from mesh._trust.approval_chain import (
+    DecisionScope,
+    acting_for,
+    human_decision_refusal,
+    role_asked,
+)
 from mesh._trust.identity import message_digest, verify_headers
 from mesh._trust.key_directory import KeyDirectory
 from mesh.errors import NotAuthorized, SignatureError
@@ -151,6 +157,24 @@ def _human_grant(
         raise NotAuthorized(request_id, f"the approval fails verification: {exc}") from None
     if approval.event.payload.request_id != request_id:
         raise NotAuthorized(request_id, f"approval by {approver} does not count for this request")
+    delegation_id = approval.event.payload.delegation_id
+    delegated = (
+        acting_for(
+            approver,
+            delegation_id,
+            DecisionScope(
+                role=role,
+                action_type=request.payload.action_type,
+                parameters=request.payload.parameters,
+                case_kind=_case_kind(history),
+                requester=request.actor,
+            ),
+            approval.stored_at,
+            keys,
+        )
+        if delegation_id is not None
+        else None
+    )
     refusal = human_decision_refusal(
         approver,
         keys.card_at(approver, approval.stored_at),
@@ -160,7 +184,13 @@ def _human_grant(
         requester=request.actor,
         action_type=request.payload.action_type,
         role=role,
+        delegated=delegated,
     )
     if refusal is not None:
         raise NotAuthorized(request_id, f"approval by {approver} does not count: {refusal}")
     return approval.event
+
+
+def _case_kind(history: list[StoredEvent]) -> str | None:
+    """The case's kind, from its first verified-by-the-caller opening."""
+    return next((s.event.payload.kind for s in history if isinstance(s.event, CaseOpened)), None)

@@ -39,6 +39,7 @@ from nats.aio.subscription import Subscription
 
 from contracts.cards import AgentCard
 from contracts.codec import decode
+from contracts.delegation import DelegationRecord
 from contracts.errors import ContractError
 from contracts.registry_api import PrincipalKeys
 from mesh._broker.direct_get import first_stored_at, last_sequence
@@ -60,6 +61,7 @@ class KeyDirectory:
     def __init__(self) -> None:
         self._keys: dict[str, _KeyPeriod] = {}
         self._principals: dict[str, PrincipalKeys] = {}
+        self._delegations: dict[str, DelegationRecord] = {}
         self._subscription: Subscription | None = None
         self._refresh: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -85,6 +87,11 @@ class KeyDirectory:
                 )
         self._keys = keys
         self._principals = {p.agent_id: p for p in principals}
+        self._delegations = {
+            record.delegation.delegation_id: record
+            for principal in principals
+            for record in principal.delegations
+        }
         self.registry_sequence = registry_sequence
         self.loaded.set()
 
@@ -94,6 +101,10 @@ class KeyDirectory:
         if principal is None:
             return None
         return next((p.card for p in principal.cards if p.covers(at)), None)
+
+    def delegation(self, delegation_id: str) -> DelegationRecord | None:
+        """A delegation as the registry's history holds it (revoked ones too)."""
+        return self._delegations.get(delegation_id)
 
     def authoritative(self, actor: str, fact: str, at: datetime) -> bool:
         """Did a card in force at `at` make `actor` the authority for `fact`?"""

@@ -12,6 +12,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from contracts.cards import AgentCard, AgentRecord, SignedStatement
+from contracts.delegation import Delegation, DelegationRevocation
 from contracts.registry_api import (
     ASKED_BY_NAME,
     GRANT_HEADER,
@@ -151,6 +152,16 @@ class RegistryClient:
         )
         reply = await self._request("approve", body, operator)
         return reply.records[0]
+
+    async def delegate(self, delegation: Delegation, delegator: Identity) -> None:
+        """Record a delegation, signed by the delegator's key (refused with the reason
+        if it gives more than the delegator holds)."""
+        await self._request("delegate", msgspec.json.encode(delegation), delegator)
+
+    async def revoke_delegation(self, delegation_id: str, reason: str, signer: Identity) -> None:
+        """Revoke it now: signed by its delegator, someone up its chain, or an operator."""
+        body = msgspec.json.encode(DelegationRevocation(delegation_id=delegation_id, reason=reason))
+        await self._request("revoke_delegation", body, signer)
 
     async def keys_reply(self) -> RegistryReply:
         """Every principal's keys and cards, and the registry sequence they reflect,

@@ -90,6 +90,8 @@ def _describe(event: Event) -> dict[str, Any]:
         case ActionApproved(payload=p) | ActionDenied(payload=p):
             verdict = "approved" if isinstance(event, ActionApproved) else "denied"
             by = f" after {p.approver}'s decision" if p.approver else ""
+            if p.acting_for:
+                by += f", acting for {p.acting_for} under delegation {' <- '.join(p.delegations)}"
             return {
                 "summary": f"policy {verdict} {p.action_type}{by}",
                 "rationale": "; ".join(p.reasons) or None,
@@ -113,16 +115,18 @@ def _describe(event: Event) -> dict[str, Any]:
                 "determining_policies": [r.policy_id for r in p.provenance.determining_policies],
             }
         case ApprovalGranted(payload=p):
+            under = f" under delegation {p.delegation_id}" if p.delegation_id else ""
             return {
-                "summary": f"{p.approver} approved",
+                "summary": f"{p.approver} approved{under}",
                 "rationale": p.comment or None,
                 "decision": "granted",
                 "request_id": p.request_id,
                 "approver": p.approver,
             }
         case ApprovalRejected(payload=p):
+            under = f" under delegation {p.delegation_id}" if p.delegation_id else ""
             return {
-                "summary": f"{p.approver} rejected",
+                "summary": f"{p.approver} rejected{under}",
                 "rationale": p.reason,
                 "decision": "rejected",
                 "request_id": p.request_id,

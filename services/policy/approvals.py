@@ -22,7 +22,7 @@ import msgspec
 
 from contracts.cards import AgentCard
 from contracts.events.actions import ApprovalTimedOutPayload, DecisionProvenance
-from mesh.service import Refused, human_decision_refusal
+from mesh.service import ActingFor, DecisionScope, Refused, human_decision_refusal
 
 
 class PendingApproval(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,11 +49,23 @@ class PendingApproval(msgspec.Struct, frozen=True, kw_only=True):
     request_digest: str = ""
     parameters: dict[str, Any] = msgspec.field(default_factory=dict)
     deadline_timer: str = ""  # the timer set for the deadline, cancelled by a decision
+    case_kind: str | None = None  # from the case's opening: what a delegation may cover
 
 
 class ApprovalRefused(Refused):
     """An approval that cannot count: not from an approver in force, not for a request
     that waits, or after its deadline."""
+
+
+def decision_scope(pending: PendingApproval) -> DecisionScope:
+    """What an approval of `pending` under a delegation decides (what it must cover)."""
+    return DecisionScope(
+        role=pending.approver_role,
+        action_type=pending.action_type,
+        parameters=pending.parameters,
+        case_kind=pending.case_kind,
+        requester=pending.requester,
+    )
 
 
 def check_approver(
@@ -66,6 +78,7 @@ def check_approver(
     case_id: str | None = None,
     named_approver: str | None = None,
     request_digest: str | None = None,
+    delegated: ActingFor | str | None = None,
 ) -> PendingApproval:
     """The pending approval this approver may decide, or ApprovalRefused saying why.
     `written_at` is when the approval entered the log: a grant written in time counts
@@ -86,6 +99,7 @@ def check_approver(
         requester=pending.requester,
         action_type=pending.action_type,
         role=pending.approver_role,
+        delegated=delegated,
     )
     if refusal is not None:
         raise ApprovalRefused(refusal)

@@ -26,7 +26,9 @@ import cedarpy
 import msgspec
 
 from contracts.cards import AgentCard
+from contracts.delegation import Delegation
 from contracts.events.actions import DecisionProvenance, FactSource, PolicyReference
+from mesh.service import AMOUNT, ActingFor, own_limit
 from services.policy.bundle import (
     DEFAULT_APPROVAL_SLA,
     DEFAULT_APPROVER_ROLE,
@@ -174,6 +176,93 @@ def decide(bundle: PolicyBundle, card: AgentCard, request: ActionRequest) -> Dec
         [f"permitted by {r.policy_id}" for r in determining],
         inputs,
     )
+
+
+# The action a delegated approval is judged as (deploy/policies/delegations.cedar).
+APPROVE = "approve"
+
+
+def decide_delegated_approval(
+    bundle: PolicyBundle,
+    approver: AgentCard,
+    acting: ActingFor,
+    delegation: Delegation,
+    root_card: AgentCard | None,
+    pending_parameters: dict[str, Any],
+    case_id: str,
+    action_type: str,
+) -> Decision:
+    """An agent's approval for a person, judged by Cedar as the action "approve": the
+    principal is the agent; the context says whom it acts for (and that person's own
+    limit), under which delegation, and what it approves. Default deny: a bundle that
+    says nothing of delegated approvals lets none through."""
+    acting_for: dict[str, Any] = {"principal": acting.principal}
+    limit = own_limit(root_card, action_type) if root_card is not None else None
+    if limit is not None:
+        acting_for["limit"] = limit
+    context = {
+        "action_type": action_type,
+        "amount": pending_parameters.get(AMOUNT, 0),
+        "role": delegation.role,
+        "acting_for": acting_for,
+        "delegation": {
+            "delegation_id": acting.delegations[0],
+            "root": acting.delegations[-1],
+            "depth": len(acting.delegations),
+            "max_amount": delegation.max_amount,
+        },
+    }
+    inputs = {
+        "principal": {
+            "agent_id": approver.agent_id,
+            "owner": approver.owner,
+            "kind": approver.kind,
+        },
+        "action": APPROVE,
+        "resource": {"case_id": case_id},
+        "context": context,
+    }
+    result = cedarpy.is_authorized(
+        {
+            "principal": f'Agent::"{approver.agent_id}"',
+            "action": f'Action::"{APPROVE}"',
+            "resource": f'Case::"{case_id}"',
+            "context": context,
+        },
+        bundle.policy_set,
+        [
+            {
+                "uid": {"__entity": {"type": "Agent", "id": approver.agent_id}},
+                "attrs": {"owner": approver.owner, "kind": approver.kind},
+                "parents": [],
+            },
+            {"uid": {"__entity": {"type": "Case", "id": case_id}}, "attrs": {}, "parents": []},
+        ],
+        schema=bundle.schema,
+    )
+    return _judged(bundle, result, inputs)
+
+
+def _judged(bundle: PolicyBundle, result: Any, inputs: dict[str, Any]) -> Decision:
+    """Cedar's answer as a decision: errors and no permit deny, a forbid wins."""
+    errors = [str(error) for error in result.diagnostics.errors]
+    determining = [bundle.rules[cedar_id] for cedar_id in result.diagnostics.reasons]
+    references = [
+        PolicyReference(policy_id=rule.policy_id, rationale=rule.annotations.get("rationale", ""))
+        for rule in determining
+    ]
+    if errors:
+        reasons = [f"policy evaluation failed: {e}" for e in errors]
+        return Decision("deny", bundle.hash, references, reasons, inputs)
+    if result.decision != cedarpy.Decision.Allow:
+        if not determining:
+            return Decision(
+                "deny", bundle.hash, [], ["no policy permits it (default deny)"], inputs
+            )
+        reasons = [f"forbidden by {r.policy_id}" for r in determining]
+        return Decision("deny", bundle.hash, references, reasons, inputs)
+    reasons = [f"permitted by {r.policy_id}" for r in determining]
+    return Decision("allow", bundle.hash, references, reasons, inputs)
 
 
 def decide_for(

@@ -28,7 +28,7 @@ from contracts.events.actions import (
     ApprovalRequired,
     FactSource,
 )
-from contracts.events.case import CaseClosed
+from contracts.events.case import CaseClosed, CaseOpened
 from mesh.service import (
     KeyDirectory,
     SignatureError,
@@ -55,6 +55,7 @@ class CaseEvidence:
     facts: dict[str, FactSource]
     prior_actions: list[str]
     closed: CaseClosure | None = None
+    kind: str | None = None  # the case's kind, from its (verified) opening
 
     def attributes(self, declared: frozenset[str]) -> dict[str, Any]:
         """The case as the policy's `resource` sees it (only what its schema declares)."""
@@ -105,10 +106,12 @@ def case_evidence(
         excluded_actor=request.event.actor,
     )
     requested = [(stored.sequence, stored.event) for stored in earlier]
+    opening = next((s.event for s in earlier if isinstance(s.event, CaseOpened)), None)
     return CaseEvidence(
         facts=facts,
         prior_actions=prior_actions(requested, request.sequence),
         closed=closure(earlier),
+        kind=opening.payload.kind if opening is not None else None,
     )
 
 

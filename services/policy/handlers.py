@@ -32,14 +32,27 @@ from contracts.events.actions import (
     DecisionProvenance,
 )
 from contracts.events.operations import PolicyBundleActivated, PolicyBundleActivatedPayload
-from mesh.service import Agent, HandlerContext, KeyDirectory, PermanentError
-from services.policy.approvals import ApprovalRefused, PendingApproval, check_approver
+from mesh.service import (
+    ActingFor,
+    Agent,
+    HandlerContext,
+    KeyDirectory,
+    PermanentError,
+    acting_for,
+)
+from services.policy.approvals import (
+    ApprovalRefused,
+    PendingApproval,
+    check_approver,
+    decision_scope,
+)
 from services.policy.bundle import PolicyBundle
 from services.policy.case_log import CaseLog
 from services.policy.deadlines import ApprovalDeadlines, set_deadline
 from services.policy.domain import (
     ActionRequest,
     Decision,
+    decide_delegated_approval,
     decide_for,
     human_grant_refusal,
     provenance,
@@ -48,6 +61,9 @@ from services.policy.evidence import PRIOR_ACTIONS
 from services.policy.store import ApprovalStore
 
 log = logging.getLogger(__name__)
+
+# An agent's decision under a delegation: whom it acted for, and policy's judgement.
+Delegated = tuple[ActingFor, Decision]
 
 DECIDES = ["action_requested", "approval_granted", "approval_rejected"]
 PUBLISHES = list(DECISION_TYPES)
@@ -138,7 +154,7 @@ class PolicyHandlers:
         decision = decide_for(bundle, event.actor, card, request)
         why = provenance(decision, considered, evidence.facts.values())
         if decision.outcome == "require_approval":
-            await self._ask_a_human(event, ctx, decision, why)
+            await self._ask_a_human(event, ctx, decision, why, evidence.kind)
             return
         payload = ActionDecisionPayload(
             request_id=event.event_id,
@@ -155,6 +171,7 @@ class PolicyHandlers:
         ctx: HandlerContext,
         decision: Decision,
         why: DecisionProvenance,
+        case_kind: str | None,
     ) -> None:
         assert event.case_id is not None
         assert decision.approval_sla is not None
@@ -190,6 +207,7 @@ class PolicyHandlers:
             escalate_to=decision.escalate_to,
             request_digest=digest,
             parameters=event.payload.parameters,
+            case_kind=case_kind,
         )
         timer_id = await set_deadline(ctx, pending)
         await self.approvals.create(msgspec.structs.replace(pending, deadline_timer=timer_id))
@@ -212,9 +230,18 @@ class PolicyHandlers:
         outcome: type[ActionApproved] | type[ActionDenied],
         reason: str,
     ) -> None:
-        pending = await self._claim(event, ctx)
-        if pending is None:
+        claimed = await self._claim(event, ctx)
+        if claimed is None:
             return
+        pending, delegated = claimed
+        reasons = [reason]
+        if delegated is not None:
+            acting, judged = delegated
+            reasons.append(
+                f"{event.actor} acted for {acting.principal} under delegation "
+                f"{' <- '.join(acting.delegations)}"
+            )
+            reasons += judged.reasons
         if outcome is ActionApproved:
             refusal = human_grant_refusal(
                 pending.case_id,
@@ -225,17 +252,19 @@ class PolicyHandlers:
                 ),
             )
             if refusal is not None:
-                outcome, reason = ActionDenied, f"{reason}; but {refusal}"
+                outcome, reasons = ActionDenied, [*reasons, f"but {refusal}"]
         await ctx.emit(
             outcome,
             ActionDecisionPayload(
                 request_id=pending.request_id,
                 action_type=pending.action_type,
                 provenance=pending.provenance,
-                reasons=[reason],
+                reasons=reasons,
                 approval_id=event.event_id,
                 approver=event.actor,
                 request_digest=pending.request_digest,
+                acting_for=delegated[0].principal if delegated else None,
+                delegations=delegated[0].delegations if delegated else [],
             ),
         )
         if pending.deadline_timer:
@@ -244,13 +273,16 @@ class PolicyHandlers:
 
     async def _claim(
         self, event: ApprovalGranted | ApprovalRejected, ctx: HandlerContext
-    ) -> PendingApproval | None:
+    ) -> tuple[PendingApproval, Delegated | None] | None:
         """Claim the pending approval for this human decision (compare-and-swap), or
-        say why not. None: this very decision was already announced (a redelivery)."""
+        say why not; with, for an agent's decision under a delegation, whom it acted
+        for and policy's judgement of it. None: this very decision was already
+        announced (a redelivery)."""
         request_id = event.payload.request_id
         loaded = await self.approvals.load(request_id)
         if loaded is not None and loaded[0].closed_by == event.event_id:
-            return loaded[0]  # claimed before a crash: announce it (same event id)
+            # Claimed before a crash: announce it (same event id, same judgement).
+            return loaded[0], _counted(self._delegated(event, loaded[0], ctx))
         if (
             loaded is None
             and event.case_id
@@ -263,6 +295,7 @@ class PolicyHandlers:
         # checked its signature, key and lifecycle at that time already).
         approver = self.keys.card_at(event.actor, ctx.written_at)
         try:
+            delegated = self._delegated(event, loaded[0], ctx) if loaded else None
             pending = check_approver(
                 loaded[0] if loaded else None,
                 request_id,
@@ -272,6 +305,7 @@ class PolicyHandlers:
                 case_id=event.case_id,
                 named_approver=event.payload.approver,
                 request_digest=event.payload.request_digest,
+                delegated=delegated[0] if delegated else None,
             )
         except ApprovalRefused as exc:
             # Dead-lettered with the reason: the attempt is kept, the request still waits.
@@ -279,4 +313,50 @@ class PolicyHandlers:
         assert loaded is not None
         claimed = msgspec.structs.replace(pending, state="decided", closed_by=event.event_id)
         await self.approvals.swap(claimed, loaded[1])  # a racing deadline or approval loses
-        return claimed
+        return claimed, _counted(delegated)  # check_approver refused any other
+
+    def _delegated(
+        self,
+        event: ApprovalGranted | ApprovalRejected,
+        pending: PendingApproval,
+        ctx: HandlerContext,
+    ) -> tuple[ActingFor | str, Decision] | None:
+        """For a decision under a delegation: the chain's verdict (whom it acts for, or
+        why it does not count), and — for a grant — Cedar's judgement of it (a grant
+        policy does not permit is refused, and the request still waits)."""
+        delegation_id = event.payload.delegation_id
+        if delegation_id is None:
+            return None
+        acting = acting_for(
+            event.actor, delegation_id, decision_scope(pending), ctx.written_at, self.keys
+        )
+        bundle = self.bundle
+        assert bundle is not None
+        if isinstance(acting, str) or isinstance(event, ApprovalRejected):
+            return acting, Decision("allow", bundle.hash, [], [], {})
+        held = self.keys.delegation(delegation_id)
+        approver = self.keys.card_at(event.actor, ctx.written_at)
+        if held is None or approver is None:
+            return f"{event.actor} held no card or delegation in force", Decision(
+                "deny", bundle.hash, [], [], {}
+            )
+        judged = decide_delegated_approval(
+            bundle,
+            approver,
+            acting,
+            held.delegation,
+            self.keys.card_at(acting.principal, ctx.written_at),
+            pending.parameters,
+            pending.case_id,
+            pending.action_type,
+        )
+        if judged.outcome != "allow":
+            return f"policy does not let it through: {'; '.join(judged.reasons)}", judged
+        return acting, judged
+
+
+def _counted(delegated: tuple[ActingFor | str, Decision] | None) -> Delegated | None:
+    """A delegated decision that counts: whom it acted for, and policy's judgement."""
+    if delegated is None or isinstance(delegated[0], str):
+        return None
+    return delegated[0], delegated[1]

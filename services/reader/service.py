@@ -34,6 +34,9 @@ from services.reader.domain import readable_history, replayable
 _history = msgspec.json.Decoder(HistoryRequest)
 _replay = msgspec.json.Decoder(ReplayRequest)
 _encode = msgspec.json.Encoder().encode
+# What one history reply may carry of messages, encoded: well inside the broker's 1 MB
+# (a case event is at most CASE_EVENT_MAX_BYTES, a third more once in base64).
+PAGE_BYTES = 640 * 1024
 
 
 def _stored(message: RawMessage) -> StoredMessage:
@@ -88,11 +91,20 @@ class ReaderService:
         readable = readable_history(
             card, principal, request.case_id, (event_type_of(m.subject) for m in messages)
         )
-        return ReaderReply(
-            ok=True,
-            messages=[_stored(m) for m in messages if event_type_of(m.subject) in readable],
-            last_sequence=messages[-1].sequence,
-        )
+        page: list[StoredMessage] = []
+        size = 0
+        for message in messages:
+            if message.sequence <= request.after or event_type_of(message.subject) not in readable:
+                continue
+            stored = _stored(message)
+            cost = len(_encode(stored))
+            if page and size + cost > PAGE_BYTES:
+                return ReaderReply(
+                    ok=True, messages=page, last_sequence=messages[-1].sequence, more=True
+                )
+            page.append(stored)
+            size += cost
+        return ReaderReply(ok=True, messages=page, last_sequence=messages[-1].sequence)
 
     async def replay(self, principal: str, request: ReplayRequest) -> ReaderReply:
         original = await resolve_replay(

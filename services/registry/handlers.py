@@ -25,6 +25,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from contracts.cards import AgentCard, AgentRecord
+from contracts.delegation import Delegation, DelegationRevocation
 from contracts.envelope import Event
 from contracts.registry_api import (
     CardApprovalRequest,
@@ -43,6 +44,7 @@ from mesh.service import (
 )
 from services.registry import reads
 from services.registry.broker_auth import BrokerAuthorization
+from services.registry.delegations import decide_delegation, decide_revocation
 from services.registry.domain import (
     Refused,
     RegistryRules,
@@ -53,7 +55,12 @@ from services.registry.domain import (
     decide_status_change,
     evolve,
 )
-from services.registry.proofs import enrolment_grant, key_proofs, operator_statement
+from services.registry.proofs import (
+    enrolment_grant,
+    key_proofs,
+    operator_statement,
+    signed_request,
+)
 from services.registry.store import RegistryStore
 
 log = logging.getLogger(__name__)
@@ -63,6 +70,8 @@ _query = msgspec.json.Decoder(RegistryQuery)
 _status_change = msgspec.json.Decoder(StatusChangeRequest)
 _heartbeat = msgspec.json.Decoder(Heartbeat)
 _approval = msgspec.json.Decoder(CardApprovalRequest)
+_delegation = msgspec.json.Decoder(Delegation)
+_revocation = msgspec.json.Decoder(DelegationRevocation)
 _encoder = msgspec.json.Encoder()
 
 
@@ -115,6 +124,8 @@ class RegistryHandlers:
             "suspend": self.suspend,
             "revoke": self.revoke,
             "approve": self.approve,
+            "delegate": self.delegate,
+            "revoke_delegation": self.revoke_delegation,
         }
 
     async def serve(self, request: Request) -> bytes | None:
@@ -165,6 +176,30 @@ class RegistryHandlers:
             ),
         )
 
+    async def delegate(self, msg: Msg) -> RegistryReply:
+        """A person (or a delegate passing it on) signs a delegation to an agent."""
+        statement = signed_request(msg)
+        delegation = _delegation.decode(msg.data)
+        return await self._write(
+            delegation.delegate,
+            lambda now: decide_delegation(
+                self.state, delegation, statement, now, self.rules.registry_id
+            ),
+            record_changed=False,
+        )
+
+    async def revoke_delegation(self, msg: Msg) -> RegistryReply:
+        statement = signed_request(msg)
+        request = _revocation.decode(msg.data)
+        held = self.state.delegations.get(request.delegation_id)
+        return await self._write(
+            held.delegation.delegate if held else "",
+            lambda now: decide_revocation(
+                self.state, request, statement, self.rules.operators, now, self.rules.registry_id
+            ),
+            record_changed=False,
+        )
+
     async def activate(self, msg: Msg) -> RegistryReply:
         return await self._status_change(msg, "activate")
 
@@ -185,8 +220,14 @@ class RegistryHandlers:
         )
 
     async def _write(
-        self, agent_id: str, decide: Callable[[datetime], list[Event]]
+        self,
+        agent_id: str,
+        decide: Callable[[datetime], list[Event]],
+        *,
+        record_changed: bool = True,
     ) -> RegistryReply:
+        """`record_changed` False: the events change no agent's card, keys or status (a
+        delegation), so nothing is provisioned and the broker's authorization stays."""
         async with self.writes:
             for attempt in (1, 2):
                 events = decide(datetime.now(UTC))
@@ -206,7 +247,7 @@ class RegistryHandlers:
                     # Part of a decision may be stored: the log is the truth, reload it.
                     self.state = await self.store.rebuild()
                     raise
-            if events:
+            if events and record_changed:
                 record = self.state.records[agent_id]
                 if record.status == "active" and self.provision is not None:
                     await self.provision(record.card)  # before the agent hears "active"
@@ -214,7 +255,8 @@ class RegistryHandlers:
                 if self.authorization is not None:
                     records = list(self.state.records.values())
                     await asyncio.to_thread(self.authorization.apply, records)
-        return RegistryReply(ok=True, records=[self._with_liveness(self.state.records[agent_id])])
+        now = self.state.records.get(agent_id)
+        return RegistryReply(ok=True, records=[self._with_liveness(now)] if now else [])
 
     # ------------------------------------------------------------------ reads
 

@@ -29,6 +29,13 @@ _statement = msgspec.json.Decoder(SignedStatement)
 MAX_KEY_PROOFS = MAX_CARD_KEYS
 
 
+def signed_request(msg: Msg) -> SignedStatement:
+    """The request as its signer signed it (subject and body), kept as evidence of who
+    asked: anyone holding the signer's public key checks it offline."""
+    signer = verify_headers(msg.subject, msg.data, msg.headers)
+    return SignedStatement.of(msg.subject, msg.data, signer, (msg.headers or {})[SIGNATURE_HEADER])
+
+
 def operator_statement(
     msg: Msg, operators: Mapping[str, str], what: str
 ) -> tuple[SignedStatement, str]:

@@ -55,6 +55,11 @@ def principal_keys(
             updated_at=record.updated_at,
             suspensions=record.suspensions,
             cards=record.card_history,
+            delegations=[
+                d
+                for d in state.delegations.values()
+                if d.delegation.delegate == record.card.agent_id
+            ],
         )
         for record in state.records.values()
     ]

@@ -12,6 +12,7 @@ import msgspec
 from contracts.authorship import APPROVAL_TYPES, DECISION_TYPES, INGRESS_TYPES, REGISTRY_TYPES
 from contracts.cards import AgentCard, AgentKey, AgentRecord
 from contracts.catalog import CATALOG, EventCatalog
+from contracts.delegation import DELEGATE_ROLE
 from contracts.subjects import check_token
 from mesh.service import ONBOARDING_ID, Refused, StaticPrincipal
 from services.registry.state import RegistryState
@@ -99,8 +100,14 @@ def check_card(card: AgentCard, rules: RegistryRules) -> None:
             f"no card may produce {sorted(closed)}: decisions come from the policy "
             "service, history from the registry, what outside systems add from the ingress"
         )
-    if produced & set(APPROVAL_TYPES) and (card.kind != "human" or "approver" not in card.roles):
-        problems.append("only a human with the approver role may produce approvals")
+    if produced & set(APPROVAL_TYPES) and not (
+        (card.kind == "human" and "approver" in card.roles)
+        or (card.kind == "agent" and DELEGATE_ROLE in card.roles)
+    ):
+        problems.append(
+            "only a human with the approver role, or an agent with the role "
+            f"{DELEGATE_ROLE!r} (deciding for a person under a delegation), produces approvals"
+        )
     if not card.keys:
         problems.append("the card lists no key")
     for key in card.keys:

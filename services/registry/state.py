@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from contracts.cards import AgentKey, AgentRecord, AgentStatus, CardPeriod, Period, SignedStatement
+from contracts.delegation import DelegationRecord
 from contracts.envelope import Event
 from contracts.events.registry import (
     AgentActivated,
@@ -23,6 +24,8 @@ from contracts.events.registry import (
     AgentRevoked,
     AgentStatusChangePayload,
     AgentSuspended,
+    DelegationGranted,
+    DelegationRevoked,
 )
 from services.registry.grants import grant_id_of
 
@@ -32,6 +35,7 @@ class RegistryState:
     records: dict[str, AgentRecord] = field(default_factory=dict)
     key_owner: dict[str, str] = field(default_factory=dict)  # public key -> agent id
     used_grants: dict[str, str] = field(default_factory=dict)  # grant id -> agent id
+    delegations: dict[str, DelegationRecord] = field(default_factory=dict)  # by id
     sequence: int = 0  # the registry stream sequence applied last
 
     def current_keys(self, agent_id: str) -> set[str]:
@@ -92,6 +96,15 @@ def evolve(state: RegistryState, event: Event, at: datetime, sequence: int = 0) 
                 key_history=ended,
                 card_history=_closed(record.card_history, at),
                 pending_card=None,
+            )
+        case DelegationGranted(payload=granted):
+            state.delegations[granted.delegation.delegation_id] = DelegationRecord(
+                delegation=granted.delegation, statement=granted.statement, granted_at=at
+            )
+        case DelegationRevoked(payload=revoked):
+            held = state.delegations[revoked.delegation_id]
+            state.delegations[revoked.delegation_id] = msgspec.structs.replace(
+                held, revoked_at=at, revoked_by=revoked.by, revocation_reason=revoked.reason
             )
         case _:
             raise ValueError(f"not a registry event: {event.event_name()}")

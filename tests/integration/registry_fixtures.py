@@ -295,6 +295,7 @@ async def secured_mesh(directory: Path) -> AsyncIterator[SecuredMesh]:
             retry_max_delay=0.1,
             request_timeout=2.0,
             heartbeat_interval=0.5,
+            timer_sweep_every=1.0,
         ),
     )
     try:

@@ -85,6 +85,11 @@ async def test_the_store_projects_cases_timelines_and_activity(
     timeline = (
         await store_request(nc, mesh.topology, "timeline", CaseRequest(case_id="large"))
     ).timeline
+    # The approval's deadline is a durable timer of the policy: set with the question,
+    # cancelled by the decision (its place beside the payment is a race).
+    timers = [e.event_type for e in timeline if (e.event_type or "").startswith("timer_")]
+    assert timers == ["timer_set", "timer_cancelled"]
+    timeline = [e for e in timeline if not (e.event_type or "").startswith("timer_")]
     kinds = [entry.event_type for entry in timeline]
     assert kinds == [
         "case_opened",  # the claim: its facts, stated by the ingress

@@ -105,3 +105,19 @@ async def test_a_firing_the_log_does_not_back_is_not_fired(
                     "Nats-Schedule-Target": s.timer("due", "reminder", opened.case_id, "x"),
                 },
             )
+
+
+async def test_a_schedule_disarmed_by_a_foreign_message_is_re_armed_from_the_log(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message with no schedule on a schedule's subject (what a JetStream API reply
+    aimed there leaves) disarms it; the agent's sweep re-arms it, and it fires once."""
+    monkeypatch.setenv("MESH_TEST_TIMER_SECONDS", "3")
+    settings = FAST.model_copy(update={"timer_sweep_every": 0.5})
+    async with MeshTestKit(reminder_agent(), nats_url=nats_url, settings=settings) as kit:
+        opened = await kit.open_case("insurance_claim")
+        timer = await kit.wait_for(TimerSet, opened.case_id)
+        subject = kit.topology.subjects.timer("set", "reminder", opened.case_id, timer.event_id)
+        await kit.nc.publish(subject, b'{"type":"io.nats.jetstream.api.v1.account_info_response"}')
+        await kit.wait_for(CaseStepCompleted, opened.case_id, timeout=15)
+        assert (await _types(kit, opened.case_id)).count("timer_fired") == 1

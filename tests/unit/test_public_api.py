@@ -117,6 +117,8 @@ MESH = [
 ]
 
 SERVICE = [
+    "AMOUNT",
+    "ActingFor",
     "Agent",
     "AgentRunner",
     "BrokerError",
@@ -125,6 +127,7 @@ SERVICE = [
     "ConfigurationError",
     "CredentialsRevoked",
     "DeadLetterSink",
+    "DecisionScope",
     "EventPublisher",
     "HandlerContext",
     "Identity",
@@ -157,6 +160,7 @@ SERVICE = [
     "TokenBucket",
     "Topology",
     "TransientError",
+    "acting_for",
     "approver_refusal",
     "authoritative_facts",
     "authorization_config",
@@ -174,6 +178,7 @@ SERVICE = [
     "load_principals",
     "message_digest",
     "on_reconnect",
+    "own_limit",
     "prior_actions",
     "provision_agent_durables",
     "provision_streams",
@@ -188,6 +193,7 @@ SERVICE = [
     "respond",
     "retry_transient",
     "role_asked",
+    "root_problems",
     "run",
     "running_mesh_settings",
     "service_main",
@@ -201,6 +207,7 @@ SERVICE = [
     "topology_for",
     "verify",
     "verify_headers",
+    "widening",
     "write_atomically",
 ]
 

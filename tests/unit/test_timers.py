@@ -21,8 +21,7 @@ from mesh import Agent, ConfigurationError, HandlerContext, PermanentError
 from mesh._broker.permissions import agent_permissions
 from mesh._broker.stored_messages import StoredEvent
 from mesh._broker.topology import Topology
-from mesh._runtime.timers import timer_record
-from mesh._sdk.timers import schedule_header, timer_payload
+from mesh._sdk.timers import schedule_header, timer_payload, timer_record
 
 NOW = datetime(2026, 11, 30, 12, 0, 0, 250_000, tzinfo=UTC)
 

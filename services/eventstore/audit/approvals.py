@@ -8,7 +8,8 @@ role asked."""
 from __future__ import annotations
 
 from contracts.events.actions import ActionApproved, ApprovalGranted, ApprovalRejected
-from mesh.service import KeyDirectory, approver_refusal, role_asked
+from contracts.events.case import CaseOpened
+from mesh.service import DecisionScope, KeyDirectory, acting_for, approver_refusal, role_asked
 from services.eventstore.audit.case_state import CaseSoFar, Finding
 from services.eventstore.domain import LogRecord
 
@@ -54,8 +55,9 @@ def check_human_approval(
         )
         return
     grant_record, grant = cited
-    card = keys.card_at(grant.actor, grant_record.stored_at)
-    if approver_refusal(grant.actor, card, role) is not None:
+    if grant.payload.delegation_id is not None:
+        _check_delegated(keys, case, record, decision, grant_record, grant, role, found)
+    elif approver_refusal(grant.actor, keys.card_at(grant.actor, grant_record.stored_at), role):
         found(
             record,
             f"relies on {grant.actor}'s grant, but {grant.actor} was not a human {role} "
@@ -63,3 +65,48 @@ def check_human_approval(
         )
     if grant.payload.request_digest != case.requests[request_id].digest:
         found(record, f"relies on {grant.actor}'s grant of other request bytes")
+
+
+def _check_delegated(
+    keys: KeyDirectory,
+    case: CaseSoFar,
+    record: LogRecord,
+    decision: ActionApproved,
+    grant_record: LogRecord,
+    grant: ApprovalGranted,
+    role: str,
+    found: Finding,
+) -> None:
+    """A grant an agent gave for a person: the whole chain, as it stood when the grant
+    was stored, and what the decision says of it."""
+    assert grant.payload.delegation_id is not None
+    request = case.requests[decision.payload.request_id].event
+    opened = case.opened.event if case.opened is not None else None
+    acting = acting_for(
+        grant.actor,
+        grant.payload.delegation_id,
+        DecisionScope(
+            role=role,
+            action_type=request.payload.action_type,
+            parameters=request.payload.parameters,
+            case_kind=opened.payload.kind if isinstance(opened, CaseOpened) else None,
+            requester=request.actor,
+        ),
+        grant_record.stored_at,
+        keys,
+    )
+    if isinstance(acting, str):
+        found(
+            record,
+            f"relies on {grant.actor}'s grant under a delegation that does not hold: {acting}",
+        )
+    elif (decision.payload.acting_for, decision.payload.delegations) != (
+        acting.principal,
+        acting.delegations,
+    ):
+        found(
+            record,
+            f"says {grant.actor} acted for {decision.payload.acting_for} under "
+            f"{decision.payload.delegations}; the chain is {acting.principal} under "
+            f"{acting.delegations}",
+        )

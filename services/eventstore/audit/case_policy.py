@@ -47,7 +47,13 @@ from services.eventstore.audit.timers import Note, check_timer, check_wait
 from services.eventstore.domain import LogRecord
 
 
-def check_policy(records: list[LogRecord], keys: KeyDirectory, report: Report) -> None:
+def check_policy(
+    records: list[LogRecord],
+    keys: KeyDirectory,
+    report: Report,
+    *,
+    compressed_clock_allowed: bool = False,
+) -> None:
     by_case: dict[str, list[LogRecord]] = defaultdict(list)
     seen: set[str] = set()
     for record in records:
@@ -62,7 +68,7 @@ def check_policy(records: list[LogRecord], keys: KeyDirectory, report: Report) -
         report.notes.append(f"{where(record)}: {remark}")
 
     for case_records in by_case.values():
-        check_case(case_records, keys, found, note)
+        check_case(case_records, keys, found, note, compressed_clock_allowed)
 
 
 def _unnoted(record: LogRecord, remark: str) -> None:
@@ -70,7 +76,11 @@ def _unnoted(record: LogRecord, remark: str) -> None:
 
 
 def check_case(
-    records: list[LogRecord], keys: KeyDirectory, found: Finding, note: Note = _unnoted
+    records: list[LogRecord],
+    keys: KeyDirectory,
+    found: Finding,
+    note: Note = _unnoted,
+    compressed_clock_allowed: bool = False,
 ) -> None:
     """`records`: one case's verified messages, first copies only, in log order."""
     case = CaseSoFar()
@@ -103,6 +113,6 @@ def check_case(
             case ActionCompleted() | ActionFailed():
                 check_execution(case, record, event, found)
             case TimerSet() | TimerCancelled() | TimerFired():
-                check_timer(case, record, event, found, note)
+                check_timer(case, record, event, found, note, compressed_clock_allowed)
             case CaseWaiting() | WaitEnded():
                 check_wait(case, record, event, found)

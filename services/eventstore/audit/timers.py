@@ -4,13 +4,18 @@ it and came after no cancellation of it; a cancellation names a timer its own ag
 A `wait_ended` ends, once, a wait its own agent began in the case; one that says the
 deadline passed cites the firing of that wait's timer.
 
-A timer set under a compressed clock (a demo's or a test's; `MESH_CLOCK_RATE`) is no
-violation, but it is no real delay either: the report notes each one.
+A timer's due time is no earlier than when its `timer_set` was stored plus the delay it
+stands for (divided by its clock rate; DUE_SLACK for the setter's clock and the time
+between computing and storing it): a firing is judged against that, not against the
+setter's word alone. A clock rate is at least 1, and other than 1 only where the
+auditor allows a compressed clock (a demo's or a test's, `MESH_CLOCK_RATE`): then each
+such timer is noted; on a real mesh it is a violation — its delays were not real.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 from contracts.events.case import CaseWaiting, WaitEnded
 from contracts.events.timers import TimerCancelled, TimerFired, TimerSet
@@ -18,6 +23,7 @@ from services.eventstore.audit.case_state import CaseSoFar, Finding, TimerSeen, 
 from services.eventstore.domain import LogRecord
 
 Note = Callable[[LogRecord, str], None]
+DUE_SLACK = timedelta(seconds=60)
 
 
 def check_timer(
@@ -26,16 +32,21 @@ def check_timer(
     event: TimerSet | TimerCancelled | TimerFired,
     found: Finding,
     note: Note,
+    compressed_clock_allowed: bool = False,
 ) -> None:
     if isinstance(event, TimerSet):
         case.timers[event.event_id] = TimerSeen(record, event)
-        if event.payload.clock_rate != 1:
-            note(
-                record,
-                f"timer {event.payload.name} ran on a compressed clock (rate "
-                f"{event.payload.clock_rate:g}): {event.payload.delay_seconds:g}s of business "
-                "time took less in fact; a demo's or a test's, not a real mesh's",
+        _check_due_time(record, event, found)
+        p = event.payload
+        if p.clock_rate != 1:
+            remark = (
+                f"timer {p.name} ran on a compressed clock (rate {p.clock_rate:g}): "
+                f"{p.delay_seconds:g}s of business time took less in fact"
             )
+            if compressed_clock_allowed:
+                note(record, f"{remark}; a demo's or a test's")
+            else:
+                found(record, f"{remark}: on a real mesh, time is real")
         return
     timer_id = event.payload.timer_id
     seen = case.timers.get(timer_id)
@@ -62,6 +73,23 @@ def check_timer(
             f"fires timer {timer_id}, cancelled at sequence {seen.cancelled.sequence}",
         )
     seen.fired = seen.fired or record
+
+
+def _check_due_time(record: LogRecord, event: TimerSet, found: Finding) -> None:
+    p = event.payload
+    if p.clock_rate < 1 or p.delay_seconds < 0:
+        found(
+            record,
+            f"sets timer {p.name} with clock rate {p.clock_rate:g}, delay {p.delay_seconds:g}s",
+        )
+        return
+    earliest = record.stored_at + timedelta(seconds=p.delay_seconds / p.clock_rate) - DUE_SLACK
+    if p.due_at < earliest:
+        found(
+            record,
+            f"sets timer {p.name} due {p.due_at.isoformat()}, earlier than its delay of "
+            f"{p.delay_seconds:g}s allows (stored {record.stored_at.isoformat()})",
+        )
 
 
 def check_wait(

@@ -7,6 +7,7 @@ from contracts.audit_bundle import AuditBundle
 from services.eventstore.audit.cards import card_findings
 from services.eventstore.audit.case_policy import check_policy
 from services.eventstore.audit.checkpoints import signed_roots
+from services.eventstore.audit.delegations import delegation_findings
 from services.eventstore.audit.event_ids import check_event_ids
 from services.eventstore.audit.manifest import read_pages, sealed_entries
 from services.eventstore.audit.messages import checked_messages
@@ -16,8 +17,12 @@ from services.eventstore.audit.seal import check_against_seal, check_case_chains
 from services.eventstore.audit.tree import check_tree
 
 
-def verify_bundle(bundle: AuditBundle, store_key: str | None = None) -> Report:
-    """`store_key`: pin the event store's key instead of trusting the bundle's."""
+def verify_bundle(
+    bundle: AuditBundle, store_key: str | None = None, *, compressed_clock_allowed: bool = False
+) -> Report:
+    """`store_key`: pin the event store's key instead of trusting the bundle's.
+    `compressed_clock_allowed`: a demo's or a test's log, whose timers ran on a
+    compressed clock (noted); on any other, such a timer is a violation."""
     report = Report(scope=bundle.scope)
     trust = Trust(store_key)
     pages = read_pages(bundle, report)
@@ -32,9 +37,11 @@ def verify_bundle(bundle: AuditBundle, store_key: str | None = None) -> Report:
     check_case_chains(records, entries, report)
     check_tree(bundle, records, roots, tree_size, report)
     check_event_ids(records, entries, report)
-    check_policy(records, trust.keys, report)
+    check_policy(records, trust.keys, report, compressed_clock_allowed=compressed_clock_allowed)
     for where, problem in card_findings(list(trust.principals.values())):
         report.add("enrolment", where, problem)
+    for where, problem in delegation_findings(list(trust.principals.values()), trust.keys):
+        report.add("delegation", where, problem)
     report.events = len(records)
     report.cases = len({r.case_id for r in records})
     return report

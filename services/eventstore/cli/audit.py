@@ -150,6 +150,13 @@ def verify(
     store_key: Annotated[
         str | None, typer.Option(help="pin the event store's public key (U…)")
     ] = None,
+    compressed_clock: Annotated[
+        bool,
+        typer.Option(
+            "--allow-compressed-clock",
+            help="a demo's or a test's log: timers on a compressed clock are noted, not violations",
+        ),
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """Check signatures against the keys valid at the time, the hash chains and signed
@@ -169,7 +176,7 @@ def verify(
                 return await build_bundle(mesh.nc, mesh.topology, case_id)
 
         loaded = run(export())
-    report = verify_bundle(loaded, store_key)
+    report = verify_bundle(loaded, store_key, compressed_clock_allowed=compressed_clock)
     _print_report(report, as_json)
     if not report.ok:
         raise typer.Exit(1)

@@ -23,7 +23,15 @@ def timestamp(value: datetime) -> str:
 
 
 def json_text(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONEncodeError:
+        # Nested deeper than orjson writes (254 levels): an event's evidence is the
+        # sender's to shape, and no shape of it may stop the projection.
+        try:
+            return msgspec.json.encode(value, order="sorted").decode()
+        except (msgspec.EncodeError, RecursionError) as exc:
+            return orjson.dumps({"unstorable": f"not kept as JSON: {exc}"[:300]}).decode()
 
 
 def to_row(view: msgspec.Struct) -> dict[str, Any]:

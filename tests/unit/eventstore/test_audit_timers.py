@@ -57,7 +57,9 @@ def cancelled(actor: str = "reminder") -> TimerCancelled:
     return TimerCancelled(case_id="c1", actor=actor, payload=payload)
 
 
-def problems(*log: tuple[Event, datetime]) -> tuple[list[str], list[str]]:
+def problems(
+    *log: tuple[Event, datetime], compressed_clock_allowed: bool = False
+) -> tuple[list[str], list[str]]:
     case, found, notes = CaseSoFar(), [], []
     for sequence, (event, at) in enumerate(log, start=1):
         assert isinstance(event, TimerSet | TimerCancelled | TimerFired)
@@ -67,6 +69,7 @@ def problems(*log: tuple[Event, datetime]) -> tuple[list[str], list[str]]:
             event,
             lambda _r, problem: found.append(problem),
             lambda _r, remark: notes.append(remark),
+            compressed_clock_allowed,
         )
     return found, notes
 
@@ -101,9 +104,22 @@ def test_a_compressed_clock_is_noted() -> None:
             name="deadline", due_at=DUE, delay_seconds=14 * 86_400, clock_rate=86_400
         ),
     )
-    found, notes = problems((fast, DUE))
+    found, notes = problems((fast, DUE - timedelta(seconds=14)), compressed_clock_allowed=True)
     assert found == []
     assert "compressed clock (rate 86400)" in notes[0]
+    found, notes = problems((fast, DUE - timedelta(seconds=14)))
+    assert notes == []
+    assert "on a real mesh, time is real" in found[0]
+
+
+def test_a_backdated_due_time_is_named() -> None:
+    backdated = TimerSet(
+        case_id="c1",
+        actor="reminder",
+        payload=TimerSetPayload(name="deadline", due_at=DUE, delay_seconds=14 * 86_400),
+    )
+    found, _ = problems((backdated, DUE - timedelta(seconds=10)), (fired(backdated), LATER))
+    assert any("earlier than its delay of 1.2096e+06s allows" in p for p in found)
 
 
 def waiting(actor: str = "reminder") -> CaseWaiting:
