@@ -23,6 +23,7 @@ from mesh._runtime.dead_letters import read_dead_letters, replay_dead_letter
 from mesh._sdk.app import load_agent, run_agent
 from mesh._support.text import shown
 from mesh._trust.identity import Identity
+from mesh.cli.delegations import delegations_app
 from mesh.cli.registry import registry_app
 from mesh.errors import ConfigurationError, MeshError
 from mesh.settings import MeshSettings
@@ -39,6 +40,7 @@ app.add_typer(streams_app, name="streams")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(registry_app, name="registry")
+app.add_typer(delegations_app, name="delegations")
 
 
 def _add_plugins() -> None:

@@ -23,6 +23,7 @@ from mesh._runtime.command_line import configure_logging, fail, run
 from mesh._support.text import shown
 from mesh.errors import ConfigurationError, MeshError
 from services.stack.demo import Demo, make_cases, print_summary
+from services.stack.demo.workload import DEMO_CLOCK_RATE
 from services.stack.layout import Layout
 from services.stack.principals import (
     add_principal,
@@ -208,9 +209,11 @@ def demo(
             on_step=lambda s: console.print(f"· {s}"),
             cluster=cluster,
             replicas=per_agent,
+            # Intake's 14-day wait for a police report passes in seconds (demo only).
+            env={"intake": {"MESH_CLOCK_RATE": str(DEMO_CLOCK_RATE)}},
         ) as stack:
             console.print(f"· the mesh came up in {time.monotonic() - started:.1f}s")
-            result = await Demo(stack, make_cases(cases, seed), console).run(timeout)
+            result = await Demo(stack, make_cases(cases, seed, waiting=True), console).run(timeout)
         print_summary(result, console)
         console.print(f"logs, keys, the log and the views are in {data_dir}/", highlight=False)
         return result.report.ok and result.all_final and result.paid_once

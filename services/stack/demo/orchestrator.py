@@ -34,10 +34,10 @@ class Demo:
 
     async def run(self, timeout: float) -> DemoResult:
         crm = await self.stack.connect("crm")
-        approver_nc, approver = await enrol_approver(self.stack)
+        desk = await enrol_approver(self.stack)
         self.started = time.monotonic()
         feeding = asyncio.create_task(feed(self.stack, crm, self.cases))
-        approving = asyncio.create_task(approve(self.stack, approver_nc, approver, self.approvals))
+        approving = asyncio.create_task(approve(self.stack, desk, self.approvals))
         timed_out = False
         try:
             with Live(self._progress(), console=self.console, refresh_per_second=4) as live:
@@ -109,6 +109,7 @@ class Demo:
         table.add_row("submitted", f"{submitted}/{len(self.cases)}")
         table.add_row("refused at the ingress", str(self._refused()))
         table.add_row("in progress", str(statuses.get("open", 0)))
+        table.add_row("  waiting for something from outside", str(statuses.get("waiting", 0)))
         table.add_row("  waiting for the approver", str(waiting))
         table.add_row("escalated to a human", str(statuses.get("escalated", 0)))
         for outcome, count in sorted(outcomes.items()):

@@ -1,12 +1,15 @@
 """The demo's workload: claims of mixed kinds, opened the way an outside system opens
-them — most over NATS as the `crm` principal, one in five over HTTP."""
+them — most over NATS as the `crm` principal, one in five over HTTP. With waiting
+claims, some are thefts: intake asks for a police report and the case waits; for some
+the CRM sends the report a little later (days, on the demo's compressed clock), for
+the others it never comes and the case escalates at intake's deadline."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
@@ -32,6 +35,12 @@ MIX = {
     "gateway slow": 0.06,
     "account closed": 0.06,
 }
+# Thefts: their police report comes from the CRM a while after the claim, or never.
+WAITING_MIX = {"theft reported": 0.06, "theft unreported": 0.04}
+# Intake waits 14 days for a police report; at this rate they pass in about 8 seconds.
+# A demo's and a test's setting only (MESH_CLOCK_RATE): a real mesh keeps real time.
+DEMO_CLOCK_RATE = 150_000.0
+THEFT = "car stolen from the street overnight"
 PAYEE = {
     "gateway down": "FAIL",
     "gateway flaky": "FLAKY",
@@ -49,11 +58,15 @@ class DemoCase:
     submitted_at: float = 0.0
     reply: IngressReply | None = None
     http_status: int | None = None
+    events: list[IngressReply] = field(default_factory=list)  # what it sent the case later
 
 
-def make_cases(count: int, seed: int) -> list[DemoCase]:
+def make_cases(count: int, seed: int, *, waiting: bool = False) -> list[DemoCase]:
+    """`waiting`: thefts among them, which wait for a police report (only for a stack
+    whose intake runs at DEMO_CLOCK_RATE: otherwise they wait 14 real days)."""
     rng = random.Random(seed)
-    kinds = rng.choices(list(MIX), weights=list(MIX.values()), k=count)
+    mix = {**MIX, **WAITING_MIX} if waiting else MIX
+    kinds = rng.choices(list(mix), weights=list(mix.values()), k=count)
     today = date.today()
     cases = []
     for number, kind in enumerate(kinds, start=1):
@@ -74,6 +87,8 @@ def make_cases(count: int, seed: int) -> list[DemoCase]:
             data["description"] = "staged collision, no witnesses, cash only"
         if kind == "lapsed":
             data["policy_number"] = f"P-{rng.randrange(100, 999)}0"
+        if kind in WAITING_MIX:
+            data["description"], data["claim_type"] = THEFT, "auto"
         body: dict[str, Any] = {
             "kind": CLAIM_KIND,
             "external_ref": f"CLM-{number:05d}",
@@ -145,5 +160,26 @@ async def feed(stack: Stack, crm: Client, cases: list[DemoCase]) -> None:
                 else:
                     msg = await _ask_again_if_lost(crm, subject, body)
                     case.reply = msgspec.json.decode(msg.data, type=IngressReply)
+            if case.kind == "theft reported" and case.reply is not None and case.reply.ok:
+                await _report_later(stack, crm, case)
 
         await asyncio.gather(*(submit(case) for case in cases))
+
+
+async def _report_later(stack: Stack, crm: Client, case: DemoCase) -> None:
+    """The CRM sends the claim's police report a few (compressed) days later."""
+    await asyncio.sleep(1.0 + (case.number % 5) * 0.5)
+    report = {
+        "case_source": "crm",
+        "external_ref": case.body["external_ref"],
+        "event_id": f"PR-{case.number:05d}",
+        "kind": "police_report",
+        "data": {
+            "report_number": f"PD-{20260000 + case.number}",
+            "police_force": "Politie Amsterdam",
+            "filed_on": str(date.today()),
+        },
+    }
+    subject = stack.topology.subjects.service_as("ingress", "events", "crm")
+    msg = await _ask_again_if_lost(crm, subject, msgspec.json.encode(report))
+    case.events.append(msgspec.json.decode(msg.data, type=IngressReply))
