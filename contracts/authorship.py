@@ -33,11 +33,14 @@ REGISTRY_TYPES = tuple(
 )
 
 # What the executor of an approved action must be able to read to prove the approval
-# before its side effect (mesh/_trust/authorization.py): the request, every answer of
-# the policy service to it (escalations name the role a human must hold) and the
-# human's grant. An executor whose card reads less cannot prove an approval, and
+# before its side effect (mesh/_trust/authorization.py): the case's opening (its kind,
+# which a delegation an approving agent acted under must cover), the request, every
+# answer of the policy service to it (escalations name the role a human must hold) and
+# the human's grant. An executor whose card reads less cannot prove an approval, and
 # refuses to act rather than act on part of the chain.
 APPROVAL_CHAIN_TYPES = (
+    # The case's kind: what a delegation under which an agent approved must cover.
+    "case_opened",
     "action_requested",
     "action_approved",
     "action_denied",
