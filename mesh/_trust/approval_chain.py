@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from contracts.cards import AgentCard
-from contracts.delegation import Delegation, DelegationRecord
+from contracts.delegation import DELEGATE_ROLE, Delegation, DelegationRecord
 from contracts.envelope import Event
 from contracts.events.actions import ApprovalEscalated, ApprovalRequired
 
@@ -44,6 +44,8 @@ class Delegations(Protocol):
     def delegation(self, delegation_id: str) -> DelegationRecord | None: ...
 
     def card_at(self, actor: str, at: datetime) -> AgentCard | None: ...
+
+    def in_good_standing(self, actor: str, at: datetime) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,12 @@ class ActingFor:
 
     principal: str
     delegations: list[str]
+
+
+def is_delegate(card: AgentCard | None) -> bool:
+    """May the holder of `card` receive a delegation and decide under it: an agent
+    whose card holds the role DELEGATE_ROLE (an operator's approval put it there)."""
+    return card is not None and card.kind == "agent" and DELEGATE_ROLE in card.roles
 
 
 def own_limit(card: AgentCard, action_type: str) -> int | None:
@@ -125,6 +133,8 @@ def acting_for(
     chain: list[str] = []
     record = registry.delegation(delegation_id)
     expected_delegate = approver
+    if not is_delegate(registry.card_at(approver, at)):
+        return f"{approver} was no agent with the role {DELEGATE_ROLE!r} when it decided"
     while True:
         if record is None:
             return f"delegation {delegation_id} is not in the registry's history"
@@ -143,6 +153,11 @@ def acting_for(
             return f"delegation {d.delegation_id} does not cover it: " + "; ".join(problems)
         if scope.requester in (d.delegator, d.delegate):
             return f"{scope.requester} requested {scope.action_type} itself and cannot decide it"
+        # Every link's principals in force then: a suspended person's authority, or a
+        # revoked agent's, is passed on by nobody.
+        for who in (d.delegator, d.delegate):
+            if not registry.in_good_standing(who, at):
+                return f"{who} was suspended, revoked or without a card at {at.isoformat()}"
         if d.parent is None:
             if problems := root_problems(d, registry.card_at(d.delegator, at)):
                 return f"delegation {d.delegation_id}: " + "; ".join(problems)

@@ -102,6 +102,18 @@ class KeyDirectory:
             return None
         return next((p.card for p in principal.cards if p.covers(at)), None)
 
+    def in_good_standing(self, actor: str, at: datetime) -> bool:
+        """Was `actor` a principal in force at `at`: a card in force, neither revoked nor
+        suspended then?"""
+        principal = self._principals.get(actor)
+        if principal is None or self.card_at(actor, at) is None:
+            return False
+        if principal.status == "revoked" and at >= principal.status_changed_at:
+            return False
+        return not any(
+            at >= s.start and (s.end is None or at < s.end) for s in principal.suspensions
+        )
+
     def delegation(self, delegation_id: str) -> DelegationRecord | None:
         """A delegation as the registry's history holds it (revoked ones too)."""
         return self._delegations.get(delegation_id)

@@ -30,7 +30,13 @@ from contracts.events.registry import (
     DelegationRevoked,
     DelegationRevokedPayload,
 )
-from mesh.service import Refused, root_problems, widening
+from mesh.service import (
+    MAX_DELEGATION_DEPTH,
+    Refused,
+    is_delegate,
+    root_problems,
+    widening,
+)
 from services.registry.state import RegistryState
 
 MAX_DELEGATION = timedelta(days=366)
@@ -62,10 +68,10 @@ def decide_delegation(
     delegate = state.records.get(d.delegate)
     if d.delegate == d.delegator or delegate is None or delegate.status != "active":
         raise Refused(f"the delegate {d.delegate} is not another active agent")
-    if SIGNS_APPROVALS not in delegate.card.produces:
+    if not is_delegate(delegate.card) or SIGNS_APPROVALS not in delegate.card.produces:
         raise Refused(
-            f"{d.delegate}'s card does not sign approvals: an operator must approve a card "
-            f"with the role 'delegate' that produces {SIGNS_APPROVALS}"
+            f"{d.delegate} is no delegate: an operator must approve an agent's card with the "
+            f"role 'delegate' that produces {SIGNS_APPROVALS}"
         )
     if d.parent is None:
         problems = root_problems(d, delegator.card)
@@ -73,6 +79,8 @@ def decide_delegation(
         parent = state.delegations.get(d.parent)
         if parent is None or not parent.in_force(now):
             raise Refused(f"the parent delegation {d.parent} is not in force")
+        if _depth(state, parent.delegation) >= MAX_DELEGATION_DEPTH:
+            raise Refused(f"a delegation is passed on at most {MAX_DELEGATION_DEPTH - 1} times")
         problems = widening(d, parent.delegation)
     if problems:
         raise Refused(f"{d.delegator} cannot give this: " + "; ".join(problems))
@@ -106,6 +114,17 @@ def decide_revocation(
         statement=statement,
     )
     return [DelegationRevoked(actor=registry_id, occurred_at=now, payload=payload)]
+
+
+def _depth(state: RegistryState, delegation: Delegation) -> int:
+    """How many links `delegation`'s chain has, itself included."""
+    depth, current = 1, delegation
+    while current.parent is not None and depth <= MAX_DELEGATION_DEPTH:
+        parent = state.delegations.get(current.parent)
+        if parent is None:
+            break
+        depth, current = depth + 1, parent.delegation
+    return depth
 
 
 def _up_the_chain(state: RegistryState, delegation: Delegation, signer: str) -> str | None:

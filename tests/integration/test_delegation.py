@@ -127,6 +127,7 @@ async def test_a_delegate_approves_within_its_delegation_and_not_beyond_or_after
         mesh, _card("maria", "human", ["approver", "claims_manager"], limit=800_000)
     )
     bot, bot_nc = await _enrolled(mesh, _card("approval-bot", "agent", ["delegate"]))
+    await _enrolled(mesh, _card("approval-bot-2", "agent", ["delegate"]))
     maria_registry = mesh.client(maria_nc)  # type: ignore[arg-type]
 
     # Never more than she holds: her own limit, her own role; and no passing on.
@@ -141,7 +142,7 @@ async def test_a_delegate_approves_within_its_delegation_and_not_beyond_or_after
     await maria_registry.delegate(_delegation("D-1", "maria", "approval-bot"), maria)
     with pytest.raises(RegistryRefused, match="D-1 may not be passed on"):
         await mesh.client(bot_nc).delegate(  # type: ignore[arg-type]
-            _delegation("D-2", "approval-bot", "maria", parent="D-1"), bot
+            _delegation("D-2", "approval-bot", "approval-bot-2", parent="D-1"), bot
         )
 
     # Within the delegation: approved, and the decision records whom it acted for.

@@ -55,6 +55,14 @@ def check_human_approval(
         )
         return
     grant_record, grant = cited
+    if grant.payload.delegation_id is None and (
+        decision.payload.acting_for or decision.payload.delegations
+    ):
+        found(
+            record,
+            f"says {grant.actor} acted for {decision.payload.acting_for} under "
+            f"{decision.payload.delegations}, but its grant names no delegation",
+        )
     if grant.payload.delegation_id is not None:
         _check_delegated(keys, case, record, decision, grant_record, grant, role, found)
     elif approver_refusal(grant.actor, keys.card_at(grant.actor, grant_record.stored_at), role):

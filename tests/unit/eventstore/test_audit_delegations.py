@@ -133,7 +133,7 @@ def test_an_approval_under_an_expired_or_revoked_delegation_does_not_count() -> 
     assert "was not valid" in expired
     assert "is maria's, not" not in expired
     other = acting_for("maria", "D-1", scope, T0 + timedelta(hours=1), keys)
-    assert other == "delegation D-1 is bot's, not maria's"
+    assert other == "maria was no agent with the role 'delegate' when it decided"
     wide = DecisionScope(**{**scope.__dict__, "parameters": {"amount": 300_000}})
     assert "above its max_amount 250000" in str(acting_for("bot", "D-1", wide, T0, keys))
     own = DecisionScope(**{**scope.__dict__, "requester": "maria"})
