@@ -3,7 +3,8 @@
 Least privilege for reads as for writes: an agent reads only the cases it works on —
 those holding an event of a type its card consumes, i.e. that were delivered to it —
 and of those only the event types its card in force reads (what it consumes, what it
-produces, and its `reads`). Anything else is refused with the reason.
+produces, and its `reads`) — timer events only its own. Anything else is refused with
+the reason.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import msgspec
 from nats.aio.client import Client
 
 from contracts.audit_bundle import StoredMessage
+from contracts.authorship import TIMER_TYPES
 from contracts.reader_api import HistoryRequest, ReaderReply, ReplayRequest
 from contracts.subjects import event_type_of
 from mesh.service import (
@@ -37,6 +38,21 @@ _encode = msgspec.json.Encoder().encode
 # What one history reply may carry of messages, encoded: well inside the broker's 1 MB
 # (a case event is at most CASE_EVENT_MAX_BYTES, a third more once in base64).
 PAGE_BYTES = 640 * 1024
+
+
+def _actor(message: RawMessage) -> str | None:
+    """Who wrote `message`, if it reads as an event."""
+    try:
+        return _envelope.decode(message.body).actor
+    except msgspec.DecodeError:
+        return None
+
+
+class _Envelope(msgspec.Struct):
+    actor: str
+
+
+_envelope = msgspec.json.Decoder(_Envelope)
 
 
 def _stored(message: RawMessage) -> StoredMessage:
@@ -96,6 +112,8 @@ class ReaderService:
         for message in messages:
             if message.sequence <= request.after or event_type_of(message.subject) not in readable:
                 continue
+            if event_type_of(message.subject) in TIMER_TYPES and _actor(message) != principal:
+                continue  # another agent's timers (what it waits for, by when): its own business
             stored = _stored(message)
             cost = len(_encode(stored))
             if page and size + cost > PAGE_BYTES:

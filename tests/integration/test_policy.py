@@ -482,7 +482,7 @@ async def test_a_grant_after_the_case_closed_approves_nothing(mesh: SecuredMesh)
     denied = await first(mesh, "closed-while-waiting", ActionDenied)
     assert isinstance(denied, ActionDenied)
     assert denied.payload.approval_id == grant.event_id
-    assert "closed (withdrawn)" in denied.payload.reasons[0]
-    assert "while the request waited" in denied.payload.reasons[0]
+    assert "closed (withdrawn)" in denied.payload.reasons[-1]
+    assert "while the request waited" in denied.payload.reasons[-1]
     history = await read_case(mesh.harness_nc.jetstream(), mesh.topology, "closed-while-waiting")
     assert not any(isinstance(s.event, ActionApproved) for s in history)

@@ -67,7 +67,7 @@ async def test_an_agent_cannot_promote_itself(mesh: Mesh) -> None:
         reason = await refusal(registry.register(as_human, key))
         assert "claims-intake is a agent; a kind never changes" in reason
         reason = await refusal(registry.register(as_approving_agent, key))
-        assert "only a human with the approver role may produce approvals" in reason
+        assert "only a human with the approver role, or an agent with the role" in reason
 
     wider = msgspec.structs.replace(
         card_with_key(INTAKE, key),

@@ -68,6 +68,7 @@ STATUS_FIELDS = {
     "outcome",
     "opened_at",
     "updated_at",
+    "waiting_for",  # what its own case waits for from outside (the opener may send it)
     "errors",
     "problems",
 }

@@ -84,7 +84,9 @@ async def test_an_agent_cannot_read_a_case_it_does_not_work_on(mesh: Mesh) -> No
 
 async def test_an_agent_reads_only_the_event_types_its_card_needs(mesh: Mesh) -> None:
     """Intake works on every claim (it consumes `case_opened`), but its card reads none
-    of a payout's request (amount, payee account) or the policy's decisions on it."""
+    of a payout's request (amount, payee account) or the policy's decisions on it — nor
+    the policy's timers (its approval deadline), though intake's card reads timer_set:
+    an agent reads only its own timers."""
     case_id = await mesh.open(claim(new_ref("readtypes"), amount=300_001))
     await mesh.wait_for_event(case_id, ApprovalRequired)
     answer = await read_through_reader(mesh, "claims-intake", case_id)

@@ -466,7 +466,7 @@ def walk_in(agent_id: str, identity: Identity) -> AgentCard:
 
 async def test_huge_parameters_do_not_blind_the_approvers(wrecked: Mesh) -> None:
     """A large payout waits for dana. The adjudication agent's key asks three payouts
-    that need a human, each with a payee account of 300,000 characters (the policy's
+    that need a human, each with a payee account of 200,000 characters (the policy's
     schema says only "String"). Each waits as asked; the pending list is one reply
     holding every request waiting (parameters twice, in the provenance too), now over
     the broker's 1 MB: the policy service cannot answer it, and no approver and no
@@ -484,7 +484,7 @@ async def test_huge_parameters_do_not_blind_the_approvers(wrecked: Mesh) -> None
             mesh,
             case_id,
             opened,
-            {"amount": 200_000, "currency": "EUR", "payee_account": "DE89-" + "9" * 300_000},
+            {"amount": 200_000, "currency": "EUR", "payee_account": "DE89-" + "9" * 200_000},
         )
     await mesh.settled()
     try:
