@@ -48,7 +48,7 @@ from contracts.events.registry import (
     DelegationGranted,
     DelegationRevoked,
 )
-from contracts.events.timers import TimerCancelled, TimerFired, TimerSet
+from contracts.events.timers import TimerCancelled, TimerFired, TimerSet, timer_set_v1_to_v2
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -125,5 +125,6 @@ CATALOG = EventCatalog(
         CircuitStateChanged,
         PolicyBundleActivated,
         LogCheckpointed,
-    ]
+    ],
+    upcasters={("timer_set", 1): timer_set_v1_to_v2},
 )

@@ -74,6 +74,8 @@ class CaseWaitingPayload(msgspec.Struct, frozen=True, kw_only=True):
     until: UtcTime  # when the wait ends without it (the timer's due time)
     timer_id: str  # the timer_set that ends the wait at `until`
     reason: str = ""
+    # Whom it was asked from, if outside the mesh (a source name, e.g. the claim's CRM).
+    requested_from: str | None = None
 
 
 class CaseWaiting(Event, frozen=True, kw_only=True, tag="case_waiting"):

@@ -12,6 +12,7 @@ before its due time and never after it was cancelled: the log shows all three, a
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -25,6 +26,9 @@ MAX_TIMER_DATA_BYTES = 4096
 class TimerSetPayload(msgspec.Struct, frozen=True, kw_only=True):
     name: str  # which of the agent's timer handlers it wakes (a subject-safe token)
     due_at: UtcTime  # when the broker fires it (UTC, whole seconds)
+    # When it is due in business time: set time + delay (v2). Equal to `due_at` on a real
+    # mesh, up to rounding; on a compressed clock, the date a person means ("in 14 days").
+    business_due_at: UtcTime
     # The business delay it stands for, in seconds: `due_at` is that delay divided by
     # `clock_rate`, which is 1 on any real mesh (a demo or a test may compress time).
     delay_seconds: float
@@ -33,7 +37,19 @@ class TimerSetPayload(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class TimerSet(Event, frozen=True, kw_only=True, tag="timer_set"):
+    """v2 added `business_due_at` (`timer_set_v1_to_v2` derives it for v1 events)."""
+
+    schema_version: int = 2
     payload: TimerSetPayload
+
+
+def timer_set_v1_to_v2(raw: dict[str, Any]) -> dict[str, Any]:
+    """A v1 timer_set's business due time: when it was set plus the delay it stood for."""
+    payload = dict(raw.get("payload") or {})
+    set_at = datetime.fromisoformat(str(raw["occurred_at"]).replace("Z", "+00:00"))
+    delay = float(payload.get("delay_seconds", 0))
+    payload["business_due_at"] = (set_at + timedelta(seconds=delay)).isoformat()
+    return {**raw, "payload": payload}
 
 
 class TimerCancelledPayload(msgspec.Struct, frozen=True, kw_only=True):

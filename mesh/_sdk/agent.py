@@ -200,6 +200,7 @@ class HandlerContext:
         at: datetime | None = None,
         step: str = "",
         reason: str = "",
+        requested_from: str | None = None,
     ) -> str:
         """Put the case on hold for `what` (e.g. "police_report") until a deadline
         (`after` a delay or `at` a time): recorded as `case_waiting`, with a durable timer
@@ -215,6 +216,7 @@ class HandlerContext:
             until=timer.payload.due_at,
             timer_id=timer.event_id,
             reason=reason,
+            requested_from=requested_from,
         )
         event = self.derive(CaseWaiting, payload)
         await self._services.emit(event)

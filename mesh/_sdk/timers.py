@@ -70,7 +70,12 @@ def timer_payload(
     real = now.astimezone(UTC) + timedelta(seconds=delay / clock_rate)
     due = datetime.fromtimestamp(math.ceil(real.timestamp()), UTC)
     return TimerSetPayload(
-        name=name, due_at=due, delay_seconds=delay, clock_rate=clock_rate, data=data or {}
+        name=name,
+        due_at=due,
+        business_due_at=now.astimezone(UTC) + timedelta(seconds=delay),
+        delay_seconds=delay,
+        clock_rate=clock_rate,
+        data=data or {},
     )
 
 

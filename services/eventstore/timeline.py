@@ -161,18 +161,23 @@ def _describe(event: Event) -> dict[str, Any]:
             }
         case CaseWaiting(payload=p):
             return {
-                "summary": f"{p.step} waits for {p.waiting_for} until "
-                f"{p.until.isoformat(timespec='seconds')}",
+                "summary": f"{p.step} waits for {p.waiting_for}"
+                + (f" from {p.requested_from}" if p.requested_from else "")
+                + f" until {p.until.isoformat(timespec='seconds')}",
                 "rationale": p.reason or None,
             }
         case WaitEnded(payload=p):
             ended = "arrived" if p.outcome == "arrived" else "did not come by the deadline"
             return {"summary": f"the wait for {p.waiting_for} ended: {ended}"}
         case TimerSet(payload=p):
-            compressed = f" (clock rate {p.clock_rate:g})" if p.clock_rate != 1 else ""
+            compressed = (
+                f" (clock rate {p.clock_rate:g}: fires {p.due_at.isoformat(timespec='seconds')})"
+                if p.clock_rate != 1
+                else ""
+            )
             return {
-                "summary": f"set timer {p.name} for {p.due_at.isoformat(timespec='seconds')}"
-                f"{compressed}",
+                "summary": f"set timer {p.name} for "
+                f"{p.business_due_at.isoformat(timespec='seconds')}{compressed}",
                 "evidence": p.data,
             }
         case TimerCancelled(payload=p):

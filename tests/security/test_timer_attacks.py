@@ -604,6 +604,7 @@ async def test_hostile_timer_names_and_data_stop_nobody(attack: Attack) -> None:
         payload=TimerSetPayload(
             name=hostile,
             due_at=datetime.now(UTC) + timedelta(days=3650),
+            business_due_at=datetime.now(UTC) + timedelta(days=3650),
             delay_seconds=1e308,
             clock_rate=1e-308,
             data={"nested": nested, "text": "\u0301" * 25_000},
@@ -746,6 +747,7 @@ async def test_a_stuffed_case_does_not_silence_the_victims_timer(attack: Attack)
             payload=TimerSetPayload(
                 name="stuffing",
                 due_at=datetime.now(UTC) + timedelta(days=1),
+                business_due_at=datetime.now(UTC) + timedelta(days=1),
                 delay_seconds=86_400,
                 data={"x": "y" * size},
             ),
@@ -770,6 +772,7 @@ async def test_deep_timer_data_does_not_stop_the_event_store(attack: Attack) -> 
     payload = TimerSetPayload(
         name=DEADLINE,
         due_at=datetime.now(UTC).replace(microsecond=0) + timedelta(days=1),
+        business_due_at=datetime.now(UTC).replace(microsecond=0) + timedelta(days=1),
         delay_seconds=86_400,
         data=nested,
     )
@@ -789,7 +792,9 @@ async def test_a_naive_due_time_does_not_crash_the_verifier(attack: Attack) -> N
     timer = TimerSet(
         case_id=case_id,
         actor="peer",
-        payload=TimerSetPayload(name=DEADLINE, due_at=naive, delay_seconds=1),
+        payload=TimerSetPayload(
+            name=DEADLINE, due_at=naive, business_due_at=naive, delay_seconds=1
+        ),
     )
     await attack.publish(peer, timer)
     fired = await attack.publish(
@@ -814,6 +819,7 @@ async def test_a_backdated_due_time_is_named(attack: Attack) -> None:
         payload=TimerSetPayload(
             name="police_report_deadline",
             due_at=datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1),
+            business_due_at=datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1),
             delay_seconds=14 * 86_400,
         ),
     )

@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 
 from contracts import (
     AgentCard,
     AgentRecord,
+    EventDecoder,
     TimerCancelled,
     TimerCancelledPayload,
     TimerFired,
@@ -160,3 +162,29 @@ def _published(record: AgentRecord) -> list[str]:
     permissions = agent_permissions(record, Topology("t1"))["publish"]
     assert isinstance(permissions, dict)
     return list(permissions["allow"])
+
+
+def test_a_v1_timer_set_reads_as_v2_with_its_business_due_time() -> None:
+    """timer_set v1 had no business_due_at: the upcaster derives it (set time + delay)."""
+    v1 = msgspec.json.encode(
+        {
+            "event_type": "timer_set",
+            "schema_version": 1,
+            "event_id": "0193aaaa-0000-7000-8000-000000000001",
+            "case_id": "c-1",
+            "actor": "claims-intake",
+            "occurred_at": "2026-11-30T12:00:00Z",
+            "payload": {
+                "name": "wait_police_report",
+                "due_at": "2026-11-30T12:00:09Z",
+                "delay_seconds": 14 * 86_400,
+                "clock_rate": 150_000.0,
+            },
+        }
+    )
+    event = EventDecoder().decode(v1)
+    assert isinstance(event, TimerSet)
+    assert event.schema_version == 2
+    assert event.payload.business_due_at == datetime(2026, 12, 14, 12, tzinfo=UTC)
+    assert event.payload.due_at == datetime(2026, 11, 30, 12, 0, 9, tzinfo=UTC)
+    assert _payload(after=timedelta(days=1)).business_due_at == NOW + timedelta(days=1)

@@ -52,6 +52,7 @@ async def check_claim(event: CaseOpened, ctx: HandlerContext) -> None:
             after=POLICE_REPORT_WAIT,
             step="intake",
             reason="a theft is covered only on a police report; none came with the claim",
+            requested_from=event.payload.source,
         )
         return
     await _decide(ctx, claim)

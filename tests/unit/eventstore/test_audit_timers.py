@@ -28,7 +28,7 @@ DUE = datetime(2026, 11, 30, 12, 0, 10, tzinfo=UTC)
 SET = TimerSet(
     case_id="c1",
     actor="reminder",
-    payload=TimerSetPayload(name="follow_up", due_at=DUE, delay_seconds=10),
+    payload=TimerSetPayload(name="follow_up", due_at=DUE, business_due_at=DUE, delay_seconds=10),
 )
 
 
@@ -101,7 +101,11 @@ def test_a_compressed_clock_is_noted() -> None:
         case_id="c1",
         actor="reminder",
         payload=TimerSetPayload(
-            name="deadline", due_at=DUE, delay_seconds=14 * 86_400, clock_rate=86_400
+            name="deadline",
+            due_at=DUE,
+            business_due_at=DUE,
+            delay_seconds=14 * 86_400,
+            clock_rate=86_400,
         ),
     )
     found, notes = problems((fast, DUE - timedelta(seconds=14)), compressed_clock_allowed=True)
@@ -116,7 +120,9 @@ def test_a_backdated_due_time_is_named() -> None:
     backdated = TimerSet(
         case_id="c1",
         actor="reminder",
-        payload=TimerSetPayload(name="deadline", due_at=DUE, delay_seconds=14 * 86_400),
+        payload=TimerSetPayload(
+            name="deadline", due_at=DUE, business_due_at=DUE, delay_seconds=14 * 86_400
+        ),
     )
     found, _ = problems((backdated, DUE - timedelta(seconds=10)), (fired(backdated), LATER))
     assert any("earlier than its delay of 1.2096e+06s allows" in p for p in found)
