@@ -44,7 +44,7 @@ def _actor(message: RawMessage) -> str | None:
     """Who wrote `message`, if it reads as an event."""
     try:
         return _envelope.decode(message.body).actor
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # unreadable: nobody's timer
         return None
 
 

@@ -139,6 +139,8 @@ class RegistryHandlers:
         self.store.fence()
         try:
             reply = await self.routes()[operation](request.msg)
+        except RecursionError:
+            raise Refused(f"malformed {operation} request: nested too deeply") from None
         except ValueError as exc:
             if isinstance(exc, MeshError):
                 raise

@@ -35,7 +35,7 @@ def _problems(record: DelegationRecord, holder: AuditPrincipal, keys: KeyDirecto
     try:
         verify(statement.signer, statement.subject, statement.body, statement.signature)
         signed = _delegation.decode(statement.body)
-    except (SignatureError, ValueError, msgspec.DecodeError) as exc:
+    except (SignatureError, ValueError, msgspec.DecodeError, RecursionError) as exc:
         return [f"its signature does not hold (forged or altered): {exc}"]
     if signed != d:
         return ["what was signed is another delegation than the one recorded"]
