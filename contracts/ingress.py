@@ -36,7 +36,9 @@ request's `event_id`, `kind` and `data`. What `data` must be depends on the kind
 `IngressReply`: 201 added (as `evidence_received` in the case), 200 this `event_id` was
 added already with the same content, 404 no case it is party to has that reference,
 409 the `event_id` came before with other content, or the case is closed, 422 the
-contract, 429 too many events just now, and as above. Refused events are kept.
+contract, 429 too many events from this source just now (not taken, so not kept: send
+it again), and as above. Every other refused event is kept. A "not found" takes the
+same time whether the case does not exist or is another's.
 
 A system reads the status of a case it opened. Over NATS: a request to
 `<root>.svc.ingress.status.<source>` (again only its own: the broker lets it publish

@@ -130,7 +130,7 @@ class AgentServices:
         return verified
 
     async def history(self, case_id: str, at_least: int = 0) -> list[StoredEvent]:
-        return await self._verified(await self._read(case_id, at_least))
+        return _first_copies(await self._verified(await self._read(case_id, at_least)))
 
     async def authorize(self, case_id: str, request_id: str) -> Authorization:
         if self.key_directory is None:
@@ -197,3 +197,22 @@ class AgentServices:
             reset_timeout=self.settings.breaker_reset_timeout,
             on_change=publish_change,
         )
+
+
+def _first_copies(events: list[StoredEvent]) -> list[StoredEvent]:
+    """Each event id once, as first stored: a later copy (a replay under a fresh message
+    id) is not a second event, and two events under one id prove nothing new."""
+    seen: set[str] = set()
+    first = []
+    for stored in events:
+        if stored.event.event_id in seen:
+            log.warning(
+                "case %s: #%d repeats event %s; left out",
+                stored.event.case_id,
+                stored.sequence,
+                stored.event.event_id,
+            )
+            continue
+        seen.add(stored.event.event_id)
+        first.append(stored)
+    return first

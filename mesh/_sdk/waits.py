@@ -45,12 +45,18 @@ def wait_timer(waiting_for: str) -> str:
 
 def open_waits(events: Iterable[Event], agent_id: str) -> dict[str, OpenWait]:
     """The agent's waits that no `wait_ended` ended yet, by what they wait for (the
-    latest, if it waited for one thing twice). Only the agent's own events count."""
+    latest, if it waited for one thing twice). Only the agent's own events count, and
+    each wait once: a second copy of a `case_waiting` (replayed under a fresh message
+    id) does not reopen the wait it began."""
     waits: dict[str, OpenWait] = {}
+    seen: set[str] = set()  # wait ids begun: a copy of one (a replay) reopens nothing
     for event in events:
         if event.actor != agent_id:
             continue
         if isinstance(event, CaseWaiting):
+            if event.event_id in seen:
+                continue
+            seen.add(event.event_id)
             waits[event.payload.waiting_for] = OpenWait(
                 wait_id=event.event_id,
                 waiting_for=event.payload.waiting_for,

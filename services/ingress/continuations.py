@@ -75,6 +75,24 @@ def event_request(
     return request
 
 
+def is_party(
+    source: str,
+    request: CaseEventRequest,
+    opening: Sequence[RawMessage],
+    opener: str,
+    trusted: Trusted,
+) -> bool:
+    """Is `source` party to the case `request` names, by its opening alone (the first
+    message on its `case_opened` subject)?"""
+    case_id = case_id_for(request.case_source, request.external_ref)
+    found = opening_of(opening, case_id, request.case_source, request.external_ref, opener, trusted)
+    return found is not None and source in (found[1].payload.source, *found[1].payload.parties)
+
+
+def not_a_party(request: CaseEventRequest) -> Refusal:
+    return Refusal([_not_found(request)])
+
+
 def continue_case(
     source: str,
     request: CaseEventRequest,
@@ -91,7 +109,7 @@ def continue_case(
         messages, case_id, request.case_source, request.external_ref, opener, trusted
     )
     if found is None or source not in (found[1].payload.source, *found[1].payload.parties):
-        return Refusal([_not_found(request)])
+        return not_a_party(request)
     at, opening = found
     contract = CASE_EVENT_KINDS.get(opening.payload.kind, {}).get(request.kind)
     if contract is None:

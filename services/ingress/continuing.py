@@ -7,7 +7,9 @@ input kept in the dead-letter stream with its reasons, and every request answere
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from nats.aio.client import Client
 
@@ -32,14 +34,21 @@ from services.ingress.continuations import (
     conflict,
     continue_case,
     event_request,
+    is_party,
+    not_a_party,
     same_content,
 )
-from services.ingress.domain import Limits, Refusal, case_id_for
+from services.ingress.domain import Limits, Refusal, case_id_for, source_problem
 from services.ingress.problems import describe, problem
 from services.ingress.settings import IngressSettings
 from services.ingress.status import event_of
 
 log = logging.getLogger(__name__)
+
+# A "not found" is answered this long after the request arrived, whether the case does
+# not exist (nothing to read) or is another's (its log read and checked): how long the
+# answer took must not tell which.
+NOT_FOUND_SECONDS = 0.05
 
 
 class CaseContinuations:
@@ -78,17 +87,26 @@ class CaseContinuations:
         external_ref of an HTTP URL), or refuse it with reasons and keep it. Always
         answers: a mesh that cannot take it now is "unavailable", a bug "internal"."""
         received = body if isinstance(body, ReceivedBody) else ReceivedBody.of(body)
+        started = time.monotonic()
         try:
+            # Before anything is read, parsed or kept: a source over its rate is answered
+            # at once and its request is not kept (it was not taken; send it again), so
+            # a flood costs the ingress next to nothing and delays no other source.
+            if source_problem(source) is None and (wait := self._bucket(source).take()) > 0:
+                return _failed("rate_limited", f"too many events: retry in {wait:.2f}s")
             request = event_request(
                 source, received.head, self.limits, size=received.size, case=case
             )
             if isinstance(request, Refusal):
                 return await self._refuse(source, received, received_on, request)
-            if (wait := self._bucket(source).take()) > 0:
-                found = problem("$", "rate_limited", f"too many events: retry in {wait:.2f}s")
-                return await self._refuse(source, received, received_on, Refusal([found]))
             case_id = case_id_for(request.case_source, request.external_ref)
-            messages = await self._read(case_id)
+            # Whose case it is, from its opening alone: a case the sender is no party to
+            # is refused before its log is read, as fast as one that does not exist.
+            opening = await self._read(self.topology.subjects.case_event(case_id, "case_opened"))
+            if not is_party(source, request, opening, self.ingress.service_id, self._trusted):
+                await _not_sooner_than(started + NOT_FOUND_SECONDS)
+                return await self._refuse(source, received, received_on, not_a_party(request))
+            messages = await self._read(self.topology.subjects.case_history(case_id))
             outcome = continue_case(
                 source,
                 request,
@@ -121,12 +139,9 @@ class CaseContinuations:
         rate = self.ingress.events_per_second
         return self._rate.setdefault(source, TokenBucket(rate=rate, burst=2 * rate))
 
-    async def _read(self, case_id: str) -> list[RawMessage]:
+    async def _read(self, subject: str) -> list[RawMessage]:
         messages = await read_direct(
-            self.nc,
-            self.topology.cases_stream,
-            self.topology.subjects.case_history(case_id),
-            timeout=self.timeout,
+            self.nc, self.topology.cases_stream, subject, timeout=self.timeout
         )
         if messages:
             if not self.keys.loaded.is_set():
@@ -137,7 +152,7 @@ class CaseContinuations:
 
     async def _stored_as_sent(self, sent: EvidenceReceived) -> bool:
         assert sent.case_id is not None
-        for message in await self._read(sent.case_id):
+        for message in await self._read(self.topology.subjects.case_history(sent.case_id)):
             stored = event_of(message, sent.case_id)
             if stored is not None and stored.event_id == sent.event_id:
                 return isinstance(stored, EvidenceReceived) and same_content(sent, stored)
@@ -173,6 +188,10 @@ class CaseContinuations:
         return IngressReply(
             ok=False, errors=refusal.errors, problems=refusal.problems, dead_letter=kept
         )
+
+
+async def _not_sooner_than(moment: float) -> None:
+    await asyncio.sleep(max(0.0, moment - time.monotonic()))
 
 
 class _NotReady(MeshError):

@@ -156,11 +156,31 @@ def _fields(contract: type[msgspec.Struct]) -> tuple[msgspec.structs.FieldInfo, 
 def _pattern_problems(value: Any, field: msgspec.structs.FieldInfo, at: str) -> list[Problem]:
     """msgspec matched a pattern with Python's `$`, which also matches before a final
     "\n"; JSON Schema's `$` is the end of the string."""
+    where = member(at, field.encode_name)
     pattern = _pattern_of(field.type)
-    if pattern is None or not isinstance(value, str) or pattern[0].search(value):
+    if pattern is not None:
+        if not isinstance(value, str) or pattern[0].search(value):
+            return []
+        return [problem(where, "pattern", f"Expected `str` matching regex {pattern[1]!r}")]
+    items = _item_pattern_of(field.type)  # a list of patterned strings: each item
+    if items is None or not isinstance(value, list):
         return []
-    message = f"Expected `str` matching regex {pattern[1]!r}"
-    return [problem(member(at, field.encode_name), "pattern", message)]
+    return [
+        problem(f"{where}[{index}]", "pattern", f"Expected `str` matching regex {items[1]!r}")
+        for index, item in enumerate(value)
+        if isinstance(item, str) and not items[0].search(item)
+    ]
+
+
+@lru_cache(maxsize=64)
+def _item_pattern_of(annotation: Any) -> tuple[re.Pattern[str], str] | None:
+    """The pattern of a list member's items, if they have one."""
+    info = msgspec.inspect.type_info(annotation)
+    if isinstance(info, msgspec.inspect.ListType):
+        item = info.item_type
+        if isinstance(item, msgspec.inspect.StrType) and item.pattern is not None:
+            return re.compile(ecma_anchors(item.pattern)), item.pattern
+    return None
 
 
 @lru_cache(maxsize=64)

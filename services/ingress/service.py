@@ -57,6 +57,8 @@ from services.ingress.status_reads import StatusReads
 from services.ingress.tokens import BearerTokens
 
 log = logging.getLogger(__name__)
+# Events from outside systems handled at once (each source is rate limited besides).
+EVENTS_IN_FLIGHT = 256
 _encode = msgspec.json.Encoder().encode
 
 
@@ -90,6 +92,8 @@ class IngressService:
             ingress.http_tokens_file,
         )
         self._subscriptions: list[Subscription] = []
+        self._events_in_flight = asyncio.Semaphore(EVENTS_IN_FLIGHT)
+        self._event_tasks: set[asyncio.Task[None]] = set()
         self._following: asyncio.Task[None] | None = None
         self.keys = KeyDirectory()
         self.openings = CaseOpenings(
@@ -147,6 +151,8 @@ class IngressService:
     async def stop(self) -> None:
         for subscription in self._subscriptions:
             await subscription.unsubscribe()
+        if self._event_tasks:  # answer what was taken before stopping
+            await asyncio.wait(list(self._event_tasks), timeout=5.0)
         await stop_task(self._following, grace=1.0)
         await self.keys.close()
         if self._http is not None:
@@ -173,6 +179,18 @@ class IngressService:
         await respond(msg, _encode(status), what=f"a status request from {source!r}")
 
     async def _on_event_request(self, msg: Msg) -> None:
+        # Each request in a task of its own (at most EVENTS_IN_FLIGHT at once): a "not
+        # found" answered only after its floor time, or a slow read, holds no one else's.
+        await self._events_in_flight.acquire()
+        task = asyncio.create_task(self._answer_event(msg))
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_done)
+
+    def _event_done(self, task: asyncio.Task[None]) -> None:
+        self._event_tasks.discard(task)
+        self._events_in_flight.release()
+
+    async def _answer_event(self, msg: Msg) -> None:
         source = msg.subject.removeprefix(self._events_prefix)
         reply = await self.continuations.submit(source, msg.data, msg.subject)
         await respond(msg, _encode(reply), what=f"an event from {source!r}")

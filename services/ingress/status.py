@@ -35,7 +35,7 @@ from contracts.events.case import (
     CaseWaiting,
     WaitEnded,
 )
-from contracts.ingress import CaseState, CaseStatusReply, CaseStatusRequest
+from contracts.ingress import CASE_EVENT_KINDS, CaseState, CaseStatusReply, CaseStatusRequest
 from contracts.subjects import event_type_of
 from mesh.service import RawMessage
 from services.ingress.domain import case_id_for, source_problem
@@ -83,7 +83,11 @@ class CaseProgress:
     outcome: str | None = None
     updated_at: datetime | None = None
     awaiting: set[str] = field(default_factory=set)  # request ids waiting for a person
-    waiting_for: dict[str, str] = field(default_factory=dict)  # open waits: id -> for what
+    # Open waits for what the case takes from outside: wait id -> (who waits, for what).
+    waiting_for: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # What this case's kind takes from outside (contracts.ingress.CASE_EVENT_KINDS):
+    # other waits are agents' own business, not the opener's.
+    outside: frozenset[str] = frozenset()
 
     def evolve(self, event: Event, at: datetime) -> None:
         self.updated_at = at
@@ -96,10 +100,12 @@ class CaseProgress:
                 self.status = "escalated"
             case ApprovalRequired(payload=p):
                 self.awaiting.add(p.request_id)
-            case CaseWaiting(payload=p):
-                self.waiting_for[event.event_id] = p.waiting_for
+            case CaseWaiting(payload=p) if p.waiting_for in self.outside:
+                self.waiting_for.setdefault(event.event_id, (event.actor, p.waiting_for))
             case WaitEnded(payload=p):
-                self.waiting_for.pop(p.wait_id, None)
+                # Only the agent that waits ends its wait.
+                if self.waiting_for.get(p.wait_id, ("", ""))[0] == event.actor:
+                    del self.waiting_for[p.wait_id]
             # Only the policy's decision settles a wait: a person's answer it refused
             # (a clerk without the role) leaves the case waiting.
             case (
@@ -114,8 +120,10 @@ class CaseProgress:
             )
 
 
-def progress(events: Iterable[tuple[Event, datetime]]) -> CaseProgress:
-    state = CaseProgress()
+def progress(
+    events: Iterable[tuple[Event, datetime]], outside: frozenset[str] = frozenset()
+) -> CaseProgress:
+    state = CaseProgress(outside=outside)
     for event, at in events:
         state.evolve(event, at)
     return state
@@ -142,9 +150,12 @@ def case_status(
         return not_found(external_ref)
     at, opening = found
     state = progress(
-        (event, message.stored_at)
-        for message in messages[at:]
-        if (event := event_of(message, case_id)) is not None and trusted(message, event)
+        (
+            (event, message.stored_at)
+            for message in messages[at:]
+            if (event := event_of(message, case_id)) is not None and trusted(message, event)
+        ),
+        frozenset(CASE_EVENT_KINDS.get(opening.payload.kind, {})),
     )
     return CaseStatusReply(
         ok=True,
@@ -155,7 +166,9 @@ def case_status(
         outcome=state.outcome,
         opened_at=messages[at].stored_at,
         updated_at=state.updated_at,
-        waiting_for=sorted(set(state.waiting_for.values())) if state.status == "waiting" else [],
+        waiting_for=sorted({what for _, what in state.waiting_for.values()})
+        if state.status == "waiting"
+        else [],
     )
 
 
