@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
@@ -115,7 +116,7 @@ class TimerSchedules:
         async def publish() -> None:
             try:
                 await self.js.publish(subject, b"", headers=headers or None)
-            except Exception as exc:  # nats-py raises several unrelated types here
+            except (nats.errors.Error, TimeoutError) as exc:  # nats.js.errors are these too
                 raise BrokerError(f"write the timer schedule {subject}", repr(exc)) from exc
 
         await retry_transient(publish, retry_on=lambda e: isinstance(e, BrokerError))

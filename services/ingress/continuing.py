@@ -22,11 +22,9 @@ from mesh.service import (
     KeyDirectory,
     MeshError,
     RawMessage,
-    SignatureError,
     TokenBucket,
     Topology,
     read_direct,
-    verify_headers,
 )
 from services.ingress.body import ReceivedBody
 from services.ingress.continuations import (
@@ -39,9 +37,10 @@ from services.ingress.continuations import (
     same_content,
 )
 from services.ingress.domain import Limits, Refusal, case_id_for, source_problem
-from services.ingress.problems import describe, problem
+from services.ingress.refusals import failed, keep_refused
 from services.ingress.settings import IngressSettings
 from services.ingress.status import event_of
+from services.ingress.status_reads import holds_up
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +92,7 @@ class CaseContinuations:
             # at once and its request is not kept (it was not taken; send it again), so
             # a flood costs the ingress next to nothing and delays no other source.
             if source_problem(source) is None and (wait := self._bucket(source).take()) > 0:
-                return _failed("rate_limited", f"too many events: retry in {wait:.2f}s")
+                return failed("rate_limited", f"too many events: retry in {wait:.2f}s")
             request = event_request(
                 source, received.head, self.limits, size=received.size, case=case
             )
@@ -130,10 +129,10 @@ class CaseContinuations:
             )
         except MeshError as exc:
             log.warning("could not add an event from %r: %s", source, exc)
-            return _failed("unavailable", f"the mesh could not take it now: {exc}")
+            return failed("unavailable", f"the mesh could not take it now: {exc}")
         except Exception:
             log.exception("the ingress failed on an event from %r", source)
-            return _failed("internal", "the ingress failed on this request")
+            return failed("internal", "the ingress failed on this request")
 
     def _bucket(self, source: str) -> TokenBucket:
         rate = self.ingress.events_per_second
@@ -159,34 +158,19 @@ class CaseContinuations:
         return False
 
     def _trusted(self, message: RawMessage, event: Event) -> bool:
-        """Whether `event` holds up as the event store would judge it (see
-        `services.ingress.status_reads`)."""
-        try:
-            signer = verify_headers(message.subject, message.body, message.headers)
-            self.keys.check(
-                signer, event.actor, message.stored_at, message.subject, event.event_name()
-            )
-        except SignatureError:
-            return False
-        return True
+        return holds_up(self.keys, message, event)
 
     async def _refuse(
         self, source: str, received: ReceivedBody, received_on: str, refusal: Refusal
     ) -> IngressReply:
-        body, headers = received.kept(
-            whole_up_to=self.limits.max_body_bytes, prefix=self.ingress.dead_letter_keep_bytes
-        )
-        kept = await self.dead_letters.refused_input(
-            received_on=received_on,
-            body=body,
-            reason="; ".join(refusal.errors),
+        return await keep_refused(
+            self.dead_letters,
+            self.ingress,
+            self.limits,
             source=source,
-            consumer=self.ingress.service_id,
-            headers=headers,
-        )
-        log.info("refused an event from %r (dead letter %d): %s", source, kept, refusal.errors)
-        return IngressReply(
-            ok=False, errors=refusal.errors, problems=refusal.problems, dead_letter=kept
+            received=received,
+            received_on=received_on,
+            refusal=refusal,
         )
 
 
@@ -196,8 +180,3 @@ async def _not_sooner_than(moment: float) -> None:
 
 class _NotReady(MeshError):
     retryable = True
-
-
-def _failed(code: str, message: str) -> IngressReply:
-    found = problem("$", code, message)
-    return IngressReply(ok=False, errors=[describe(found)], problems=[found])

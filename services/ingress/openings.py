@@ -23,7 +23,8 @@ from mesh.service import (
 )
 from services.ingress.body import ReceivedBody
 from services.ingress.domain import Limits, Refusal, open_case
-from services.ingress.problems import describe, problem
+from services.ingress.problems import problem
+from services.ingress.refusals import failed, keep_refused
 from services.ingress.settings import IngressSettings
 
 log = logging.getLogger(__name__)
@@ -65,28 +66,22 @@ class CaseOpenings:
             return await self._open(outcome, source, received, received_on)
         except MeshError as exc:
             log.warning("could not take a request from %r: %s", source, exc)
-            return _failed("unavailable", f"the mesh could not take it now: {exc}")
+            return failed("unavailable", f"the mesh could not take it now: {exc}")
         except Exception:
             log.exception("the ingress failed on a request from %r", source)
-            return _failed("internal", "the ingress failed on this request")
+            return failed("internal", "the ingress failed on this request")
 
     async def _refuse(
         self, source: str, received: ReceivedBody, received_on: str, refusal: Refusal
     ) -> IngressReply:
-        body, headers = received.kept(
-            whole_up_to=self.limits.max_body_bytes, prefix=self.ingress.dead_letter_keep_bytes
-        )
-        kept = await self.dead_letters.refused_input(
-            received_on=received_on,
-            body=body,
-            reason="; ".join(refusal.errors),
+        return await keep_refused(
+            self.dead_letters,
+            self.ingress,
+            self.limits,
             source=source,
-            consumer=self.ingress.service_id,
-            headers=headers,
-        )
-        log.info("refused input from %r (dead letter %d): %s", source, kept, refusal.errors)
-        return IngressReply(
-            ok=False, errors=refusal.errors, problems=refusal.problems, dead_letter=kept
+            received=received,
+            received_on=received_on,
+            refusal=refusal,
         )
 
     async def _open(
@@ -114,8 +109,3 @@ class CaseOpenings:
                 ok=True, case_id=event.case_id, event_id=first.event_id, duplicate=True
             )
         return IngressReply(ok=True, case_id=event.case_id, event_id=event.event_id)
-
-
-def _failed(code: str, message: str) -> IngressReply:
-    found = problem("$", code, message)
-    return IngressReply(ok=False, errors=[describe(found)], problems=[found])

@@ -96,16 +96,18 @@ class StatusReads:
             return _status_failed("internal", "the ingress failed on this request")
 
     def _trusted(self, message: RawMessage, event: Event) -> bool:
-        """Whether `event` holds up as the event store would judge it: signed by its
-        actor's key, valid when the log stored it, of a type its card let it write."""
-        try:
-            signer = verify_headers(message.subject, message.body, message.headers)
-            self.keys.check(
-                signer, event.actor, message.stored_at, message.subject, event.event_name()
-            )
-        except SignatureError:
-            return False
-        return True
+        return holds_up(self.keys, message, event)
+
+
+def holds_up(keys: KeyDirectory, message: RawMessage, event: Event) -> bool:
+    """Whether `event` holds up as the event store would judge it: signed by its actor's
+    key, valid when the log stored it, of a type its card let it write."""
+    try:
+        signer = verify_headers(message.subject, message.body, message.headers)
+        keys.check(signer, event.actor, message.stored_at, message.subject, event.event_name())
+    except SignatureError:
+        return False
+    return True
 
 
 def _status_failed(code: str, message: str) -> CaseStatusReply:

@@ -12,8 +12,6 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from rich.console import Console
 from services.stack.demo import Demo, make_cases
 from services.stack.processes import member_name
 from services.stack.stack import Stack, running_stack
+from tests.e2e.cli import mesh_cli
 from tests.e2e.test_mesh import check
 from tests.integration.databases import POSTGRES_ENV, Databases
 from tests.integration.order_journal import CLAIMS_STEPS, orderly_card, read_journal
@@ -30,30 +29,15 @@ from tests.integration.order_journal import CLAIMS_STEPS, orderly_card, read_jou
 # A cluster, the services and a demo, then CLI calls: more than the suite's 120 s default.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-REPO = Path(__file__).resolve().parents[2]
 MEMBERS = [member_name(i) for i in range(3)]
 
 
-def _mesh(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    """The CLI, told only the mesh's data dir: it finds the cluster from mesh.json."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
-    env["MESH_DATA_DIR"] = str(stack.layout.data_dir)
-    return subprocess.run(
-        [sys.executable, "-m", "mesh", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def _cli_checks(stack: Stack) -> None:
-    status = _mesh(stack, "status", "--json")
+    status = mesh_cli(stack, "status", "--json")
     assert status.returncode == 0, status.stdout + status.stderr
     states = {p["name"]: p["state"] for p in json.loads(status.stdout)["processes"]}
     assert all(states[name] == "running" for name in MEMBERS), states
-    verified = _mesh(stack, "audit", "verify", "--all")
+    verified = mesh_cli(stack, "audit", "verify", "--all")
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 

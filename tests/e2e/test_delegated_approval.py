@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,23 +22,9 @@ from mesh._runtime.dead_letters import read_dead_letters
 from mesh._trust.registry_client import request_with_patience
 from services.stack.demo.approver import APPROVER, ASSISTANT, Desk, enrol_approver
 from services.stack.stack import Stack, running_stack
+from tests.e2e.cli import mesh_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _mesh(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
-    env["MESH_DATA_DIR"] = str(stack.layout.data_dir)
-    return subprocess.run(
-        [sys.executable, "-m", "mesh", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 async def _open(stack: Stack, ref: str, amount: int) -> str:
@@ -114,7 +97,7 @@ async def _refused(stack: Stack, grant: ApprovalGranted, timeout: float = 30) ->
 async def test_a_delegated_approval_within_beyond_and_after_revocation(tmp_path: Path) -> None:
     async with running_stack(tmp_path / "mesh") as stack:
         desk = await enrol_approver(stack)  # dana delegates payouts up to 2,500.00 EUR
-        listed = _mesh(stack, "delegations", "list", "--json")
+        listed = mesh_cli(stack, "delegations", "list", "--json")
         assert listed.returncode == 0, listed.stdout + listed.stderr
         [held] = json.loads(listed.stdout)
         assert held["delegation"]["delegator"] == APPROVER
@@ -131,7 +114,7 @@ async def test_a_delegated_approval_within_beyond_and_after_revocation(tmp_path:
         over = await _assistant_grants(stack, desk, beyond)
         assert "above its max_amount 250000" in await _refused(stack, over)
 
-        revoked = _mesh(
+        revoked = mesh_cli(
             stack,
             "delegations",
             "revoke",
@@ -146,8 +129,8 @@ async def test_a_delegated_approval_within_beyond_and_after_revocation(tmp_path:
         late = await _assistant_grants(stack, desk, after)
         assert f"delegation {desk.delegation_id} was revoked" in await _refused(stack, late)
 
-        shown = _mesh(stack, "audit", "show", within)
+        shown = mesh_cli(stack, "audit", "show", within)
         assert shown.returncode == 0, shown.stdout + shown.stderr
         assert f"acting for {APPROVER} under delegation {desk.delegation_id}" in shown.stdout
-        verified = _mesh(stack, "audit", "verify", "--all")
+        verified = mesh_cli(stack, "audit", "verify", "--all")
         assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from mesh._broker.stored_messages import StoredEvent
 from mesh._trust.registry_client import request_with_patience
 from services.agents.claims.domain import POLICE_REPORT_WAIT
 from services.stack.stack import Stack, running_stack
+from tests.e2e.cli import mesh_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -65,19 +65,6 @@ def _run_previous(tree: Path) -> list[str]:
         "runpy.run_module('mesh', run_name='__main__', alter_sys=True)"
     )
     return [sys.executable, "-c", code]
-
-
-def _mesh(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
-    env["MESH_DATA_DIR"] = str(stack.layout.data_dir)
-    return subprocess.run(
-        [sys.executable, "-m", "mesh", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 async def _ask(crm: Client, subject: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -169,10 +156,10 @@ async def test_cases_started_on_the_previous_contract_finish_on_this_one(tmp_pat
         waiting = next(s.event for s in history if s.event.event_name() == "case_waiting")
         assert waiting.payload.requested_from == "crm"  # type: ignore[attr-defined]
 
-        shown = _mesh(stack, "audit", "show", unreported)
+        shown = mesh_cli(stack, "audit", "show", unreported)
         assert shown.returncode == 0, shown.stdout + shown.stderr
         assert "set timer wait_police_report for" in shown.stdout
-        replayed = _mesh(stack, "audit", "replay", unreported, "--at", set_at.isoformat())
+        replayed = mesh_cli(stack, "audit", "replay", unreported, "--at", set_at.isoformat())
         assert replayed.returncode == 0, replayed.stdout + replayed.stderr
-        verified = _mesh(stack, "audit", "verify", "--all", "--allow-compressed-clock")
+        verified = mesh_cli(stack, "audit", "verify", "--all", "--allow-compressed-clock")
         assert verified.returncode == 0, verified.stdout + verified.stderr

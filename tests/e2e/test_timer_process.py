@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,25 +17,12 @@ from mesh._broker.stored_messages import StoredEvent
 from mesh._trust.registry_client import request_with_patience
 from services.stack.processes import SERVER
 from services.stack.stack import Stack, running_stack
+from tests.e2e.cli import mesh_cli
 from tests.integration.agents import reminder_card
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
-REPO = Path(__file__).resolve().parents[2]
 DELAY = 12  # seconds: room for both kills and restarts before the timer is due
-
-
-def _mesh(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
-    env["MESH_DATA_DIR"] = str(stack.layout.data_dir)
-    return subprocess.run(
-        [sys.executable, "-m", "mesh", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 async def _history(stack: Stack, case_id: str) -> list[StoredEvent]:
@@ -117,9 +101,9 @@ async def test_a_timer_fires_once_after_its_agent_and_the_broker_were_killed(
         assert fired[0].event.payload.timer_id == timer.event_id  # type: ignore[attr-defined]
         assert fired[0].stored_at >= timer.payload.due_at  # type: ignore[attr-defined]
 
-        shown = _mesh(stack, "audit", "show", case_id)
+        shown = mesh_cli(stack, "audit", "show", case_id)
         assert shown.returncode == 0, shown.stdout + shown.stderr
         assert "reminder set timer follow_up for" in shown.stdout, shown.stdout
         assert "reminder timer follow_up fired" in shown.stdout, shown.stdout
-        verified = _mesh(stack, "audit", "verify", "--case", case_id)
+        verified = mesh_cli(stack, "audit", "verify", "--case", case_id)
         assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,25 +21,12 @@ from mesh._broker.stored_messages import StoredEvent
 from mesh._trust.registry_client import request_with_patience
 from services.agents.claims.domain import POLICE_REPORT_WAIT
 from services.stack.stack import Stack, running_stack
+from tests.e2e.cli import mesh_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
-REPO = Path(__file__).resolve().parents[2]
 WAIT_SECONDS = 8  # what intake's 14 days take here
 CLOCK_RATE = POLICE_REPORT_WAIT.total_seconds() / WAIT_SECONDS
-
-
-def _mesh(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
-    env["MESH_DATA_DIR"] = str(stack.layout.data_dir)
-    return subprocess.run(
-        [sys.executable, "-m", "mesh", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 def _theft(ref: str) -> dict[str, Any]:
@@ -145,18 +129,18 @@ async def test_a_waiting_claim_resumes_on_its_report_and_another_escalates_at_th
         assert late["status"] == "escalated"
 
         for case_id in (reported["case_id"], unreported["case_id"]):
-            shown = _mesh(stack, "audit", "show", case_id)
+            shown = mesh_cli(stack, "audit", "show", case_id)
             assert shown.returncode == 0, shown.stdout + shown.stderr
             assert "waits for police_report" in shown.stdout, shown.stdout
             # Intake's 14 days took seconds: on a real mesh that is a violation.
-            strict = _mesh(stack, "audit", "verify", "--case", case_id)
+            strict = mesh_cli(stack, "audit", "verify", "--case", case_id)
             assert strict.returncode == 1, strict.stdout + strict.stderr
             assert "on a real mesh, time is real" in strict.stdout
-            verified = _mesh(
+            verified = mesh_cli(
                 stack, "audit", "verify", "--case", case_id, "--allow-compressed-clock"
             )
             assert verified.returncode == 0, verified.stdout + verified.stderr
             assert "compressed clock" in verified.stdout
-        timeline = _mesh(stack, "audit", "show", reported["case_id"]).stdout
+        timeline = mesh_cli(stack, "audit", "show", reported["case_id"]).stdout
         assert "received police_report PR-1 from crm" in timeline
         assert "the wait for police_report ended: arrived" in timeline
